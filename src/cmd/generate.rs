@@ -1,0 +1,353 @@
+//! `funksvd generate`: a synthetic clickstream with planted structure, for demos, tests and
+//! benchmarks. Hidden user and item vectors decide how likely a view turns into a cart and a
+//! purchase; item popularity and user activity follow power laws; a few events have types
+//! outside the default weight table. File f depends only on (seed, f), so ranks write files in
+//! parallel and the result is the same for any rank count.
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+use arrow::array::{ArrayRef, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray};
+use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+use bytes::Bytes;
+use parquet::arrow::ArrowWriter;
+use parquet::basic::Compression;
+use parquet::file::properties::WriterProperties;
+
+use crate::cli::{GenerateArgs, OutFormat};
+use crate::comm::Comm;
+use crate::error::{Error, Result};
+use crate::rng::Rng;
+use crate::store::Location;
+
+/// 2026-11-01T00:00:00Z in microseconds since the epoch; the data spans 30 days from there.
+const START_MICROS: i64 = 1_793_491_200_000_000;
+const SPAN_MICROS: i64 = 30 * 24 * 3600 * 1_000_000;
+/// Ids look like a shop's: users from 1, products from 1,000,000.
+const FIRST_USER_ID: i64 = 1;
+const FIRST_PRODUCT_ID: i64 = 1_000_000;
+
+pub fn run(comm: &Comm, args: &GenerateArgs) -> Result<()> {
+    comm.agree_same(args.check())?;
+    let out = comm.agree_same(Location::parse(&args.out, "--out"))?;
+    let world = World::new(args);
+    let mut written = 0usize;
+    let result = (comm.rank()..args.files)
+        .step_by(comm.size())
+        .try_for_each(|f| {
+            let events = world.file_events(args, f);
+            written += events.len();
+            let (name, bytes) = match args.format {
+                OutFormat::Parquet => (
+                    format!("part-{f:05}.parquet"),
+                    to_parquet(&events, args.row_group_size)?,
+                ),
+                OutFormat::Csv => (format!("part-{f:05}.csv"), to_csv(&events)),
+            };
+            out.put(&out.child_key(&name), bytes)
+        });
+    comm.agree(result)?;
+    let mut total = [written as u64];
+    comm.allreduce_sum_u64(&mut total);
+    if comm.is_root() {
+        log::info!(
+            "wrote {} events in {} {} files to {}",
+            total[0],
+            args.files,
+            match args.format {
+                OutFormat::Parquet => "Parquet",
+                OutFormat::Csv => "CSV",
+            },
+            args.out
+        );
+    }
+    Ok(())
+}
+
+/// One generated event.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Event {
+    pub user: u32,
+    pub item: u32,
+    pub kind: EventKind,
+    pub micros: i64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventKind {
+    View,
+    AddToCart,
+    Purchase,
+    /// Not in the default weight table: must be skipped and counted.
+    RemoveFromCart,
+}
+
+impl EventKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            EventKind::View => "view",
+            EventKind::AddToCart => "add_to_cart",
+            EventKind::Purchase => "purchase",
+            EventKind::RemoveFromCart => "remove_from_cart",
+        }
+    }
+}
+
+/// The hidden truth shared by every file.
+pub struct World {
+    latent: usize,
+    user_vecs: Vec<f32>,
+    item_vecs: Vec<f32>,
+    user_cdf: Vec<f64>,
+    item_cdf: Vec<f64>,
+}
+
+impl World {
+    pub fn new(args: &GenerateArgs) -> World {
+        let latent = args.latent;
+        // Components of std L^(-1/4) make an affinity (a dot product) of unit variance.
+        let scale = (latent as f64).powf(-0.25);
+        let vectors = |n: usize, stream: u64| {
+            let mut rng = Rng::new(args.seed, stream);
+            (0..n * latent)
+                .map(|_| (rng.normal() * scale) as f32)
+                .collect::<Vec<f32>>()
+        };
+        World {
+            latent,
+            user_vecs: vectors(args.users, 1),
+            item_vecs: vectors(args.items, 2),
+            user_cdf: power_law_cdf(args.users, 0.8, &mut Rng::new(args.seed, 3)),
+            item_cdf: power_law_cdf(args.items, 1.0, &mut Rng::new(args.seed, 4)),
+        }
+    }
+
+    /// Affinity of a user for an item: roughly standard normal.
+    fn affinity(&self, user: u32, item: u32) -> f32 {
+        let (u, i, k) = (user as usize, item as usize, self.latent);
+        let a = &self.user_vecs[u * k..(u + 1) * k];
+        let b = &self.item_vecs[i * k..(i + 1) * k];
+        a.iter().zip(b).map(|(x, y)| x * y).sum::<f32>()
+    }
+
+    /// The events of file `f` (of `args.files`), in time order.
+    pub fn file_events(&self, args: &GenerateArgs, f: usize) -> Vec<Event> {
+        let count = args.events / args.files + usize::from(f < args.events % args.files);
+        let mut rng = Rng::new(args.seed, 1000 + f as u64);
+        // File f covers its own stretch of the 30 days.
+        let span = SPAN_MICROS / args.files as i64;
+        let start = START_MICROS + span * f as i64;
+        let step = (span / count.max(1) as i64).max(1);
+        let mut events = Vec::with_capacity(count);
+        let mut t = start;
+        while events.len() < count {
+            let user = sample(&self.user_cdf, &mut rng);
+            let item = sample(&self.item_cdf, &mut rng);
+            t += 1 + rng.below(2 * step as usize) as i64;
+            let mut push = |kind, t| {
+                if events.len() < count {
+                    events.push(Event {
+                        user,
+                        item,
+                        kind,
+                        micros: t,
+                    });
+                }
+            };
+            push(EventKind::View, t);
+            let a = self.affinity(user, item) as f64;
+            if rng.next_f64() < sigmoid(-1.5 + 2.5 * a) {
+                push(EventKind::AddToCart, t + 20_000_000);
+                if rng.next_f64() < 0.02 {
+                    push(EventKind::RemoveFromCart, t + 40_000_000);
+                } else if rng.next_f64() < sigmoid(-0.5 + 2.5 * a) {
+                    push(EventKind::Purchase, t + 60_000_000);
+                }
+            }
+        }
+        events
+    }
+}
+
+fn sigmoid(x: f64) -> f64 {
+    1.0 / (1.0 + (-x).exp())
+}
+
+/// Cumulative weights of a Zipf law with exponent `s`, over a random order of the n entities
+/// (so the popular ones are not simply the first ids).
+fn power_law_cdf(n: usize, s: f64, rng: &mut Rng) -> Vec<f64> {
+    let mut ranks: Vec<usize> = (0..n).collect();
+    rng.shuffle(&mut ranks);
+    let mut cdf = Vec::with_capacity(n);
+    let mut acc = 0.0;
+    for &r in &ranks {
+        acc += 1.0 / ((r + 1) as f64).powf(s);
+        cdf.push(acc);
+    }
+    for c in &mut cdf {
+        *c /= acc;
+    }
+    cdf
+}
+
+fn sample(cdf: &[f64], rng: &mut Rng) -> u32 {
+    let x = rng.next_f64();
+    cdf.partition_point(|&c| c <= x).min(cdf.len() - 1) as u32
+}
+
+fn to_parquet(events: &[Event], row_group_size: usize) -> Result<Bytes> {
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("user_id", DataType::Int64, false),
+        Field::new("product_id", DataType::Int64, false),
+        Field::new("event_type", DataType::Utf8, false),
+        Field::new(
+            "timestamp",
+            DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+            false,
+        ),
+    ]));
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(Int64Array::from_iter_values(
+            events.iter().map(|e| FIRST_USER_ID + e.user as i64),
+        )),
+        Arc::new(Int64Array::from_iter_values(
+            events.iter().map(|e| FIRST_PRODUCT_ID + e.item as i64),
+        )),
+        Arc::new(StringArray::from_iter_values(
+            events.iter().map(|e| e.kind.name()),
+        )),
+        Arc::new(
+            TimestampMicrosecondArray::from_iter_values(events.iter().map(|e| e.micros))
+                .with_timezone("UTC"),
+        ),
+    ];
+    let failed =
+        |e: &dyn std::fmt::Display| Error::runtime(format!("cannot write generated Parquet: {e}"));
+    let batch = RecordBatch::try_new(schema.clone(), columns).map_err(|e| failed(&e))?;
+    let props = WriterProperties::builder()
+        .set_compression(Compression::SNAPPY)
+        .set_max_row_group_row_count(Some(row_group_size))
+        .build();
+    let mut buf = Vec::new();
+    let mut writer = ArrowWriter::try_new(&mut buf, schema, Some(props)).map_err(|e| failed(&e))?;
+    writer.write(&batch).map_err(|e| failed(&e))?;
+    writer.close().map_err(|e| failed(&e))?;
+    Ok(Bytes::from(buf))
+}
+
+fn to_csv(events: &[Event]) -> Bytes {
+    let mut s = String::with_capacity(events.len() * 48 + 64);
+    s.push_str("user_id,product_id,event_type,timestamp\n");
+    for e in events {
+        let _ = writeln!(
+            s,
+            "{},{},{},{}",
+            FIRST_USER_ID + e.user as i64,
+            FIRST_PRODUCT_ID + e.item as i64,
+            e.kind.name(),
+            format_utc(e.micros)
+        );
+    }
+    Bytes::from(s)
+}
+
+/// `2026-11-01 00:00:00 UTC`, the way REES46 writes its times.
+fn format_utc(micros: i64) -> String {
+    let secs = micros.div_euclid(1_000_000);
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    // Civil date from days since 1970-01-01 (H. Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args() -> GenerateArgs {
+        GenerateArgs {
+            out: String::new(),
+            users: 500,
+            items: 200,
+            events: 20_000,
+            files: 3,
+            row_group_size: 1000,
+            latent: 4,
+            seed: 7,
+            format: OutFormat::Parquet,
+        }
+    }
+
+    #[test]
+    fn files_are_deterministic_and_sum_to_the_event_count() {
+        let a = args();
+        let w = World::new(&a);
+        let total: usize = (0..a.files).map(|f| w.file_events(&a, f).len()).sum();
+        assert_eq!(total, a.events);
+        assert_eq!(w.file_events(&a, 1), World::new(&a).file_events(&a, 1));
+        assert_ne!(w.file_events(&a, 0), w.file_events(&a, 1));
+    }
+
+    #[test]
+    fn funnel_follows_affinity_and_popularity_is_skewed() {
+        let a = GenerateArgs {
+            events: 200_000,
+            files: 1,
+            ..args()
+        };
+        let w = World::new(&a);
+        let events = w.file_events(&a, 0);
+        let mut item_views = vec![0usize; a.items];
+        let (mut cart_aff, mut carts, mut view_aff, mut views) = (0.0, 0, 0.0, 0);
+        for e in &events {
+            match e.kind {
+                EventKind::View => {
+                    item_views[e.item as usize] += 1;
+                    view_aff += w.affinity(e.user, e.item) as f64;
+                    views += 1;
+                }
+                EventKind::AddToCart => {
+                    cart_aff += w.affinity(e.user, e.item) as f64;
+                    carts += 1;
+                }
+                _ => {}
+            }
+        }
+        // Carted pairs have clearly higher affinity than viewed ones.
+        assert!(cart_aff / carts as f64 > view_aff / views as f64 + 0.5);
+        item_views.sort_unstable_by(|a, b| b.cmp(a));
+        let top_decile: usize = item_views[..a.items / 10].iter().sum();
+        assert!(
+            top_decile as f64 > 0.4 * views as f64,
+            "popularity is skewed"
+        );
+        assert!(events.iter().any(|e| e.kind == EventKind::RemoveFromCart));
+        assert!(events
+            .windows(2)
+            .all(|p| p[0].micros <= p[1].micros + 60_000_000));
+    }
+
+    #[test]
+    fn utc_formatting_matches_known_dates() {
+        assert_eq!(format_utc(START_MICROS), "2026-11-01 00:00:00 UTC");
+        assert_eq!(format_utc(0), "1970-01-01 00:00:00 UTC");
+        assert_eq!(
+            format_utc(951_782_400_000_000 + 3_723_000_000),
+            "2000-02-29 01:02:03 UTC"
+        );
+    }
+}

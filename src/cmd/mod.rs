@@ -1,0 +1,5 @@
+//! One file per command.
+
+pub mod evaluate;
+pub mod generate;
+pub mod train;

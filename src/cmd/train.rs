@@ -1,0 +1,279 @@
+//! `funksvd train`: plan, read, features, exchange, train, save (SPEC "What it is").
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use crate::cli::TrainArgs;
+use crate::comm::Comm;
+use crate::error::{Error, Result};
+use crate::exchange;
+use crate::features::ValueRule;
+use crate::funksvd::data::{holdout_mask, index, train_item_ids, RankRatings};
+use crate::funksvd::train::{holdout_errors, train, train_errors};
+use crate::funksvd::{Globals, Params};
+use crate::ids::Id;
+use crate::model_io::{self, InputSettings, Metrics, ModelMeta, Phases, Training};
+use crate::pipeline;
+use crate::store::Location;
+use crate::wire::{Reader, Writer};
+
+pub fn run(comm: &Comm, args: &TrainArgs) -> Result<()> {
+    let job_started = Instant::now();
+    let hyper = comm.agree_same(args.hyper())?;
+    let spec = comm.agree_same(args.input.spec())?;
+    let data_loc = comm.agree_same(Location::parse(&args.data, "--data"))?;
+    let model_loc = comm.agree_same(Location::parse(&args.model, "--model"))?;
+
+    let (owned, report) = pipeline::load_ratings(comm, &data_loc, &spec, args.input.aggregate)?;
+
+    // Hold-out split and the global item vocabulary (items with training ratings).
+    let started = Instant::now();
+    let held = holdout_mask(&owned, hyper.seed, args.holdout);
+    let item_ids = exchange::agree_on_ids(comm, &train_item_ids(&owned, &held))?;
+    let data = index(owned, &held, &item_ids);
+    let (globals, n_users, n_ratings, n_holdout) = agree_globals(comm, &data, &report)?;
+    let exchange_seconds = report.exchange_seconds + started.elapsed().as_secs_f64();
+    if comm.is_root() {
+        log::info!(
+            "ratings: {n_ratings} for training, {n_holdout} held out; {n_users} users, {} items; mean {:.4}, range {}..{}",
+            item_ids.len(),
+            globals.global_mean,
+            globals.rating_range.0,
+            globals.rating_range.1
+        );
+    }
+
+    let started = Instant::now();
+    let is_root = comm.is_root();
+    let epochs = hyper.epochs;
+    let trained = train(comm, &data, &item_ids, &hyper, globals, |s| {
+        if is_root {
+            let hold = s
+                .holdout_rmse
+                .map(|h| format!("{h:.4}"))
+                .unwrap_or_else(|| "-".into());
+            log::info!(
+                "epoch {}/{epochs}: train RMSE {:.4}, hold-out RMSE {hold}, {:.3}s, {:.2}M ratings/s",
+                s.epoch,
+                s.train_rmse,
+                s.seconds,
+                s.ratings_per_second / 1e6
+            );
+        }
+    });
+    // Divergence is seen by every rank at once (the sums are allreduced).
+    let (params, history) = comm.agree_same(trained)?;
+    let train_seconds = started.elapsed().as_secs_f64();
+
+    let mut errors = [0.0f64; 6];
+    errors[..3].copy_from_slice(&train_errors(&data, &params, &hyper, globals));
+    errors[3..].copy_from_slice(&holdout_errors(&data, &params, &hyper, globals));
+    comm.allreduce_sum_f64(&mut errors);
+    let metrics = Metrics {
+        train_rmse: (errors[0] / errors[2].max(1.0)).sqrt(),
+        train_mae: errors[1] / errors[2].max(1.0),
+        holdout_rmse: (errors[5] > 0.0).then(|| (errors[3] / errors[5]).sqrt()),
+        holdout_mae: (errors[5] > 0.0).then(|| errors[4] / errors[5]),
+        n_holdout: errors[5] as u64,
+        history,
+    };
+
+    // Rank 0 gathers every rank's users and publishes the model.
+    let started = Instant::now();
+    let users = gather_users(comm, &data, &params)?;
+    let mut phases = [
+        report.plan_seconds,
+        report.read_seconds,
+        report.features_seconds,
+        exchange_seconds,
+        train_seconds,
+    ];
+    comm.allreduce_max_f64(&mut phases);
+    let saved = match users {
+        Some((user_ids, user_rows)) => {
+            let meta = ModelMeta {
+                format: model_io::FORMAT.into(),
+                version: model_io::VERSION,
+                factors: hyper.factors,
+                biased: hyper.biased,
+                global_mean: globals.global_mean,
+                rating_min: globals.rating_range.0,
+                rating_max: globals.rating_range.1,
+                n_users: user_ids.len() as u64,
+                n_items: item_ids.len() as u64,
+                n_ratings,
+                hyperparameters: hyper.clone(),
+                event_weights: match &spec.rule {
+                    ValueRule::Events(w) => Some(w.0.iter().cloned().collect::<BTreeMap<_, _>>()),
+                    ValueRule::Rating => None,
+                },
+                input: InputSettings {
+                    data: args.data.clone(),
+                    format: args.input.format,
+                    user_col: args.input.user_col.clone(),
+                    item_col: args.input.item_col.clone(),
+                    event_col: args.input.event_col.clone(),
+                    rating_col: args.input.rating_col.clone(),
+                    time_col: args.input.time_col.clone(),
+                    aggregate: args.input.aggregate,
+                    holdout: args.holdout,
+                },
+                training: Training {
+                    ranks: comm.size(),
+                    epochs: hyper.epochs,
+                    seconds: 0.0,
+                    seconds_per_epoch: metrics.history.iter().map(|h| h.seconds).sum::<f64>()
+                        / hyper.epochs as f64,
+                    syncs_per_epoch: hyper.syncs_per_epoch,
+                    allreduce_floats: item_ids.len() * (hyper.factors + 1),
+                    rows_read: report.rows_read,
+                    rows_skipped: report.skipped.total(),
+                    phases: Phases {
+                        plan: phases[0],
+                        read: phases[1],
+                        features: phases[2],
+                        exchange: phases[3],
+                        train: phases[4],
+                        save: 0.0,
+                        read_per_rank: report.read_per_rank.clone(),
+                    },
+                },
+                metrics,
+                files: [
+                    ("users", model_io::USERS_FILE),
+                    ("items", model_io::ITEMS_FILE),
+                ]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+                created_by: format!("funksvd {}", env!("CARGO_PKG_VERSION")),
+            };
+            publish(
+                &model_loc,
+                meta,
+                &user_ids,
+                &user_rows,
+                &item_ids,
+                &params,
+                started,
+                job_started,
+            )
+        }
+        None => Ok(()),
+    };
+    comm.agree(saved)?;
+    Ok(())
+}
+
+/// Job-wide mean and range of the training ratings, and the counts; refuses an empty job.
+fn agree_globals(
+    comm: &Comm,
+    data: &RankRatings,
+    report: &pipeline::IngestReport,
+) -> Result<(Globals, u64, u64, u64)> {
+    let mut sums = [
+        data.values.iter().map(|&v| v as f64).sum::<f64>(),
+        data.n_ratings() as f64,
+        data.holdout.len() as f64,
+        data.n_users() as f64,
+    ];
+    comm.allreduce_sum_f64(&mut sums);
+    let mut lo = [data
+        .values
+        .iter()
+        .fold(f64::INFINITY, |a, &v| a.min(v as f64))];
+    let mut hi = [data
+        .values
+        .iter()
+        .fold(f64::NEG_INFINITY, |a, &v| a.max(v as f64))];
+    comm.allreduce_min_f64(&mut lo);
+    comm.allreduce_max_f64(&mut hi);
+    if sums[1] == 0.0 {
+        let why = match report.skipped.describe() {
+            Some(skips) => format!("{} rows read, {skips}", report.rows_read),
+            None if report.rows_read == 0 => "the dataset has no rows".to_string(),
+            None => format!(
+                "{} rows read, all held out (lower --holdout)",
+                report.rows_read
+            ),
+        };
+        return comm.agree_same(Err(Error::usage(format!("nothing to train on: {why}"))));
+    }
+    let globals = Globals {
+        global_mean: (sums[0] / sums[1]) as f32,
+        rating_range: (lo[0] as f32, hi[0] as f32),
+    };
+    Ok((globals, sums[3] as u64, sums[1] as u64, sums[2] as u64))
+}
+
+/// Every rank's users and rows on rank 0, sorted by id; `None` elsewhere.
+fn gather_users(
+    comm: &Comm,
+    data: &RankRatings,
+    params: &Params,
+) -> Result<Option<(Vec<Id>, Vec<f32>)>> {
+    let mut w = Writer::new();
+    w.u64(data.n_users() as u64);
+    for id in &data.user_ids {
+        id.write(&mut w);
+    }
+    w.f32s(&params.users);
+    let Some(parts) = comm.gather_bytes(0, &w.finish())? else {
+        return Ok(None);
+    };
+    let stride = params.stride;
+    let mut ids = Vec::new();
+    let mut rows = Vec::new();
+    for part in &parts {
+        let mut r = Reader::new(part);
+        for _ in 0..r.u64()? {
+            ids.push(Id::read(&mut r)?);
+        }
+        rows.extend(r.f32s()?);
+    }
+    let mut order: Vec<usize> = (0..ids.len()).collect();
+    order.sort_unstable_by(|&a, &b| ids[a].cmp(&ids[b]));
+    let sorted_ids = order.iter().map(|&i| ids[i].clone()).collect();
+    let mut sorted_rows = Vec::with_capacity(rows.len());
+    for &i in &order {
+        sorted_rows.extend_from_slice(&rows[i * stride..(i + 1) * stride]);
+    }
+    Ok(Some((sorted_ids, sorted_rows)))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn publish(
+    loc: &Location,
+    mut meta: ModelMeta,
+    user_ids: &[Id],
+    user_rows: &[f32],
+    item_ids: &[Id],
+    params: &Params,
+    save_started: Instant,
+    job_started: Instant,
+) -> Result<()> {
+    model_io::save_tables(
+        loc,
+        meta.factors,
+        user_ids,
+        user_rows,
+        item_ids,
+        &params.items,
+    )?;
+    meta.training.phases.save = save_started.elapsed().as_secs_f64();
+    meta.training.seconds = job_started.elapsed().as_secs_f64();
+    // Last: a reader that sees model.json can read the rest.
+    model_io::write_meta(loc, &meta)?;
+    log::info!(
+        "model saved to {} ({} users, {} items, hold-out RMSE {}) in {:.2}s total",
+        loc.url(),
+        meta.n_users,
+        meta.n_items,
+        meta.metrics
+            .holdout_rmse
+            .map(|v| format!("{v:.4}"))
+            .unwrap_or_else(|| "-".into()),
+        job_started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}

@@ -1,0 +1,245 @@
+//! The only code that calls MPI: rank and size, the collectives the pipeline needs, failure
+//! agreement and the abort path. Everything else works on plain Rust data.
+
+use mpi::collective::SystemOperation;
+use mpi::datatype::{Partition, PartitionMut};
+use mpi::topology::{Communicator, SimpleCommunicator};
+use mpi::traits::*;
+
+use crate::error::{Error, Result};
+
+/// The world communicator of this job, with the operations the pipeline uses.
+pub struct Comm {
+    world: SimpleCommunicator,
+    rank: usize,
+    size: usize,
+}
+
+impl Comm {
+    pub fn new(world: SimpleCommunicator) -> Self {
+        let rank = world.rank() as usize;
+        let size = world.size() as usize;
+        Comm { world, rank, size }
+    }
+
+    pub fn rank(&self) -> usize {
+        self.rank
+    }
+
+    pub fn size(&self) -> usize {
+        self.size
+    }
+
+    pub fn is_root(&self) -> bool {
+        self.rank == 0
+    }
+
+    /// Every rank learns whether any rank failed, before anyone enters the next collective.
+    ///
+    /// A failing rank gets its own error back; the others get `PeerFailed` naming the lowest
+    /// failing rank and its exit code, so every rank exits with that code and only the failing
+    /// rank prints the real message.
+    pub fn agree<T>(&self, local: Result<T>) -> Result<T> {
+        let my_code: i32 = match &local {
+            Ok(_) => 0,
+            Err(e) => e.exit_code().max(1),
+        };
+        let mut codes = vec![0i32; self.size];
+        self.world.all_gather_into(&my_code, &mut codes[..]);
+        match local {
+            Err(e) => Err(e),
+            Ok(v) => match codes.iter().position(|&c| c != 0) {
+                None => Ok(v),
+                Some(rank) => Err(Error::PeerFailed {
+                    rank,
+                    code: codes[rank],
+                }),
+            },
+        }
+    }
+
+    /// Agree on a result every rank computed the same way from the same inputs (flags, a
+    /// broadcast plan): only rank 0 reports the error, the others stop quietly.
+    pub fn agree_same<T>(&self, local: Result<T>) -> Result<T> {
+        match local {
+            Err(e) if self.rank != 0 => self.agree(Err(Error::PeerFailed {
+                rank: 0,
+                code: e.exit_code().max(1),
+            })),
+            other => self.agree(other),
+        }
+    }
+
+    /// Sum `send` over all ranks into `recv` (same length on every rank).
+    pub fn allreduce_sum_f32(&self, send: &[f32], recv: &mut [f32]) {
+        debug_assert_eq!(send.len(), recv.len());
+        self.world
+            .all_reduce_into(send, recv, SystemOperation::sum());
+    }
+
+    /// Sum small f64 vectors over all ranks, in place (copies; for metrics, not for hot loops).
+    pub fn allreduce_sum_f64(&self, values: &mut [f64]) {
+        let send = values.to_vec();
+        self.world
+            .all_reduce_into(&send[..], values, SystemOperation::sum());
+    }
+
+    pub fn allreduce_sum_u64(&self, values: &mut [u64]) {
+        let send = values.to_vec();
+        self.world
+            .all_reduce_into(&send[..], values, SystemOperation::sum());
+    }
+
+    pub fn allreduce_max_u64(&self, values: &mut [u64]) {
+        let send = values.to_vec();
+        self.world
+            .all_reduce_into(&send[..], values, SystemOperation::max());
+    }
+
+    pub fn allreduce_min_f64(&self, values: &mut [f64]) {
+        let send = values.to_vec();
+        self.world
+            .all_reduce_into(&send[..], values, SystemOperation::min());
+    }
+
+    pub fn allreduce_max_f64(&self, values: &mut [f64]) {
+        let send = values.to_vec();
+        self.world
+            .all_reduce_into(&send[..], values, SystemOperation::max());
+    }
+
+    /// Broadcast a byte buffer from `root`; other ranks pass anything (ignored) and get root's.
+    pub fn broadcast_bytes(&self, root: usize, bytes: Vec<u8>) -> Result<Vec<u8>> {
+        let root_proc = self.world.process_at_rank(root as i32);
+        let mut len = bytes.len() as u64;
+        root_proc.broadcast_into(&mut len);
+        let mut buf = if self.rank == root {
+            bytes
+        } else {
+            vec![0u8; len as usize]
+        };
+        // MPI counts are i32: send large buffers in pieces.
+        for chunk in buf.chunks_mut(MAX_MESSAGE) {
+            root_proc.broadcast_into(chunk);
+        }
+        Ok(buf)
+    }
+
+    /// Every rank contributes a byte buffer; every rank gets all of them, in rank order.
+    pub fn allgather_bytes(&self, mine: &[u8]) -> Result<Vec<Vec<u8>>> {
+        let mut lens = vec![0u64; self.size];
+        self.world
+            .all_gather_into(&(mine.len() as u64), &mut lens[..]);
+        let (counts, displs) = counts_and_displs(&lens, "allgather")?;
+        let total: usize = lens.iter().map(|&l| l as usize).sum();
+        let mut all = vec![0u8; total];
+        {
+            let mut partition = PartitionMut::new(&mut all[..], counts, displs);
+            self.world.all_gather_varcount_into(mine, &mut partition);
+        }
+        Ok(split_by_lengths(all, &lens))
+    }
+
+    /// Personalised exchange: `outgoing[r]` goes to rank r; returns what each rank sent to us.
+    pub fn alltoall_bytes(&self, outgoing: &[Vec<u8>]) -> Result<Vec<Vec<u8>>> {
+        assert_eq!(outgoing.len(), self.size);
+        let send_lens: Vec<u64> = outgoing.iter().map(|b| b.len() as u64).collect();
+        let mut recv_lens = vec![0u64; self.size];
+        self.world
+            .all_to_all_into(&send_lens[..], &mut recv_lens[..]);
+        let (send_counts, send_displs) = counts_and_displs(&send_lens, "exchange")?;
+        let (recv_counts, recv_displs) = counts_and_displs(&recv_lens, "exchange")?;
+        let send: Vec<u8> = outgoing.concat();
+        let mut recv = vec![0u8; recv_lens.iter().map(|&l| l as usize).sum()];
+        {
+            let send_part = Partition::new(&send[..], send_counts, send_displs);
+            let mut recv_part = PartitionMut::new(&mut recv[..], recv_counts, recv_displs);
+            self.world
+                .all_to_all_varcount_into(&send_part, &mut recv_part);
+        }
+        Ok(split_by_lengths(recv, &recv_lens))
+    }
+
+    /// Gather byte buffers on `root` (rank order); other ranks get `None`.
+    pub fn gather_bytes(&self, root: usize, mine: &[u8]) -> Result<Option<Vec<Vec<u8>>>> {
+        // allgather keeps this simple and the payloads here (model rows) are modest; a
+        // gatherv would save the other ranks' receive buffers.
+        let root_proc = self.world.process_at_rank(root as i32);
+        let my_len = mine.len() as u64;
+        if self.rank == root {
+            let mut lens = vec![0u64; self.size];
+            root_proc.gather_into_root(&my_len, &mut lens[..]);
+            let (counts, displs) = counts_and_displs(&lens, "gather")?;
+            let mut all = vec![0u8; lens.iter().map(|&l| l as usize).sum()];
+            {
+                let mut partition = PartitionMut::new(&mut all[..], counts, displs);
+                root_proc.gather_varcount_into_root(mine, &mut partition);
+            }
+            Ok(Some(split_by_lengths(all, &lens)))
+        } else {
+            root_proc.gather_into(&my_len);
+            root_proc.gather_varcount_into(mine);
+            Ok(None)
+        }
+    }
+
+    pub fn barrier(&self) {
+        self.world.barrier();
+    }
+
+    /// End every rank of the job now. Only for failures that cannot be agreed on.
+    pub fn abort(&self, code: i32) -> ! {
+        self.world.abort(code)
+    }
+
+    /// The host this rank runs on, as MPI names it.
+    pub fn processor_name(&self) -> String {
+        mpi::environment::processor_name().unwrap_or_else(|_| "unknown".into())
+    }
+}
+
+/// Largest single MPI message we send (counts are C ints).
+const MAX_MESSAGE: usize = 1 << 30;
+
+fn counts_and_displs(lens: &[u64], what: &str) -> Result<(Vec<i32>, Vec<i32>)> {
+    let total: u64 = lens.iter().sum();
+    if total > i32::MAX as u64 {
+        return Err(Error::runtime(format!(
+            "{what}: {total} bytes in one collective exceeds MPI's 2 GiB limit; use more ranks"
+        )));
+    }
+    let counts: Vec<i32> = lens.iter().map(|&l| l as i32).collect();
+    let mut displs = Vec::with_capacity(lens.len());
+    let mut at = 0i32;
+    for &c in &counts {
+        displs.push(at);
+        at += c;
+    }
+    Ok((counts, displs))
+}
+
+fn split_by_lengths(all: Vec<u8>, lens: &[u64]) -> Vec<Vec<u8>> {
+    let mut out = Vec::with_capacity(lens.len());
+    let mut at = 0usize;
+    for &l in lens {
+        out.push(all[at..at + l as usize].to_vec());
+        at += l as usize;
+    }
+    out
+}
+
+/// Make a panic on one rank end the whole job instead of leaving the others in a collective:
+/// print the message with the rank, then MPI_Abort on the world communicator.
+pub fn install_panic_hook(rank: usize) {
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        eprintln!("funksvd: rank {rank}: internal error (a bug, please report it):");
+        default_hook(info);
+        // SAFETY: MPI is initialised (the hook is installed after init) and MPI_Abort may be
+        // called from any state; it does not return.
+        unsafe {
+            mpi::ffi::MPI_Abort(mpi::ffi::RSMPI_COMM_WORLD, 1);
+        }
+        std::process::abort();
+    }));
+}

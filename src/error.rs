@@ -1,0 +1,75 @@
+//! One error type for the whole program, and the one place that maps errors to exit codes.
+
+use std::fmt;
+
+/// What went wrong, sorted by who must act: the user (bad flag, bad input) or the operator
+/// (storage, MPI, a bug). The message always names the flag, file, column or rank involved.
+#[derive(Debug)]
+pub enum Error {
+    /// Bad flag, bad input data, nothing to train on: the user must change something. Exit code 2.
+    Usage(String),
+    /// Storage, network or any other runtime failure. Exit code 1.
+    Runtime(String),
+    /// Another rank failed; that rank has printed its own message. Carries the exit code it chose.
+    PeerFailed { rank: usize, code: i32 },
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    pub fn usage(msg: impl Into<String>) -> Self {
+        Error::Usage(msg.into())
+    }
+
+    pub fn runtime(msg: impl Into<String>) -> Self {
+        Error::Runtime(msg.into())
+    }
+
+    /// The process exit code for this error (see SPEC: 2 usage/bad input, 1 anything else).
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Error::Usage(_) => 2,
+            Error::Runtime(_) => 1,
+            Error::PeerFailed { code, .. } => *code,
+        }
+    }
+
+    /// Prefix the message with where it happened (a file, a phase), keeping the kind.
+    pub fn context(self, what: impl fmt::Display) -> Self {
+        match self {
+            Error::Usage(m) => Error::Usage(format!("{what}: {m}")),
+            Error::Runtime(m) => Error::Runtime(format!("{what}: {m}")),
+            peer => peer,
+        }
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Usage(m) | Error::Runtime(m) => f.write_str(m),
+            Error::PeerFailed { rank, code } => {
+                write!(f, "stopping: rank {rank} failed (exit code {code})")
+            }
+        }
+    }
+}
+
+impl std::error::Error for Error {}
+
+/// Attach context to any fallible result, turning foreign errors into ours.
+pub trait Context<T> {
+    /// A runtime error (storage, I/O) with context.
+    fn runtime_ctx(self, what: impl FnOnce() -> String) -> Result<T>;
+    /// A bad-input error (the data or a flag is wrong) with context.
+    fn usage_ctx(self, what: impl FnOnce() -> String) -> Result<T>;
+}
+
+impl<T, E: fmt::Display> Context<T> for std::result::Result<T, E> {
+    fn runtime_ctx(self, what: impl FnOnce() -> String) -> Result<T> {
+        self.map_err(|e| Error::Runtime(format!("{}: {e}", what())))
+    }
+    fn usage_ctx(self, what: impl FnOnce() -> String) -> Result<T> {
+        self.map_err(|e| Error::Usage(format!("{}: {e}", what())))
+    }
+}

@@ -1,0 +1,636 @@
+//! Finding and reading the dataset: rank 0 lists it and reads every footer / CSV header once
+//! (`discover`), the plan goes to every rank, and each rank reads only its own row groups or byte
+//! ranges with column projection (`read_slice`), feeding columnar batches to `features`.
+
+use std::ops::Range;
+use std::sync::Arc;
+
+use arrow::array::{Array, ArrayRef, RecordBatch};
+use arrow::datatypes::{DataType, Field, Schema};
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use futures::{FutureExt, StreamExt, TryStreamExt};
+use parquet::arrow::arrow_reader::{ArrowReaderMetadata, ArrowReaderOptions};
+use parquet::arrow::async_reader::{AsyncFileReader, ParquetRecordBatchStreamBuilder};
+use parquet::arrow::ProjectionMask;
+use parquet::file::metadata::{ParquetMetaData, ParquetMetaDataReader};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::features::{ColumnNames, LocalRatings, ValueRule};
+use crate::plan::{SourceShape, Task};
+use crate::store::{FileRef, Location};
+use crate::wire::{Reader, Writer};
+
+/// Input file format, from `--format`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    /// By file name: `.parquet`/`.pq`/`.parq` are Parquet, `.csv`/`.tsv`/`.txt` are CSV.
+    Auto,
+    Parquet,
+    Csv,
+}
+
+/// Which columns to read and what they mean.
+#[derive(Clone, Debug)]
+pub struct InputSpec {
+    pub user_col: String,
+    /// None: `product_id`, falling back to `item_id`.
+    pub item_col: Option<String>,
+    /// The event column, or the rating column with `ValueRule::Rating`.
+    pub value_col: String,
+    pub rule: ValueRule,
+    pub format: Format,
+}
+
+impl InputSpec {
+    fn value_flag(&self) -> &'static str {
+        match self.rule {
+            ValueRule::Events(_) => "--event-col",
+            ValueRule::Rating => "--rating-col",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+enum Kind {
+    Parquet,
+    Csv,
+}
+
+/// The columns of one file that we read: (position, name) for user, item, value.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+struct Columns {
+    user: (usize, String),
+    item: (usize, String),
+    value: (usize, String),
+    /// CSV only: how many fields the header has.
+    csv_fields: usize,
+}
+
+/// One data file, as every rank needs to know it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+struct SourceFile {
+    file: FileRef,
+    kind: Kind,
+    shape: SourceShape,
+    columns: Columns,
+}
+
+/// What rank 0 found: the files with their footers, and each rank's share of the work.
+pub struct Dataset {
+    files: Vec<SourceFile>,
+    /// Raw Parquet metadata (thrift bytes) per file, empty for CSV.
+    footers: Vec<Bytes>,
+    pub slices: Vec<Vec<Task>>,
+}
+
+impl Dataset {
+    pub fn total_bytes(&self) -> u64 {
+        self.files.iter().map(|f| f.file.size).sum()
+    }
+
+    pub fn file_count(&self) -> usize {
+        self.files.len()
+    }
+
+    pub fn row_groups(&self) -> usize {
+        self.files
+            .iter()
+            .map(|f| match &f.shape {
+                SourceShape::Parquet { row_groups } => row_groups.len(),
+                SourceShape::Csv { .. } => 0,
+            })
+            .sum()
+    }
+
+    pub fn to_bytes(&self) -> Result<Vec<u8>> {
+        let mut w = Writer::new();
+        let header = serde_json::to_vec(&(&self.files, &self.slices))
+            .map_err(|e| Error::runtime(format!("cannot encode the plan: {e}")))?;
+        w.bytes(&header);
+        for f in &self.footers {
+            w.bytes(f);
+        }
+        Ok(w.finish())
+    }
+
+    pub fn from_bytes(bytes: &[u8]) -> Result<Dataset> {
+        let mut r = Reader::new(bytes);
+        let (files, slices): (Vec<SourceFile>, Vec<Vec<Task>>) = serde_json::from_slice(r.bytes()?)
+            .map_err(|e| Error::runtime(format!("cannot decode the plan: {e}")))?;
+        let footers = files
+            .iter()
+            .map(|_| r.bytes().map(Bytes::copy_from_slice))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Dataset {
+            files,
+            footers,
+            slices,
+        })
+    }
+}
+
+/// How many footers / headers rank 0 fetches at once.
+const DISCOVERY_CONCURRENCY: usize = 16;
+/// First guess of a Parquet footer's size; most fit, so a footer costs one request.
+const FOOTER_GUESS: u64 = 64 * 1024;
+
+/// Rank 0: list the dataset, read every footer or CSV header, check the columns, plan `ranks`.
+pub fn discover(loc: &Location, spec: &InputSpec, ranks: usize) -> Result<Dataset> {
+    let listed = loc.list_files()?;
+    if listed.is_empty() {
+        return Err(Error::usage(format!(
+            "--data {}: no data files there (it does not exist, or holds only names starting with _ or .)",
+            loc.url()
+        )));
+    }
+    let kinds = listed
+        .iter()
+        .map(|f| kind_of(loc, f, spec.format))
+        .collect::<Result<Vec<_>>>()?;
+    let found: Vec<(SourceFile, Bytes)> = crate::store::block_on(
+        futures::stream::iter(listed.into_iter().zip(kinds))
+            .map(|(file, kind)| describe_file(loc, spec, file, kind))
+            .buffered(DISCOVERY_CONCURRENCY)
+            .try_collect(),
+    )?;
+    let (files, footers): (Vec<SourceFile>, Vec<Bytes>) = found.into_iter().unzip();
+    let shapes: Vec<SourceShape> = files.iter().map(|f| f.shape.clone()).collect();
+    let slices = crate::plan::assign(&shapes, ranks);
+    Ok(Dataset {
+        files,
+        footers,
+        slices,
+    })
+}
+
+fn kind_of(loc: &Location, file: &FileRef, format: Format) -> Result<Kind> {
+    match format {
+        Format::Parquet => Ok(Kind::Parquet),
+        Format::Csv => Ok(Kind::Csv),
+        Format::Auto => {
+            let name = file
+                .key
+                .rsplit('/')
+                .next()
+                .unwrap_or("")
+                .to_ascii_lowercase();
+            let ext = name.rsplit_once('.').map(|(_, e)| e).unwrap_or("");
+            match ext {
+                "parquet" | "pq" | "parq" => Ok(Kind::Parquet),
+                "csv" | "tsv" | "txt" => Ok(Kind::Csv),
+                _ => Err(Error::usage(format!(
+                    "{}: cannot tell the format from the name; use --format parquet or --format csv",
+                    loc.display_key(&file.key)
+                ))),
+            }
+        }
+    }
+}
+
+async fn describe_file(
+    loc: &Location,
+    spec: &InputSpec,
+    file: FileRef,
+    kind: Kind,
+) -> Result<(SourceFile, Bytes)> {
+    let shown = loc.display_key(&file.key);
+    match kind {
+        Kind::Parquet => {
+            let footer = fetch_footer(loc, &file).await?;
+            let meta = ParquetMetaDataReader::decode_metadata(&footer)
+                .map_err(|e| Error::usage(format!("{shown}: corrupt Parquet footer ({e})")))?;
+            let names: Vec<String> = meta
+                .file_metadata()
+                .schema_descr()
+                .root_schema()
+                .get_fields()
+                .iter()
+                .map(|f| f.name().to_string())
+                .collect();
+            let columns = resolve_columns(&names, spec, &shown, 0)?;
+            let row_groups = meta
+                .row_groups()
+                .iter()
+                .map(|g| g.num_rows().max(0) as u64)
+                .collect();
+            let sf = SourceFile {
+                file,
+                kind,
+                shape: SourceShape::Parquet { row_groups },
+                columns,
+            };
+            Ok((sf, footer))
+        }
+        Kind::Csv => {
+            let (names, data_start) = fetch_csv_header(loc, &file).await?;
+            let columns = if file.size == 0 {
+                // An empty file has no header and no rows: nothing to resolve.
+                Columns {
+                    user: (0, String::new()),
+                    item: (0, String::new()),
+                    value: (0, String::new()),
+                    csv_fields: 0,
+                }
+            } else {
+                resolve_columns(&names, spec, &shown, names.len())?
+            };
+            let sf = SourceFile {
+                shape: SourceShape::Csv {
+                    data_start,
+                    size: file.size,
+                },
+                file,
+                kind,
+                columns,
+            };
+            Ok((sf, Bytes::new()))
+        }
+    }
+}
+
+/// The Parquet metadata bytes (without the 8-byte tail), usually in one ranged read.
+async fn fetch_footer(loc: &Location, file: &FileRef) -> Result<Bytes> {
+    let shown = loc.display_key(&file.key);
+    let not_parquet = |why: &str| Error::usage(format!("{shown}: not a Parquet file ({why})"));
+    if file.size < 12 {
+        return Err(not_parquet("too short"));
+    }
+    let guess = FOOTER_GUESS.min(file.size);
+    let tail = loc
+        .get_range_async(&file.key, file.size - guess..file.size)
+        .await?;
+    let n = tail.len();
+    if &tail[n - 4..] != b"PAR1" {
+        return Err(not_parquet(
+            "no PAR1 magic at the end; truncated or another format",
+        ));
+    }
+    let meta_len = u32::from_le_bytes([tail[n - 8], tail[n - 7], tail[n - 6], tail[n - 5]]) as u64;
+    if meta_len + 8 > file.size - 4 {
+        return Err(not_parquet("footer length points outside the file"));
+    }
+    if meta_len + 8 <= guess {
+        let start = (guess - 8 - meta_len) as usize;
+        return Ok(tail.slice(start..n - 8));
+    }
+    let start = file.size - 8 - meta_len;
+    loc.get_range_async(&file.key, start..file.size - 8).await
+}
+
+/// The header fields and the offset where data starts.
+async fn fetch_csv_header(loc: &Location, file: &FileRef) -> Result<(Vec<String>, u64)> {
+    if file.size == 0 {
+        return Ok((Vec::new(), 0));
+    }
+    let mut len = 64 * 1024u64;
+    loop {
+        let upto = len.min(file.size);
+        let head = loc.get_range_async(&file.key, 0..upto).await?;
+        if let Some(nl) = head.iter().position(|&b| b == b'\n') {
+            let line = String::from_utf8_lossy(&head[..nl]);
+            return Ok((split_header(&line), nl as u64 + 1));
+        }
+        if upto == file.size {
+            let line = String::from_utf8_lossy(&head);
+            return Ok((split_header(&line), file.size));
+        }
+        if len >= 16 << 20 {
+            return Err(Error::usage(format!(
+                "{}: no end of line in the first 16 MiB; is this a CSV file?",
+                loc.display_key(&file.key)
+            )));
+        }
+        len *= 4;
+    }
+}
+
+fn split_header(line: &str) -> Vec<String> {
+    let line = line.strip_suffix('\r').unwrap_or(line);
+    let line = line.strip_prefix('\u{feff}').unwrap_or(line);
+    line.split(',')
+        .map(|f| f.trim().trim_matches('"').to_string())
+        .collect()
+}
+
+fn resolve_columns(
+    names: &[String],
+    spec: &InputSpec,
+    shown: &str,
+    csv_fields: usize,
+) -> Result<Columns> {
+    let find = |name: &str| names.iter().position(|n| n == name);
+    let missing = |col: &str, flag: &str| {
+        let available = names
+            .iter()
+            .take(30)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join(", ");
+        Error::usage(format!(
+            "{shown}: no column {col:?} (columns: {available}); name the right one with {flag}"
+        ))
+    };
+    let user = find(&spec.user_col).ok_or_else(|| missing(&spec.user_col, "--user-col"))?;
+    let item = match &spec.item_col {
+        Some(col) => (
+            find(col).ok_or_else(|| missing(col, "--item-col"))?,
+            col.clone(),
+        ),
+        None => match (find("product_id"), find("item_id")) {
+            (Some(i), _) => (i, "product_id".into()),
+            (None, Some(i)) => (i, "item_id".into()),
+            (None, None) => return Err(missing("product_id", "--item-col")),
+        },
+    };
+    let value = find(&spec.value_col).ok_or_else(|| missing(&spec.value_col, spec.value_flag()))?;
+    Ok(Columns {
+        user: (user, spec.user_col.clone()),
+        item,
+        value: (value, spec.value_col.clone()),
+        csv_fields,
+    })
+}
+
+/// Read this rank's tasks into `sink`.
+pub fn read_slice(
+    loc: &Location,
+    dataset: &Dataset,
+    tasks: &[Task],
+    rule: &ValueRule,
+    sink: &mut LocalRatings,
+) -> Result<()> {
+    for task in tasks {
+        match task {
+            Task::RowGroups { file, row_groups } => {
+                read_row_groups(loc, dataset, *file, row_groups, rule, sink)?
+            }
+            Task::CsvRange { file, start, end } => {
+                read_csv_range(loc, dataset, *file, *start..*end, rule, sink)?
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Rows per batch handed to feature engineering.
+const BATCH_ROWS: usize = 64 * 1024;
+
+fn read_row_groups(
+    loc: &Location,
+    dataset: &Dataset,
+    index: usize,
+    row_groups: &[usize],
+    rule: &ValueRule,
+    sink: &mut LocalRatings,
+) -> Result<()> {
+    let source = &dataset.files[index];
+    let shown = loc.display_key(&source.file.key);
+    let bad = |e: parquet::errors::ParquetError| {
+        Error::usage(format!("{shown}: cannot read Parquet data ({e})"))
+    };
+    let metadata =
+        Arc::new(ParquetMetaDataReader::decode_metadata(&dataset.footers[index]).map_err(bad)?);
+    let arrow_meta = ArrowReaderMetadata::try_new(Arc::clone(&metadata), ArrowReaderOptions::new())
+        .map_err(bad)?;
+    let c = &source.columns;
+    let mask = ProjectionMask::roots(
+        metadata.file_metadata().schema_descr(),
+        [c.user.0, c.item.0, c.value.0],
+    );
+    let reader = StoreFileReader {
+        loc: loc.clone(),
+        key: source.file.key.clone(),
+        metadata,
+    };
+    let names = ColumnNames {
+        file: &shown,
+        user: &c.user.1,
+        item: &c.item.1,
+        value: &c.value.1,
+    };
+    crate::store::block_on(async {
+        let mut stream = ParquetRecordBatchStreamBuilder::new_with_metadata(reader, arrow_meta)
+            .with_row_groups(row_groups.to_vec())
+            .with_projection(mask)
+            .with_batch_size(BATCH_ROWS)
+            .build()
+            .map_err(bad)?;
+        while let Some(batch) = stream.next().await {
+            let batch = batch.map_err(|e| read_error(&shown, e))?;
+            let col = |name: &str| -> Result<ArrayRef> {
+                batch.column_by_name(name).cloned().ok_or_else(|| {
+                    Error::usage(format!("{shown}: column {name:?} vanished while reading"))
+                })
+            };
+            sink.add_batch(
+                &col(&c.user.1)?,
+                &col(&c.item.1)?,
+                &col(&c.value.1)?,
+                rule,
+                &names,
+            )?;
+        }
+        Ok(())
+    })
+}
+
+/// A storage error stays a runtime error (exit 1); a decoding error is bad input (exit 2).
+fn read_error(shown: &str, e: parquet::errors::ParquetError) -> Error {
+    match e {
+        parquet::errors::ParquetError::External(inner) => match inner.downcast::<Error>() {
+            Ok(ours) => *ours,
+            Err(other) => Error::runtime(format!("{shown}: {other}")),
+        },
+        e => Error::usage(format!("{shown}: cannot read Parquet data ({e})")),
+    }
+}
+
+/// Serves the Parquet reader's byte-range requests from our storage layer (which counts them),
+/// with the footer already decoded from the plan, so ranks never re-read it.
+struct StoreFileReader {
+    loc: Location,
+    key: String,
+    metadata: Arc<ParquetMetaData>,
+}
+
+impl AsyncFileReader for StoreFileReader {
+    fn get_bytes(&mut self, range: Range<u64>) -> BoxFuture<'_, parquet::errors::Result<Bytes>> {
+        async move {
+            self.loc
+                .get_range_async(&self.key, range)
+                .await
+                .map_err(|e| parquet::errors::ParquetError::External(Box::new(e)))
+        }
+        .boxed()
+    }
+
+    fn get_byte_ranges(
+        &mut self,
+        ranges: Vec<Range<u64>>,
+    ) -> BoxFuture<'_, parquet::errors::Result<Vec<Bytes>>> {
+        async move {
+            self.loc
+                .get_ranges_async(&self.key, &ranges)
+                .await
+                .map_err(|e| parquet::errors::ParquetError::External(Box::new(e)))
+        }
+        .boxed()
+    }
+
+    fn get_metadata<'a>(
+        &'a mut self,
+        _options: Option<&'a ArrowReaderOptions>,
+    ) -> BoxFuture<'a, parquet::errors::Result<Arc<ParquetMetaData>>> {
+        let metadata = Arc::clone(&self.metadata);
+        async move { Ok(metadata) }.boxed()
+    }
+}
+
+/// How far past the end of its range a rank reads at a time to finish its last line.
+const LINE_TAIL: u64 = 64 * 1024;
+
+fn read_csv_range(
+    loc: &Location,
+    dataset: &Dataset,
+    index: usize,
+    range: Range<u64>,
+    rule: &ValueRule,
+    sink: &mut LocalRatings,
+) -> Result<()> {
+    let source = &dataset.files[index];
+    let shown = loc.display_key(&source.file.key);
+    let SourceShape::Csv { data_start, size } = source.shape else {
+        return Err(Error::runtime(format!(
+            "{shown}: planned as CSV but described otherwise"
+        )));
+    };
+    let text = fetch_lines(loc, &source.file.key, data_start, size, range)?;
+    if text.is_empty() {
+        return Ok(());
+    }
+    let c = &source.columns;
+    let fields: Vec<Field> = (0..c.csv_fields)
+        .map(|i| Field::new(format!("c{i}"), DataType::Utf8, true))
+        .collect();
+    let schema = Arc::new(Schema::new(fields));
+    let reader = arrow::csv::ReaderBuilder::new(schema)
+        .with_header(false)
+        .with_batch_size(BATCH_ROWS)
+        .with_projection(vec![c.user.0, c.item.0, c.value.0])
+        .build(std::io::Cursor::new(text))
+        .map_err(|e| Error::usage(format!("{shown}: {e}")))?;
+    let names = ColumnNames {
+        file: &shown,
+        user: &c.user.1,
+        item: &c.item.1,
+        value: &c.value.1,
+    };
+    for batch in reader {
+        let batch: RecordBatch =
+            batch.map_err(|e| Error::usage(format!("{shown}: bad CSV ({e})")))?;
+        // Projected columns come in the order of the projection: user, item, value.
+        let (u, i, v) = (batch.column(0), batch.column(1), batch.column(2));
+        sink.add_batch(
+            u.as_ref(),
+            i.as_ref(),
+            v.as_ref() as &dyn Array,
+            rule,
+            &names,
+        )?;
+    }
+    Ok(())
+}
+
+/// The whole lines that start inside `range` (a line starts at `data_start` or after a `\n`).
+fn fetch_lines(
+    loc: &Location,
+    key: &str,
+    data_start: u64,
+    size: u64,
+    range: Range<u64>,
+) -> Result<Bytes> {
+    // Start one byte early to see whether `range.start` begins a line.
+    let from = if range.start <= data_start {
+        data_start
+    } else {
+        range.start - 1
+    };
+    let mut buf = loc.get_range(key, from..range.end.min(size))?.to_vec();
+    let skip = if range.start <= data_start {
+        0
+    } else {
+        match buf.iter().position(|&b| b == b'\n') {
+            Some(nl) => nl + 1,
+            None => buf.len(), // no line starts in this range
+        }
+    };
+    // A line that starts before `range.end` is ours to finish.
+    let mut end = range.end.min(size);
+    if skip < buf.len() {
+        while end < size && buf.last() != Some(&b'\n') {
+            let more = loc.get_range(key, end..(end + LINE_TAIL).min(size))?;
+            match more.iter().position(|&b| b == b'\n') {
+                Some(nl) => {
+                    buf.extend_from_slice(&more[..=nl]);
+                    break;
+                }
+                None => {
+                    buf.extend_from_slice(&more);
+                    end += more.len() as u64;
+                }
+            }
+        }
+    }
+    let mut lines = buf.split_off(skip);
+    // Blank trailing lines would read as ragged rows.
+    while lines.last().is_some_and(|&b| b == b'\n' || b == b'\r') {
+        lines.pop();
+    }
+    Ok(Bytes::from(lines))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_fields_are_trimmed_and_unquoted() {
+        assert_eq!(
+            split_header("\u{feff}userId,\"movieId\", rating,timestamp\r"),
+            vec!["userId", "movieId", "rating", "timestamp"]
+        );
+    }
+
+    #[test]
+    fn csv_ranges_split_at_line_starts() {
+        let dir = std::env::temp_dir().join(format!("funksvd-lines-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("x.csv");
+        let text = "h\naa\nbbb\nc\ndddd\n";
+        std::fs::write(&path, text).unwrap();
+        let loc = Location::parse(path.to_str().unwrap(), "--data").unwrap();
+        let key = loc.list_files().unwrap()[0].key.clone();
+        let size = text.len() as u64;
+        for cuts in [
+            vec![2, 17],
+            vec![2, 5, 17],
+            vec![2, 3, 4, 9, 10, 11, 17],
+            vec![2, 6, 7, 8, 17],
+        ] {
+            let mut all = String::new();
+            for w in cuts.windows(2) {
+                let got = fetch_lines(&loc, &key, 2, size, w[0]..w[1]).unwrap();
+                let got = String::from_utf8(got.to_vec()).unwrap();
+                if !got.is_empty() {
+                    all.push_str(&got);
+                    all.push('\n');
+                }
+            }
+            assert_eq!(all, "aa\nbbb\nc\ndddd\n", "cuts {cuts:?}");
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

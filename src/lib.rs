@@ -1,0 +1,31 @@
+//! funksvd: distributed FunkSVD training over MPI, from clickstream data on local disk or S3.
+//!
+//! The binary (`src/main.rs`) is the product; this library exposes its pieces so that the
+//! integration tests can read models the way users do. The pipeline, in module order:
+//! `plan` (who reads what) -> `ingest` (read a slice) -> `features` (events to ratings) ->
+//! `exchange` (ratings to their user's rank) -> `funksvd` (train) -> `model_io` (save).
+//!
+//! ```
+//! use funksvd::funksvd::kernel::{sgd_step, Step};
+//! // One SGD step on a user row and an item row, each [bias, factors...].
+//! let mut user = vec![0.0, 0.1, -0.2];
+//! let mut item = vec![0.0, 0.3, 0.1];
+//! let err = sgd_step(&mut user, &mut item, 1.0, Step { lr: 0.01, reg: 0.02, biased: true });
+//! assert!(err > 0.9 && user[0] > 0.0);
+//! ```
+
+pub mod cli;
+pub mod cmd;
+pub mod comm;
+pub mod error;
+pub mod exchange;
+pub mod features;
+pub mod funksvd;
+pub mod ids;
+pub mod ingest;
+pub mod model_io;
+pub mod pipeline;
+pub mod plan;
+pub mod rng;
+pub mod store;
+pub mod wire;

@@ -1,0 +1,86 @@
+//! `funksvd`: parse arguments, start MPI once, run the command, map errors to exit codes.
+
+use std::io::Write;
+
+use clap::Parser;
+use funksvd::cli::{Cli, Command};
+use funksvd::comm::{install_panic_hook, Comm};
+use funksvd::error::Error;
+
+fn main() {
+    let code = run();
+    // MPI is finalised by now (the universe was dropped inside `run`).
+    std::process::exit(code);
+}
+
+fn run() -> i32 {
+    let Some(universe) = mpi::initialize() else {
+        eprintln!("funksvd: error: MPI could not be initialised");
+        return 1;
+    };
+    let comm = Comm::new(universe.world());
+    install_panic_hook(comm.rank());
+    init_logging(comm.rank(), comm.size());
+
+    let code = match Cli::try_parse() {
+        Err(e) => {
+            // Every rank parsed the same arguments; one copy of the message is enough.
+            if comm.is_root() {
+                let _ = e.print();
+            }
+            e.exit_code()
+        }
+        Ok(cli) => {
+            let result = match &cli.command {
+                Command::Train(args) => funksvd::cmd::train::run(&comm, args),
+                Command::Evaluate(args) => funksvd::cmd::evaluate::run(&comm, args),
+                Command::Generate(args) => funksvd::cmd::generate::run(&comm, args),
+            };
+            match result {
+                Ok(()) => 0,
+                Err(e) => report(&comm, &e),
+            }
+        }
+    };
+    let _ = std::io::stdout().flush();
+    drop(comm);
+    drop(universe);
+    code
+}
+
+/// Print an error once: the failing rank prints its message, the others only their exit.
+fn report(comm: &Comm, e: &Error) -> i32 {
+    match e {
+        Error::PeerFailed { rank, .. } => {
+            log::debug!("rank {}: stopping because rank {rank} failed", comm.rank());
+        }
+        _ if comm.size() > 1 => eprintln!("funksvd: error (rank {}): {e}", comm.rank()),
+        _ => eprintln!("funksvd: error: {e}"),
+    }
+    e.exit_code()
+}
+
+/// Rank 0 speaks for the job at `info`; the other ranks only warn or fail (RUST_LOG overrides).
+fn init_logging(rank: usize, size: usize) {
+    let default = if rank == 0 { "info" } else { "warn" };
+    let started = std::time::Instant::now();
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default))
+        .format(move |buf, record| {
+            let who = if size > 1 {
+                format!(" rank {rank}")
+            } else {
+                String::new()
+            };
+            let level = match record.level() {
+                log::Level::Info => String::new(),
+                l => format!(" {}", l.as_str().to_lowercase()),
+            };
+            writeln!(
+                buf,
+                "[funksvd{who} {:>7.2}s{level}] {}",
+                started.elapsed().as_secs_f64(),
+                record.args()
+            )
+        })
+        .init();
+}

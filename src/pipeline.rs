@@ -1,0 +1,128 @@
+//! The steps `train` and `evaluate` share: plan, read + features, exchange. Each step ends with
+//! the ranks agreeing that it succeeded everywhere before anyone enters the next collective.
+
+use std::time::Instant;
+
+use crate::comm::Comm;
+use crate::error::Result;
+use crate::exchange::{self, OwnedRatings};
+use crate::features::{Aggregate, LocalRatings, SkipCounts};
+use crate::ingest::{self, Dataset, InputSpec};
+use crate::store::{self, Location, ReadStats};
+
+/// What reading the dataset cost, for logs and `model.json`.
+#[derive(Clone, Debug, Default)]
+pub struct IngestReport {
+    pub plan_seconds: f64,
+    pub read_seconds: f64,
+    pub features_seconds: f64,
+    pub exchange_seconds: f64,
+    pub rows_read: u64,
+    pub skipped: SkipCounts,
+    /// Per rank (index = rank); filled on every rank.
+    pub read_per_rank: Vec<ReadStats>,
+    pub files: usize,
+    pub bytes: u64,
+}
+
+/// Rank 0 plans and everyone gets the plan.
+pub fn plan(comm: &Comm, loc: &Location, spec: &InputSpec) -> Result<Dataset> {
+    let planned = if comm.is_root() {
+        ingest::discover(loc, spec, comm.size()).and_then(|d| d.to_bytes())
+    } else {
+        Ok(Vec::new())
+    };
+    let bytes = comm.agree(planned)?;
+    let bytes = comm.broadcast_bytes(0, bytes)?;
+    let dataset = Dataset::from_bytes(&bytes);
+    comm.agree(dataset)
+}
+
+/// Plan, read this rank's slice, extract ratings, and route them to their owners.
+pub fn load_ratings(
+    comm: &Comm,
+    loc: &Location,
+    spec: &InputSpec,
+    aggregate: Aggregate,
+) -> Result<(OwnedRatings, IngestReport)> {
+    let mut report = IngestReport::default();
+    let started = Instant::now();
+    let dataset = plan(comm, loc, spec)?;
+    report.plan_seconds = started.elapsed().as_secs_f64();
+    report.files = dataset.file_count();
+    report.bytes = dataset.total_bytes();
+    if comm.is_root() {
+        log::info!(
+            "plan: {} files, {} row groups, {:.1} MB over {} ranks ({:.2}s)",
+            dataset.file_count(),
+            dataset.row_groups(),
+            dataset.total_bytes() as f64 / 1e6,
+            comm.size(),
+            report.plan_seconds
+        );
+    }
+
+    let started = Instant::now();
+    let before = store::read_stats();
+    let mut local = LocalRatings::new();
+    let read = ingest::read_slice(
+        loc,
+        &dataset,
+        &dataset.slices[comm.rank()],
+        &spec.rule,
+        &mut local,
+    );
+    comm.agree(read)?;
+    let after = store::read_stats();
+    let mine = ReadStats {
+        bytes: after.bytes - before.bytes,
+        requests: after.requests - before.requests,
+    };
+    report.features_seconds = local.feature_seconds;
+    report.read_seconds = started.elapsed().as_secs_f64() - local.feature_seconds;
+    log::debug!(
+        "rank {}: read {} rows, {} bytes in {} requests",
+        comm.rank(),
+        local.rows_read,
+        mine.bytes,
+        mine.requests
+    );
+
+    // Job totals: rows, skips and reads of every rank.
+    let mut counts = [local.rows_read];
+    comm.allreduce_sum_u64(&mut counts);
+    report.rows_read = counts[0];
+    for bytes in comm.allgather_bytes(&local.skipped.to_bytes())? {
+        report.skipped.merge(&SkipCounts::from_bytes(&bytes)?);
+    }
+    let mut stats = vec![0u64; 2 * comm.size()];
+    stats[2 * comm.rank()] = mine.bytes;
+    stats[2 * comm.rank() + 1] = mine.requests;
+    comm.allreduce_sum_u64(&mut stats);
+    report.read_per_rank = stats
+        .chunks_exact(2)
+        .map(|c| ReadStats {
+            bytes: c[0],
+            requests: c[1],
+        })
+        .collect();
+    if comm.is_root() {
+        log::info!(
+            "read: {} rows in {:.2}s ({:.1}M rows/s per rank)",
+            report.rows_read,
+            report.read_seconds + report.features_seconds,
+            report.rows_read as f64
+                / comm.size() as f64
+                / (report.read_seconds + report.features_seconds).max(1e-9)
+                / 1e6
+        );
+        if let Some(line) = report.skipped.describe() {
+            log::warn!("{line}");
+        }
+    }
+
+    let started = Instant::now();
+    let owned = comm.agree(exchange::route(comm, local, aggregate))?;
+    report.exchange_seconds = started.elapsed().as_secs_f64();
+    Ok((owned, report))
+}

@@ -1,0 +1,412 @@
+//! The only code that talks to storage: URL parsing, listing, ranged reads and writes, for local
+//! paths (`/dir`, `file:///dir`) and S3/MinIO (`s3://bucket/prefix`), all through `object_store`.
+//!
+//! All I/O runs on one small tokio runtime owned by this module and is driven from the calling
+//! (main) thread with `block_on`, so MPI calls never share a thread with async code.
+
+use std::ops::Range;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt};
+use object_store::aws::AmazonS3Builder;
+use object_store::local::LocalFileSystem;
+use object_store::path::Path;
+use object_store::{ClientOptions, ObjectStore, ObjectStoreExt, PutPayload, RetryConfig};
+
+use crate::error::{Error, Result};
+
+/// Bytes and requests this process has read from storage (for `training.phases` and logs).
+static BYTES_READ: AtomicU64 = AtomicU64::new(0);
+static READ_REQUESTS: AtomicU64 = AtomicU64::new(0);
+
+/// How much this process has read so far.
+#[derive(Clone, Copy, Debug, Default, serde::Serialize, serde::Deserialize, PartialEq)]
+pub struct ReadStats {
+    pub bytes: u64,
+    pub requests: u64,
+}
+
+pub fn read_stats() -> ReadStats {
+    ReadStats {
+        bytes: BYTES_READ.load(Ordering::Relaxed),
+        requests: READ_REQUESTS.load(Ordering::Relaxed),
+    }
+}
+
+fn count_read(bytes: u64, requests: u64) {
+    BYTES_READ.fetch_add(bytes, Ordering::Relaxed);
+    READ_REQUESTS.fetch_add(requests, Ordering::Relaxed);
+}
+
+fn runtime() -> &'static tokio::runtime::Runtime {
+    static RUNTIME: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+    RUNTIME.get_or_init(|| {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("cannot start the I/O runtime")
+    })
+}
+
+/// Run a storage future to completion on the I/O runtime.
+pub fn block_on<F: std::future::Future>(future: F) -> F::Output {
+    runtime().block_on(future)
+}
+
+/// One object found under a dataset URL.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct FileRef {
+    /// The object's key in its store (a local absolute path without the leading `/`).
+    pub key: String,
+    pub size: u64,
+}
+
+/// A parsed location: a store plus a prefix (a folder, or a single object).
+#[derive(Clone)]
+pub struct Location {
+    store: Arc<dyn ObjectStore>,
+    prefix: Path,
+    /// How the user wrote it, for messages.
+    url: String,
+    /// `s3://bucket/` or `/`, to turn keys back into something a user recognises.
+    display_root: String,
+}
+
+impl std::fmt::Debug for Location {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.url)
+    }
+}
+
+impl Location {
+    /// Parse `/dir`, `dir`, `file:///dir` or `s3://bucket/prefix`. `flag` names the flag in errors.
+    pub fn parse(url: &str, flag: &str) -> Result<Location> {
+        if url.is_empty() {
+            return Err(Error::usage(format!("{flag}: empty location")));
+        }
+        if let Some(rest) = url.strip_prefix("s3://") {
+            return s3_location(url, rest, flag);
+        }
+        let local = match url.strip_prefix("file://") {
+            Some(p) => p,
+            None if url.contains("://") => {
+                return Err(Error::usage(format!(
+                    "{flag} {url}: unsupported scheme (use a local path, file:// or s3://)"
+                )))
+            }
+            None => url,
+        };
+        let abs =
+            std::path::absolute(local).map_err(|e| Error::usage(format!("{flag} {url}: {e}")))?;
+        let prefix = Path::from_absolute_path(&abs)
+            .map_err(|e| Error::usage(format!("{flag} {url}: {e}")))?;
+        Ok(Location {
+            store: Arc::new(LocalFileSystem::new()),
+            prefix,
+            url: url.to_string(),
+            display_root: "/".into(),
+        })
+    }
+
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    pub fn is_s3(&self) -> bool {
+        self.display_root.starts_with("s3://")
+    }
+
+    /// A key as the user would write it (`/data/x.parquet`, `s3://bucket/x.parquet`).
+    pub fn display_key(&self, key: &str) -> String {
+        format!("{}{}", self.display_root, key)
+    }
+
+    /// The key of `name` inside this location (a folder).
+    pub fn child_key(&self, name: &str) -> String {
+        let mut p = self.prefix.clone();
+        for part in name.split('/').filter(|s| !s.is_empty()) {
+            p = p.join(part);
+        }
+        p.to_string()
+    }
+
+    pub fn object_store(&self) -> Arc<dyn ObjectStore> {
+        Arc::clone(&self.store)
+    }
+
+    /// The data files at this location: the object itself if it is one, else every object below
+    /// it, skipping anything whose name (or a folder's) starts with `_` or `.`, sorted by key.
+    pub fn list_files(&self) -> Result<Vec<FileRef>> {
+        block_on(async {
+            if let Ok(meta) = self.store.head(&self.prefix).await {
+                if !is_hidden(meta.location.filename().unwrap_or("")) {
+                    return Ok(vec![FileRef {
+                        key: meta.location.to_string(),
+                        size: meta.size,
+                    }]);
+                }
+            }
+            let mut files: Vec<FileRef> = Vec::new();
+            let mut listing = self.store.list(Some(&self.prefix));
+            while let Some(item) = listing.next().await {
+                let meta = match item {
+                    Ok(m) => m,
+                    // A local folder that does not exist lists as an error; report it as such.
+                    Err(object_store::Error::NotFound { .. }) => break,
+                    Err(e) => return Err(self.storage_error("list", e)),
+                };
+                let hidden = meta
+                    .location
+                    .prefix_match(&self.prefix)
+                    .map(|mut parts| parts.any(|p| is_hidden(p.as_ref())))
+                    .unwrap_or(true);
+                if !hidden {
+                    files.push(FileRef {
+                        key: meta.location.to_string(),
+                        size: meta.size,
+                    });
+                }
+            }
+            files.sort_by(|a, b| a.key.cmp(&b.key));
+            Ok(files)
+        })
+    }
+
+    /// Read `range` of object `key`.
+    pub fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes> {
+        block_on(self.get_range_async(key, range))
+    }
+
+    pub async fn get_range_async(&self, key: &str, range: Range<u64>) -> Result<Bytes> {
+        let path = Path::from(key);
+        let len = range.end - range.start;
+        let bytes = self
+            .store
+            .get_range(&path, range)
+            .await
+            .map_err(|e| self.storage_error_key("read", key, e))?;
+        count_read(len, 1);
+        Ok(bytes)
+    }
+
+    /// Read several ranges of one object (adjacent ones may be merged into one request).
+    pub async fn get_ranges_async(&self, key: &str, ranges: &[Range<u64>]) -> Result<Vec<Bytes>> {
+        let path = Path::from(key);
+        let parts = self
+            .store
+            .get_ranges(&path, ranges)
+            .await
+            .map_err(|e| self.storage_error_key("read", key, e))?;
+        let len: u64 = ranges.iter().map(|r| r.end - r.start).sum();
+        count_read(len, ranges.len() as u64);
+        Ok(parts)
+    }
+
+    /// Read a whole object.
+    pub fn get(&self, key: &str) -> Result<Bytes> {
+        block_on(async {
+            let path = Path::from(key);
+            let result = self
+                .store
+                .get(&path)
+                .await
+                .map_err(|e| self.storage_error_key("read", key, e))?;
+            let bytes = result
+                .bytes()
+                .await
+                .map_err(|e| self.storage_error_key("read", key, e))?;
+            count_read(bytes.len() as u64, 1);
+            Ok(bytes)
+        })
+    }
+
+    /// Whether object `key` exists.
+    pub fn exists(&self, key: &str) -> Result<bool> {
+        block_on(async {
+            match self.store.head(&Path::from(key)).await {
+                Ok(_) => Ok(true),
+                Err(object_store::Error::NotFound { .. }) => Ok(false),
+                Err(e) => Err(self.storage_error_key("check", key, e)),
+            }
+        })
+    }
+
+    /// Write a whole object atomically (a reader sees the old or the new content, never half).
+    pub fn put(&self, key: &str, bytes: Bytes) -> Result<()> {
+        block_on(async {
+            self.store
+                .put(&Path::from(key), PutPayload::from_bytes(bytes))
+                .await
+                .map_err(|e| self.storage_error_key("write", key, e))?;
+            Ok(())
+        })
+    }
+
+    pub fn delete(&self, key: &str) -> Result<()> {
+        block_on(async {
+            match self.store.delete(&Path::from(key)).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+                Err(e) => Err(self.storage_error_key("delete", key, e)),
+            }
+        })
+    }
+
+    /// Every key below this location (hidden ones included), for clean-up.
+    pub fn list_all_keys(&self) -> Result<Vec<String>> {
+        block_on(async {
+            let listed: Vec<_> = match self.store.list(Some(&self.prefix)).try_collect().await {
+                Ok(v) => v,
+                Err(object_store::Error::NotFound { .. }) => Vec::new(),
+                Err(e) => return Err(self.storage_error("list", e)),
+            };
+            Ok(listed.into_iter().map(|m| m.location.to_string()).collect())
+        })
+    }
+
+    fn storage_error(&self, action: &str, e: object_store::Error) -> Error {
+        Error::runtime(format!("cannot {action} {}: {}", self.url, describe(&e)))
+    }
+
+    fn storage_error_key(&self, action: &str, key: &str, e: object_store::Error) -> Error {
+        let what = self.display_key(key);
+        match e {
+            object_store::Error::NotFound { .. } => {
+                Error::runtime(format!("cannot {action} {what}: not found"))
+            }
+            e => Error::runtime(format!("cannot {action} {what}: {}", describe(&e))),
+        }
+    }
+}
+
+/// Spark/Hadoop markers (`_SUCCESS`, `_metadata`, `.crc`) and our own staging areas.
+pub fn is_hidden(name: &str) -> bool {
+    name.starts_with('_') || name.starts_with('.')
+}
+
+/// object_store errors, shortened to what a user can act on; never includes credentials
+/// (object_store does not put them in messages).
+fn describe(e: &object_store::Error) -> String {
+    let text = e.to_string();
+    // The source chain is where the useful part (HTTP status, connection refused) lives.
+    let mut source = std::error::Error::source(e);
+    let mut parts = vec![text];
+    while let Some(s) = source {
+        let t = s.to_string();
+        if !parts.iter().any(|p| p.contains(&t)) {
+            parts.push(t);
+        }
+        source = s.source();
+    }
+    parts.join(": ")
+}
+
+fn env_first(names: &[&str]) -> Option<String> {
+    names
+        .iter()
+        .find_map(|n| std::env::var(n).ok().filter(|v| !v.is_empty()))
+}
+
+fn s3_location(url: &str, rest: &str, flag: &str) -> Result<Location> {
+    let (bucket, key) = rest.split_once('/').unwrap_or((rest, ""));
+    if bucket.is_empty() {
+        return Err(Error::usage(format!("{flag} {url}: no bucket name")));
+    }
+    let region = env_first(&["AWS_REGION", "AWS_DEFAULT_REGION", "MINIO_REGION"])
+        .unwrap_or_else(|| "us-east-1".into());
+    let mut builder = AmazonS3Builder::new()
+        .with_bucket_name(bucket)
+        .with_region(region)
+        .with_virtual_hosted_style_request(false)
+        .with_retry(RetryConfig {
+            backoff: object_store::BackoffConfig {
+                init_backoff: Duration::from_millis(100),
+                max_backoff: Duration::from_secs(2),
+                base: 2.0,
+            },
+            max_retries: 3,
+            retry_timeout: Duration::from_secs(15),
+        })
+        .with_client_options(
+            ClientOptions::new()
+                .with_connect_timeout(Duration::from_secs(5))
+                .with_timeout(Duration::from_secs(120)),
+        );
+    if let Some(endpoint) = env_first(&["AWS_ENDPOINT_URL", "AWS_ENDPOINT", "MINIO_ENDPOINT"]) {
+        let endpoint = if endpoint.contains("://") {
+            endpoint
+        } else {
+            // MinIO deployments often give host:port only.
+            format!("http://{endpoint}")
+        };
+        builder = builder
+            .with_allow_http(endpoint.starts_with("http://"))
+            .with_endpoint(endpoint);
+    }
+    if let Some(id) = env_first(&["AWS_ACCESS_KEY_ID", "MINIO_ACCESS_KEY"]) {
+        builder = builder.with_access_key_id(id);
+    }
+    if let Some(secret) = env_first(&["AWS_SECRET_ACCESS_KEY", "MINIO_SECRET_KEY"]) {
+        builder = builder.with_secret_access_key(secret);
+    }
+    if let Some(token) = env_first(&["AWS_SESSION_TOKEN"]) {
+        builder = builder.with_token(token);
+    }
+    let store = builder
+        .build()
+        .map_err(|e| Error::usage(format!("{flag} {url}: {}", describe(&e))))?;
+    let prefix = Path::parse(key.trim_end_matches('/'))
+        .map_err(|e| Error::usage(format!("{flag} {url}: {e}")))?;
+    Ok(Location {
+        store: Arc::new(store),
+        prefix,
+        url: url.to_string(),
+        display_root: format!("s3://{bucket}/"),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hidden_names_are_spark_markers_and_dotfiles() {
+        assert!(is_hidden("_SUCCESS"));
+        assert!(is_hidden(".part-0.crc"));
+        assert!(!is_hidden("part-0.parquet"));
+    }
+
+    #[test]
+    fn listing_skips_markers_and_walks_nested_folders() {
+        let dir = std::env::temp_dir().join(format!("funksvd-store-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("date=2026-11-01")).unwrap();
+        std::fs::create_dir_all(dir.join("_tmp")).unwrap();
+        std::fs::write(dir.join("date=2026-11-01/a.csv"), "x").unwrap();
+        std::fs::write(dir.join("b.csv"), "yy").unwrap();
+        std::fs::write(dir.join("_SUCCESS"), "").unwrap();
+        std::fs::write(dir.join(".b.csv.crc"), "").unwrap();
+        std::fs::write(dir.join("_tmp/c.csv"), "").unwrap();
+        let loc = Location::parse(dir.to_str().unwrap(), "--data").unwrap();
+        let files = loc.list_files().unwrap();
+        let names: Vec<&str> = files
+            .iter()
+            .map(|f| f.key.rsplit('/').next().unwrap())
+            .collect();
+        assert_eq!(names, vec!["b.csv", "a.csv"]);
+        assert_eq!(files[0].size, 2);
+        // A single file is a dataset of one file.
+        let one = Location::parse(dir.join("b.csv").to_str().unwrap(), "--data").unwrap();
+        assert_eq!(one.list_files().unwrap().len(), 1);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn unknown_scheme_is_a_usage_error_naming_the_flag() {
+        let err = Location::parse("hdfs://x/y", "--data").unwrap_err();
+        assert_eq!(err.exit_code(), 2);
+        assert!(err.to_string().contains("--data"));
+    }
+}
