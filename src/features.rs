@@ -376,9 +376,11 @@ fn intern_column(
             })?;
             strings!(strings.as_string::<i32>())
         }
-        other => return Err(Error::usage(format!(
+        other => {
+            return Err(Error::usage(format!(
             "{file}: column {column:?} has type {other}, but an id must be an integer or a string"
-        ))),
+        )))
+        }
     }
     Ok(())
 }

@@ -99,8 +99,9 @@ impl Location {
             }
             None => url,
         };
-        let abs =
-            std::path::absolute(local).map_err(|e| Error::usage(format!("{flag} {url}: {e}")))?;
+        let abs = std::path::absolute(local)
+            .map(|p| normalize(&p))
+            .map_err(|e| Error::usage(format!("{flag} {url}: {e}")))?;
         let prefix = Path::from_absolute_path(&abs)
             .map_err(|e| Error::usage(format!("{flag} {url}: {e}")))?;
         Ok(Location {
@@ -281,6 +282,22 @@ impl Location {
     }
 }
 
+/// Resolve `.` and `..` without touching the file system (the path may not exist yet).
+fn normalize(path: &std::path::Path) -> std::path::PathBuf {
+    use std::path::Component;
+    let mut out = std::path::PathBuf::new();
+    for part in path.components() {
+        match part {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                out.pop();
+            }
+            other => out.push(other.as_os_str()),
+        }
+    }
+    out
+}
+
 /// Spark/Hadoop markers (`_SUCCESS`, `_metadata`, `.crc`) and our own staging areas.
 pub fn is_hidden(name: &str) -> bool {
     name.starts_with('_') || name.starts_with('.')
@@ -401,6 +418,12 @@ mod tests {
         let one = Location::parse(dir.join("b.csv").to_str().unwrap(), "--data").unwrap();
         assert_eq!(one.list_files().unwrap().len(), 1);
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn relative_and_dotted_paths_resolve() {
+        let loc = Location::parse("/a/b/../c/./d", "--data").unwrap();
+        assert_eq!(loc.child_key("x"), "a/c/d/x");
     }
 
     #[test]

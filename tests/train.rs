@@ -1,0 +1,453 @@
+//! `funksvd train` end to end under mpirun: determinism, rank-count independence, real data,
+//! model files, and the bad inputs of the core issue.
+
+mod common;
+
+use common::*;
+use funksvd::ids::Id;
+
+fn holdout_rmse(model: &std::path::Path) -> f64 {
+    load_model(model)
+        .meta
+        .metrics
+        .holdout_rmse
+        .expect("a hold-out RMSE")
+}
+
+fn ml_args<'a>(data: &'a str, model: &'a str) -> Vec<&'a str> {
+    vec![
+        "train",
+        "--data",
+        data,
+        "--model",
+        model,
+        "--rating-col",
+        "rating",
+        "--user-col",
+        "userId",
+        "--item-col",
+        "movieId",
+    ]
+}
+
+#[test]
+fn same_rank_count_twice_gives_bit_identical_model_files() {
+    let dir = temp_dir("determinism");
+    let data = dir.join("data");
+    generate(
+        &data,
+        &[
+            "--users",
+            "800",
+            "--items",
+            "300",
+            "--events",
+            "60000",
+            "--files",
+            "3",
+            "--row-group-size",
+            "5000",
+        ],
+    );
+    for ranks in [2, 3] {
+        let a = dir.join(format!("a{ranks}"));
+        let b = dir.join(format!("b{ranks}"));
+        mpirun(ranks, &["train", "--data", s(&data), "--model", s(&a)]).ok();
+        mpirun(ranks, &["train", "--data", s(&data), "--model", s(&b)]).ok();
+        for file in ["users.parquet", "items.parquet"] {
+            assert!(
+                file_bytes(&a.join(file)) == file_bytes(&b.join(file)),
+                "{file} differs for {ranks} ranks"
+            );
+        }
+        assert_eq!(load_model(&a).meta.metrics.history.len(), 10);
+    }
+}
+
+#[test]
+fn holdout_rmse_for_2_3_4_8_ranks_is_within_half_a_percent_of_one_rank_on_movielens() {
+    let Some(ratings) = shared_data("ml-latest-small/ratings.csv") else {
+        return;
+    };
+    let dir = temp_dir("ranks-ml");
+    let one = dir.join("m1");
+    mpirun(1, &ml_args(s(&ratings), s(&one))).ok();
+    let base = holdout_rmse(&one);
+    assert!(
+        base < 0.95,
+        "MovieLens hold-out RMSE {base} is not a trained model"
+    );
+    for ranks in [2, 3, 4, 8] {
+        let m = dir.join(format!("m{ranks}"));
+        mpirun(ranks, &ml_args(s(&ratings), s(&m))).ok();
+        let rmse = holdout_rmse(&m);
+        assert!(rmse.is_finite());
+        assert_close(rmse, base, 0.005, &format!("{ranks} ranks vs 1"));
+    }
+}
+
+#[test]
+fn holdout_rmse_for_2_3_4_8_ranks_is_within_half_a_percent_of_one_rank_on_generated_data() {
+    let dir = temp_dir("ranks-gen");
+    let data = dir.join("data");
+    generate(
+        &data,
+        &[
+            "--users",
+            "3000",
+            "--items",
+            "1000",
+            "--events",
+            "400000",
+            "--files",
+            "4",
+            "--row-group-size",
+            "20000",
+        ],
+    );
+    let one = dir.join("m1");
+    mpirun(1, &["train", "--data", s(&data), "--model", s(&one)]).ok();
+    let base = holdout_rmse(&one);
+    // The planted structure is learnt: better than the first epoch's (bias-level) error.
+    let first = load_model(&one).meta.metrics.history[0]
+        .holdout_rmse
+        .unwrap();
+    assert!(
+        base < first * 0.95,
+        "hold-out RMSE {base} vs first epoch {first}"
+    );
+    for ranks in [2, 3, 4, 8] {
+        let m = dir.join(format!("m{ranks}"));
+        mpirun(ranks, &["train", "--data", s(&data), "--model", s(&m)]).ok();
+        assert_close(
+            holdout_rmse(&m),
+            base,
+            0.005,
+            &format!("{ranks} ranks vs 1"),
+        );
+    }
+}
+
+#[test]
+fn rees46_clickstream_trains_with_its_cart_event_and_event_time_column() {
+    let Some(events) = shared_data("rees46-sample/events.csv") else {
+        return;
+    };
+    let dir = temp_dir("rees46");
+    let model = dir.join("model");
+    let run = mpirun(
+        3,
+        &[
+            "train",
+            "--data",
+            s(&events),
+            "--model",
+            s(&model),
+            "--event-weights",
+            "view=1,cart=3,purchase=5",
+            "--time-col",
+            "event_time",
+        ],
+    )
+    .ok();
+    let m = load_model(&model);
+    assert_eq!(m.meta.training.ranks, 3);
+    assert_eq!(m.meta.training.rows_read, 17_434);
+    assert_eq!(m.meta.training.rows_skipped, 0, "{}", run.stderr);
+    assert_eq!(m.meta.rating_max, 5.0);
+    assert_eq!(m.user_ids.len() as u64, m.meta.n_users);
+    // REES46 ids are integers and stay integers.
+    assert!(m.user_ids.iter().all(|id| matches!(id, Id::Int(_))));
+    // With the default weights, `cart` is not an event we know: skipped and counted.
+    let default_model = dir.join("default");
+    let run = mpirun(
+        2,
+        &["train", "--data", s(&events), "--model", s(&default_model)],
+    )
+    .ok();
+    assert!(run.stderr.contains("\"cart\" x165"), "{}", run.stderr);
+    assert_eq!(load_model(&default_model).meta.training.rows_skipped, 165);
+}
+
+#[test]
+fn model_files_read_back_with_the_right_counts_and_vector_lengths() {
+    let dir = temp_dir("model-files");
+    let data = dir.join("data");
+    generate(
+        &data,
+        &["--users", "500", "--items", "200", "--events", "30000"],
+    );
+    let model = dir.join("model");
+    mpirun(
+        2,
+        &[
+            "train",
+            "--data",
+            s(&data),
+            "--model",
+            s(&model),
+            "--factors",
+            "7",
+            "--epochs",
+            "3",
+        ],
+    )
+    .ok();
+    let m = load_model(&model);
+    assert_eq!(m.meta.format, "funksvd-model");
+    assert_eq!(m.meta.factors, 7);
+    assert_eq!(m.user_ids.len() as u64, m.meta.n_users);
+    assert_eq!(m.item_ids.len() as u64, m.meta.n_items);
+    assert_eq!(m.user_rows.len(), m.user_ids.len() * 8);
+    assert_eq!(m.item_rows.len(), m.item_ids.len() * 8);
+    assert!(
+        m.user_ids.windows(2).all(|w| w[0] < w[1]),
+        "users sorted and unique"
+    );
+    assert!(m.meta.n_users > 400 && m.meta.n_items > 150);
+    let phases = &m.meta.training.phases;
+    assert_eq!(phases.read_per_rank.len(), 2);
+    assert!(phases
+        .read_per_rank
+        .iter()
+        .all(|r| r.bytes > 0 && r.requests > 0));
+    assert_eq!(m.meta.metrics.history.len(), 3);
+    // Biased by default, and the biases were learnt.
+    assert!(m.meta.biased && m.item_rows.chunks(8).any(|r| r[0] != 0.0));
+    // --no-bias: every bias stays zero.
+    let plain = dir.join("plain");
+    mpirun(
+        2,
+        &[
+            "train",
+            "--data",
+            s(&data),
+            "--model",
+            s(&plain),
+            "--no-bias",
+            "--epochs",
+            "2",
+        ],
+    )
+    .ok();
+    let p = load_model(&plain);
+    assert!(!p.meta.biased);
+    assert!(p
+        .user_rows
+        .chunks(p.stride())
+        .chain(p.item_rows.chunks(p.stride()))
+        .all(|r| r[0] == 0.0));
+}
+
+#[test]
+fn the_same_ratings_as_csv_or_parquet_in_any_number_of_files_give_the_same_model() {
+    let dir = temp_dir("layout");
+    let args = [
+        "--users", "400", "--items", "150", "--events", "20000", "--files", "3",
+    ];
+    let parquet = dir.join("parquet");
+    let csv = dir.join("csv");
+    generate(&parquet, &args);
+    let mut csv_args = args.to_vec();
+    csv_args.extend(["--format", "csv"]);
+    generate(&csv, &csv_args);
+    // The same CSV rows again, all in one file (with one header).
+    let single = dir.join("single");
+    std::fs::create_dir_all(&single).unwrap();
+    let mut all = String::from("user_id,product_id,event_type,timestamp\n");
+    for f in 0..3 {
+        let text = std::fs::read_to_string(csv.join(format!("part-{f:05}.csv"))).unwrap();
+        all.push_str(text.split_once('\n').unwrap().1);
+    }
+    std::fs::write(single.join("events.csv"), all).unwrap();
+    let mut models = Vec::new();
+    for (name, data) in [("p", &parquet), ("c", &csv), ("s", &single)] {
+        let model = dir.join(format!("m-{name}"));
+        mpirun(
+            3,
+            &[
+                "train",
+                "--data",
+                s(data),
+                "--model",
+                s(&model),
+                "--epochs",
+                "3",
+            ],
+        )
+        .ok();
+        models.push(model);
+    }
+    for m in &models[1..] {
+        for file in ["users.parquet", "items.parquet"] {
+            assert!(
+                file_bytes(&models[0].join(file)) == file_bytes(&m.join(file)),
+                "{file}: {}",
+                m.display()
+            );
+        }
+    }
+}
+
+#[test]
+fn more_ranks_than_row_groups_and_hidden_files_are_fine() {
+    let dir = temp_dir("few-row-groups");
+    let data = dir.join("data");
+    generate(
+        &data,
+        &[
+            "--users", "300", "--items", "100", "--events", "8000", "--files", "1", "--format",
+            "csv",
+        ],
+    );
+    std::fs::write(data.join("_SUCCESS"), "").unwrap();
+    std::fs::write(data.join(".part-00000.csv.crc"), "garbage").unwrap();
+    std::fs::create_dir_all(data.join("_temporary")).unwrap();
+    std::fs::write(data.join("_temporary/x.csv"), "not,our,data\n").unwrap();
+    let parquet = dir.join("pq");
+    generate(
+        &parquet,
+        &[
+            "--users", "300", "--items", "100", "--events", "8000", "--files", "1",
+        ],
+    );
+    for d in [&data, &parquet] {
+        let model = dir.join("model");
+        mpirun(
+            8,
+            &[
+                "train",
+                "--data",
+                s(d),
+                "--model",
+                s(&model),
+                "--epochs",
+                "2",
+            ],
+        )
+        .ok();
+        let m = load_model(&model);
+        assert_eq!(m.meta.training.rows_read, 8000);
+        assert_eq!(m.meta.training.ranks, 8);
+    }
+}
+
+#[test]
+fn null_ids_and_unknown_events_are_skipped_and_counted() {
+    let dir = temp_dir("skips");
+    let data = dir.join("events.csv");
+    std::fs::write(
+        &data,
+        "user_id,product_id,event_type\n1,10,view\n,11,view\n2,,purchase\n3,12,wishlist\n1,11,purchase\n2,10,add_to_cart\n4,12,\n",
+    )
+    .unwrap();
+    let model = dir.join("model");
+    let run = mpirun(
+        2,
+        &[
+            "train",
+            "--data",
+            s(&data),
+            "--model",
+            s(&model),
+            "--holdout",
+            "0",
+            "--epochs",
+            "2",
+        ],
+    )
+    .ok();
+    let m = load_model(&model);
+    assert_eq!(m.meta.training.rows_read, 7);
+    assert_eq!(m.meta.training.rows_skipped, 4, "{}", run.stderr);
+    assert_eq!(m.meta.n_ratings, 3);
+    for needle in [
+        "1 with a null user id",
+        "1 with a null item id",
+        "\"wishlist\" x1",
+        "1 with a null rating or event",
+    ] {
+        assert!(
+            run.stderr.contains(needle),
+            "{needle:?} missing from:\n{}",
+            run.stderr
+        );
+    }
+}
+
+/// Bad input: exit code 2, one clear message naming the culprit, and no rank left hanging.
+fn assert_usage_error(ranks: usize, args: &[&str], needles: &[&str]) {
+    let run = mpirun(ranks, args);
+    assert_eq!(
+        run.code, 2,
+        "{args:?}: exit code {}:\n{}",
+        run.code, run.stderr
+    );
+    for needle in needles {
+        assert!(
+            run.stderr.contains(needle),
+            "{args:?}: {needle:?} missing from:\n{}",
+            run.stderr
+        );
+    }
+    assert!(!run.stderr.contains("panicked"), "{}", run.stderr);
+}
+
+#[test]
+fn bad_input_exits_2_naming_the_culprit_without_hanging() {
+    let dir = temp_dir("bad-input");
+    let data = dir.join("data");
+    generate(
+        &data,
+        &[
+            "--users", "100", "--items", "50", "--events", "2000", "--files", "2",
+        ],
+    );
+    let (d, m) = (s(&data).to_string(), s(&dir.join("model")).to_string());
+    let train = |extra: &[&str]| {
+        let mut args = vec!["train", "--data", d.as_str(), "--model", m.as_str()];
+        args.extend_from_slice(extra);
+        args.into_iter().map(String::from).collect::<Vec<_>>()
+    };
+    let cases: Vec<(Vec<String>, Vec<&str>)> = vec![
+        (
+            train(&["--user-col", "customer"]),
+            vec!["no column \"customer\"", "part-00000.parquet", "--user-col"],
+        ),
+        (
+            train(&["--rating-col", "stars"]),
+            vec!["no column \"stars\"", "--rating-col"],
+        ),
+        (train(&["--format", "xml"]), vec!["--format"]),
+        (train(&["--factors", "0"]), vec!["--factors"]),
+        (train(&["--lr", "-1"]), vec!["--lr"]),
+        (train(&["--epochs", "0"]), vec!["--epochs"]),
+        (train(&["--holdout", "1.0"]), vec!["--holdout"]),
+        (
+            train(&["--event-weights", "view:1"]),
+            vec!["--event-weights"],
+        ),
+        (
+            train(&["--event-weights", "click=1"]),
+            vec!["nothing to train on", "\"view\""],
+        ),
+        (
+            vec![
+                "train".into(),
+                "--data".into(),
+                "/nonexistent/funksvd".into(),
+                "--model".into(),
+                m.clone(),
+            ],
+            vec!["/nonexistent/funksvd", "--data"],
+        ),
+    ];
+    for (args, needles) in cases {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        assert_usage_error(2, &args, &needles);
+    }
+    assert!(
+        !dir.join("model/model.json").exists(),
+        "a failed run published a model"
+    );
+}
