@@ -115,11 +115,11 @@ impl std::hash::Hasher for FastHasher {
             let mut v = [0u8; 8];
             v[..chunk.len()].copy_from_slice(chunk);
             self.0 = (self.0.rotate_left(5) ^ u64::from_le_bytes(v))
-                .wrapping_mul(0x51_7CC1_B727_220A_95);
+                .wrapping_mul(0x517C_C1B7_2722_0A95);
         }
     }
     fn write_u64(&mut self, i: u64) {
-        self.0 = (self.0.rotate_left(5) ^ i).wrapping_mul(0x51_7CC1_B727_220A_95);
+        self.0 = (self.0.rotate_left(5) ^ i).wrapping_mul(0x517C_C1B7_2722_0A95);
     }
     fn write_i64(&mut self, i: i64) {
         self.write_u64(i as u64)

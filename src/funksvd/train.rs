@@ -144,8 +144,8 @@ impl Params {
         Params {
             factors: hyper.factors,
             stride,
-            users: fill(user_ids, 0x75_7365_72),
-            items: fill(item_ids, 0x69_7465_6D),
+            users: fill(user_ids, 0x7573_6572),
+            items: fill(item_ids, 0x6974_656D),
         }
     }
 
@@ -457,10 +457,10 @@ mod tests {
             user_offsets: vec![0],
             ..Default::default()
         };
-        for u in 0..users {
+        for (u, pu) in uf.iter().enumerate() {
             data.user_ids.push(Id::Int(u as i64));
-            for i in 0..items {
-                let r = 3.0 + uf[u].iter().zip(&vf[i]).map(|(a, b)| a * b).sum::<f64>() * 0.5;
+            for (i, qi) in vf.iter().enumerate() {
+                let r = 3.0 + pu.iter().zip(qi).map(|(a, b)| a * b).sum::<f64>() * 0.5;
                 let r = r.clamp(1.0, 5.0) as f32;
                 if rng.next_f64() < 0.2 {
                     data.holdout.push(HeldOut {
