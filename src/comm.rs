@@ -36,37 +36,35 @@ impl Comm {
 
     /// Every rank learns whether any rank failed, before anyone enters the next collective.
     ///
-    /// A failing rank gets its own error back; the others get `PeerFailed` naming the lowest
-    /// failing rank and its exit code, so every rank exits with that code and only the failing
-    /// rank prints the real message.
+    /// The lowest rank that failed on its own gets its error back (and prints it); every other rank
+    /// gets `PeerFailed` naming that rank and its exit code. So an error that every rank
+    /// hits alike (a bad flag, a missing column) is printed once, and an error of one rank is
+    /// printed by that rank; every rank exits with the same code.
     pub fn agree<T>(&self, local: Result<T>) -> Result<T> {
+        // > 0: this rank's own failure; < 0: it already stopped for another rank's failure.
         let my_code: i32 = match &local {
             Ok(_) => 0,
+            Err(Error::PeerFailed { code, .. }) => -(*code).max(1),
             Err(e) => e.exit_code().max(1),
         };
         let mut codes = vec![0i32; self.size];
         self.world.all_gather_into(&my_code, &mut codes[..]);
-        match local {
-            Err(e) => Err(e),
-            Ok(v) => match codes.iter().position(|&c| c != 0) {
-                None => Ok(v),
-                Some(rank) => Err(Error::PeerFailed {
-                    rank,
-                    code: codes[rank],
-                }),
-            },
+        if let Some(origin) = codes.iter().position(|&c| c > 0) {
+            return if origin == self.rank {
+                local
+            } else {
+                Err(Error::PeerFailed {
+                    rank: origin,
+                    code: codes[origin],
+                })
+            };
         }
-    }
-
-    /// Agree on a result every rank computed the same way from the same inputs (flags, a
-    /// broadcast plan): only rank 0 reports the error, the others stop quietly.
-    pub fn agree_same<T>(&self, local: Result<T>) -> Result<T> {
-        match local {
-            Err(e) if self.rank != 0 => self.agree(Err(Error::PeerFailed {
-                rank: 0,
-                code: e.exit_code().max(1),
-            })),
-            other => self.agree(other),
+        match (local, codes.iter().position(|&c| c < 0)) {
+            (Ok(_), Some(r)) => Err(Error::PeerFailed {
+                rank: r,
+                code: -codes[r],
+            }),
+            (local, _) => local,
         }
     }
 

@@ -19,6 +19,7 @@ pub mod cmd;
 pub mod comm;
 pub mod error;
 pub mod exchange;
+pub mod fault;
 pub mod features;
 pub mod funksvd;
 pub mod ids;

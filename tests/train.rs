@@ -451,3 +451,40 @@ fn bad_input_exits_2_naming_the_culprit_without_hanging() {
         "a failed run published a model"
     );
 }
+
+#[test]
+fn a_failing_or_panicking_rank_ends_every_rank_quickly_with_its_message() {
+    let dir = temp_dir("faults");
+    let data = dir.join("data");
+    generate(
+        &data,
+        &[
+            "--users", "200", "--items", "50", "--events", "5000", "--files", "2",
+        ],
+    );
+    let model = dir.join("model");
+    for (kind, code) in [("error", 1), ("panic", 1)] {
+        let started = std::time::Instant::now();
+        let run = mpirun_env(
+            3,
+            &["train", "--data", s(&data), "--model", s(&model)],
+            &[("FUNKSVD_FAULT", &format!("epoch@1:{kind}"))],
+        );
+        assert_eq!(run.code, code, "{kind}: {}", run.stderr);
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(30),
+            "{kind}: took {:?}",
+            started.elapsed()
+        );
+        assert!(run.stderr.contains("rank 1"), "{kind}: {}", run.stderr);
+        assert!(
+            run.stderr.contains("injected fault at epoch"),
+            "{kind}: {}",
+            run.stderr
+        );
+        assert!(
+            !model.join("model.json").exists(),
+            "{kind}: a failed run published a model"
+        );
+    }
+}

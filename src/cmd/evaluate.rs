@@ -12,12 +12,12 @@ use crate::pipeline;
 use crate::store::Location;
 
 pub fn run(comm: &Comm, args: &EvaluateArgs) -> Result<()> {
-    let model_loc = comm.agree_same(Location::parse(&args.model, "--model"))?;
-    let data_loc = comm.agree_same(Location::parse(&args.data, "--data"))?;
+    let model_loc = comm.agree(Location::parse(&args.model, "--model"))?;
+    let data_loc = comm.agree(Location::parse(&args.data, "--data"))?;
     // Every rank needs the item rows and its users' rows; the model is small next to the data.
     let model = comm.agree(model_io::load(&model_loc))?;
     let input = input_args(args, &model);
-    let spec = comm.agree_same(input.spec())?;
+    let spec = comm.agree(input.spec())?;
     let (owned, _report) = pipeline::load_ratings(comm, &data_loc, &spec, input.aggregate)?;
 
     let hyper = &model.meta.hyperparameters;

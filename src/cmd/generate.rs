@@ -28,8 +28,8 @@ const FIRST_USER_ID: i64 = 1;
 const FIRST_PRODUCT_ID: i64 = 1_000_000;
 
 pub fn run(comm: &Comm, args: &GenerateArgs) -> Result<()> {
-    comm.agree_same(args.check())?;
-    let out = comm.agree_same(Location::parse(&args.out, "--out"))?;
+    comm.agree(args.check())?;
+    let out = comm.agree(Location::parse(&args.out, "--out"))?;
     let world = World::new(args);
     let mut written = 0usize;
     let result = (comm.rank()..args.files)

@@ -19,10 +19,10 @@ use crate::wire::{Reader, Writer};
 
 pub fn run(comm: &Comm, args: &TrainArgs) -> Result<()> {
     let job_started = Instant::now();
-    let hyper = comm.agree_same(args.hyper())?;
-    let spec = comm.agree_same(args.input.spec())?;
-    let data_loc = comm.agree_same(Location::parse(&args.data, "--data"))?;
-    let model_loc = comm.agree_same(Location::parse(&args.model, "--model"))?;
+    let hyper = comm.agree(args.hyper())?;
+    let spec = comm.agree(args.input.spec())?;
+    let data_loc = comm.agree(Location::parse(&args.data, "--data"))?;
+    let model_loc = comm.agree(Location::parse(&args.model, "--model"))?;
 
     let (owned, report) = pipeline::load_ratings(comm, &data_loc, &spec, args.input.aggregate)?;
 
@@ -62,7 +62,7 @@ pub fn run(comm: &Comm, args: &TrainArgs) -> Result<()> {
         }
     });
     // Divergence is seen by every rank at once (the sums are allreduced).
-    let (params, history) = comm.agree_same(trained)?;
+    let (params, history) = comm.agree(trained)?;
     let train_seconds = started.elapsed().as_secs_f64();
 
     let mut errors = [0.0f64; 6];
@@ -197,7 +197,7 @@ fn agree_globals(
                 report.rows_read
             ),
         };
-        return comm.agree_same(Err(Error::usage(format!("nothing to train on: {why}"))));
+        return comm.agree(Err(Error::usage(format!("nothing to train on: {why}"))));
     }
     let globals = Globals {
         global_mean: (sums[0] / sums[1]) as f32,

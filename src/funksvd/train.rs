@@ -64,6 +64,8 @@ pub trait Collective {
     fn rank(&self) -> usize;
     fn sum_f32(&self, send: &[f32], recv: &mut [f32]);
     fn sum_f64(&self, values: &mut [f64]);
+    /// Every rank learns whether any rank failed (see `Comm::agree`).
+    fn agree(&self, local: Result<()>) -> Result<()>;
 }
 
 impl Collective for crate::comm::Comm {
@@ -78,6 +80,9 @@ impl Collective for crate::comm::Comm {
     }
     fn sum_f64(&self, values: &mut [f64]) {
         self.allreduce_sum_f64(values)
+    }
+    fn agree(&self, local: Result<()>) -> Result<()> {
+        crate::comm::Comm::agree(self, local)
     }
 }
 
@@ -95,6 +100,9 @@ impl Collective for Solo {
         recv.copy_from_slice(send)
     }
     fn sum_f64(&self, _values: &mut [f64]) {}
+    fn agree(&self, local: Result<()>) -> Result<()> {
+        local
+    }
 }
 
 /// One epoch's numbers, as logged and saved in `model.json`.
@@ -203,6 +211,8 @@ pub fn train(
     let mut history = Vec::with_capacity(hyper.epochs);
     for epoch in 1..=hyper.epochs {
         let started = Instant::now();
+        // A rank failing mid-training must not leave the others in the next allreduce.
+        comm.agree(crate::fault::point("epoch", comm.rank()))?;
         // A fresh user order each epoch, from a stream of this rank and epoch.
         let mut rng = Rng::new(hyper.seed, ((comm.rank() as u64) << 32) | epoch as u64);
         rng.shuffle(&mut order);

@@ -35,14 +35,23 @@ impl Run {
 
 /// Run `funksvd ARGS` as `ranks` MPI ranks.
 pub fn mpirun(ranks: usize, args: &[&str]) -> Run {
+    mpirun_env(ranks, args, &[])
+}
+
+/// `mpirun` with extra environment variables, forwarded to every rank.
+pub fn mpirun_env(ranks: usize, args: &[&str], env: &[(&str, &str)]) -> Run {
     let mut cmd = Command::new("mpirun");
     cmd.args(["--oversubscribe", "-n", &ranks.to_string()])
+        .args(env.iter().flat_map(|(k, _)| ["-x", k]))
         .arg(BIN)
         .args(args)
         .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
         .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
         // Ranks must not wait for each other's cores when the machine is oversubscribed.
         .env("OMPI_MCA_mpi_yield_when_idle", "1");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
     run_with_timeout(cmd)
 }
 
