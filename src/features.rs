@@ -361,15 +361,7 @@ fn intern_column(
         DataType::LargeUtf8 => strings!(array.as_string::<i64>()),
         DataType::Utf8View => strings!(array.as_string_view()),
         DataType::Binary | DataType::LargeBinary | DataType::BinaryView => {
-            let strings = cast_with_options(
-                array,
-                &DataType::Utf8,
-                &CastOptions {
-                    safe: false,
-                    ..Default::default()
-                },
-            )
-            .map_err(|_| {
+            let strings = strict_cast(array, &DataType::Utf8).map_err(|_| {
                 Error::usage(format!(
                     "{file}: column {column:?} holds ids that are not valid UTF-8 text"
                 ))
@@ -495,15 +487,7 @@ fn rating_column(
                     | DataType::Dictionary(..)
             ) =>
         {
-            cast_with_options(
-                array,
-                &DataType::Float32,
-                &CastOptions {
-                    safe: false,
-                    ..Default::default()
-                },
-            )
-            .map_err(|e| {
+            strict_cast(array, &DataType::Float32).map_err(|e| {
                 Error::usage(format!(
                     "{}: rating column {:?} holds a value that is not a number ({e})",
                     names.file, names.value
@@ -533,6 +517,18 @@ fn rating_column(
         out.push(v);
     }
     Ok(())
+}
+
+/// Cast that fails on a value it cannot convert (arrow's default turns it into a null).
+fn strict_cast(
+    array: &dyn Array,
+    to: &DataType,
+) -> std::result::Result<arrow::array::ArrayRef, arrow::error::ArrowError> {
+    let options = CastOptions {
+        safe: false,
+        ..Default::default()
+    };
+    cast_with_options(array, to, &options)
 }
 
 /// Sort triples by (user, item) and combine repeats with `agg`. Deterministic for a given input.

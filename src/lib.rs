@@ -24,6 +24,7 @@ pub mod features;
 pub mod funksvd;
 pub mod ids;
 pub mod ingest;
+pub mod metrics;
 pub mod model_io;
 pub mod pipeline;
 pub mod plan;

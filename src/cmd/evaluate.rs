@@ -7,6 +7,7 @@ use crate::exchange;
 use crate::funksvd::data::is_held_out;
 use crate::funksvd::kernel::predict;
 use crate::ids::Id;
+use crate::metrics::ErrorSums;
 use crate::model_io::{self, Model};
 use crate::pipeline;
 use crate::store::Location;
@@ -26,7 +27,8 @@ pub fn run(comm: &Comm, args: &EvaluateArgs) -> Result<()> {
     let items = model.item_index();
     let stride = model.stride();
     let range = (model.meta.rating_min, model.meta.rating_max);
-    let mut sums = [0.0f64; 6]; // sse, sae, scored, unknown-user pairs, unknown-item pairs, fallbacks
+    let mut errors = ErrorSums::default();
+    let mut unknown = [0.0f64; 3]; // pairs with an unknown user, an unknown item, either
     let mut user_unknown = vec![false; owned.users.len()];
     let mut item_unknown = vec![false; owned.items.len()];
     for t in &owned.triples {
@@ -47,16 +49,17 @@ pub fn run(comm: &Comm, args: &EvaluateArgs) -> Result<()> {
             .map(|&i| &model.item_rows[i as usize * stride..(i as usize + 1) * stride]);
         user_unknown[t.user as usize] |= u.is_none();
         item_unknown[t.item as usize] |= i.is_none();
-        let p = predict(u, i, model.meta.global_mean, model.meta.biased, range);
-        let e = (t.value - p) as f64;
-        sums[0] += e * e;
-        sums[1] += e.abs();
-        sums[2] += 1.0;
-        sums[3] += u.is_none() as u8 as f64;
-        sums[4] += i.is_none() as u8 as f64;
-        sums[5] += (u.is_none() || i.is_none()) as u8 as f64;
+        errors.add(
+            t.value,
+            predict(u, i, model.meta.global_mean, model.meta.biased, range),
+        );
+        unknown[0] += u.is_none() as u8 as f64;
+        unknown[1] += i.is_none() as u8 as f64;
+        unknown[2] += (u.is_none() || i.is_none()) as u8 as f64;
     }
+    let mut sums = [errors.to_array(), unknown].concat();
     comm.allreduce_sum_f64(&mut sums);
+    let errors = ErrorSums::from_slice(&sums[..3]);
     // Users live on one rank each, so their counts add up; items may repeat across ranks.
     let mut unknown_users = [user_unknown.iter().filter(|&&b| b).count() as u64];
     comm.allreduce_sum_u64(&mut unknown_users);
@@ -70,14 +73,13 @@ pub fn run(comm: &Comm, args: &EvaluateArgs) -> Result<()> {
     let unknown_items = exchange::agree_on_ids(comm, &unknown_item_ids)?.len();
 
     if comm.is_root() {
-        let n = sums[2];
         let report = serde_json::json!({
             "model": args.model,
             "data": args.data,
             "split": format!("{:?}", args.split).to_lowercase(),
-            "rmse": if n > 0.0 { Some((sums[0] / n).sqrt()) } else { None },
-            "mae": if n > 0.0 { Some(sums[1] / n) } else { None },
-            "n_scored": n as u64,
+            "rmse": errors.rmse(),
+            "mae": errors.mae(),
+            "n_scored": errors.n as u64,
             "n_unknown_users": unknown_users[0],
             "n_unknown_items": unknown_items,
             "n_pairs_unknown_user": sums[3] as u64,

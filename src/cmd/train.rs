@@ -12,6 +12,7 @@ use crate::funksvd::data::{holdout_mask, index, train_item_ids, RankRatings};
 use crate::funksvd::train::{holdout_errors, train, train_errors};
 use crate::funksvd::{Globals, Params};
 use crate::ids::Id;
+use crate::metrics::ErrorSums;
 use crate::model_io::{self, InputSettings, Metrics, ModelMeta, Phases, Training};
 use crate::pipeline;
 use crate::store::Location;
@@ -66,15 +67,19 @@ pub fn run(comm: &Comm, args: &TrainArgs) -> Result<()> {
     let train_seconds = started.elapsed().as_secs_f64();
 
     let mut errors = [0.0f64; 6];
-    errors[..3].copy_from_slice(&train_errors(&data, &params, &hyper, globals));
-    errors[3..].copy_from_slice(&holdout_errors(&data, &params, &hyper, globals));
+    errors[..3].copy_from_slice(&train_errors(&data, &params, &hyper, globals).to_array());
+    errors[3..].copy_from_slice(&holdout_errors(&data, &params, &hyper, globals).to_array());
     comm.allreduce_sum_f64(&mut errors);
+    let (train, hold) = (
+        ErrorSums::from_slice(&errors[..3]),
+        ErrorSums::from_slice(&errors[3..]),
+    );
     let metrics = Metrics {
-        train_rmse: (errors[0] / errors[2].max(1.0)).sqrt(),
-        train_mae: errors[1] / errors[2].max(1.0),
-        holdout_rmse: (errors[5] > 0.0).then(|| (errors[3] / errors[5]).sqrt()),
-        holdout_mae: (errors[5] > 0.0).then(|| errors[4] / errors[5]),
-        n_holdout: errors[5] as u64,
+        train_rmse: train.rmse().unwrap_or(f64::NAN),
+        train_mae: train.mae().unwrap_or(f64::NAN),
+        holdout_rmse: hold.rmse(),
+        holdout_mae: hold.mae(),
+        n_holdout: hold.n as u64,
         history,
     };
 

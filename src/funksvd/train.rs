@@ -17,6 +17,7 @@ use std::time::Instant;
 
 use crate::error::{Error, Result};
 use crate::ids::Id;
+use crate::metrics::ErrorSums;
 use crate::rng::Rng;
 
 use super::data::{RankRatings, UNKNOWN};
@@ -245,8 +246,8 @@ pub fn train(
                 );
             }
         }
-        let [hold_sse, _, hold_n] = holdout_errors(data, &params, hyper, globals);
-        let mut sums = [sse, hold_sse, hold_n];
+        let hold = holdout_errors(data, &params, hyper, globals);
+        let mut sums = [sse, hold.squared, hold.n];
         comm.sum_f64(&mut sums);
         let seconds = started.elapsed().as_secs_f64();
         let train_rmse = (sums[0] / total_ratings.max(1.0)).sqrt();
@@ -395,58 +396,57 @@ fn chunk_bounds(order: &[u32], data: &RankRatings, syncs: usize) -> Vec<usize> {
     bounds
 }
 
-/// Squared error, absolute error and count on this rank's hold-out pairs.
+/// Errors of the current model on this rank's hold-out pairs.
 pub fn holdout_errors(
     data: &RankRatings,
     params: &Params,
     hyper: &Hyper,
     globals: Globals,
-) -> [f64; 3] {
-    let mut out = [0.0f64; 3];
+) -> ErrorSums {
+    let mut sums = ErrorSums::default();
     for h in &data.holdout {
         let user = (h.user != UNKNOWN).then(|| params.user(h.user as usize));
         let item = (h.item != UNKNOWN).then(|| params.item(h.item as usize));
-        let p = predict(
-            user,
-            item,
-            globals.global_mean,
-            hyper.biased,
-            globals.rating_range,
+        sums.add(
+            h.value,
+            predict(
+                user,
+                item,
+                globals.global_mean,
+                hyper.biased,
+                globals.rating_range,
+            ),
         );
-        let e = (h.value - p) as f64;
-        out[0] += e * e;
-        out[1] += e.abs();
-        out[2] += 1.0;
     }
-    out
+    sums
 }
 
-/// Squared error, absolute error and count of the final model on this rank's training ratings,
-/// with the same prediction rule as `evaluate`.
+/// Errors of the final model on this rank's training ratings, with the same prediction rule as
+/// `evaluate`.
 pub fn train_errors(
     data: &RankRatings,
     params: &Params,
     hyper: &Hyper,
     globals: Globals,
-) -> [f64; 3] {
-    let mut out = [0.0f64; 3];
+) -> ErrorSums {
+    let mut sums = ErrorSums::default();
     for u in 0..data.n_users() {
         let (items, values) = data.ratings_of(u);
         for (&i, &r) in items.iter().zip(values) {
-            let p = predict(
-                Some(params.user(u)),
-                Some(params.item(i as usize)),
-                globals.global_mean,
-                hyper.biased,
-                globals.rating_range,
+            let (user, item) = (params.user(u), params.item(i as usize));
+            sums.add(
+                r,
+                predict(
+                    Some(user),
+                    Some(item),
+                    globals.global_mean,
+                    hyper.biased,
+                    globals.rating_range,
+                ),
             );
-            let e = (r - p) as f64;
-            out[0] += e * e;
-            out[1] += e.abs();
-            out[2] += 1.0;
         }
     }
-    out
+    sums
 }
 
 #[cfg(test)]
