@@ -21,21 +21,19 @@ fn evaluate_on_the_training_split_agrees_with_the_train_rmse_in_model_json() {
     mpirun(2, &["train", "--data", s(&data), "--model", s(&model)]).ok();
     let meta = load_model(&model).meta;
     for ranks in [1, 3] {
-        let train = json(
-            &mpirun(
-                ranks,
-                &[
-                    "evaluate",
-                    "--model",
-                    s(&model),
-                    "--data",
-                    s(&data),
-                    "--split",
-                    "train",
-                ],
-            )
-            .ok(),
-        );
+        let evaluate = |split: &str| {
+            let args = [
+                "evaluate",
+                "--model",
+                s(&model),
+                "--data",
+                s(&data),
+                "--split",
+                split,
+            ];
+            json(&mpirun(ranks, &args).ok())
+        };
+        let train = evaluate("train");
         assert_close(
             train["rmse"].as_f64().unwrap(),
             meta.metrics.train_rmse,
@@ -44,24 +42,11 @@ fn evaluate_on_the_training_split_agrees_with_the_train_rmse_in_model_json() {
         );
         assert_eq!(train["n_scored"].as_u64().unwrap(), meta.n_ratings);
         assert_eq!(train["n_unknown_users"].as_u64().unwrap(), 0);
-        let hold = json(
-            &mpirun(
-                ranks,
-                &[
-                    "evaluate",
-                    "--model",
-                    s(&model),
-                    "--data",
-                    s(&data),
-                    "--split",
-                    "holdout",
-                ],
-            )
-            .ok(),
-        );
+        let hold = evaluate("holdout");
+        let expected = meta.metrics.holdout_rmse.unwrap();
         assert_close(
             hold["rmse"].as_f64().unwrap(),
-            meta.metrics.holdout_rmse.unwrap(),
+            expected,
             1e-6,
             "hold-out RMSE",
         );
