@@ -8,5 +8,11 @@ export PATH="$HOME/.cargo/bin:$PATH"
 # mpirun refuses root without these; tests oversubscribe the cores on purpose.
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 
+# The S3 tests run their own local S3 server (s3s-fs: signature-checking, like MinIO).
+if ! command -v s3s-fs >/dev/null 2>&1; then
+  echo "test: installing the local S3 server s3s-fs (a few minutes, once)"
+  cargo install s3s-fs@0.14.1 --locked --features binary --quiet
+fi
+
 cargo fmt --check
 cargo test --release "$@"

@@ -14,9 +14,17 @@ use futures::{StreamExt, TryStreamExt};
 use object_store::aws::AmazonS3Builder;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
-use object_store::{ClientOptions, ObjectStore, ObjectStoreExt, PutPayload, RetryConfig};
+use object_store::{
+    ClientOptions, ObjectStore, ObjectStoreExt, PutPayload, RetryConfig, WriteMultipart,
+};
 
 use crate::error::{Error, Result};
+
+/// Objects above this size are uploaded in parts.
+const MULTIPART_THRESHOLD: usize = 16 << 20;
+const MULTIPART_PART_SIZE: usize = 8 << 20;
+/// Parts in flight at once per upload.
+const MULTIPART_CONCURRENCY: usize = 4;
 
 /// Bytes and requests this process has read from storage (for `training.phases` and logs).
 static BYTES_READ: AtomicU64 = AtomicU64::new(0);
@@ -73,6 +81,8 @@ pub struct Location {
     url: String,
     /// `s3://bucket/` or `/`, to turn keys back into something a user recognises.
     display_root: String,
+    /// Where an S3 location's server is, for error messages (never the credentials).
+    endpoint: Option<String>,
 }
 
 impl std::fmt::Debug for Location {
@@ -109,6 +119,7 @@ impl Location {
             prefix,
             url: url.to_string(),
             display_root: "/".into(),
+            endpoint: None,
         })
     }
 
@@ -155,8 +166,16 @@ impl Location {
             while let Some(item) = listing.next().await {
                 let meta = match item {
                     Ok(m) => m,
-                    // A local folder that does not exist lists as an error; report it as such.
-                    Err(object_store::Error::NotFound { .. }) => break,
+                    // A missing local folder lists as NotFound: no files. On S3 an empty prefix
+                    // lists fine, so NotFound there means the bucket itself is missing.
+                    Err(object_store::Error::NotFound { .. }) if !self.is_s3() => break,
+                    Err(object_store::Error::NotFound { .. }) => {
+                        return Err(Error::runtime(format!(
+                            "cannot list {}: the bucket does not exist{}",
+                            self.url,
+                            self.at_endpoint()
+                        )))
+                    }
                     Err(e) => return Err(self.storage_error("list", e)),
                 };
                 let hidden = meta
@@ -236,10 +255,32 @@ impl Location {
     }
 
     /// Write a whole object atomically (a reader sees the old or the new content, never half).
+    /// Large objects go up in parts (S3 multipart upload; on disk, a temporary file renamed).
     pub fn put(&self, key: &str, bytes: Bytes) -> Result<()> {
+        let path = Path::from(key);
         block_on(async {
-            self.store
-                .put(&Path::from(key), PutPayload::from_bytes(bytes))
+            if bytes.len() <= MULTIPART_THRESHOLD {
+                self.store
+                    .put(&path, PutPayload::from_bytes(bytes))
+                    .await
+                    .map_err(|e| self.storage_error_key("write", key, e))?;
+                return Ok(());
+            }
+            let upload = self
+                .store
+                .put_multipart(&path)
+                .await
+                .map_err(|e| self.storage_error_key("write", key, e))?;
+            let mut writer = WriteMultipart::new_with_chunk_size(upload, MULTIPART_PART_SIZE);
+            for part in bytes.chunks(MULTIPART_PART_SIZE) {
+                writer
+                    .wait_for_capacity(MULTIPART_CONCURRENCY)
+                    .await
+                    .map_err(|e| self.storage_error_key("write", key, e))?;
+                writer.put(bytes.slice_ref(part));
+            }
+            writer
+                .finish()
                 .await
                 .map_err(|e| self.storage_error_key("write", key, e))?;
             Ok(())
@@ -267,17 +308,31 @@ impl Location {
         })
     }
 
+    /// ` at endpoint http://...` for S3 locations, empty for local ones.
+    fn at_endpoint(&self) -> String {
+        match &self.endpoint {
+            Some(e) => format!(" (endpoint {e})"),
+            None => String::new(),
+        }
+    }
+
     fn storage_error(&self, action: &str, e: object_store::Error) -> Error {
-        Error::runtime(format!("cannot {action} {}: {}", self.url, describe(&e)))
+        Error::runtime(format!(
+            "cannot {action} {}{}: {}",
+            self.url,
+            self.at_endpoint(),
+            describe(&e)
+        ))
     }
 
     fn storage_error_key(&self, action: &str, key: &str, e: object_store::Error) -> Error {
         let what = self.display_key(key);
+        let at = self.at_endpoint();
         match e {
             object_store::Error::NotFound { .. } => {
-                Error::runtime(format!("cannot {action} {what}: not found"))
+                Error::runtime(format!("cannot {action} {what}{at}: not found"))
             }
-            e => Error::runtime(format!("cannot {action} {what}: {}", describe(&e))),
+            e => Error::runtime(format!("cannot {action} {what}{at}: {}", describe(&e))),
         }
     }
 }
@@ -303,13 +358,12 @@ pub fn is_hidden(name: &str) -> bool {
     name.starts_with('_') || name.starts_with('.')
 }
 
-/// object_store errors, shortened to what a user can act on; never includes credentials
-/// (object_store does not put them in messages).
+/// object_store errors, led by what a user can act on; never includes credentials (object_store
+/// does not put them in messages).
 fn describe(e: &object_store::Error) -> String {
-    let text = e.to_string();
     // The source chain is where the useful part (HTTP status, connection refused) lives.
+    let mut parts = vec![e.to_string()];
     let mut source = std::error::Error::source(e);
-    let mut parts = vec![text];
     while let Some(s) = source {
         let t = s.to_string();
         if !parts.iter().any(|p| p.contains(&t)) {
@@ -317,7 +371,35 @@ fn describe(e: &object_store::Error) -> String {
         }
         source = s.source();
     }
-    parts.join(": ")
+    let text = parts.join(": ");
+    let code = text
+        .split_once("<Code>")
+        .and_then(|(_, rest)| rest.split_once("</Code>"))
+        .map(|(code, _)| code.to_string());
+    // The XML body adds nothing once its code is known.
+    let details = match text.split_once("<?xml") {
+        Some((head, _)) => head.trim_end_matches([' ', ':']).to_string(),
+        None => text.clone(),
+    };
+    let hint = match code.as_deref() {
+        Some("NoSuchBucket") => Some("the bucket does not exist"),
+        Some("SignatureDoesNotMatch") => {
+            Some("the secret key is wrong (AWS_SECRET_ACCESS_KEY or MINIO_SECRET_KEY)")
+        }
+        Some("InvalidAccessKeyId") => {
+            Some("the server does not know the access key (AWS_ACCESS_KEY_ID or MINIO_ACCESS_KEY)")
+        }
+        Some("AccessDenied") => Some("access denied for these credentials"),
+        _ if text.contains("Connection refused") || text.contains("tcp connect error") => {
+            Some("cannot connect to the endpoint (is the server up, is AWS_ENDPOINT_URL right?)")
+        }
+        _ => None,
+    };
+    match (hint, code) {
+        (Some(hint), Some(code)) => format!("{hint} ({code}); {details}"),
+        (Some(hint), None) => format!("{hint}; {details}"),
+        (None, _) => details,
+    }
 }
 
 fn env_first(names: &[&str]) -> Option<String> {
@@ -333,7 +415,29 @@ fn s3_location(url: &str, rest: &str, flag: &str) -> Result<Location> {
     }
     let region = env_first(&["AWS_REGION", "AWS_DEFAULT_REGION", "MINIO_REGION"])
         .unwrap_or_else(|| "us-east-1".into());
-    let mut builder = AmazonS3Builder::new()
+    let key_id = env_first(&["AWS_ACCESS_KEY_ID", "MINIO_ACCESS_KEY"]);
+    let secret = env_first(&["AWS_SECRET_ACCESS_KEY", "MINIO_SECRET_KEY"]);
+    // Without keys, only an explicit ambient identity (Kubernetes IRSA, ECS task roles) is
+    // used; we never probe the instance metadata service on a guess.
+    let ambient = env_first(&[
+        "AWS_WEB_IDENTITY_TOKEN_FILE",
+        "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+        "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+    ])
+    .is_some();
+    let mut builder = match (&key_id, &secret) {
+        (Some(id), Some(secret)) => AmazonS3Builder::new()
+            .with_access_key_id(id)
+            .with_secret_access_key(secret),
+        _ if ambient => AmazonS3Builder::from_env(),
+        _ => {
+            return Err(Error::usage(format!(
+                "{flag} {url}: no S3 credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY \
+                 (or MINIO_ACCESS_KEY and MINIO_SECRET_KEY)"
+            )))
+        }
+    };
+    builder = builder
         .with_bucket_name(bucket)
         .with_region(region)
         .with_virtual_hosted_style_request(false)
@@ -351,22 +455,18 @@ fn s3_location(url: &str, rest: &str, flag: &str) -> Result<Location> {
                 .with_connect_timeout(Duration::from_secs(5))
                 .with_timeout(Duration::from_secs(120)),
         );
-    if let Some(endpoint) = env_first(&["AWS_ENDPOINT_URL", "AWS_ENDPOINT", "MINIO_ENDPOINT"]) {
-        let endpoint = if endpoint.contains("://") {
-            endpoint
+    let endpoint = env_first(&["AWS_ENDPOINT_URL", "AWS_ENDPOINT", "MINIO_ENDPOINT"]).map(|e| {
+        if e.contains("://") {
+            e
         } else {
             // MinIO deployments often give host:port only.
-            format!("http://{endpoint}")
-        };
+            format!("http://{e}")
+        }
+    });
+    if let Some(endpoint) = &endpoint {
         builder = builder
             .with_allow_http(endpoint.starts_with("http://"))
             .with_endpoint(endpoint);
-    }
-    if let Some(id) = env_first(&["AWS_ACCESS_KEY_ID", "MINIO_ACCESS_KEY"]) {
-        builder = builder.with_access_key_id(id);
-    }
-    if let Some(secret) = env_first(&["AWS_SECRET_ACCESS_KEY", "MINIO_SECRET_KEY"]) {
-        builder = builder.with_secret_access_key(secret);
     }
     if let Some(token) = env_first(&["AWS_SESSION_TOKEN"]) {
         builder = builder.with_token(token);
@@ -381,6 +481,7 @@ fn s3_location(url: &str, rest: &str, flag: &str) -> Result<Location> {
         prefix,
         url: url.to_string(),
         display_root: format!("s3://{bucket}/"),
+        endpoint: Some(endpoint.unwrap_or_else(|| "AWS S3".into())),
     })
 }
 

@@ -155,3 +155,116 @@ pub fn assert_close(a: f64, b: f64, tolerance: f64, what: &str) {
         tolerance * 100.0
     );
 }
+
+/// Credentials of the test S3 server; the secret is distinctive so a test can grep for leaks.
+pub const S3_ACCESS_KEY: &str = "funksvd-test";
+pub const S3_SECRET_KEY: &str = "Zx9-s3cr3t-never-printed";
+
+/// A local S3 server (`s3s-fs`, which checks request signatures as MinIO does) over a temporary
+/// folder, on a free loopback port; stopped when dropped. A bucket is a sub-folder.
+pub struct S3Server {
+    child: Option<std::process::Child>,
+    pub port: u16,
+    pub root: PathBuf,
+}
+
+impl S3Server {
+    /// Start one, or `None` (skip) when s3s-fs is not installed outside CI.
+    pub fn start(name: &str, buckets: &[&str]) -> Option<S3Server> {
+        let Some(bin) = s3s_fs_binary() else {
+            if std::env::var("CI").is_ok_and(|v| v == "true") {
+                panic!("s3s-fs is not installed (scripts/test.sh installs it)");
+            }
+            eprintln!("skipping: s3s-fs not found (cargo install s3s-fs@0.14.1 --locked --features binary)");
+            return None;
+        };
+        let root = temp_dir(name).join("s3");
+        for b in buckets {
+            std::fs::create_dir_all(root.join(b)).unwrap();
+        }
+        let mut server = S3Server {
+            child: None,
+            port: 0,
+            root,
+        };
+        server.spawn(&bin);
+        Some(server)
+    }
+
+    fn spawn(&mut self, bin: &Path) {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new(bin)
+            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--access-key", S3_ACCESS_KEY, "--secret-key", S3_SECRET_KEY])
+            .arg(&self.root)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start s3s-fs");
+        self.child = Some(child);
+        self.port = port;
+        let started = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "s3s-fs did not start"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// The environment a rank needs to reach this server.
+    pub fn env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("AWS_ENDPOINT_URL", self.endpoint()),
+            ("AWS_ACCESS_KEY_ID", S3_ACCESS_KEY.into()),
+            ("AWS_SECRET_ACCESS_KEY", S3_SECRET_KEY.into()),
+            ("AWS_REGION", "us-east-1".into()),
+        ]
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Start again on the same folder (a new port).
+    pub fn restart(&mut self) {
+        self.stop();
+        let bin = s3s_fs_binary().expect("s3s-fs");
+        self.spawn(&bin);
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn s3s_fs_binary() -> Option<PathBuf> {
+    let home = std::env::var("HOME").map(PathBuf::from).ok();
+    std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .unwrap_or_default()
+        .into_iter()
+        .chain(home.map(|h| h.join(".cargo/bin")))
+        .map(|d| d.join("s3s-fs"))
+        .find(|p| p.is_file())
+}
+
+/// Run with extra environment given as owned pairs (S3Server::env).
+pub fn mpirun_with(ranks: usize, args: &[&str], env: &[(&'static str, String)]) -> Run {
+    let pairs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    mpirun_env(ranks, args, &pairs)
+}

@@ -1,0 +1,350 @@
+//! S3/MinIO through a real S3 server (s3s-fs, which checks signatures as MinIO does): every rank
+//! reads only its share, the model equals a local run's, and S3 failures end every rank fast.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn assert_no_secret(run: &Run) {
+    for secret in [S3_SECRET_KEY, WRONG_SECRET] {
+        assert!(
+            !run.stdout.contains(secret) && !run.stderr.contains(secret),
+            "secret leaked:\n{}",
+            run.stderr
+        );
+    }
+}
+
+const WRONG_SECRET: &str = "Qq7-wrong-secret-never-printed";
+
+fn dataset_bytes(dir: &std::path::Path) -> u64 {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap().len())
+        .sum()
+}
+
+#[test]
+fn s3_data_and_model_match_a_local_run_bit_for_bit_and_each_rank_reads_its_share() {
+    let Some(server) = S3Server::start("s3-round-trip", &["shop"]) else {
+        return;
+    };
+    let env = server.env();
+    let gen = [
+        "generate",
+        "--out",
+        "s3://shop/events",
+        "--users",
+        "1500",
+        "--items",
+        "400",
+        "--events",
+        "120000",
+    ];
+    let run = mpirun_with(
+        3,
+        &[&gen[..], &["--files", "4", "--row-group-size", "7500"]].concat(),
+        &env,
+    )
+    .ok();
+    assert_no_secret(&run);
+    let local_data = server.root.join("shop/events");
+    let total = dataset_bytes(&local_data);
+
+    for ranks in [2, 3] {
+        let model_url = format!("s3://shop/models/m{ranks}");
+        let run = mpirun_with(
+            ranks,
+            &[
+                "train",
+                "--data",
+                "s3://shop/events/",
+                "--model",
+                &model_url,
+            ],
+            &env,
+        )
+        .ok();
+        assert_no_secret(&run);
+        let s3_model = server.root.join(format!("shop/models/m{ranks}"));
+        let meta = load_model(&s3_model).meta;
+        // Each rank read about 1/N of the dataset, never the whole of it.
+        for (rank, read) in meta.training.phases.read_per_rank.iter().enumerate() {
+            assert!(
+                read.bytes > 0 && read.requests > 0,
+                "rank {rank} read nothing"
+            );
+            let share = read.bytes as f64 / total as f64;
+            assert!(
+                share < 1.3 / ranks as f64,
+                "rank {rank} of {ranks} read {share:.2} of the dataset"
+            );
+        }
+        // The same files from local disk give the same model, bit for bit.
+        let local_model = temp_dir(&format!("s3-local-{ranks}"));
+        mpirun(
+            ranks,
+            &[
+                "train",
+                "--data",
+                s(&local_data),
+                "--model",
+                s(&local_model),
+            ],
+        )
+        .ok();
+        for file in ["users.parquet", "items.parquet"] {
+            assert!(
+                file_bytes(&s3_model.join(file)) == file_bytes(&local_model.join(file)),
+                "{file}, {ranks} ranks"
+            );
+        }
+        // evaluate reads both the model and the data from S3.
+        let eval = mpirun_with(
+            2,
+            &[
+                "evaluate",
+                "--model",
+                &model_url,
+                "--data",
+                "s3://shop/events",
+                "--split",
+                "holdout",
+            ],
+            &env,
+        )
+        .ok();
+        let json: serde_json::Value = serde_json::from_str(&eval.stdout).unwrap();
+        assert_close(
+            json["rmse"].as_f64().unwrap(),
+            meta.metrics.holdout_rmse.unwrap(),
+            1e-6,
+            "hold-out RMSE from S3",
+        );
+    }
+}
+
+#[test]
+fn wrong_secret_key_fails_every_rank_fast_and_never_prints_a_secret() {
+    let Some(server) = S3Server::start("s3-wrong-key", &["shop"]) else {
+        return;
+    };
+    let env = server.env();
+    mpirun_with(
+        1,
+        &[
+            "generate",
+            "--out",
+            "s3://shop/events",
+            "--events",
+            "2000",
+            "--files",
+            "1",
+        ],
+        &env,
+    )
+    .ok();
+    let mut wrong = env.clone();
+    wrong.retain(|(k, _)| *k != "AWS_SECRET_ACCESS_KEY");
+    wrong.push(("AWS_SECRET_ACCESS_KEY", WRONG_SECRET.into()));
+    let started = Instant::now();
+    let run = mpirun_with(
+        3,
+        &[
+            "train",
+            "--data",
+            "s3://shop/events",
+            "--model",
+            "s3://shop/model",
+        ],
+        &wrong,
+    );
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert!(
+        run.stderr.contains("s3://shop/events") && run.stderr.contains(&server.endpoint()),
+        "{}",
+        run.stderr
+    );
+    assert!(run.stderr.contains("403"), "{}", run.stderr);
+    assert_no_secret(&run);
+    // The MinIO names of the original deployment work as aliases.
+    let minio: Vec<(&'static str, String)> = vec![
+        ("MINIO_ENDPOINT", format!("127.0.0.1:{}", server.port)),
+        ("MINIO_ACCESS_KEY", S3_ACCESS_KEY.into()),
+        ("MINIO_SECRET_KEY", S3_SECRET_KEY.into()),
+    ];
+    let run = mpirun_with(
+        2,
+        &[
+            "train",
+            "--data",
+            "s3://shop/events",
+            "--model",
+            "s3://shop/model",
+            "--epochs",
+            "1",
+        ],
+        &minio,
+    )
+    .ok();
+    assert_no_secret(&run);
+    assert!(server.root.join("shop/model/model.json").exists());
+}
+
+#[test]
+fn a_missing_bucket_or_missing_credentials_is_named() {
+    let Some(server) = S3Server::start("s3-missing", &["shop"]) else {
+        return;
+    };
+    let run = mpirun_with(
+        2,
+        &[
+            "train",
+            "--data",
+            "s3://nosuchbucket/events",
+            "--model",
+            "s3://shop/m",
+        ],
+        &server.env(),
+    );
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("s3://nosuchbucket/events")
+            && run.stderr.contains("bucket does not exist"),
+        "{}",
+        run.stderr
+    );
+    let run = mpirun_with(
+        2,
+        &[
+            "train",
+            "--data",
+            "s3://shop/events",
+            "--model",
+            "s3://shop/m",
+        ],
+        &[("AWS_ENDPOINT_URL", server.endpoint())],
+    );
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert!(run.stderr.contains("AWS_ACCESS_KEY_ID"), "{}", run.stderr);
+}
+
+#[test]
+fn server_stopped_mid_run_fails_every_rank_and_leaves_the_previous_model_readable() {
+    let Some(mut server) = S3Server::start("s3-stop", &["shop"]) else {
+        return;
+    };
+    let env = server.env();
+    let gen = [
+        "generate",
+        "--out",
+        "s3://shop/events",
+        "--users",
+        "500",
+        "--items",
+        "200",
+        "--events",
+        "30000",
+        "--files",
+        "2",
+    ];
+    mpirun_with(2, &gen, &env).ok();
+    let train = [
+        "train",
+        "--data",
+        "s3://shop/events",
+        "--model",
+        "s3://shop/model",
+    ];
+    mpirun_with(2, &train, &env).ok();
+    let model_dir = server.root.join("shop/model");
+    let before: Vec<Vec<u8>> = ["model.json", "users.parquet", "items.parquet"]
+        .iter()
+        .map(|f| file_bytes(&model_dir.join(f)))
+        .collect();
+
+    // A long run; stop the server once training is under way.
+    let mut cmd = Command::new("mpirun");
+    cmd.args(["--oversubscribe", "-n", "2"])
+        .arg(BIN)
+        .args(train)
+        .args(["--epochs", "4000"]);
+    cmd.env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1");
+    for (k, v) in &env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut log = String::new();
+    let started = Instant::now();
+    loop {
+        let line = rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("no epoch line within 60 s");
+        log.push_str(&line);
+        log.push('\n');
+        if line.contains("epoch 1/") {
+            break;
+        }
+    }
+    server.stop();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            started.elapsed() < TIMEOUT,
+            "a rank hangs after the server stopped"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    while let Ok(line) = rx.recv_timeout(Duration::from_secs(2)) {
+        log.push_str(&line);
+        log.push('\n');
+    }
+    assert_eq!(status.code(), Some(1), "{log}");
+    assert!(
+        log.contains("s3://shop/") && log.contains("endpoint http://127.0.0.1"),
+        "{log}"
+    );
+    // The previous model is untouched and still reads back through S3.
+    let after: Vec<Vec<u8>> = ["model.json", "users.parquet", "items.parquet"]
+        .iter()
+        .map(|f| file_bytes(&model_dir.join(f)))
+        .collect();
+    assert!(before == after, "the previous model changed");
+    server.restart();
+    let eval = mpirun_with(
+        2,
+        &[
+            "evaluate",
+            "--model",
+            "s3://shop/model",
+            "--data",
+            "s3://shop/events",
+        ],
+        &server.env(),
+    )
+    .ok();
+    assert!(eval.stdout.contains("\"rmse\""), "{}", eval.stdout);
+}
