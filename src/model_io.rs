@@ -99,6 +99,8 @@ pub struct ModelMeta {
     pub input: InputSettings,
     pub training: Training,
     pub metrics: Metrics,
+    /// The tables of this model, relative to the model prefix (`_versions/<id>/...`); the
+    /// top-level `users.parquet`/`items.parquet` are copies of them.
     pub files: BTreeMap<String, String>,
     pub created_by: String,
 }
@@ -241,19 +243,101 @@ pub fn parquet_to_rows(
     Ok((ids, rows))
 }
 
-/// Write the two Parquet files of a model; `write_meta` must follow, last.
-pub fn save_tables(
-    loc: &Location,
+/// Where a model's versions live below its prefix (the `_` hides them from dataset listings).
+pub const VERSIONS_DIR: &str = "_versions";
+/// The current version and the one before it (a reader may have just read the old model.json).
+const VERSIONS_KEPT: usize = 2;
+
+/// A model's two tables, encoded.
+pub struct Tables {
+    pub users: Bytes,
+    pub items: Bytes,
+}
+
+pub fn encode_tables(
     factors: usize,
     user_ids: &[Id],
     user_rows: &[f32],
     item_ids: &[Id],
     item_rows: &[f32],
+) -> Result<Tables> {
+    Ok(Tables {
+        users: rows_to_parquet("user_id", user_ids, user_rows, factors)?,
+        items: rows_to_parquet("item_id", item_ids, item_rows, factors)?,
+    })
+}
+
+/// Publish a model so that no reader ever sees half of it, and a failure at any step leaves
+/// the previous model readable (S3 has no rename, so one PUT is the only atomic switch):
+///
+/// 1. the tables go to a new version folder `_versions/<id>/` (nothing is overwritten);
+/// 2. `model.json`, naming that folder's files in `files`, replaces the old one in one PUT;
+/// 3. the top-level `users.parquet` and `items.parquet` are refreshed as copies of the new
+///    version, for readers that open them directly;
+/// 4. versions older than the previous one are deleted.
+///
+/// `finish` fills in the last fields of `meta` (timings) just before the switch.
+pub fn publish(
+    loc: &Location,
+    meta: &mut ModelMeta,
+    tables: Tables,
+    finish: impl FnOnce(&mut ModelMeta),
 ) -> Result<()> {
-    let users = rows_to_parquet("user_id", user_ids, user_rows, factors)?;
-    let items = rows_to_parquet("item_id", item_ids, item_rows, factors)?;
-    loc.put(&loc.child_key(USERS_FILE), users)?;
-    loc.put(&loc.child_key(ITEMS_FILE), items)
+    let version = new_version_id();
+    let users_key = format!("{VERSIONS_DIR}/{version}/{USERS_FILE}");
+    let items_key = format!("{VERSIONS_DIR}/{version}/{ITEMS_FILE}");
+    loc.put(&loc.child_key(&users_key), tables.users.clone())?;
+    crate::fault::point("publish-tables", 0)?;
+    loc.put(&loc.child_key(&items_key), tables.items.clone())?;
+    meta.files = [("users", &users_key), ("items", &items_key)]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    finish(meta);
+    crate::fault::point("publish-switch", 0)?;
+    write_meta(loc, meta)?;
+    // Published. What follows only tidies up; a failure here is reported, the model stands.
+    crate::fault::point("publish-copies", 0)?;
+    loc.put(&loc.child_key(USERS_FILE), tables.users)?;
+    loc.put(&loc.child_key(ITEMS_FILE), tables.items)?;
+    remove_old_versions(loc)
+}
+
+/// Time-ordered and unique: seconds and nanoseconds since the epoch, and the process id.
+fn new_version_id() -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    format!(
+        "v{:011}{:09}-{}",
+        now.as_secs(),
+        now.subsec_nanos(),
+        std::process::id()
+    )
+}
+
+fn remove_old_versions(loc: &Location) -> Result<()> {
+    let prefix = loc.child_key(VERSIONS_DIR);
+    let keys: Vec<String> = loc
+        .list_all_keys()?
+        .into_iter()
+        .filter(|k| k.starts_with(&format!("{prefix}/")))
+        .collect();
+    let mut versions: Vec<&str> = keys
+        .iter()
+        .filter_map(|k| k[prefix.len() + 1..].split('/').next())
+        .collect();
+    versions.sort_unstable();
+    versions.dedup();
+    let keep = versions.len().saturating_sub(VERSIONS_KEPT);
+    let old: Vec<String> = versions[..keep]
+        .iter()
+        .map(|v| format!("{prefix}/{v}/"))
+        .collect();
+    for key in keys.iter().filter(|k| old.iter().any(|o| k.starts_with(o))) {
+        loc.delete(key)?;
+    }
+    Ok(())
 }
 
 pub fn write_meta(loc: &Location, meta: &ModelMeta) -> Result<()> {

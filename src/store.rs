@@ -115,7 +115,8 @@ impl Location {
         let prefix = Path::from_absolute_path(&abs)
             .map_err(|e| Error::usage(format!("{flag} {url}: {e}")))?;
         Ok(Location {
-            store: Arc::new(LocalFileSystem::new()),
+            // Deleting the last file of a folder removes the folder, as on S3.
+            store: Arc::new(LocalFileSystem::new().with_automatic_cleanup(true)),
             prefix,
             url: url.to_string(),
             display_root: "/".into(),

@@ -488,3 +488,60 @@ fn a_failing_or_panicking_rank_ends_every_rank_quickly_with_its_message() {
         );
     }
 }
+
+#[test]
+fn a_save_failing_at_any_step_leaves_the_previous_model_readable() {
+    let dir = temp_dir("publish");
+    let data = dir.join("data");
+    generate(
+        &data,
+        &[
+            "--users", "300", "--items", "100", "--events", "10000", "--files", "2",
+        ],
+    );
+    let model = dir.join("model");
+    let train = |extra: &[&str], env: &[(&str, &str)]| {
+        let mut args = vec![
+            "train",
+            "--data",
+            s(&data),
+            "--model",
+            s(&model),
+            "--epochs",
+            "2",
+        ];
+        args.extend_from_slice(extra);
+        mpirun_env(2, &args, env)
+    };
+    train(&["--seed", "1"], &[]).ok();
+    let snapshot = || -> Vec<Vec<u8>> {
+        ["model.json", "users.parquet", "items.parquet"]
+            .iter()
+            .map(|f| file_bytes(&model.join(f)))
+            .collect()
+    };
+    let before = snapshot();
+    let previous = load_model(&model);
+    for point in ["publish-tables", "publish-switch"] {
+        let run = train(
+            &["--seed", "2"],
+            &[("FUNKSVD_FAULT", &format!("{point}@0"))],
+        );
+        assert_eq!(run.code, 1, "{point}: {}", run.stderr);
+        assert!(snapshot() == before, "{point}: the previous model changed");
+        assert_eq!(load_model(&model).user_rows, previous.user_rows, "{point}");
+    }
+    // Past the switch the new model is published, whatever happens to the top-level copies.
+    let run = train(&["--seed", "3"], &[("FUNKSVD_FAULT", "publish-copies@0")]);
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    let published = load_model(&model);
+    assert_eq!(published.meta.hyperparameters.seed, 3);
+    assert_ne!(published.user_rows, previous.user_rows);
+    // A clean run refreshes the copies and keeps only the current and previous versions.
+    train(&["--seed", "4"], &[]).ok();
+    let current = load_model(&model);
+    let users_file = model.join(&current.meta.files["users"]);
+    assert!(file_bytes(&users_file) == file_bytes(&model.join("users.parquet")));
+    let versions = std::fs::read_dir(model.join("_versions")).unwrap().count();
+    assert_eq!(versions, 2);
+}

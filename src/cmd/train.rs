@@ -144,13 +144,8 @@ pub fn run(comm: &Comm, args: &TrainArgs) -> Result<()> {
                     },
                 },
                 metrics,
-                files: [
-                    ("users", model_io::USERS_FILE),
-                    ("items", model_io::ITEMS_FILE),
-                ]
-                .into_iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
+                // Set by `publish` to the version it writes.
+                files: BTreeMap::new(),
                 created_by: format!("funksvd {}", env!("CARGO_PKG_VERSION")),
             };
             publish(
@@ -257,18 +252,12 @@ fn publish(
     save_started: Instant,
     job_started: Instant,
 ) -> Result<()> {
-    model_io::save_tables(
-        loc,
-        meta.factors,
-        user_ids,
-        user_rows,
-        item_ids,
-        &params.items,
-    )?;
-    meta.training.phases.save = save_started.elapsed().as_secs_f64();
-    meta.training.seconds = job_started.elapsed().as_secs_f64();
-    // Last: a reader that sees model.json can read the rest.
-    model_io::write_meta(loc, &meta)?;
+    let tables =
+        model_io::encode_tables(meta.factors, user_ids, user_rows, item_ids, &params.items)?;
+    model_io::publish(loc, &mut meta, tables, |meta| {
+        meta.training.phases.save = save_started.elapsed().as_secs_f64();
+        meta.training.seconds = job_started.elapsed().as_secs_f64();
+    })?;
     log::info!(
         "model saved to {} ({} users, {} items, hold-out RMSE {}) in {:.2}s total",
         loc.url(),
