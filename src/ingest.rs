@@ -2,10 +2,11 @@
 //! (`discover`), the plan goes to every rank, and each rank reads only its own row groups or byte
 //! ranges with column projection (`read_slice`), feeding columnar batches to `features`.
 
+use std::collections::BTreeMap;
 use std::ops::Range;
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, RecordBatch};
+use arrow::array::RecordBatch;
 use arrow::datatypes::{DataType, Field, Schema};
 use bytes::Bytes;
 use futures::future::BoxFuture;
@@ -139,7 +140,13 @@ const FOOTER_GUESS: u64 = 64 * 1024;
 
 /// Rank 0: list the dataset, read every footer or CSV header, check the columns, plan `ranks`.
 pub fn discover(loc: &Location, spec: &InputSpec, ranks: usize) -> Result<Dataset> {
+    let started = std::time::Instant::now();
     let listed = loc.list_files()?;
+    log::debug!(
+        "listed {} files in {:.3}s",
+        listed.len(),
+        started.elapsed().as_secs_f64()
+    );
     if listed.is_empty() {
         return Err(Error::usage(format!(
             "--data {}: no data files there (it does not exist, or holds only names starting with _ or .)",
@@ -156,6 +163,10 @@ pub fn discover(loc: &Location, spec: &InputSpec, ranks: usize) -> Result<Datase
             .buffered(DISCOVERY_CONCURRENCY)
             .try_collect(),
     )?;
+    log::debug!(
+        "read footers and headers in {:.3}s",
+        started.elapsed().as_secs_f64()
+    );
     let (files, footers): (Vec<SourceFile>, Vec<Bytes>) = found.into_iter().unzip();
     let shapes: Vec<SourceShape> = files.iter().map(|f| f.shape.clone()).collect();
     let slices = crate::plan::assign(&shapes, ranks);
@@ -354,7 +365,34 @@ fn resolve_columns(
     })
 }
 
-/// Read this rank's tasks into `sink`.
+/// One piece of a rank's work that is fetched and decoded on its own.
+#[derive(Clone, Debug)]
+enum Unit {
+    RowGroup { file: usize, row_group: usize },
+    Csv { file: usize, range: Range<u64> },
+}
+
+impl Unit {
+    fn file(&self) -> usize {
+        match self {
+            Unit::RowGroup { file, .. } | Unit::Csv { file, .. } => *file,
+        }
+    }
+}
+
+/// Rows per batch handed to feature engineering.
+const BATCH_ROWS: usize = 64 * 1024;
+/// Units fetched ahead of the one being turned into ratings: overlaps storage latency (ranged
+/// GETs to S3) with decoding, while bounding memory to a few row groups.
+const READ_AHEAD: usize = 4;
+
+/// A file's decoded footer, ready for the Parquet reader.
+struct ParquetFile {
+    metadata: Arc<ParquetMetaData>,
+    arrow: ArrowReaderMetadata,
+}
+
+/// Read this rank's tasks into `sink`, in plan order (so the result never depends on timing).
 pub fn read_slice(
     loc: &Location,
     dataset: &Dataset,
@@ -362,79 +400,150 @@ pub fn read_slice(
     rule: &ValueRule,
     sink: &mut LocalRatings,
 ) -> Result<()> {
+    let mut units = Vec::new();
+    let mut parquet: BTreeMap<usize, ParquetFile> = BTreeMap::new();
     for task in tasks {
         match task {
             Task::RowGroups { file, row_groups } => {
-                read_row_groups(loc, dataset, *file, row_groups, rule, sink)?
+                if !parquet.contains_key(file) {
+                    parquet.insert(*file, decode_footer(loc, dataset, *file)?);
+                }
+                units.extend(row_groups.iter().map(|&g| Unit::RowGroup {
+                    file: *file,
+                    row_group: g,
+                }));
             }
-            Task::CsvRange { file, start, end } => {
-                read_csv_range(loc, dataset, *file, *start..*end, rule, sink)?
-            }
+            Task::CsvRange { file, start, end } => units.push(Unit::Csv {
+                file: *file,
+                range: *start..*end,
+            }),
         }
     }
-    Ok(())
+    crate::store::block_on(async {
+        let mut loaded = futures::stream::iter(units)
+            .map(|unit| load_unit(loc, dataset, &parquet, unit))
+            .buffered(READ_AHEAD);
+        while let Some(unit) = loaded.next().await {
+            let (file, batches) = unit?;
+            let source = &dataset.files[file];
+            let shown = loc.display_key(&source.file.key);
+            let c = &source.columns;
+            let names = ColumnNames {
+                file: &shown,
+                user: &c.user.1,
+                item: &c.item.1,
+                value: &c.value.1,
+            };
+            for batch in batches {
+                let (u, i, v) = (batch.column(0), batch.column(1), batch.column(2));
+                sink.add_batch(u.as_ref(), i.as_ref(), v.as_ref(), rule, &names)?;
+            }
+        }
+        Ok(())
+    })
 }
 
-/// Rows per batch handed to feature engineering.
-const BATCH_ROWS: usize = 64 * 1024;
-
-fn read_row_groups(
-    loc: &Location,
-    dataset: &Dataset,
-    index: usize,
-    row_groups: &[usize],
-    rule: &ValueRule,
-    sink: &mut LocalRatings,
-) -> Result<()> {
-    let source = &dataset.files[index];
-    let shown = loc.display_key(&source.file.key);
+fn decode_footer(loc: &Location, dataset: &Dataset, file: usize) -> Result<ParquetFile> {
+    let shown = loc.display_key(&dataset.files[file].file.key);
     let bad = |e: parquet::errors::ParquetError| {
         Error::usage(format!("{shown}: cannot read Parquet data ({e})"))
     };
     let metadata =
-        Arc::new(ParquetMetaDataReader::decode_metadata(&dataset.footers[index]).map_err(bad)?);
-    let arrow_meta = ArrowReaderMetadata::try_new(Arc::clone(&metadata), ArrowReaderOptions::new())
+        Arc::new(ParquetMetaDataReader::decode_metadata(&dataset.footers[file]).map_err(bad)?);
+    let arrow = ArrowReaderMetadata::try_new(Arc::clone(&metadata), ArrowReaderOptions::new())
         .map_err(bad)?;
+    Ok(ParquetFile { metadata, arrow })
+}
+
+/// Fetch and decode one unit: batches of exactly [user, item, value] columns.
+async fn load_unit(
+    loc: &Location,
+    dataset: &Dataset,
+    parquet: &BTreeMap<usize, ParquetFile>,
+    unit: Unit,
+) -> Result<(usize, Vec<RecordBatch>)> {
+    let file = unit.file();
+    let source = &dataset.files[file];
+    let shown = loc.display_key(&source.file.key);
     let c = &source.columns;
-    let mask = ProjectionMask::roots(
-        metadata.file_metadata().schema_descr(),
-        [c.user.0, c.item.0, c.value.0],
-    );
-    let reader = StoreFileReader {
-        loc: loc.clone(),
-        key: source.file.key.clone(),
-        metadata,
-    };
-    let names = ColumnNames {
-        file: &shown,
-        user: &c.user.1,
-        item: &c.item.1,
-        value: &c.value.1,
-    };
-    crate::store::block_on(async {
-        let mut stream = ParquetRecordBatchStreamBuilder::new_with_metadata(reader, arrow_meta)
-            .with_row_groups(row_groups.to_vec())
-            .with_projection(mask)
-            .with_batch_size(BATCH_ROWS)
-            .build()
-            .map_err(bad)?;
-        while let Some(batch) = stream.next().await {
-            let batch = batch.map_err(|e| read_error(&shown, e))?;
-            let col = |name: &str| -> Result<ArrayRef> {
-                batch.column_by_name(name).cloned().ok_or_else(|| {
-                    Error::usage(format!("{shown}: column {name:?} vanished while reading"))
-                })
+    let batches = match unit {
+        Unit::RowGroup { row_group, .. } => {
+            let Some(pf) = parquet.get(&file) else {
+                return Err(Error::runtime(format!(
+                    "{shown}: footer missing from the plan"
+                )));
             };
-            sink.add_batch(
-                &col(&c.user.1)?,
-                &col(&c.item.1)?,
-                &col(&c.value.1)?,
-                rule,
-                &names,
-            )?;
+            let mask = ProjectionMask::roots(
+                pf.metadata.file_metadata().schema_descr(),
+                [c.user.0, c.item.0, c.value.0],
+            );
+            let reader = StoreFileReader {
+                loc: loc.clone(),
+                key: source.file.key.clone(),
+                metadata: Arc::clone(&pf.metadata),
+            };
+            let mut stream =
+                ParquetRecordBatchStreamBuilder::new_with_metadata(reader, pf.arrow.clone())
+                    .with_row_groups(vec![row_group])
+                    .with_projection(mask)
+                    .with_batch_size(BATCH_ROWS)
+                    .build()
+                    .map_err(|e| read_error(&shown, e))?;
+            let mut batches = Vec::new();
+            while let Some(batch) = stream.next().await {
+                let batch = batch.map_err(|e| read_error(&shown, e))?;
+                // The projection keeps the file's column order; put them in ours.
+                let index = |name: &str| {
+                    batch.schema().index_of(name).map_err(|_| {
+                        Error::usage(format!("{shown}: column {name:?} vanished while reading"))
+                    })
+                };
+                let order = [index(&c.user.1)?, index(&c.item.1)?, index(&c.value.1)?];
+                batches.push(
+                    batch
+                        .project(&order)
+                        .map_err(|e| Error::runtime(format!("{shown}: {e}")))?,
+                );
+            }
+            batches
         }
-        Ok(())
-    })
+        Unit::Csv { range, .. } => {
+            let SourceShape::Csv { data_start, size } = source.shape else {
+                return Err(Error::runtime(format!(
+                    "{shown}: planned as CSV but described otherwise"
+                )));
+            };
+            let text = fetch_lines(loc, &source.file.key, data_start, size, range).await?;
+            parse_csv(text, c.csv_fields, [c.user.0, c.item.0, c.value.0], &shown)?
+        }
+    };
+    Ok((file, batches))
+}
+
+/// CSV lines (no header) into batches of the three projected columns, as text.
+fn parse_csv(
+    text: Bytes,
+    fields: usize,
+    columns: [usize; 3],
+    shown: &str,
+) -> Result<Vec<RecordBatch>> {
+    if text.is_empty() {
+        return Ok(Vec::new());
+    }
+    let schema = Arc::new(Schema::new(
+        (0..fields)
+            .map(|i| Field::new(format!("c{i}"), DataType::Utf8, true))
+            .collect::<Vec<_>>(),
+    ));
+    // The projection yields the columns in the order asked: user, item, value.
+    arrow::csv::ReaderBuilder::new(schema)
+        .with_header(false)
+        .with_batch_size(BATCH_ROWS)
+        .with_projection(columns.to_vec())
+        .build(std::io::Cursor::new(text))
+        .map_err(|e| Error::usage(format!("{shown}: {e}")))?
+        .map(|b| b.map_err(|e| Error::usage(format!("{shown}: bad CSV ({e})"))))
+        .collect()
 }
 
 /// A storage error stays a runtime error (exit 1); a decoding error is bad input (exit 2).
@@ -492,60 +601,8 @@ impl AsyncFileReader for StoreFileReader {
 /// How far past the end of its range a rank reads at a time to finish its last line.
 const LINE_TAIL: u64 = 64 * 1024;
 
-fn read_csv_range(
-    loc: &Location,
-    dataset: &Dataset,
-    index: usize,
-    range: Range<u64>,
-    rule: &ValueRule,
-    sink: &mut LocalRatings,
-) -> Result<()> {
-    let source = &dataset.files[index];
-    let shown = loc.display_key(&source.file.key);
-    let SourceShape::Csv { data_start, size } = source.shape else {
-        return Err(Error::runtime(format!(
-            "{shown}: planned as CSV but described otherwise"
-        )));
-    };
-    let text = fetch_lines(loc, &source.file.key, data_start, size, range)?;
-    if text.is_empty() {
-        return Ok(());
-    }
-    let c = &source.columns;
-    let fields: Vec<Field> = (0..c.csv_fields)
-        .map(|i| Field::new(format!("c{i}"), DataType::Utf8, true))
-        .collect();
-    let schema = Arc::new(Schema::new(fields));
-    let reader = arrow::csv::ReaderBuilder::new(schema)
-        .with_header(false)
-        .with_batch_size(BATCH_ROWS)
-        .with_projection(vec![c.user.0, c.item.0, c.value.0])
-        .build(std::io::Cursor::new(text))
-        .map_err(|e| Error::usage(format!("{shown}: {e}")))?;
-    let names = ColumnNames {
-        file: &shown,
-        user: &c.user.1,
-        item: &c.item.1,
-        value: &c.value.1,
-    };
-    for batch in reader {
-        let batch: RecordBatch =
-            batch.map_err(|e| Error::usage(format!("{shown}: bad CSV ({e})")))?;
-        // Projected columns come in the order of the projection: user, item, value.
-        let (u, i, v) = (batch.column(0), batch.column(1), batch.column(2));
-        sink.add_batch(
-            u.as_ref(),
-            i.as_ref(),
-            v.as_ref() as &dyn Array,
-            rule,
-            &names,
-        )?;
-    }
-    Ok(())
-}
-
 /// The whole lines that start inside `range` (a line starts at `data_start` or after a `\n`).
-fn fetch_lines(
+async fn fetch_lines(
     loc: &Location,
     key: &str,
     data_start: u64,
@@ -558,7 +615,10 @@ fn fetch_lines(
     } else {
         range.start - 1
     };
-    let mut buf = loc.get_range(key, from..range.end.min(size))?.to_vec();
+    let mut buf = loc
+        .get_range_async(key, from..range.end.min(size))
+        .await?
+        .to_vec();
     let skip = if range.start <= data_start {
         0
     } else {
@@ -571,7 +631,9 @@ fn fetch_lines(
     let mut end = range.end.min(size);
     if skip < buf.len() {
         while end < size && buf.last() != Some(&b'\n') {
-            let more = loc.get_range(key, end..(end + LINE_TAIL).min(size))?;
+            let more = loc
+                .get_range_async(key, end..(end + LINE_TAIL).min(size))
+                .await?;
             match more.iter().position(|&b| b == b'\n') {
                 Some(nl) => {
                     buf.extend_from_slice(&more[..=nl]);
@@ -622,7 +684,8 @@ mod tests {
         ] {
             let mut all = String::new();
             for w in cuts.windows(2) {
-                let got = fetch_lines(&loc, &key, 2, size, w[0]..w[1]).unwrap();
+                let got =
+                    crate::store::block_on(fetch_lines(&loc, &key, 2, size, w[0]..w[1])).unwrap();
                 let got = String::from_utf8(got.to_vec()).unwrap();
                 if !got.is_empty() {
                     all.push_str(&got);

@@ -154,15 +154,8 @@ impl Location {
     /// it, skipping anything whose name (or a folder's) starts with `_` or `.`, sorted by key.
     pub fn list_files(&self) -> Result<Vec<FileRef>> {
         block_on(async {
-            if let Ok(meta) = self.store.head(&self.prefix).await {
-                if !is_hidden(meta.location.filename().unwrap_or("")) {
-                    return Ok(vec![FileRef {
-                        key: meta.location.to_string(),
-                        size: meta.size,
-                    }]);
-                }
-            }
             let mut files: Vec<FileRef> = Vec::new();
+            let mut listed_any = false;
             let mut listing = self.store.list(Some(&self.prefix));
             while let Some(item) = listing.next().await {
                 let meta = match item {
@@ -179,6 +172,7 @@ impl Location {
                     }
                     Err(e) => return Err(self.storage_error("list", e)),
                 };
+                listed_any = true;
                 let hidden = meta
                     .location
                     .prefix_match(&self.prefix)
@@ -189,6 +183,17 @@ impl Location {
                         key: meta.location.to_string(),
                         size: meta.size,
                     });
+                }
+            }
+            // Nothing below the prefix: the URL may name a single object.
+            if !listed_any {
+                if let Ok(meta) = self.store.head(&self.prefix).await {
+                    if !is_hidden(meta.location.filename().unwrap_or("")) {
+                        files.push(FileRef {
+                            key: meta.location.to_string(),
+                            size: meta.size,
+                        });
+                    }
                 }
             }
             files.sort_by(|a, b| a.key.cmp(&b.key));

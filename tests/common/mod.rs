@@ -49,11 +49,28 @@ pub fn mpirun_env(ranks: usize, args: &[&str], env: &[(&str, &str)]) -> Run {
         .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
         // Ranks must not wait for each other's cores when the machine is oversubscribed.
         .env("OMPI_MCA_mpi_yield_when_idle", "1");
+    // Only the S3 settings a test gives count, whatever the developer's shell exports.
+    for name in S3_ENV_NAMES {
+        cmd.env_remove(name);
+    }
     for (k, v) in env {
         cmd.env(k, v);
     }
     run_with_timeout(cmd)
 }
+
+const S3_ENV_NAMES: [&str; 10] = [
+    "AWS_ENDPOINT_URL",
+    "AWS_ENDPOINT",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_REGION",
+    "AWS_WEB_IDENTITY_TOKEN_FILE",
+    "MINIO_ENDPOINT",
+    "MINIO_ACCESS_KEY",
+    "MINIO_SECRET_KEY",
+];
 
 /// Run the binary directly (a single rank, no launcher).
 pub fn solo(args: &[&str]) -> Run {
