@@ -348,3 +348,54 @@ fn server_stopped_mid_run_fails_every_rank_and_leaves_the_previous_model_readabl
     .ok();
     assert!(eval.stdout.contains("\"rmse\""), "{}", eval.stdout);
 }
+
+#[test]
+fn objects_larger_than_one_part_upload_in_parts_and_read_back_whole() {
+    let Some(server) = S3Server::start("s3-multipart", &["shop"]) else {
+        return;
+    };
+    let env = server.env();
+    let gen = [
+        "generate",
+        "--out",
+        "s3://shop/big",
+        "--events",
+        "1600000",
+        "--files",
+        "1",
+        "--users",
+        "20000",
+        "--items",
+        "5000",
+    ];
+    mpirun_with(1, &gen, &env).ok();
+    let size = std::fs::metadata(server.root.join("shop/big/part-00000.parquet"))
+        .unwrap()
+        .len();
+    assert!(
+        size > 16 << 20,
+        "the file ({size} bytes) is too small to need parts"
+    );
+    let run = mpirun_with(
+        2,
+        &[
+            "train",
+            "--data",
+            "s3://shop/big",
+            "--model",
+            "s3://shop/m",
+            "--epochs",
+            "1",
+        ],
+        &env,
+    )
+    .ok();
+    assert_no_secret(&run);
+    assert_eq!(
+        load_model(&server.root.join("shop/m"))
+            .meta
+            .training
+            .rows_read,
+        1_600_000
+    );
+}
