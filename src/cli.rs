@@ -40,6 +40,11 @@ pub enum Command {
         funksvd evaluate --model models/demo --data data/events\n  \
         mpirun -n 2 funksvd evaluate --model models/demo --data data/events --split holdout")]
     Evaluate(EvaluateArgs),
+    /// Check the cluster: ranks, hosts, cores, memory, collectives, storage. Exit 0 if all is well.
+    #[command(after_help = "Examples:\n  \
+        mpirun -n 4 funksvd verify\n  \
+        mpirun -n 4 funksvd verify --data s3://shop/events --model s3://shop/models/funksvd --json")]
+    Verify(VerifyArgs),
     /// Write a synthetic clickstream with planted low-rank structure.
     #[command(after_help = "Examples:\n  \
         funksvd generate --out data/events\n  \
@@ -220,6 +225,25 @@ pub struct EvaluateArgs {
     /// Input format [default: auto].
     #[arg(long, value_enum)]
     pub format: Option<Format>,
+}
+
+#[derive(Args, Debug)]
+pub struct VerifyArgs {
+    /// Check that every rank can list and read this dataset (and size the bandwidth test by its items).
+    #[arg(long)]
+    pub data: Option<String>,
+    /// Check that rank 0 can write (and delete) a probe object at this model location.
+    #[arg(long)]
+    pub model: Option<String>,
+    /// Print one JSON document instead of the table.
+    #[arg(long)]
+    pub json: bool,
+    /// Factors of the model, for the size of the bandwidth test.
+    #[arg(long, default_value_t = 20)]
+    pub factors: usize,
+    /// Items of the model when --data is not given, for the size of the bandwidth test.
+    #[arg(long, default_value_t = 100_000)]
+    pub items: usize,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]

@@ -130,7 +130,7 @@ impl Comm {
             .all_gather_into(&(mine.len() as u64), &mut lens[..]);
         let (counts, displs) = counts_and_displs(&lens, "allgather")?;
         let total: usize = lens.iter().map(|&l| l as usize).sum();
-        let mut all = vec![0u8; total];
+        let mut all = receive_buffer(total);
         {
             let mut partition = PartitionMut::new(&mut all[..], counts, displs);
             self.world.all_gather_varcount_into(mine, &mut partition);
@@ -148,7 +148,7 @@ impl Comm {
         let (send_counts, send_displs) = counts_and_displs(&send_lens, "exchange")?;
         let (recv_counts, recv_displs) = counts_and_displs(&recv_lens, "exchange")?;
         let send: Vec<u8> = outgoing.concat();
-        let mut recv = vec![0u8; recv_lens.iter().map(|&l| l as usize).sum()];
+        let mut recv = receive_buffer(recv_lens.iter().map(|&l| l as usize).sum());
         {
             let send_part = Partition::new(&send[..], send_counts, send_displs);
             let mut recv_part = PartitionMut::new(&mut recv[..], recv_counts, recv_displs);
@@ -168,7 +168,7 @@ impl Comm {
             let mut lens = vec![0u64; self.size];
             root_proc.gather_into_root(&my_len, &mut lens[..]);
             let (counts, displs) = counts_and_displs(&lens, "gather")?;
-            let mut all = vec![0u8; lens.iter().map(|&l| l as usize).sum()];
+            let mut all = receive_buffer(lens.iter().map(|&l| l as usize).sum());
             {
                 let mut partition = PartitionMut::new(&mut all[..], counts, displs);
                 root_proc.gather_varcount_into_root(mine, &mut partition);
@@ -214,6 +214,12 @@ fn counts_and_displs(lens: &[u64], what: &str) -> Result<(Vec<i32>, Vec<i32>)> {
         at += c;
     }
     Ok((counts, displs))
+}
+
+/// A receive buffer of `len` bytes plus one: an empty Vec's dangling pointer can equal an empty
+/// send buffer's, and MPI rejects a receive buffer that aliases the send buffer.
+fn receive_buffer(len: usize) -> Vec<u8> {
+    vec![0u8; len + 1]
 }
 
 fn split_by_lengths(all: Vec<u8>, lens: &[u64]) -> Vec<Vec<u8>> {

@@ -35,6 +35,7 @@ fn run() -> i32 {
                 Command::Train(args) => funksvd::cmd::train::run(&comm, args),
                 Command::Evaluate(args) => funksvd::cmd::evaluate::run(&comm, args),
                 Command::Generate(args) => funksvd::cmd::generate::run(&comm, args),
+                Command::Verify(args) => funksvd::cmd::verify::run(&comm, args),
             };
             match result {
                 Ok(()) => 0,

@@ -399,3 +399,45 @@ fn objects_larger_than_one_part_upload_in_parts_and_read_back_whole() {
         1_600_000
     );
 }
+
+#[test]
+fn verify_checks_s3_data_and_model_locations_from_every_rank() {
+    let Some(server) = S3Server::start("s3-verify", &["shop"]) else {
+        return;
+    };
+    let env = server.env();
+    mpirun_with(
+        1,
+        &[
+            "generate",
+            "--out",
+            "s3://shop/events",
+            "--events",
+            "3000",
+            "--files",
+            "2",
+        ],
+        &env,
+    )
+    .ok();
+    let args = [
+        "verify",
+        "--data",
+        "s3://shop/events",
+        "--model",
+        "s3://shop/models/m",
+    ];
+    let run = mpirun_with(3, &args, &env).ok();
+    assert!(run.stdout.contains("all checks passed"), "{}", run.stdout);
+    let mut wrong = env.clone();
+    wrong.retain(|(k, _)| *k != "AWS_SECRET_ACCESS_KEY");
+    wrong.push(("AWS_SECRET_ACCESS_KEY", WRONG_SECRET.into()));
+    let run = mpirun_with(3, &args, &wrong);
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(
+        run.stdout.contains("FAILED") && run.stdout.contains("secret key is wrong"),
+        "{}",
+        run.stdout
+    );
+    assert_no_secret(&run);
+}

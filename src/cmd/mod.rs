@@ -3,3 +3,4 @@
 pub mod evaluate;
 pub mod generate;
 pub mod train;
+pub mod verify;

@@ -1,0 +1,93 @@
+//! `funksvd verify` under mpirun: a complete table, JSON, and failing storage checks.
+
+mod common;
+
+use common::*;
+
+#[test]
+fn verify_passes_with_a_complete_table_for_1_2_and_4_ranks() {
+    let dir = temp_dir("verify");
+    let data = dir.join("data");
+    generate(
+        &data,
+        &[
+            "--users", "100", "--items", "40", "--events", "2000", "--files", "2",
+        ],
+    );
+    let model = dir.join("model");
+    for ranks in [1, 2, 4] {
+        let run = mpirun(ranks, &["verify", "--data", s(&data), "--model", s(&model)]).ok();
+        let out = &run.stdout;
+        assert!(
+            out.contains(&format!("funksvd verify: {ranks} ranks on 1 hosts")),
+            "{out}"
+        );
+        for rank in 0..ranks {
+            assert!(
+                out.lines()
+                    .any(|l| l.trim_start().starts_with(&format!("{rank} "))),
+                "rank {rank} row missing:\n{out}"
+            );
+        }
+        for check in [
+            "allreduce correctness",
+            "alltoall and allgather",
+            "allreduce latency",
+            "allreduce bandwidth",
+            "dataset readable from every rank",
+            "model location writable",
+        ] {
+            assert!(
+                out.lines()
+                    .any(|l| l.starts_with("ok") && l.contains(check)),
+                "{check} not ok:\n{out}"
+            );
+        }
+        assert!(out.contains("40 items x 21 floats"), "{out}");
+        assert!(out.contains("all checks passed"));
+        // The probe object is gone again.
+        assert!(std::fs::read_dir(&model).map(|d| d.count()).unwrap_or(0) == 0);
+    }
+}
+
+#[test]
+fn verify_json_is_one_document_with_every_rank_and_check() {
+    let run = mpirun(
+        2,
+        &["verify", "--json", "--items", "5000", "--factors", "10"],
+    )
+    .ok();
+    let v: serde_json::Value = serde_json::from_str(&run.stdout).expect("JSON on stdout");
+    assert_eq!(v["ok"], true);
+    assert_eq!(v["ranks"], 2);
+    assert_eq!(v["rank_info"].as_array().unwrap().len(), 2);
+    assert!(v["rank_info"][1]["cores"].as_u64().unwrap() >= 1);
+    assert!(v["rank_info"][0]["mpi_library"]
+        .as_str()
+        .unwrap()
+        .contains("MPI"));
+    let checks = v["checks"].as_array().unwrap();
+    assert!(checks.iter().all(|c| c["ok"] == true));
+    assert!(checks.iter().any(|c| c["detail"]
+        .as_str()
+        .unwrap()
+        .contains("5000 items x 11 floats")));
+}
+
+#[test]
+fn verify_with_unreadable_data_fails_on_every_rank() {
+    let run = mpirun(2, &["verify", "--data", "/nonexistent/funksvd-data"]);
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(
+        run.stdout.contains("FAILED") && run.stdout.contains("dataset readable from every rank"),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.stdout.contains("rank 0:") && run.stdout.contains("rank 1:"),
+        "{}",
+        run.stdout
+    );
+    assert!(run.stdout.contains("SOME CHECKS FAILED"));
+    assert!(run.stderr.contains("verify failed"), "{}", run.stderr);
+}
