@@ -14,5 +14,11 @@ if ! command -v s3s-fs >/dev/null 2>&1; then
   cargo install s3s-fs@0.14.1 --locked --features binary --quiet
 fi
 
+# The Kubernetes manifest tests validate offline with PyYAML and jsonschema.
+if ! target/venv/bin/python -c "import yaml, jsonschema" 2>/dev/null; then
+  python3 -m venv target/venv
+  target/venv/bin/pip install --quiet pyyaml jsonschema
+fi
+
 cargo fmt --check
 cargo test --release "$@"
