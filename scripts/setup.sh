@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
 # Install what funksvd needs to build and run on Debian: OpenMPI, clang (for the MPI bindings),
-# pkg-config and GNU time. Safe to run again; installs only what is missing.
+# pkg-config and GNU time; with --test also what the tests need (a one-node Slurm, Python venv).
+# Safe to run again; installs only what is missing.
 set -euo pipefail
 
 packages=(openmpi-bin libopenmpi-dev libclang-dev clang pkg-config time)
+if [ "${1:-}" = "--test" ]; then
+  packages+=(slurm-wlm munge libpmix-bin python3-venv)
+fi
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -79,6 +79,11 @@ pub fn solo(args: &[&str]) -> Run {
     run_with_timeout(cmd)
 }
 
+/// Run any command with the test timeout.
+pub fn run_command(cmd: Command) -> Run {
+    run_with_timeout(cmd)
+}
+
 fn run_with_timeout(mut cmd: Command) -> Run {
     let mut child = cmd
         .stdout(Stdio::piped())
