@@ -134,6 +134,12 @@ pub struct TrainArgs {
     /// Item synchronisations (allreduces) per epoch; more keeps multi-rank runs closer to one rank.
     #[arg(long, default_value_t = 8)]
     pub syncs_per_epoch: usize,
+    /// Save the full training state under the model prefix every N epochs (_checkpoints/).
+    #[arg(long, value_name = "N")]
+    pub checkpoint_every: Option<usize>,
+    /// Continue from the newest complete checkpoint under --model (same data, flags and ranks).
+    #[arg(long)]
+    pub resume: bool,
 }
 
 impl TrainArgs {
@@ -168,6 +174,9 @@ impl TrainArgs {
         }
         if self.syncs_per_epoch == 0 {
             return Err(Error::usage("--syncs-per-epoch 0: must be at least 1"));
+        }
+        if self.checkpoint_every == Some(0) {
+            return Err(Error::usage("--checkpoint-every 0: must be at least 1"));
         }
         Ok(Hyper {
             factors: self.factors,

@@ -92,6 +92,16 @@ impl Dataset {
         self.files.iter().map(|f| f.file.size).sum()
     }
 
+    /// A hash of every file's key and size.
+    pub fn fingerprint(&self) -> String {
+        let listing: String = self
+            .files
+            .iter()
+            .map(|f| format!("{}\t{}\n", f.file.key, f.file.size))
+            .collect();
+        format!("{:016x}", crate::ids::hash_str(&listing))
+    }
+
     pub fn file_count(&self) -> usize {
         self.files.len()
     }

@@ -23,6 +23,8 @@ pub struct IngestReport {
     pub read_per_rank: Vec<ReadStats>,
     pub files: usize,
     pub bytes: u64,
+    /// A hash of the dataset's files and sizes (what a checkpoint must match).
+    pub dataset_fingerprint: String,
 }
 
 /// Rank 0 plans and everyone gets the plan.
@@ -50,6 +52,7 @@ pub fn load_ratings(
     let dataset = plan(comm, loc, spec)?;
     report.plan_seconds = started.elapsed().as_secs_f64();
     report.files = dataset.file_count();
+    report.dataset_fingerprint = dataset.fingerprint();
     report.bytes = dataset.total_bytes();
     if comm.is_root() {
         log::info!(

@@ -8,9 +8,10 @@ use crate::comm::Comm;
 use crate::error::{Error, Result};
 use crate::exchange;
 use crate::features::ValueRule;
+use crate::funksvd::checkpoint;
 use crate::funksvd::data::{holdout_mask, index, train_item_ids, RankRatings};
 use crate::funksvd::train::{holdout_errors, train, train_errors};
-use crate::funksvd::{Globals, Params};
+use crate::funksvd::{Globals, Params, TrainState};
 use crate::ids::Id;
 use crate::metrics::ErrorSums;
 use crate::model_io::{self, InputSettings, Metrics, ModelMeta, Phases, Training};
@@ -45,10 +46,24 @@ pub fn run(comm: &Comm, args: &TrainArgs) -> Result<()> {
     }
 
     let started = Instant::now();
-    let is_root = comm.is_root();
+    let fingerprint = run_fingerprint(&report, args);
+    let start = if args.resume {
+        Some(checkpoint::load_latest(
+            comm,
+            &model_loc,
+            &hyper,
+            &fingerprint,
+            &data.user_ids,
+        )?)
+    } else {
+        None
+    };
+    if let Some(state) = &start {
+        comm.agree(check_resumed_items(state, item_ids.len(), hyper.factors))?;
+    }
     let epochs = hyper.epochs;
-    let trained = train(comm, &data, &item_ids, &hyper, globals, |s| {
-        if is_root {
+    let trained = train(comm, &data, &item_ids, &hyper, globals, start, |state| {
+        if let Some(s) = state.history.last().filter(|_| comm.is_root()) {
             let hold = s
                 .holdout_rmse
                 .map(|h| format!("{h:.4}"))
@@ -61,9 +76,22 @@ pub fn run(comm: &Comm, args: &TrainArgs) -> Result<()> {
                 s.ratings_per_second / 1e6
             );
         }
+        match args.checkpoint_every {
+            Some(every) if state.epoch % every == 0 => checkpoint::save(
+                comm,
+                &model_loc,
+                state,
+                &hyper,
+                &fingerprint,
+                &data.user_ids,
+            ),
+            _ => Ok(()),
+        }
     });
     // Divergence is seen by every rank at once (the sums are allreduced).
-    let (params, history) = comm.agree(trained)?;
+    let TrainState {
+        params, history, ..
+    } = comm.agree(trained)?;
     let train_seconds = started.elapsed().as_secs_f64();
 
     let mut errors = [0.0f64; 6];
@@ -269,5 +297,35 @@ fn publish(
             .unwrap_or_else(|| "-".into()),
         job_started.elapsed().as_secs_f64()
     );
+    Ok(())
+}
+
+/// What a checkpoint must match: the dataset (files and sizes) and every flag that changes how
+/// it is read.
+fn run_fingerprint(report: &pipeline::IngestReport, args: &TrainArgs) -> String {
+    let input = &args.input;
+    let text = format!(
+        "{}|{}|{:?}|{}|{:?}|{}|{:?}|{:?}|{:?}|{}",
+        report.dataset_fingerprint,
+        input.user_col,
+        input.item_col,
+        input.event_col,
+        input.rating_col,
+        input.event_weights,
+        input.aggregate,
+        input.format,
+        args.data,
+        args.holdout
+    );
+    format!("{:016x}", crate::ids::hash_str(&text))
+}
+
+fn check_resumed_items(state: &TrainState, n_items: usize, factors: usize) -> Result<()> {
+    if state.params.items.len() != n_items * (factors + 1) {
+        return Err(Error::usage(format!(
+            "--resume: the checkpoint has {} items, this data has {n_items} (other data?)",
+            state.params.items.len() / (factors + 1)
+        )));
+    }
     Ok(())
 }

@@ -106,6 +106,15 @@ impl Collective for Solo {
     }
 }
 
+/// Where training stands after an epoch: what a checkpoint saves and `--resume` restores.
+#[derive(Debug)]
+pub struct TrainState {
+    /// Epochs done.
+    pub epoch: usize,
+    pub params: Params,
+    pub history: Vec<EpochStats>,
+}
+
 /// One epoch's numbers, as logged and saved in `model.json`.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct EpochStats {
@@ -175,9 +184,18 @@ pub fn train(
     item_ids: &[Id],
     hyper: &Hyper,
     globals: Globals,
-    mut on_epoch: impl FnMut(&EpochStats),
-) -> Result<(Params, Vec<EpochStats>)> {
-    let mut params = Params::init(&data.user_ids, item_ids, hyper);
+    start: Option<TrainState>,
+    mut after_epoch: impl FnMut(&TrainState) -> Result<()>,
+) -> Result<TrainState> {
+    let TrainState {
+        epoch: done,
+        mut params,
+        mut history,
+    } = start.unwrap_or_else(|| TrainState {
+        epoch: 0,
+        params: Params::init(&data.user_ids, item_ids, hyper),
+        history: Vec::with_capacity(hyper.epochs),
+    });
     let stride = params.stride;
     let n_items = item_ids.len();
     let mut weights = CombineWeights::new(n_items);
@@ -207,14 +225,18 @@ pub fn train(
     } else {
         (Vec::new(), Vec::new(), Vec::new())
     };
-    let mut order: Vec<u32> = (0..data.n_users() as u32).collect();
+    let mut order: Vec<u32> = Vec::with_capacity(data.n_users());
     let syncs = hyper.syncs_per_epoch.max(1);
-    let mut history = Vec::with_capacity(hyper.epochs);
-    for epoch in 1..=hyper.epochs {
+    for epoch in done + 1..=hyper.epochs {
         let started = Instant::now();
         // A rank failing mid-training must not leave the others in the next allreduce.
-        comm.agree(crate::fault::point("epoch", comm.rank()))?;
-        // A fresh user order each epoch, from a stream of this rank and epoch.
+        let fault = crate::fault::point("epoch", comm.rank())
+            .and_then(|_| crate::fault::point(&format!("epoch-{epoch}"), comm.rank()));
+        comm.agree(fault)?;
+        // A fresh user order each epoch, from a stream of this rank and epoch only, so a run
+        // resumed at any epoch visits users exactly as an uninterrupted one.
+        order.clear();
+        order.extend(0..data.n_users() as u32);
         let mut rng = Rng::new(hyper.seed, ((comm.rank() as u64) << 32) | epoch as u64);
         rng.shuffle(&mut order);
         let bounds = chunk_bounds(&order, data, syncs);
@@ -270,10 +292,24 @@ pub fn train(
             seconds,
             ratings_per_second: total_ratings / seconds.max(1e-9),
         };
-        on_epoch(&stats);
         history.push(stats);
+        let state = TrainState {
+            epoch,
+            params,
+            history,
+        };
+        after_epoch(&state)?;
+        TrainState {
+            params,
+            history,
+            ..
+        } = state;
     }
-    Ok((params, history))
+    Ok(TrainState {
+        epoch: hyper.epochs.max(done),
+        params,
+        history,
+    })
 }
 
 /// The weights of this rank's change to each item in the combine: one for the bias, one for
@@ -502,7 +538,9 @@ mod tests {
             factors: 8,
             ..Hyper::default()
         };
-        let (params, history) = train(&Solo, &data, &items, &hyper, globals, |_| {}).unwrap();
+        let TrainState {
+            params, history, ..
+        } = train(&Solo, &data, &items, &hyper, globals, None, |_| Ok(())).unwrap();
         let first = &history[0];
         let last = history.last().unwrap();
         assert!(
@@ -510,9 +548,29 @@ mod tests {
             "{first:?} -> {last:?}"
         );
         assert!(last.holdout_rmse.unwrap() < first.holdout_rmse.unwrap() * 0.8);
-        let (again, _) = train(&Solo, &data, &items, &hyper, globals, |_| {}).unwrap();
-        assert_eq!(params.items, again.items);
-        assert_eq!(params.users, again.users);
+        let again = train(&Solo, &data, &items, &hyper, globals, None, |_| Ok(())).unwrap();
+        assert_eq!(params.items, again.params.items);
+        assert_eq!(params.users, again.params.users);
+        // Stopped after 12 epochs and resumed: the same model, bit for bit.
+        let first = Hyper {
+            epochs: 12,
+            ..hyper.clone()
+        };
+        let part = train(&Solo, &data, &items, &first, globals, None, |_| Ok(())).unwrap();
+        let resumed = train(
+            &Solo,
+            &data,
+            &items,
+            &hyper,
+            globals,
+            Some(part),
+            |_| Ok(()),
+        )
+        .unwrap();
+        assert_eq!(resumed.epoch, 30);
+        assert_eq!(resumed.history.len(), 30);
+        assert_eq!(params.items, resumed.params.items);
+        assert_eq!(params.users, resumed.params.users);
     }
 
     #[test]
@@ -527,7 +585,7 @@ mod tests {
             lr: 5.0,
             ..Hyper::default()
         };
-        let err = train(&Solo, &data, &items, &hyper, globals, |_| {}).unwrap_err();
+        let err = train(&Solo, &data, &items, &hyper, globals, None, |_| Ok(())).unwrap_err();
         assert!(err.to_string().contains("lower --lr"), "{err}");
     }
 

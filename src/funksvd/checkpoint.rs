@@ -1,0 +1,298 @@
+//! Checkpoints: the full training state under the model prefix, written atomically, so that
+//! `--resume` continues a killed run and ends with the same model, bit for bit.
+//!
+//! Layout: `_checkpoints/epoch-NNNNNN/rank-RRRRR.bin` (each rank's user rows, written by that
+//! rank), `items.bin` (the shared item rows, rank 0) and `checkpoint.json`, written last by rank 0
+//! once every rank's file is in place: a checkpoint without it is incomplete and ignored. The two
+//! newest complete checkpoints are kept. Nothing else is needed: the visiting order and the
+//! combine weights of an epoch derive from (seed, rank, epoch) and the user rows.
+
+use serde::{Deserialize, Serialize};
+
+use crate::comm::Comm;
+use crate::error::{Error, Result};
+use crate::ids::{mix64, Id};
+use crate::store::Location;
+use crate::wire::{Reader, Writer};
+
+use super::train::{EpochStats, Hyper, Params, TrainState};
+
+pub const CHECKPOINTS_DIR: &str = "_checkpoints";
+const META: &str = "checkpoint.json";
+const FORMAT: &str = "funksvd-checkpoint";
+const KEPT: usize = 2;
+const MAGIC: &[u8] = b"FSVDCKP1";
+
+/// What a run must match to continue from a checkpoint.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct CheckpointMeta {
+    pub format: String,
+    pub epoch: usize,
+    pub ranks: usize,
+    pub hyperparameters: Hyper,
+    /// The dataset (files and sizes) and how it was read.
+    pub fingerprint: String,
+    pub n_items: usize,
+    pub history: Vec<EpochStats>,
+}
+
+/// A hash of the ids in order: a resumed rank must own exactly the users it owned.
+fn ids_hash(ids: &[Id]) -> u64 {
+    ids.iter()
+        .fold(0x243F_6A88_85A3_08D3, |h, id| mix64(h ^ id.stable_hash()))
+}
+
+fn epoch_dir(epoch: usize) -> String {
+    format!("{CHECKPOINTS_DIR}/epoch-{epoch:06}")
+}
+
+/// Write a checkpoint of `state` (every rank calls this).
+pub fn save(
+    comm: &Comm,
+    loc: &Location,
+    state: &TrainState,
+    hyper: &Hyper,
+    fingerprint: &str,
+    user_ids: &[Id],
+) -> Result<()> {
+    let dir = epoch_dir(state.epoch);
+    let mine = (|| {
+        let mut w = Writer::new();
+        w.buf.extend_from_slice(MAGIC);
+        w.u64(state.epoch as u64);
+        w.u64(user_ids.len() as u64);
+        w.u64(state.params.stride as u64);
+        w.u64(ids_hash(user_ids));
+        w.f32s(&state.params.users);
+        let key = loc.child_key(&format!("{dir}/rank-{:05}.bin", comm.rank()));
+        loc.put(&key, w.finish().into())?;
+        if comm.is_root() {
+            let mut w = Writer::new();
+            w.buf.extend_from_slice(MAGIC);
+            w.u64(state.params.stride as u64);
+            w.f32s(&state.params.items);
+            loc.put(
+                &loc.child_key(&format!("{dir}/items.bin")),
+                w.finish().into(),
+            )?;
+        }
+        crate::fault::point("checkpoint", comm.rank())
+    })();
+    comm.agree(mine)?;
+    let committed = if comm.is_root() {
+        (|| {
+            let meta = CheckpointMeta {
+                format: FORMAT.into(),
+                epoch: state.epoch,
+                ranks: comm.size(),
+                hyperparameters: hyper.clone(),
+                fingerprint: fingerprint.into(),
+                n_items: state.params.items.len() / state.params.stride,
+                history: state.history.clone(),
+            };
+            let json = serde_json::to_vec_pretty(&meta)
+                .map_err(|e| Error::runtime(format!("cannot encode {META}: {e}")))?;
+            loc.put(&loc.child_key(&format!("{dir}/{META}")), json.into())?;
+            remove_old(loc, KEPT)
+        })()
+    } else {
+        Ok(())
+    };
+    comm.agree(committed)?;
+    if comm.is_root() {
+        log::info!("checkpoint after epoch {} saved", state.epoch);
+    }
+    Ok(())
+}
+
+/// Epochs of the complete checkpoints, and every checkpoint key.
+fn list(loc: &Location) -> Result<(Vec<usize>, Vec<String>)> {
+    let prefix = loc.child_key(CHECKPOINTS_DIR);
+    let keys: Vec<String> = loc
+        .list_all_keys()?
+        .into_iter()
+        .filter(|k| k.starts_with(&format!("{prefix}/")))
+        .collect();
+    let mut complete: Vec<usize> = keys
+        .iter()
+        .filter(|k| k.ends_with(&format!("/{META}")))
+        .filter_map(|k| k[prefix.len() + 1..].strip_prefix("epoch-"))
+        .filter_map(|rest| rest.split('/').next()?.parse().ok())
+        .collect();
+    complete.sort_unstable();
+    Ok((complete, keys))
+}
+
+/// Delete all but the `keep` newest complete checkpoints (and any incomplete older one).
+fn remove_old(loc: &Location, keep: usize) -> Result<()> {
+    let (complete, keys) = list(loc)?;
+    let oldest_kept = match (keep, complete.len().checked_sub(keep)) {
+        (0, _) => usize::MAX,
+        (_, Some(first_kept)) => complete[first_kept],
+        (_, None) => match complete.first() {
+            Some(&e) => e,
+            None => return Ok(()),
+        },
+    };
+    let prefix = loc.child_key(CHECKPOINTS_DIR);
+    for key in &keys {
+        let epoch: Option<usize> = key[prefix.len() + 1..]
+            .strip_prefix("epoch-")
+            .and_then(|r| r.split('/').next()?.parse().ok());
+        if epoch.is_some_and(|e| e < oldest_kept) {
+            loc.delete(key)?;
+        }
+    }
+    Ok(())
+}
+
+/// Remove every checkpoint (after the model they led to is published).
+pub fn remove_all(loc: &Location) -> Result<()> {
+    remove_old(loc, 0)
+}
+
+/// Load the newest complete checkpoint for this run, refusing one made with other data,
+/// hyperparameters (the epoch count aside) or rank count.
+pub fn load_latest(
+    comm: &Comm,
+    loc: &Location,
+    hyper: &Hyper,
+    fingerprint: &str,
+    user_ids: &[Id],
+) -> Result<TrainState> {
+    let chosen = if comm.is_root() {
+        choose(loc, comm.size(), hyper, fingerprint)
+            .and_then(|m| serde_json::to_vec(&m).map_err(|e| Error::runtime(e.to_string())))
+    } else {
+        Ok(Vec::new())
+    };
+    let bytes = comm.agree(chosen)?;
+    let bytes = comm.broadcast_bytes(0, bytes)?;
+    let meta: CheckpointMeta = serde_json::from_slice(&bytes)
+        .map_err(|e| Error::runtime(format!("checkpoint description: {e}")))?;
+    let state = read_state(comm, loc, &meta, user_ids);
+    let state = comm.agree(state)?;
+    if comm.is_root() {
+        log::info!(
+            "resuming after epoch {} from {}",
+            meta.epoch,
+            loc.display_key(&loc.child_key(&epoch_dir(meta.epoch)))
+        );
+    }
+    Ok(state)
+}
+
+fn choose(
+    loc: &Location,
+    ranks: usize,
+    hyper: &Hyper,
+    fingerprint: &str,
+) -> Result<CheckpointMeta> {
+    let (complete, _) = list(loc)?;
+    let Some(&epoch) = complete.last() else {
+        return Err(Error::usage(format!(
+            "--resume: no complete checkpoint under {} (train with --checkpoint-every N first)",
+            loc.display_key(&loc.child_key(CHECKPOINTS_DIR))
+        )));
+    };
+    let key = loc.child_key(&format!("{}/{META}", epoch_dir(epoch)));
+    let shown = loc.display_key(&key);
+    let meta: CheckpointMeta = serde_json::from_slice(&loc.get(&key)?).map_err(|e| {
+        Error::usage(format!(
+            "--resume: {shown} is not a funksvd checkpoint ({e})"
+        ))
+    })?;
+    if meta.format != FORMAT {
+        return Err(Error::usage(format!(
+            "--resume: {shown} is not a funksvd checkpoint"
+        )));
+    }
+    if meta.ranks != ranks {
+        return Err(Error::usage(format!(
+            "--resume: the checkpoint after epoch {epoch} was made with {} ranks, this run has {ranks}; run with -n {}",
+            meta.ranks, meta.ranks
+        )));
+    }
+    if meta.fingerprint != fingerprint {
+        return Err(Error::usage(format!(
+            "--resume: the checkpoint after epoch {epoch} was made with other data or input flags (the files, their sizes or the column/event flags differ)"
+        )));
+    }
+    let same = Hyper {
+        epochs: hyper.epochs,
+        ..meta.hyperparameters.clone()
+    };
+    if &same != hyper {
+        return Err(Error::usage(format!(
+            "--resume: the checkpoint after epoch {epoch} was made with other hyperparameters ({}); this run has ({})",
+            describe(&meta.hyperparameters),
+            describe(hyper)
+        )));
+    }
+    Ok(meta)
+}
+
+fn describe(h: &Hyper) -> String {
+    format!(
+        "--factors {} --lr {} --reg {} --seed {} --syncs-per-epoch {}{}",
+        h.factors,
+        h.lr,
+        h.reg,
+        h.seed,
+        h.syncs_per_epoch,
+        if h.biased { "" } else { " --no-bias" }
+    )
+}
+
+fn read_state(
+    comm: &Comm,
+    loc: &Location,
+    meta: &CheckpointMeta,
+    user_ids: &[Id],
+) -> Result<TrainState> {
+    let dir = epoch_dir(meta.epoch);
+    let stride = meta.hyperparameters.factors + 1;
+    let key = loc.child_key(&format!("{dir}/rank-{:05}.bin", comm.rank()));
+    let shown = loc.display_key(&key);
+    let bad = |why: &str| Error::usage(format!("--resume: {shown}: {why}"));
+    let bytes = loc.get(&key)?;
+    let mut r = Reader::new(&bytes);
+    let magic = (0..MAGIC.len())
+        .map(|_| r.u8())
+        .collect::<Result<Vec<u8>>>()?;
+    if magic != MAGIC || r.u64()? != meta.epoch as u64 {
+        return Err(bad("not this checkpoint's rank file"));
+    }
+    if r.u64()? != user_ids.len() as u64
+        || r.u64()? != stride as u64
+        || r.u64()? != ids_hash(user_ids)
+    {
+        return Err(bad(
+            "this rank's users differ from the checkpoint's (other data?)",
+        ));
+    }
+    let users = r.f32s()?;
+    let key = loc.child_key(&format!("{dir}/items.bin"));
+    let bytes = loc.get(&key)?;
+    let mut r = Reader::new(&bytes);
+    let magic = (0..MAGIC.len())
+        .map(|_| r.u8())
+        .collect::<Result<Vec<u8>>>()?;
+    if magic != MAGIC || r.u64()? != stride as u64 {
+        return Err(bad("items.bin does not belong to this checkpoint"));
+    }
+    let items = r.f32s()?;
+    if users.len() != user_ids.len() * stride || items.len() != meta.n_items * stride {
+        return Err(bad("truncated checkpoint"));
+    }
+    Ok(TrainState {
+        epoch: meta.epoch,
+        params: Params {
+            factors: meta.hyperparameters.factors,
+            stride,
+            users,
+            items,
+        },
+        history: meta.history.clone(),
+    })
+}

@@ -1,0 +1,443 @@
+//! Every bad input and failure of README "Failure behaviour", run through the real binary under
+//! mpirun with 2 ranks: the exit code, a message naming the culprit, nothing published, no hang.
+//! The README table is checked against these cases, so the two cannot drift.
+
+mod common;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use arrow::array::{ArrayRef, Float64Array, Int64Array, RecordBatch, StringArray};
+use arrow::datatypes::{Field, Schema};
+use common::*;
+use parquet::arrow::ArrowWriter;
+use parquet::file::properties::WriterProperties;
+
+/// One row of the README table: what goes wrong, the exit code, what the message says.
+struct Case {
+    name: &'static str,
+    code: i32,
+    says: &'static str,
+    /// Prepares the input in `dir` and returns the funksvd arguments.
+    args: fn(&Path) -> Vec<String>,
+}
+
+fn train(data: &Path, model: &Path, extra: &[&str]) -> Vec<String> {
+    let mut v: Vec<String> = ["train", "--data", s(data), "--model", s(model)]
+        .iter()
+        .map(|a| a.to_string())
+        .collect();
+    if !extra.contains(&"--epochs") {
+        v.extend(["--epochs".to_string(), "2".to_string()]);
+    }
+    v.extend(extra.iter().map(|a| a.to_string()));
+    v
+}
+
+fn csv(dir: &Path, name: &str, text: &[u8]) -> std::path::PathBuf {
+    let data = dir.join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(data.join(name), text).unwrap();
+    data
+}
+
+fn parquet_bytes(columns: Vec<(&str, ArrayRef)>, row_group: usize) -> Vec<u8> {
+    let schema = Arc::new(Schema::new(
+        columns
+            .iter()
+            .map(|(n, a)| Field::new(*n, a.data_type().clone(), true))
+            .collect::<Vec<_>>(),
+    ));
+    let batch = RecordBatch::try_new(
+        schema.clone(),
+        columns.into_iter().map(|(_, a)| a).collect(),
+    )
+    .unwrap();
+    let props = WriterProperties::builder()
+        .set_max_row_group_row_count(Some(row_group))
+        .build();
+    let mut buf = Vec::new();
+    let mut w = ArrowWriter::try_new(&mut buf, schema, Some(props)).unwrap();
+    w.write(&batch).unwrap();
+    w.close().unwrap();
+    buf
+}
+
+fn good_parquet(rows: usize) -> Vec<u8> {
+    let events = ["view", "add_to_cart", "purchase"];
+    parquet_bytes(
+        vec![
+            (
+                "user_id",
+                Arc::new(Int64Array::from_iter_values(
+                    (0..rows as i64).map(|i| i % 50),
+                )),
+            ),
+            (
+                "product_id",
+                Arc::new(Int64Array::from_iter_values(
+                    (0..rows as i64).map(|i| i % 30),
+                )),
+            ),
+            (
+                "event_type",
+                Arc::new(StringArray::from_iter_values(
+                    (0..rows).map(|i| events[i % 3]),
+                )),
+            ),
+        ],
+        rows,
+    )
+}
+
+fn cases() -> Vec<Case> {
+    vec![
+        Case {
+            name: "missing column",
+            code: 2,
+            says: "no column \"customer\"",
+            args: |d| {
+                let data = csv(d, "a.csv", b"user_id,product_id,event_type\n1,2,view\n");
+                train(&data, &d.join("m"), &["--user-col", "customer"])
+            },
+        },
+        Case {
+            name: "column of the wrong type",
+            code: 2,
+            says: "but an id must be an integer or a string",
+            args: |d| {
+                let data = d.join("data");
+                std::fs::create_dir_all(&data).unwrap();
+                let bytes = parquet_bytes(
+                    vec![
+                        ("user_id", Arc::new(Float64Array::from(vec![1.5, 2.5]))),
+                        ("product_id", Arc::new(Int64Array::from(vec![1, 2]))),
+                        (
+                            "event_type",
+                            Arc::new(StringArray::from(vec!["view", "view"])),
+                        ),
+                    ],
+                    10,
+                );
+                std::fs::write(data.join("a.parquet"), bytes).unwrap();
+                train(&data, &d.join("m"), &[])
+            },
+        },
+        Case {
+            name: "all rows with null ids",
+            code: 2,
+            says: "nothing to train on",
+            args: |d| {
+                let data = csv(
+                    d,
+                    "a.csv",
+                    b"user_id,product_id,event_type\n,1,view\n,2,purchase\n",
+                );
+                train(&data, &d.join("m"), &[])
+            },
+        },
+        Case {
+            name: "only unknown event types",
+            code: 2,
+            says: "nothing to train on",
+            args: |d| {
+                let data = csv(
+                    d,
+                    "a.csv",
+                    b"user_id,product_id,event_type\n1,1,click\n2,2,hover\n",
+                );
+                train(&data, &d.join("m"), &[])
+            },
+        },
+        Case {
+            name: "empty dataset (a header only)",
+            code: 2,
+            says: "the dataset has no rows",
+            args: |d| {
+                let data = csv(d, "a.csv", b"user_id,product_id,event_type\n");
+                train(&data, &d.join("m"), &[])
+            },
+        },
+        Case {
+            name: "empty prefix",
+            code: 2,
+            says: "no data files there",
+            args: |d| {
+                std::fs::create_dir_all(d.join("empty")).unwrap();
+                train(&d.join("empty"), &d.join("m"), &[])
+            },
+        },
+        Case {
+            name: "Parquet file with a corrupt footer",
+            code: 2,
+            says: "corrupt Parquet footer",
+            args: |d| {
+                let data = d.join("data");
+                std::fs::create_dir_all(&data).unwrap();
+                let mut bytes = good_parquet(100);
+                let n = bytes.len();
+                let meta_len = u32::from_le_bytes(bytes[n - 8..n - 4].try_into().unwrap()) as usize;
+                for b in &mut bytes[n - 8 - meta_len..n - 8] {
+                    *b = 0xEE;
+                }
+                std::fs::write(data.join("a.parquet"), bytes).unwrap();
+                train(&data, &d.join("m"), &[])
+            },
+        },
+        Case {
+            name: "truncated Parquet file",
+            code: 2,
+            says: "not a Parquet file",
+            args: |d| {
+                let data = d.join("data");
+                std::fs::create_dir_all(&data).unwrap();
+                let bytes = good_parquet(100);
+                std::fs::write(data.join("a.parquet"), &bytes[..bytes.len() / 2]).unwrap();
+                train(&data, &d.join("m"), &[])
+            },
+        },
+        Case {
+            name: "a file that is not Parquet, named .parquet",
+            code: 2,
+            says: "not a Parquet file",
+            args: |d| {
+                let data = csv(d, "a.parquet", b"user_id,product_id,event_type\n1,2,view\n");
+                train(&data, &d.join("m"), &[])
+            },
+        },
+        Case {
+            name: "CSV with ragged rows",
+            code: 2,
+            says: "bad CSV",
+            args: |d| {
+                let data = csv(
+                    d,
+                    "a.csv",
+                    b"user_id,product_id,event_type\n1,2,view\n3,4\n",
+                );
+                train(&data, &d.join("m"), &[])
+            },
+        },
+        Case {
+            name: "CSV without a header",
+            code: 2,
+            says: "no column \"user_id\"",
+            args: |d| {
+                let data = csv(d, "a.csv", b"1,2,view\n3,4,view\n");
+                train(&data, &d.join("m"), &[])
+            },
+        },
+        Case {
+            name: "non-UTF-8 bytes in an id",
+            code: 2,
+            says: "UTF-8",
+            args: |d| {
+                let data = csv(
+                    d,
+                    "a.csv",
+                    b"user_id,product_id,event_type\n1,2,view\n\xff\xfe,4,view\n",
+                );
+                train(&data, &d.join("m"), &[])
+            },
+        },
+        Case {
+            name: "NaN rating",
+            code: 2,
+            says: "ratings must be finite and not negative",
+            args: |d| {
+                let data = csv(d, "a.csv", b"user_id,product_id,rating\n1,2,4\n3,4,NaN\n");
+                train(&data, &d.join("m"), &["--rating-col", "rating"])
+            },
+        },
+        Case {
+            name: "infinite rating",
+            code: 2,
+            says: "ratings must be finite and not negative",
+            args: |d| {
+                let data = csv(d, "a.csv", b"user_id,product_id,rating\n1,2,4\n3,4,inf\n");
+                train(&data, &d.join("m"), &["--rating-col", "rating"])
+            },
+        },
+        Case {
+            name: "negative rating",
+            code: 2,
+            says: "ratings must be finite and not negative",
+            args: |d| {
+                let data = csv(d, "a.csv", b"user_id,product_id,rating\n1,2,4\n3,4,-1\n");
+                train(&data, &d.join("m"), &["--rating-col", "rating"])
+            },
+        },
+        Case {
+            name: "a bad file read by one rank only",
+            code: 2,
+            says: "b.parquet: cannot read Parquet data",
+            args: |d| {
+                let data = d.join("data");
+                std::fs::create_dir_all(&data).unwrap();
+                std::fs::write(data.join("a.parquet"), good_parquet(3000)).unwrap();
+                // Data pages overwritten, footer intact: only the rank that reads b.parquet fails.
+                let mut bytes = good_parquet(3000);
+                for b in &mut bytes[8..200] {
+                    *b = 0x5A;
+                }
+                std::fs::write(data.join("b.parquet"), bytes).unwrap();
+                train(&data, &d.join("m"), &[])
+            },
+        },
+        Case {
+            name: "--factors 0",
+            code: 2,
+            says: "--factors 0: must be between 1 and 4096",
+            args: |d| train(&d.join("data"), &d.join("m"), &["--factors", "0"]),
+        },
+        Case {
+            name: "--lr -1",
+            code: 2,
+            says: "--lr -1: must be a positive number",
+            args: |d| train(&d.join("data"), &d.join("m"), &["--lr", "-1"]),
+        },
+        Case {
+            name: "--holdout 1.0",
+            code: 2,
+            says: "--holdout 1: must be at least 0 and below 1",
+            args: |d| train(&d.join("data"), &d.join("m"), &["--holdout", "1.0"]),
+        },
+        Case {
+            name: "--epochs 0",
+            code: 2,
+            says: "--epochs 0: must be at least 1",
+            args: |d| train(&d.join("data"), &d.join("m"), &["--epochs", "0"]),
+        },
+        Case {
+            name: "malformed --event-weights",
+            code: 2,
+            says: "is not EVENT=WEIGHT",
+            args: |d| {
+                train(
+                    &d.join("data"),
+                    &d.join("m"),
+                    &["--event-weights", "view:1"],
+                )
+            },
+        },
+        Case {
+            name: "a learning rate that diverges",
+            code: 2,
+            says: "lower --lr",
+            args: |d| {
+                let data = d.join("data");
+                std::fs::create_dir_all(&data).unwrap();
+                std::fs::write(data.join("a.parquet"), good_parquet(3000)).unwrap();
+                train(&data, &d.join("m"), &["--lr", "50"])
+            },
+        },
+        Case {
+            name: "evaluate with a model URL that is not a model",
+            code: 2,
+            says: "no model there",
+            args: |d| {
+                let data = csv(d, "a.csv", b"user_id,product_id,event_type\n1,2,view\n");
+                vec![
+                    "evaluate".into(),
+                    "--model".into(),
+                    s(&data).into(),
+                    "--data".into(),
+                    s(&data).into(),
+                ]
+            },
+        },
+        Case {
+            name: "--resume with a model URL that holds no checkpoint",
+            code: 2,
+            says: "no complete checkpoint",
+            args: |d| {
+                let data = csv(
+                    d,
+                    "a.csv",
+                    b"user_id,product_id,event_type\n1,2,view\n2,3,purchase\n",
+                );
+                train(&data, &data, &["--resume", "--holdout", "0"])
+            },
+        },
+        Case {
+            name: "a model location that cannot be written",
+            code: 1,
+            says: "cannot write",
+            args: |d| {
+                let data = csv(
+                    d,
+                    "a.csv",
+                    b"user_id,product_id,event_type\n1,2,view\n2,3,purchase\n3,2,view\n",
+                );
+                train(&data, Path::new("/proc/funksvd-cannot-write-here"), &[])
+            },
+        },
+        Case {
+            name: "a rank that fails mid-training",
+            code: 1,
+            says: "(rank 1): injected fault at epoch",
+            args: |d| {
+                let data = d.join("data");
+                std::fs::create_dir_all(&data).unwrap();
+                std::fs::write(data.join("a.parquet"), good_parquet(3000)).unwrap();
+                let mut args = train(&data, &d.join("m"), &[]);
+                args.insert(0, "FUNKSVD_FAULT=epoch@1".into());
+                args
+            },
+        },
+    ]
+}
+
+#[test]
+fn every_failure_exits_with_its_code_and_names_the_culprit_on_two_ranks() {
+    let mut problems = Vec::new();
+    for (n, case) in cases().iter().enumerate() {
+        let dir = temp_dir(&format!("failure-{n}"));
+        let mut args = (case.args)(&dir);
+        let env: Vec<(String, String)> = if args[0].contains('=') {
+            let (k, v) = args
+                .remove(0)
+                .split_once('=')
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .unwrap();
+            vec![(k, v)]
+        } else {
+            vec![]
+        };
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+        let run = mpirun_env(2, &argv, &env);
+        if run.code != case.code
+            || !run.stderr.contains(case.says)
+            || run.stderr.contains("panicked")
+        {
+            problems.push(format!(
+                "{}: exit {} (want {}), stderr:\n{}",
+                case.name, run.code, case.code, run.stderr
+            ));
+        }
+        if dir.join("m/model.json").exists() {
+            problems.push(format!("{}: published a model", case.name));
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n---\n"));
+}
+
+#[test]
+fn the_readme_failure_table_lists_every_case_as_tested() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let rows: Vec<String> = cases()
+        .iter()
+        .map(|c| format!("| {} | {} | `{}` |", c.name, c.code, c.says))
+        .collect();
+    let missing: Vec<&String> = rows
+        .iter()
+        .filter(|r| !readme.contains(r.as_str()))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "README \"Failure behaviour\" lacks these rows (the table should read):\n{}",
+        rows.join("\n")
+    );
+}

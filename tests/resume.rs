@@ -1,0 +1,264 @@
+//! Checkpoints and `--resume`: a run killed mid-training ends every rank fast, leaves the previous
+//! model intact, and resumes to the same model, bit for bit, as an uninterrupted run.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn same_model_files(a: &std::path::Path, b: &std::path::Path) -> bool {
+    ["users.parquet", "items.parquet"]
+        .iter()
+        .all(|f| file_bytes(&a.join(f)) == file_bytes(&b.join(f)))
+}
+
+#[test]
+fn a_run_stopped_after_a_checkpoint_resumes_to_the_same_model_bit_for_bit() {
+    let dir = temp_dir("resume");
+    let data = dir.join("data");
+    generate(
+        &data,
+        &[
+            "--users", "400", "--items", "150", "--events", "20000", "--files", "2",
+        ],
+    );
+    let whole = dir.join("whole");
+    let train = |model: &std::path::Path, extra: &[&str], env: &[(&str, &str)]| {
+        let mut args = vec![
+            "train",
+            "--data",
+            s(&data),
+            "--model",
+            s(model),
+            "--epochs",
+            "6",
+        ];
+        args.extend_from_slice(extra);
+        mpirun_env(2, &args, env)
+    };
+    train(&whole, &[], &[]).ok();
+
+    let model = dir.join("model");
+    let run = train(
+        &model,
+        &["--checkpoint-every", "2"],
+        &[("FUNKSVD_FAULT", "epoch-5@1")],
+    );
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("checkpoint after epoch 4 saved"),
+        "{}",
+        run.stderr
+    );
+    assert!(!model.join("model.json").exists());
+    let run = train(&model, &["--checkpoint-every", "2", "--resume"], &[]).ok();
+    assert!(
+        run.stderr.contains("resuming after epoch 4"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        !run.stderr.contains("epoch 4/6"),
+        "epochs 1-4 ran again:\n{}",
+        run.stderr
+    );
+    assert!(
+        same_model_files(&model, &whole),
+        "the resumed model differs from the uninterrupted one"
+    );
+    let m = load_model(&model);
+    assert_eq!(m.meta.metrics.history.len(), 6);
+    assert_eq!(m.meta.metrics.history[0].epoch, 1);
+
+    // A checkpoint made otherwise is refused, naming what differs.
+    let refuse = |ranks: usize, extra: &[&str], needle: &str| {
+        let mut args = vec![
+            "train",
+            "--data",
+            s(&data),
+            "--model",
+            s(&model),
+            "--epochs",
+            "6",
+            "--resume",
+        ];
+        args.extend_from_slice(extra);
+        let run = mpirun(ranks, &args);
+        assert_eq!(run.code, 2, "{extra:?}: {}", run.stderr);
+        assert!(
+            run.stderr.contains(needle),
+            "{extra:?}: {needle:?} missing:\n{}",
+            run.stderr
+        );
+    };
+    refuse(3, &[], "made with 2 ranks");
+    refuse(2, &["--lr", "0.02"], "other hyperparameters");
+    refuse(2, &["--aggregate", "sum"], "other data or input flags");
+    let other = dir.join("other");
+    generate(
+        &other,
+        &[
+            "--users", "400", "--items", "150", "--events", "20001", "--files", "2",
+        ],
+    );
+    let run = mpirun(
+        2,
+        &[
+            "train",
+            "--data",
+            s(&other),
+            "--model",
+            s(&model),
+            "--resume",
+        ],
+    );
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert!(run.stderr.contains("other data"), "{}", run.stderr);
+    // A folder that holds no checkpoint (or no model at all).
+    let run = mpirun(
+        2,
+        &[
+            "train",
+            "--data",
+            s(&data),
+            "--model",
+            s(&dir.join("empty")),
+            "--resume",
+        ],
+    );
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("no complete checkpoint"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
+fn a_rank_killed_mid_training_ends_the_job_fast_and_resume_finishes_it() {
+    let dir = temp_dir("sigkill");
+    let data = dir.join("data");
+    generate(
+        &data,
+        &[
+            "--users", "300", "--items", "100", "--events", "10000", "--files", "2",
+        ],
+    );
+    let model = dir.join("model");
+    let epochs = "300";
+    let base = [
+        "train",
+        "--data",
+        s(&data),
+        "--model",
+        s(&model),
+        "--epochs",
+        epochs,
+        "--checkpoint-every",
+        "1",
+    ];
+    // A previous model that must survive the crash.
+    mpirun(
+        2,
+        &[
+            "train",
+            "--data",
+            s(&data),
+            "--model",
+            s(&model),
+            "--epochs",
+            "2",
+        ],
+    )
+    .ok();
+    let before = file_bytes(&model.join("model.json"));
+
+    let mut child = Command::new("mpirun")
+        .args(["--oversubscribe", "-n", "2"])
+        .arg(BIN)
+        .args(base)
+        .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    loop {
+        let line = rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("no checkpoint line within 60 s");
+        if line.contains("checkpoint after epoch 3 saved") {
+            break;
+        }
+    }
+    // SIGKILL one rank (not mpirun): the process running this model's training, rank 1 or 0.
+    let pids = Command::new("pgrep")
+        .args([
+            "-f",
+            &format!("{BIN} train --data {} --model {}", s(&data), s(&model)),
+        ])
+        .output()
+        .unwrap();
+    let pids: Vec<String> = String::from_utf8_lossy(&pids.stdout)
+        .split_whitespace()
+        .map(String::from)
+        .collect();
+    assert!(!pids.is_empty(), "no rank found to kill");
+    let killed_at = Instant::now();
+    Command::new("kill")
+        .args(["-9", pids.last().unwrap()])
+        .status()
+        .unwrap();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            killed_at.elapsed() < Duration::from_secs(30),
+            "mpirun still running 30 s after a rank was killed"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(!status.success(), "mpirun exited 0 after a rank was killed");
+    assert!(
+        file_bytes(&model.join("model.json")) == before,
+        "the previous model changed"
+    );
+
+    let run = mpirun(2, &[&base[..], &["--resume"]].concat()).ok();
+    assert!(
+        run.stderr.contains("resuming after epoch"),
+        "{}",
+        run.stderr
+    );
+    let resumed = load_model(&model);
+    assert_eq!(resumed.meta.metrics.history.len(), 300);
+    let whole = dir.join("whole");
+    mpirun(
+        2,
+        &[
+            "train",
+            "--data",
+            s(&data),
+            "--model",
+            s(&whole),
+            "--epochs",
+            epochs,
+        ],
+    )
+    .ok();
+    assert!(
+        same_model_files(&model, &whole),
+        "the resumed model differs from the uninterrupted one"
+    );
+}
