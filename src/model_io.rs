@@ -317,25 +317,18 @@ fn new_version_id() -> String {
 }
 
 fn remove_old_versions(loc: &Location) -> Result<()> {
-    let prefix = loc.child_key(VERSIONS_DIR);
-    let keys: Vec<String> = loc
-        .list_all_keys()?
-        .into_iter()
-        .filter(|k| k.starts_with(&format!("{prefix}/")))
-        .collect();
-    let mut versions: Vec<&str> = keys
+    let objects = loc.list_below(VERSIONS_DIR)?;
+    let mut versions: Vec<&str> = objects
         .iter()
-        .filter_map(|k| k[prefix.len() + 1..].split('/').next())
+        .filter_map(|(rel, _)| rel.split('/').next())
         .collect();
     versions.sort_unstable();
     versions.dedup();
-    let keep = versions.len().saturating_sub(VERSIONS_KEPT);
-    let old: Vec<String> = versions[..keep]
-        .iter()
-        .map(|v| format!("{prefix}/{v}/"))
-        .collect();
-    for key in keys.iter().filter(|k| old.iter().any(|o| k.starts_with(o))) {
-        loc.delete(key)?;
+    let old = &versions[..versions.len().saturating_sub(VERSIONS_KEPT)];
+    for (rel, key) in &objects {
+        if rel.split('/').next().is_some_and(|v| old.contains(&v)) {
+            loc.delete(key)?;
+        }
     }
     Ok(())
 }

@@ -302,15 +302,23 @@ impl Location {
         })
     }
 
-    /// Every key below this location (hidden ones included), for clean-up.
-    pub fn list_all_keys(&self) -> Result<Vec<String>> {
+    /// Every object below the folder `name` of this location (hidden ones included), as
+    /// (path relative to that folder, key) pairs; for bookkeeping folders such as `_versions`.
+    pub fn list_below(&self, name: &str) -> Result<Vec<(String, String)>> {
+        let folder = Path::from(self.child_key(name));
         block_on(async {
-            let listed: Vec<_> = match self.store.list(Some(&self.prefix)).try_collect().await {
+            let listed: Vec<_> = match self.store.list(Some(&folder)).try_collect().await {
                 Ok(v) => v,
                 Err(object_store::Error::NotFound { .. }) => Vec::new(),
                 Err(e) => return Err(self.storage_error("list", e)),
             };
-            Ok(listed.into_iter().map(|m| m.location.to_string()).collect())
+            let start = folder.as_ref().len() + 1;
+            Ok(listed
+                .into_iter()
+                .map(|m| m.location.to_string())
+                .filter(|k| k.len() > start)
+                .map(|k| (k[start..].to_string(), k))
+                .collect())
         })
     }
 

@@ -3,9 +3,8 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 use common::*;
 
@@ -176,31 +175,8 @@ fn a_rank_killed_mid_training_ends_the_job_fast_and_resume_finishes_it() {
     .ok();
     let before = file_bytes(&model.join("model.json"));
 
-    let mut child = Command::new("mpirun")
-        .args(["--oversubscribe", "-n", "2"])
-        .arg(BIN)
-        .args(base)
-        .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
-        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel::<String>();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    loop {
-        let line = rx
-            .recv_timeout(Duration::from_secs(60))
-            .expect("no checkpoint line within 60 s");
-        if line.contains("checkpoint after epoch 3 saved") {
-            break;
-        }
-    }
+    let mut run = Streaming::start(2, &base, &[]);
+    run.wait_for("checkpoint after epoch 3 saved");
     // SIGKILL one rank (not mpirun): the process running this model's training, rank 1 or 0.
     let pids = Command::new("pgrep")
         .args([
@@ -214,21 +190,11 @@ fn a_rank_killed_mid_training_ends_the_job_fast_and_resume_finishes_it() {
         .map(String::from)
         .collect();
     assert!(!pids.is_empty(), "no rank found to kill");
-    let killed_at = Instant::now();
     Command::new("kill")
         .args(["-9", pids.last().unwrap()])
         .status()
         .unwrap();
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            killed_at.elapsed() < Duration::from_secs(30),
-            "mpirun still running 30 s after a rank was killed"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let status = run.wait_exit(Duration::from_secs(30));
     assert!(!status.success(), "mpirun exited 0 after a rank was killed");
     assert!(
         file_bytes(&model.join("model.json")) == before,

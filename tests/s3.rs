@@ -3,8 +3,6 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -20,6 +18,17 @@ fn assert_no_secret(run: &Run) {
 }
 
 const WRONG_SECRET: &str = "Qq7-wrong-secret-never-printed";
+
+/// The server's settings with a wrong secret key.
+fn with_wrong_secret(env: &[(&'static str, String)]) -> Vec<(&'static str, String)> {
+    let mut wrong: Vec<(&'static str, String)> = env
+        .iter()
+        .filter(|(k, _)| *k != "AWS_SECRET_ACCESS_KEY")
+        .cloned()
+        .collect();
+    wrong.push(("AWS_SECRET_ACCESS_KEY", WRONG_SECRET.into()));
+    wrong
+}
 
 fn dataset_bytes(dir: &std::path::Path) -> u64 {
     std::fs::read_dir(dir)
@@ -148,9 +157,7 @@ fn wrong_secret_key_fails_every_rank_fast_and_never_prints_a_secret() {
         &env,
     )
     .ok();
-    let mut wrong = env.clone();
-    wrong.retain(|(k, _)| *k != "AWS_SECRET_ACCESS_KEY");
-    wrong.push(("AWS_SECRET_ACCESS_KEY", WRONG_SECRET.into()));
+    let wrong = with_wrong_secret(&env);
     let started = Instant::now();
     let run = mpirun_with(
         3,
@@ -273,55 +280,11 @@ fn server_stopped_mid_run_fails_every_rank_and_leaves_the_previous_model_readabl
         .collect();
 
     // A long run; stop the server once training is under way.
-    let mut cmd = Command::new("mpirun");
-    cmd.args(["--oversubscribe", "-n", "2"])
-        .arg(BIN)
-        .args(train)
-        .args(["--epochs", "4000"]);
-    cmd.env("OMPI_ALLOW_RUN_AS_ROOT", "1")
-        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1");
-    for (k, v) in &env {
-        cmd.env(k, v);
-    }
-    let mut child = cmd
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel::<String>();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let mut log = String::new();
-    let started = Instant::now();
-    loop {
-        let line = rx
-            .recv_timeout(Duration::from_secs(60))
-            .expect("no epoch line within 60 s");
-        log.push_str(&line);
-        log.push('\n');
-        if line.contains("epoch 1/") {
-            break;
-        }
-    }
+    let mut run = Streaming::start(2, &[&train[..], &["--epochs", "4000"]].concat(), &env);
+    run.wait_for("epoch 1/");
     server.stop();
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            started.elapsed() < TIMEOUT,
-            "a rank hangs after the server stopped"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    while let Ok(line) = rx.recv_timeout(Duration::from_secs(2)) {
-        log.push_str(&line);
-        log.push('\n');
-    }
+    let status = run.wait_exit(TIMEOUT);
+    let log = run.log;
     assert_eq!(status.code(), Some(1), "{log}");
     assert!(
         log.contains("s3://shop/") && log.contains("endpoint http://127.0.0.1"),
@@ -429,9 +392,7 @@ fn verify_checks_s3_data_and_model_locations_from_every_rank() {
     ];
     let run = mpirun_with(3, &args, &env).ok();
     assert!(run.stdout.contains("all checks passed"), "{}", run.stdout);
-    let mut wrong = env.clone();
-    wrong.retain(|(k, _)| *k != "AWS_SECRET_ACCESS_KEY");
-    wrong.push(("AWS_SECRET_ACCESS_KEY", WRONG_SECRET.into()));
+    let wrong = with_wrong_secret(&env);
     let run = mpirun_with(3, &args, &wrong);
     assert_eq!(run.code, 1, "{}", run.stderr);
     assert!(

@@ -105,50 +105,45 @@ pub fn save(
     Ok(())
 }
 
-/// Epochs of the complete checkpoints, and every checkpoint key.
-fn list(loc: &Location) -> Result<(Vec<usize>, Vec<String>)> {
-    let prefix = loc.child_key(CHECKPOINTS_DIR);
-    let keys: Vec<String> = loc
-        .list_all_keys()?
-        .into_iter()
-        .filter(|k| k.starts_with(&format!("{prefix}/")))
-        .collect();
-    let mut complete: Vec<usize> = keys
-        .iter()
-        .filter(|k| k.ends_with(&format!("/{META}")))
-        .filter_map(|k| k[prefix.len() + 1..].strip_prefix("epoch-"))
-        .filter_map(|rest| rest.split('/').next()?.parse().ok())
-        .collect();
-    complete.sort_unstable();
-    Ok((complete, keys))
+/// The epoch a checkpoint path (`epoch-NNNNNN/...`) belongs to.
+fn epoch_of(relative: &str) -> Option<usize> {
+    relative
+        .strip_prefix("epoch-")?
+        .split('/')
+        .next()?
+        .parse()
+        .ok()
 }
 
-/// Delete all but the `keep` newest complete checkpoints (and any incomplete older one).
+/// Objects below a folder, as (path relative to it, key).
+type Objects = Vec<(String, String)>;
+
+/// Epochs of the complete checkpoints, and every checkpoint object.
+fn list(loc: &Location) -> Result<(Vec<usize>, Objects)> {
+    let objects = loc.list_below(CHECKPOINTS_DIR)?;
+    let mut complete: Vec<usize> = objects
+        .iter()
+        .filter(|(rel, _)| rel.ends_with(&format!("/{META}")))
+        .filter_map(|(rel, _)| epoch_of(rel))
+        .collect();
+    complete.sort_unstable();
+    Ok((complete, objects))
+}
+
+/// Delete all but the `keep` (at least 1) newest complete checkpoints, and any incomplete one
+/// older than those.
 fn remove_old(loc: &Location, keep: usize) -> Result<()> {
-    let (complete, keys) = list(loc)?;
-    let oldest_kept = match (keep, complete.len().checked_sub(keep)) {
-        (0, _) => usize::MAX,
-        (_, Some(first_kept)) => complete[first_kept],
-        (_, None) => match complete.first() {
-            Some(&e) => e,
-            None => return Ok(()),
-        },
+    let (complete, objects) = list(loc)?;
+    let oldest_kept = match complete.len().checked_sub(keep) {
+        Some(first_kept) => complete[first_kept],
+        None => return Ok(()),
     };
-    let prefix = loc.child_key(CHECKPOINTS_DIR);
-    for key in &keys {
-        let epoch: Option<usize> = key[prefix.len() + 1..]
-            .strip_prefix("epoch-")
-            .and_then(|r| r.split('/').next()?.parse().ok());
-        if epoch.is_some_and(|e| e < oldest_kept) {
+    for (rel, key) in &objects {
+        if epoch_of(rel).is_some_and(|e| e < oldest_kept) {
             loc.delete(key)?;
         }
     }
     Ok(())
-}
-
-/// Remove every checkpoint (after the model they led to is published).
-pub fn remove_all(loc: &Location) -> Result<()> {
-    remove_old(loc, 0)
 }
 
 /// Load the newest complete checkpoint for this run, refusing one made with other data,

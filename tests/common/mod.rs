@@ -290,3 +290,85 @@ pub fn mpirun_with(ranks: usize, args: &[&str], env: &[(&'static str, String)]) 
     let pairs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     mpirun_env(ranks, args, &pairs)
 }
+
+/// An mpirun still running, whose stderr arrives line by line (for killing things mid-run).
+pub struct Streaming {
+    child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+    /// Everything read from stderr so far.
+    pub log: String,
+}
+
+impl Streaming {
+    pub fn start(ranks: usize, args: &[&str], env: &[(&'static str, String)]) -> Streaming {
+        let mut cmd = Command::new("mpirun");
+        cmd.args(["--oversubscribe", "-n", &ranks.to_string()])
+            .arg(BIN)
+            .args(args)
+            .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+            .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1");
+        for name in S3_ENV_NAMES {
+            cmd.env_remove(name);
+        }
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start mpirun");
+        let stderr = child.stderr.take().expect("stderr");
+        let (tx, lines) = std::sync::mpsc::channel::<String>();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                let _ = tx.send(line);
+            }
+        });
+        Streaming {
+            child,
+            lines,
+            log: String::new(),
+        }
+    }
+
+    /// Block until a stderr line contains `needle` (panics after a minute).
+    pub fn wait_for(&mut self, needle: &str) {
+        loop {
+            let line = self
+                .lines
+                .recv_timeout(Duration::from_secs(60))
+                .unwrap_or_else(|_| panic!("no line with {needle:?} within 60 s:\n{}", self.log));
+            self.log.push_str(&line);
+            self.log.push('\n');
+            if line.contains(needle) {
+                return;
+            }
+        }
+    }
+
+    /// Wait for mpirun to end, failing the test if it takes longer than `within`.
+    pub fn wait_exit(&mut self, within: Duration) -> std::process::ExitStatus {
+        let started = Instant::now();
+        let status = loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                break status;
+            }
+            assert!(
+                started.elapsed() < within,
+                "mpirun still running after {within:?}:\n{}",
+                self.log
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(2)) {
+            self.log.push_str(&line);
+            self.log.push('\n');
+        }
+        status
+    }
+}
