@@ -402,3 +402,83 @@ fn verify_checks_s3_data_and_model_locations_from_every_rank() {
     );
     assert_no_secret(&run);
 }
+
+#[test]
+fn on_s3_a_failed_save_keeps_the_previous_model_and_resume_continues_a_stopped_run() {
+    let Some(server) = S3Server::start("s3-publish", &["shop"]) else {
+        return;
+    };
+    let env = server.env();
+    let gen = [
+        "generate",
+        "--out",
+        "s3://shop/events",
+        "--users",
+        "300",
+        "--items",
+        "100",
+        "--events",
+        "10000",
+        "--files",
+        "2",
+    ];
+    mpirun_with(2, &gen, &env).ok();
+    let train = [
+        "train",
+        "--data",
+        "s3://shop/events",
+        "--model",
+        "s3://shop/model",
+        "--epochs",
+        "4",
+    ];
+    mpirun_with(2, &train, &env).ok();
+    let model_dir = server.root.join("shop/model");
+    let snapshot = || -> Vec<Vec<u8>> {
+        ["model.json", "users.parquet", "items.parquet"]
+            .iter()
+            .map(|f| file_bytes(&model_dir.join(f)))
+            .collect()
+    };
+    let before = snapshot();
+    for point in ["publish-tables", "publish-switch"] {
+        let mut faulty = env.clone();
+        faulty.push(("FUNKSVD_FAULT", format!("{point}@0")));
+        let run = mpirun_with(2, &[&train[..], &["--seed", "9"]].concat(), &faulty);
+        assert_eq!(run.code, 1, "{point}: {}", run.stderr);
+        assert!(snapshot() == before, "{point}: the previous model changed");
+    }
+    // Checkpoints through S3: stop after epoch 3, resume, same model as an uninterrupted run.
+    let mut faulty = env.clone();
+    faulty.push(("FUNKSVD_FAULT", "epoch-3@1".into()));
+    let ckpt = [
+        "train",
+        "--data",
+        "s3://shop/events",
+        "--model",
+        "s3://shop/resumed",
+        "--epochs",
+        "4",
+        "--checkpoint-every",
+        "1",
+    ];
+    assert_eq!(mpirun_with(2, &ckpt, &faulty).code, 1);
+    let run = mpirun_with(2, &[&ckpt[..], &["--resume"]].concat(), &env).ok();
+    assert!(
+        run.stderr.contains("resuming after epoch 2"),
+        "{}",
+        run.stderr
+    );
+    for file in ["users.parquet", "items.parquet"] {
+        assert!(
+            file_bytes(&server.root.join("shop/resumed").join(file))
+                == file_bytes(&model_dir.join(file)),
+            "{file}"
+        );
+    }
+    let json = String::from_utf8(file_bytes(&model_dir.join("model.json"))).unwrap();
+    assert!(
+        !json.contains(S3_SECRET_KEY) && !json.contains(S3_ACCESS_KEY),
+        "credentials in model.json"
+    );
+}
