@@ -1,16 +1,19 @@
 #!/usr/bin/env bash
-# Speed and memory of funksvd train on a generated clickstream of 5M events (100k users, 20k
-# items): seconds per epoch, rating updates per second per rank, phases, peak RSS per rank, at
-# 1 and 2 ranks. Numbers go in issue notes and README "Performance"; never in timed tests.
-#   scripts/bench.sh [--events N] [--epochs N] [--ranks "1 2"]
+# Speed, memory and quality of funksvd train on a generated clickstream of 5M events (100k users,
+# 20k items), side by side with the alternatives on exactly the same training and hold-out pairs:
+# LibMF (its C++ sources from the PyPI `libmf` package, -O3 -march=native -DUSEAVX -DUSEOMP
+# -fopenmp, through its Python binding) with 1 and 2 threads, and Surprise's SVD (1 thread).
+# Numbers go in issue notes and README "Quality and performance"; never in timed tests.
+#   scripts/bench.sh [--events N] [--epochs N] [--ranks "1 2"] [--no-baselines]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-events=5000000 epochs=10 rank_list="1 2"
+events=5000000 epochs=10 rank_list="1 2" baselines=1
 while [ $# -gt 0 ]; do
   case "$1" in
     --events) events=$2; shift 2 ;;
     --epochs) epochs=$2; shift 2 ;;
     --ranks) rank_list=$2; shift 2 ;;
+    --no-baselines) baselines=0; shift ;;
     *) echo "bench: unknown argument $1" >&2; exit 2 ;;
   esac
 done
@@ -25,6 +28,8 @@ if [ ! -e "$data" ]; then
   scripts/mpirun.sh -n 2 "$bin" generate --out "$data" --users 100000 --items 20000 --events "$events" --files 8 --seed 7
 fi
 
+results=$out/results.jsonl
+: > "$results"
 printf '%-6s %10s %12s %16s %12s %10s %s\n' ranks ratings sec/epoch updates/s/rank holdout_rmse rss_MB phases
 for ranks in $rank_list; do
   model=$out/model-$ranks
@@ -32,7 +37,7 @@ for ranks in $rank_list; do
   rm -f "$out"/rss-"$ranks"-*.txt
   scripts/mpirun.sh -n "$ranks" sh -c "/usr/bin/time -v -o $out/rss-$ranks-\$OMPI_COMM_WORLD_RANK.txt $bin train --data $data --model $model --epochs $epochs" 2>"$out/log-$ranks.txt"
   rss=$(grep -h "Maximum resident" "$out"/rss-"$ranks"-*.txt | awk '{ if ($6 > m) m = $6 } END { printf "%.0f", m / 1024 }')
-  python3 - "$model/model.json" "$ranks" "$rss" <<'PY'
+  python3 - "$model/model.json" "$ranks" "$rss" "$results" <<'PY'
 import json, sys
 m = json.load(open(sys.argv[1]))
 t, ranks = m["training"], int(sys.argv[2])
@@ -41,5 +46,55 @@ per_rank = m["n_ratings"] / spe / ranks
 ph = t["phases"]
 phases = " ".join(f"{k}={ph[k]:.2f}" for k in ("plan", "read", "features", "exchange", "train", "save"))
 print(f"{ranks:<6d} {m['n_ratings']:10d} {spe:12.4f} {per_rank/1e6:14.2f}M {m['metrics']['holdout_rmse']:12.4f} {sys.argv[3]:>10s} {phases} total={t['seconds']:.2f}s")
+with open(sys.argv[4], "a") as f:
+    f.write(json.dumps({"system": "funksvd", "threads": ranks, "n_train": m["n_ratings"], "seconds_per_epoch": spe,
+                        "updates_per_second": m["n_ratings"] / spe, "holdout_rmse": m["metrics"]["holdout_rmse"],
+                        "rss_mb": int(sys.argv[3]), "end_to_end": t["seconds"]}) + "\n")
 PY
 done
+
+[ "$baselines" -eq 1 ] || exit 0
+
+# The alternatives, in a venv under target/ (LibMF built from its PyPI sources with the flags above).
+venv=target/venv
+if ! "$venv/bin/python" -c "import surprise, pandas, pyarrow, numpy" 2>/dev/null; then
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install --quiet scikit-surprise pandas pyarrow numpy
+fi
+libmf=target/libmf
+if [ ! -f "$libmf/libmf.so" ]; then
+  mkdir -p "$libmf/src"
+  "$venv/bin/pip" download --quiet --no-deps --no-binary :all: -d "$libmf" libmf==0.9.2
+  tar xzf "$libmf"/libmf-0.9.2.tar.gz -C "$libmf/src"
+  g++ -O3 -march=native -DUSEAVX -DUSEOMP -fopenmp -std=c++11 -shared -fPIC \
+    "$libmf"/src/libmf-0.9.2/src_cpp/mf.cpp "$libmf"/src/libmf-0.9.2/src_cpp/libmf_interface.cpp -o "$libmf/libmf.so"
+fi
+baseline() { # name, then arguments
+  local name=$1; shift
+  PYTHONWARNINGS=ignore PYTHONPATH="$libmf/src/libmf-0.9.2" /usr/bin/time -v -o "$out/rss-$name.txt" \
+    "$venv/bin/python" scripts/bench_baselines.py --data "$data" --epochs "$epochs" --libmf-so "$libmf/libmf.so" "$@" > "$out/$name.json"
+  python3 - "$out/$name.json" "$out/rss-$name.txt" "$results" <<'PY'
+import json, re, sys
+r = json.load(open(sys.argv[1]))
+r["rss_mb"] = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", open(sys.argv[2]).read()).group(1)) // 1024
+with open(sys.argv[3], "a") as f:
+    f.write(json.dumps(r) + "\n")
+PY
+}
+baseline libmf-1 --system libmf --threads 1
+baseline libmf-2 --system libmf --threads 2
+baseline surprise --system surprise
+
+echo
+python3 - "$results" <<'PY'
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1])]
+libmf = {r["threads"]: r for r in rows if r["system"].startswith("LibMF")}
+print(f"{'system':12s} {'cores':>5s} {'s/epoch':>9s} {'updates/s':>11s} {'vs LibMF':>9s} {'hold-out RMSE':>14s} {'peak RSS MB':>12s}")
+for r in rows:
+    name = "funksvd" if r["system"] == "funksvd" else ("LibMF" if r["system"].startswith("LibMF") else "Surprise SVD")
+    base = libmf.get(r["threads"])
+    ratio = f"{r['updates_per_second'] / base['updates_per_second']:.2f}x" if base else "-"
+    print(f"{name:12s} {r['threads']:5d} {r['seconds_per_epoch']:9.4f} {r['updates_per_second']/1e6:10.1f}M {ratio:>9s} {r['holdout_rmse']:14.4f} {r['rss_mb']:12d}")
+print("(funksvd: ranks, RSS per rank; LibMF: threads; all on the same training and hold-out pairs)")
+PY
