@@ -1,13 +1,14 @@
 #!/usr/bin/env python3
 """The alternatives a user could pick, on exactly funksvd's training and hold-out pairs.
 
-Reads the generated Parquet clickstream, turns events into ratings as funksvd does (weights,
-max per (user, item)), holds out the pairs funksvd holds out (its hash of ids and seed), then
-trains ONE system and prints one JSON line: seconds per epoch, rating updates per second,
-hold-out RMSE. One system per process, so `/usr/bin/time -v` measures its own peak memory.
+Reads a generated Parquet clickstream (--data, events turned into ratings as funksvd does:
+weights, max per (user, item)) or an explicit-ratings CSV (--ratings, e.g. MovieLens), holds out
+the pairs funksvd holds out (its hash of integer ids and seed, src/funksvd/data.rs), then trains
+ONE system and prints one JSON line: seconds per epoch, rating updates per second, hold-out RMSE
+and MAE. One system per process, so `/usr/bin/time -v` measures its own peak memory.
 
     bench_baselines.py --data DIR --system libmf --threads 2 --libmf-so target/libmf/libmf.so
-    bench_baselines.py --data DIR --system surprise
+    bench_baselines.py --ratings ratings.csv --system surprise
 """
 import argparse
 import json
@@ -39,21 +40,23 @@ def held_out(users, items, seed, fraction):
     return (h >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53)) < fraction
 
 
-def load_pairs(path, seed, holdout):
-    import pyarrow.dataset as ds
+def load_pairs(a):
+    """(train, test) frames of user_id, product_id, r: funksvd's aggregation and split."""
     import pandas as pd
 
-    table = ds.dataset(path, format="parquet").to_table(columns=["user_id", "product_id", "event_type"])
-    df = table.to_pandas()
-    df["r"] = df["event_type"].astype(str).map(WEIGHTS)
-    df = df.dropna(subset=["r"])
+    if a.ratings:
+        df = pd.read_csv(a.ratings, usecols=[a.user_col, a.item_col, a.rating_col])
+        df.columns = ["user_id", "product_id", "r"]
+    else:
+        import pyarrow.dataset as ds
+
+        table = ds.dataset(a.data, format="parquet").to_table(columns=["user_id", "product_id", "event_type"])
+        df = table.to_pandas()
+        df["r"] = df["event_type"].astype(str).map(WEIGHTS)
+        df = df.dropna(subset=["r"])
     pairs = df.groupby(["user_id", "product_id"], as_index=False)["r"].max()
-    mask = held_out(pairs["user_id"].to_numpy(), pairs["product_id"].to_numpy(), seed, holdout)
+    mask = held_out(pairs["user_id"].to_numpy(), pairs["product_id"].to_numpy(), a.seed, a.holdout)
     return pairs[~mask].reset_index(drop=True), pairs[mask].reset_index(drop=True)
-
-
-def rmse(truth, predicted):
-    return float(np.sqrt(np.mean((truth - predicted) ** 2)))
 
 
 def run_libmf(train, test, a):
@@ -82,8 +85,7 @@ def run_libmf(train, test, a):
     P = engine.p_factors()
     Q = engine.q_factors()
     pred[known] = np.einsum("ij,ij->i", P[tu[known]], Q[ti[known]])
-    pred = np.clip(pred, train["r"].min(), train["r"].max())
-    return seconds, rmse(test["r"].to_numpy(), pred)
+    return seconds, np.clip(pred, train["r"].min(), train["r"].max())
 
 
 def run_surprise(train, test, a):
@@ -96,13 +98,19 @@ def run_surprise(train, test, a):
     started = time.perf_counter()
     algo.fit(trainset)
     seconds = time.perf_counter() - started
+    # Surprise clips to the rating scale and falls back to the mean for unknown ids, as we do.
     pred = np.array([algo.predict(u, i).est for u, i in zip(test["user_id"], test["product_id"])])
-    return seconds, rmse(test["r"].to_numpy(), pred)
+    return seconds, pred
 
 
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument("--data", required=True)
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--data", help="a Parquet clickstream folder (user_id, product_id, event_type)")
+    source.add_argument("--ratings", help="a CSV of explicit ratings")
+    p.add_argument("--user-col", default="userId")
+    p.add_argument("--item-col", default="movieId")
+    p.add_argument("--rating-col", default="rating")
     p.add_argument("--system", choices=["libmf", "surprise"], required=True)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--libmf-so", default="target/libmf/libmf.so")
@@ -114,9 +122,10 @@ def main():
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--holdout", type=float, default=0.2)
     a = p.parse_args()
-    train, test = load_pairs(a.data, a.seed, a.holdout)
+    train, test = load_pairs(a)
     run = run_libmf if a.system == "libmf" else run_surprise
-    seconds, holdout_rmse = run(train, test, a)
+    seconds, pred = run(train, test, a)
+    errors = test["r"].to_numpy() - pred
     print(json.dumps({
         "system": "LibMF 2.01 (libmf 0.9.2 sources, -O3 -march=native AVX OpenMP)" if a.system == "libmf" else "Surprise SVD",
         "threads": a.threads if a.system == "libmf" else 1,
@@ -124,7 +133,8 @@ def main():
         "n_holdout": len(test),
         "seconds_per_epoch": seconds / a.epochs,
         "updates_per_second": len(train) * a.epochs / seconds,
-        "holdout_rmse": holdout_rmse,
+        "holdout_rmse": float(np.sqrt(np.mean(errors ** 2))),
+        "holdout_mae": float(np.mean(np.abs(errors))),
     }))
 
 

@@ -10,9 +10,9 @@ scripts/setup.sh
 export PATH="$HOME/.cargo/bin:$PATH"
 cargo build --release --quiet
 venv=target/venv
-if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c "import surprise, pandas" 2>/dev/null; then
+if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c "import surprise, pandas, pyarrow" 2>/dev/null; then
   python3 -m venv "$venv"
-  "$venv/bin/pip" install -q scikit-surprise pandas numpy
+  "$venv/bin/pip" install -q scikit-surprise pandas numpy pyarrow
 fi
 out=target/quality
 mkdir -p "$out"
@@ -26,7 +26,7 @@ m = json.load(open(sys.argv[1]))["metrics"]
 print(f"{'funksvd':22s} {sys.argv[2]:>6s} {m['n_holdout']:10d} {m['holdout_rmse']:10.4f} {m['holdout_mae']:8.4f}")
 PY
 done
-"$venv/bin/python" scripts/surprise_baseline.py --ratings "$ratings" > "$out/surprise.json"
+"$venv/bin/python" scripts/bench_baselines.py --ratings "$ratings" --system surprise > "$out/surprise.json"
 "$venv/bin/python" - "$out/surprise.json" <<'PY'
 import json, sys
 s = json.load(open(sys.argv[1]))

@@ -274,10 +274,7 @@ fn server_stopped_mid_run_fails_every_rank_and_leaves_the_previous_model_readabl
     ];
     mpirun_with(2, &train, &env).ok();
     let model_dir = server.root.join("shop/model");
-    let before: Vec<Vec<u8>> = ["model.json", "users.parquet", "items.parquet"]
-        .iter()
-        .map(|f| file_bytes(&model_dir.join(f)))
-        .collect();
+    let before = model_files(&model_dir);
 
     // A long run; stop the server once training is under way.
     let mut run = Streaming::start(2, &[&train[..], &["--epochs", "4000"]].concat(), &env);
@@ -291,10 +288,7 @@ fn server_stopped_mid_run_fails_every_rank_and_leaves_the_previous_model_readabl
         "{log}"
     );
     // The previous model is untouched and still reads back through S3.
-    let after: Vec<Vec<u8>> = ["model.json", "users.parquet", "items.parquet"]
-        .iter()
-        .map(|f| file_bytes(&model_dir.join(f)))
-        .collect();
+    let after = model_files(&model_dir);
     assert!(before == after, "the previous model changed");
     server.restart();
     let eval = mpirun_with(
@@ -434,12 +428,7 @@ fn on_s3_a_failed_save_keeps_the_previous_model_and_resume_continues_a_stopped_r
     ];
     mpirun_with(2, &train, &env).ok();
     let model_dir = server.root.join("shop/model");
-    let snapshot = || -> Vec<Vec<u8>> {
-        ["model.json", "users.parquet", "items.parquet"]
-            .iter()
-            .map(|f| file_bytes(&model_dir.join(f)))
-            .collect()
-    };
+    let snapshot = || model_files(&model_dir);
     let before = snapshot();
     for point in ["publish-tables", "publish-switch"] {
         let mut faulty = env.clone();

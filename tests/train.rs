@@ -514,12 +514,7 @@ fn a_save_failing_at_any_step_leaves_the_previous_model_readable() {
         mpirun_env(2, &args, env)
     };
     train(&["--seed", "1"], &[]).ok();
-    let snapshot = || -> Vec<Vec<u8>> {
-        ["model.json", "users.parquet", "items.parquet"]
-            .iter()
-            .map(|f| file_bytes(&model.join(f)))
-            .collect()
-    };
+    let snapshot = || model_files(&model);
     let before = snapshot();
     let previous = load_model(&model);
     for point in ["publish-tables", "publish-switch"] {

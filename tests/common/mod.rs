@@ -40,6 +40,12 @@ pub fn mpirun(ranks: usize, args: &[&str]) -> Run {
 
 /// `mpirun` with extra environment variables, forwarded to every rank.
 pub fn mpirun_env(ranks: usize, args: &[&str], env: &[(&str, &str)]) -> Run {
+    run_with_timeout(mpirun_command(ranks, args, env))
+}
+
+/// The mpirun command every test uses: root allowed, oversubscribed, and only the S3 settings
+/// the test gives (whatever the developer's shell exports), forwarded to every rank.
+fn mpirun_command(ranks: usize, args: &[&str], env: &[(&str, &str)]) -> Command {
     let mut cmd = Command::new("mpirun");
     cmd.args(["--oversubscribe", "-n", &ranks.to_string()])
         .args(env.iter().flat_map(|(k, _)| ["-x", k]))
@@ -49,14 +55,13 @@ pub fn mpirun_env(ranks: usize, args: &[&str], env: &[(&str, &str)]) -> Run {
         .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
         // Ranks must not wait for each other's cores when the machine is oversubscribed.
         .env("OMPI_MCA_mpi_yield_when_idle", "1");
-    // Only the S3 settings a test gives count, whatever the developer's shell exports.
     for name in S3_ENV_NAMES {
         cmd.env_remove(name);
     }
     for (k, v) in env {
         cmd.env(k, v);
     }
-    run_with_timeout(cmd)
+    cmd
 }
 
 const S3_ENV_NAMES: [&str; 10] = [
@@ -161,6 +166,14 @@ pub fn generate(dir: &Path, extra: &[&str]) {
     let mut args = vec!["generate", "--out", s(dir)];
     args.extend_from_slice(extra);
     mpirun(2, &args).ok();
+}
+
+/// The bytes of a model's three top-level files, to show a model did not change.
+pub fn model_files(dir: &Path) -> Vec<Vec<u8>> {
+    ["model.json", "users.parquet", "items.parquet"]
+        .iter()
+        .map(|f| file_bytes(&dir.join(f)))
+        .collect()
 }
 
 pub fn file_bytes(path: &Path) -> Vec<u8> {
@@ -301,19 +314,8 @@ pub struct Streaming {
 
 impl Streaming {
     pub fn start(ranks: usize, args: &[&str], env: &[(&'static str, String)]) -> Streaming {
-        let mut cmd = Command::new("mpirun");
-        cmd.args(["--oversubscribe", "-n", &ranks.to_string()])
-            .arg(BIN)
-            .args(args)
-            .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
-            .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1");
-        for name in S3_ENV_NAMES {
-            cmd.env_remove(name);
-        }
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let mut child = cmd
+        let pairs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let mut child = mpirun_command(ranks, args, &pairs)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
