@@ -31,6 +31,26 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     s + tail
 }
 
+/// Hint the CPU to load `rows[start..start + len]` into cache (a no-op where unsupported).
+#[inline(always)]
+pub fn prefetch_row(rows: &[f32], start: usize, len: usize) {
+    #[cfg(target_arch = "x86_64")]
+    if start + len <= rows.len() {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        // 16 floats per 64-byte cache line; a row may straddle a line boundary.
+        let mut at = start;
+        while at < start + len {
+            // SAFETY: `at` is inside `rows` (checked above); prefetch never faults anyway.
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(rows.as_ptr().add(at) as *const i8) };
+            at += 16;
+        }
+        // SAFETY: as above; the last element of the row.
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(rows.as_ptr().add(start + len - 1) as *const i8) };
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (rows, start, len);
+}
+
 /// Hyperparameters the step needs.
 #[derive(Clone, Copy, Debug)]
 pub struct Step {

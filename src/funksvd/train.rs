@@ -21,7 +21,10 @@ use crate::metrics::ErrorSums;
 use crate::rng::Rng;
 
 use super::data::{RankRatings, UNKNOWN};
-use super::kernel::{predict, sgd_step, Step};
+use super::kernel::{predict, prefetch_row, sgd_step, Step};
+
+/// How many ratings ahead the SGD loop prefetches item rows.
+const PREFETCH_AHEAD: usize = 4;
 
 /// Training hyperparameters, with the original job's defaults.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -249,7 +252,11 @@ pub fn train(
                 let u = u as usize;
                 let (items, values) = data.ratings_of(u);
                 let user_row = &mut params.users[u * stride..(u + 1) * stride];
-                for (&i, &r) in items.iter().zip(values) {
+                for (j, (&i, &r)) in items.iter().zip(values).enumerate() {
+                    // The item rows do not fit in L2: ask for one a few ratings ahead.
+                    if let Some(&ahead) = items.get(j + PREFETCH_AHEAD) {
+                        prefetch_row(&params.items, ahead as usize * stride, stride);
+                    }
                     let i = i as usize;
                     let item_row = &mut params.items[i * stride..(i + 1) * stride];
                     let err = sgd_step(user_row, item_row, r - mu, step);
