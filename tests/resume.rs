@@ -16,14 +16,7 @@ fn same_model_files(a: &std::path::Path, b: &std::path::Path) -> bool {
 
 #[test]
 fn a_run_stopped_after_a_checkpoint_resumes_to_the_same_model_bit_for_bit() {
-    let dir = temp_dir("resume");
-    let data = dir.join("data");
-    generate(
-        &data,
-        &[
-            "--users", "400", "--items", "150", "--events", "20000", "--files", "2",
-        ],
-    );
+    let (dir, data) = generated("resume", 400, 150, 20000, 2);
     let whole = dir.join("whole");
     let train = |model: &std::path::Path, extra: &[&str], env: &[(&str, &str)]| {
         let mut args = vec![
@@ -138,14 +131,7 @@ fn a_run_stopped_after_a_checkpoint_resumes_to_the_same_model_bit_for_bit() {
 
 #[test]
 fn a_rank_killed_mid_training_ends_the_job_fast_and_resume_finishes_it() {
-    let dir = temp_dir("sigkill");
-    let data = dir.join("data");
-    generate(
-        &data,
-        &[
-            "--users", "300", "--items", "100", "--events", "10000", "--files", "2",
-        ],
-    );
+    let (dir, data) = generated("sigkill", 300, 100, 10000, 2);
     let model = dir.join("model");
     let epochs = "300";
     let base = [

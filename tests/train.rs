@@ -395,14 +395,7 @@ fn assert_usage_error(ranks: usize, args: &[&str], needles: &[&str]) {
 
 #[test]
 fn bad_input_exits_2_naming_the_culprit_without_hanging() {
-    let dir = temp_dir("bad-input");
-    let data = dir.join("data");
-    generate(
-        &data,
-        &[
-            "--users", "100", "--items", "50", "--events", "2000", "--files", "2",
-        ],
-    );
+    let (dir, data) = generated("bad-input", 100, 50, 2000, 2);
     let (d, m) = (s(&data).to_string(), s(&dir.join("model")).to_string());
     let train = |extra: &[&str]| {
         let mut args = vec!["train", "--data", d.as_str(), "--model", m.as_str()];
@@ -454,14 +447,7 @@ fn bad_input_exits_2_naming_the_culprit_without_hanging() {
 
 #[test]
 fn a_failing_or_panicking_rank_ends_every_rank_quickly_with_its_message() {
-    let dir = temp_dir("faults");
-    let data = dir.join("data");
-    generate(
-        &data,
-        &[
-            "--users", "200", "--items", "50", "--events", "5000", "--files", "2",
-        ],
-    );
+    let (dir, data) = generated("faults", 200, 50, 5000, 2);
     let model = dir.join("model");
     for (kind, code) in [("error", 1), ("panic", 1)] {
         let started = std::time::Instant::now();
@@ -491,14 +477,7 @@ fn a_failing_or_panicking_rank_ends_every_rank_quickly_with_its_message() {
 
 #[test]
 fn a_save_failing_at_any_step_leaves_the_previous_model_readable() {
-    let dir = temp_dir("publish");
-    let data = dir.join("data");
-    generate(
-        &data,
-        &[
-            "--users", "300", "--items", "100", "--events", "10000", "--files", "2",
-        ],
-    );
+    let (dir, data) = generated("publish", 300, 100, 10000, 2);
     let model = dir.join("model");
     let train = |extra: &[&str], env: &[(&str, &str)]| {
         let mut args = vec![

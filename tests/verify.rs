@@ -6,14 +6,7 @@ use common::*;
 
 #[test]
 fn verify_passes_with_a_complete_table_for_1_2_and_4_ranks() {
-    let dir = temp_dir("verify");
-    let data = dir.join("data");
-    generate(
-        &data,
-        &[
-            "--users", "100", "--items", "40", "--events", "2000", "--files", "2",
-        ],
-    );
+    let (dir, data) = generated("verify", 100, 40, 2000, 2);
     let model = dir.join("model");
     for ranks in [1, 2, 4] {
         let run = mpirun(ranks, &["verify", "--data", s(&data), "--model", s(&model)]).ok();

@@ -176,6 +176,31 @@ pub fn model_files(dir: &Path) -> Vec<Vec<u8>> {
         .collect()
 }
 
+/// A fresh folder for one test holding a generated dataset in `data/`: (folder, dataset).
+pub fn generated(
+    name: &str,
+    users: u32,
+    items: u32,
+    events: u32,
+    files: u32,
+) -> (PathBuf, PathBuf) {
+    let dir = temp_dir(name);
+    let data = dir.join("data");
+    let (users, items, events, files) = (
+        users.to_string(),
+        items.to_string(),
+        events.to_string(),
+        files.to_string(),
+    );
+    generate(
+        &data,
+        &[
+            "--users", &users, "--items", &items, "--events", &events, "--files", &files,
+        ],
+    );
+    (dir, data)
+}
+
 pub fn file_bytes(path: &Path) -> Vec<u8> {
     std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
