@@ -131,9 +131,10 @@ pub struct TrainArgs {
     /// Pure FunkSVD: no global mean, no biases.
     #[arg(long)]
     pub no_bias: bool,
-    /// Item synchronisations (allreduces) per epoch; more keeps multi-rank runs closer to one rank.
-    #[arg(long, default_value_t = 8)]
-    pub syncs_per_epoch: usize,
+    /// Ignored (kept so existing job scripts run): ranks now pass item blocks to each other,
+    /// one exchange per rank per epoch, which needs no tuning.
+    #[arg(long, value_name = "N", hide = true)]
+    pub syncs_per_epoch: Option<usize>,
     /// Save the full training state under the model prefix every N epochs (_checkpoints/).
     #[arg(long, value_name = "N")]
     pub checkpoint_every: Option<usize>,
@@ -172,7 +173,7 @@ impl TrainArgs {
                 self.holdout
             )));
         }
-        if self.syncs_per_epoch == 0 {
+        if self.syncs_per_epoch == Some(0) {
             return Err(Error::usage("--syncs-per-epoch 0: must be at least 1"));
         }
         if self.checkpoint_every == Some(0) {
@@ -185,7 +186,6 @@ impl TrainArgs {
             reg: self.reg,
             seed: self.seed,
             biased: !self.no_bias,
-            syncs_per_epoch: self.syncs_per_epoch,
             ..Hyper::default()
         })
     }

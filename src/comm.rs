@@ -75,6 +75,30 @@ impl Comm {
             .all_reduce_into(send, recv, SystemOperation::sum());
     }
 
+    /// Send `send` to rank `dest` while receiving `recv.len()` floats from rank `source`.
+    pub fn sendrecv_f32(&self, send: &[f32], dest: usize, recv: &mut [f32], source: usize) {
+        let dest = self.world.process_at_rank(dest as i32);
+        let source = self.world.process_at_rank(source as i32);
+        mpi::point_to_point::send_receive_into(send, &dest, recv, &source);
+    }
+
+    /// Every rank contributes `mine` (`counts[rank]` floats); `all` gets them in rank order.
+    pub fn allgather_f32(&self, mine: &[f32], counts: &[usize], all: &mut [f32]) {
+        debug_assert_eq!(mine.len(), counts[self.rank]);
+        debug_assert_eq!(all.len(), counts.iter().sum::<usize>());
+        let counts: Vec<i32> = counts.iter().map(|&c| c as i32).collect();
+        let displs: Vec<i32> = counts
+            .iter()
+            .scan(0i32, |at, &c| {
+                let d = *at;
+                *at += c;
+                Some(d)
+            })
+            .collect();
+        let mut partition = PartitionMut::new(all, counts, displs);
+        self.world.all_gather_varcount_into(mine, &mut partition);
+    }
+
     /// Sum small f64 vectors over all ranks, in place (copies; for metrics, not for hot loops).
     pub fn allreduce_sum_f64(&self, values: &mut [f64]) {
         let send = values.to_vec();

@@ -6,10 +6,13 @@
 //! `exchange` (ratings to their user's rank) -> `funksvd` (train) -> `model_io` (save).
 //!
 //! ```
-//! use funksvd::funksvd::kernel::{sgd_step, Step};
-//! // One SGD step on a user row and an item row, each [bias, factors...].
-//! let mut user = vec![0.0, 0.1, -0.2];
-//! let mut item = vec![0.0, 0.3, 0.1];
+//! use funksvd::funksvd::kernel::{sgd_step, Step, LANES};
+//! // One SGD step on a user row and an item row, each [bias, factors..., zero padding]
+//! // (a whole number of LANES floats).
+//! let mut user = vec![0.0; LANES];
+//! let mut item = vec![0.0; LANES];
+//! user[1..3].copy_from_slice(&[0.1, -0.2]);
+//! item[1..3].copy_from_slice(&[0.3, 0.1]);
 //! let err = sgd_step(&mut user, &mut item, 1.0, Step { lr: 0.01, reg: 0.02, biased: true });
 //! assert!(err > 0.9 && user[0] > 0.0);
 //! ```

@@ -60,9 +60,13 @@ pub struct Training {
     pub epochs: usize,
     pub seconds: f64,
     pub seconds_per_epoch: f64,
+    /// Exchanges of item rows between ranks per epoch (R - 1 block hand-overs and one
+    /// allgather; 0 on one rank).
     pub syncs_per_epoch: usize,
-    /// Floats combined by each allreduce (items x (factors + 1)).
-    pub allreduce_floats: usize,
+    /// Floats one rank sends per exchange at most (its largest item block, factors + 1 per
+    /// item); never more than the item rows, items x (factors + 1).
+    #[serde(alias = "allreduce_floats")]
+    pub floats_per_sync: usize,
     pub rows_read: u64,
     pub rows_skipped: u64,
     pub phases: Phases,

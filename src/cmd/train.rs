@@ -9,8 +9,12 @@ use crate::error::{Error, Result};
 use crate::exchange;
 use crate::features::ValueRule;
 use crate::funksvd::checkpoint;
-use crate::funksvd::data::{holdout_mask, index, train_item_ids, RankRatings};
-use crate::funksvd::train::{holdout_errors, train, train_errors};
+use crate::funksvd::data::{
+    holdout_mask, index, sorted_item_index, train_counts, train_item_ids, ItemBlocks, RankRatings,
+};
+use crate::funksvd::train::{
+    blocks_per_rank, floats_per_exchange, holdout_errors, train, train_errors,
+};
 use crate::funksvd::{Globals, Params, TrainState};
 use crate::ids::Id;
 use crate::metrics::ErrorSums;
@@ -26,13 +30,32 @@ pub fn run(comm: &Comm, args: &TrainArgs) -> Result<()> {
     let data_loc = comm.agree(Location::parse(&args.data, "--data"))?;
     let model_loc = comm.agree(Location::parse(&args.model, "--model"))?;
 
+    if let (Some(n), true) = (args.syncs_per_epoch, comm.is_root()) {
+        log::warn!(
+            "--syncs-per-epoch {n} is ignored: ranks pass item blocks to each other, {} exchanges per epoch",
+            comm.size()
+        );
+    }
     let (owned, report) = pipeline::load_ratings(comm, &data_loc, &spec, args.input.aggregate)?;
 
     // Hold-out split and the global item vocabulary (items with training ratings).
     let started = Instant::now();
     let held = holdout_mask(&owned, hyper.seed, args.holdout);
-    let item_ids = exchange::agree_on_ids(comm, &train_item_ids(&owned, &held))?;
-    let data = index(owned, &held, &item_ids);
+    let sorted_items = exchange::agree_on_ids(comm, &train_item_ids(&owned, &held))?;
+    let by_sorted = sorted_item_index(&owned, &sorted_items);
+    let mut counts = train_counts(&owned, &held, &by_sorted, sorted_items.len());
+    comm.allreduce_sum_u64(&mut counts);
+    // Item rows numbered block by block, a group of blocks per rank (see funksvd::train).
+    let blocks = ItemBlocks::plan(&counts, comm.size(), blocks_per_rank(comm.size()));
+    drop(counts);
+    let item_ids: Vec<Id> = blocks
+        .order
+        .iter()
+        .map(|&i| sorted_items[i as usize].clone())
+        .collect();
+    let mut data = index(owned, &held, &blocks.rows_of(&by_sorted));
+    data.split_blocks(&blocks.starts);
+    drop(by_sorted);
     let (globals, n_users, n_ratings, n_holdout) = agree_globals(comm, &data, &report)?;
     let exchange_seconds = report.exchange_seconds + started.elapsed().as_secs_f64();
     if comm.is_root() {
@@ -62,32 +85,42 @@ pub fn run(comm: &Comm, args: &TrainArgs) -> Result<()> {
         comm.agree(check_resumed_items(state, item_ids.len(), hyper.factors))?;
     }
     let epochs = hyper.epochs;
-    let trained = train(comm, &data, &item_ids, &hyper, globals, start, |state| {
-        if let Some(s) = state.history.last().filter(|_| comm.is_root()) {
-            let hold = s
-                .holdout_rmse
-                .map(|h| format!("{h:.4}"))
-                .unwrap_or_else(|| "-".into());
-            log::info!(
-                "epoch {}/{epochs}: train RMSE {:.4}, hold-out RMSE {hold}, {:.3}s, {:.2}M ratings/s",
+    let trained = train(
+        comm,
+        &data,
+        &item_ids,
+        &blocks,
+        &hyper,
+        globals,
+        start,
+        |state| {
+            if let Some(s) = state.history.last().filter(|_| comm.is_root()) {
+                let hold = s
+                    .holdout_rmse
+                    .map(|h| format!("{h:.4}"))
+                    .unwrap_or_else(|| "-".into());
+                log::info!(
+                "epoch {}/{epochs}: train RMSE {:.4}, hold-out RMSE {hold}, {:.3}s (sync {:.3}s), {:.2}M ratings/s",
                 s.epoch,
                 s.train_rmse,
                 s.seconds,
+                s.sync_seconds,
                 s.ratings_per_second / 1e6
             );
-        }
-        match args.checkpoint_every {
-            Some(every) if state.epoch % every == 0 => checkpoint::save(
-                comm,
-                &model_loc,
-                state,
-                &hyper,
-                &fingerprint,
-                &data.user_ids,
-            ),
-            _ => Ok(()),
-        }
-    });
+            }
+            match args.checkpoint_every {
+                Some(every) if state.epoch % every == 0 => checkpoint::save(
+                    comm,
+                    &model_loc,
+                    state,
+                    &hyper,
+                    &fingerprint,
+                    &data.user_ids,
+                ),
+                _ => Ok(()),
+            }
+        },
+    );
     // Divergence is seen by every rank at once (the sums are allreduced).
     let TrainState {
         params, history, ..
@@ -157,8 +190,8 @@ pub fn run(comm: &Comm, args: &TrainArgs) -> Result<()> {
                     seconds: 0.0,
                     seconds_per_epoch: metrics.history.iter().map(|h| h.seconds).sum::<f64>()
                         / hyper.epochs as f64,
-                    syncs_per_epoch: hyper.syncs_per_epoch,
-                    allreduce_floats: item_ids.len() * (hyper.factors + 1),
+                    syncs_per_epoch: if comm.size() > 1 { comm.size() } else { 0 },
+                    floats_per_sync: floats_per_exchange(&blocks, hyper.factors),
                     rows_read: report.rows_read,
                     rows_skipped: report.skipped.total(),
                     phases: Phases {
@@ -176,13 +209,19 @@ pub fn run(comm: &Comm, args: &TrainArgs) -> Result<()> {
                 files: BTreeMap::new(),
                 created_by: format!("funksvd {}", env!("CARGO_PKG_VERSION")),
             };
+            // The model file lists items by id, as users look them up.
+            let rows = params.items_packed();
+            let packed = hyper.factors + 1;
+            let mut item_rows = Vec::with_capacity(rows.len());
+            for &row in &blocks.row_of {
+                let row = row as usize;
+                item_rows.extend_from_slice(&rows[row * packed..(row + 1) * packed]);
+            }
             publish(
                 &model_loc,
                 meta,
-                &user_ids,
-                &user_rows,
-                &item_ids,
-                &params,
+                (&user_ids, &user_rows),
+                (&sorted_items, &item_rows),
                 started,
                 job_started,
             )
@@ -245,11 +284,11 @@ fn gather_users(
     for id in &data.user_ids {
         id.write(&mut w);
     }
-    w.f32s(&params.users);
+    w.f32s(&params.users_packed());
     let Some(parts) = comm.gather_bytes(0, &w.finish())? else {
         return Ok(None);
     };
-    let stride = params.stride;
+    let stride = params.factors + 1;
     let mut ids = Vec::new();
     let mut rows = Vec::new();
     for part in &parts {
@@ -269,19 +308,16 @@ fn gather_users(
     Ok(Some((sorted_ids, sorted_rows)))
 }
 
-#[allow(clippy::too_many_arguments)]
+/// Write the model: `(ids, rows)` of users and items, rows packed and in id order.
 fn publish(
     loc: &Location,
     mut meta: ModelMeta,
-    user_ids: &[Id],
-    user_rows: &[f32],
-    item_ids: &[Id],
-    params: &Params,
+    users: (&[Id], &[f32]),
+    items: (&[Id], &[f32]),
     save_started: Instant,
     job_started: Instant,
 ) -> Result<()> {
-    let tables =
-        model_io::encode_tables(meta.factors, user_ids, user_rows, item_ids, &params.items)?;
+    let tables = model_io::encode_tables(meta.factors, users.0, users.1, items.0, items.1)?;
     model_io::publish(loc, &mut meta, tables, |meta| {
         meta.training.phases.save = save_started.elapsed().as_secs_f64();
         meta.training.seconds = job_started.elapsed().as_secs_f64();
@@ -321,10 +357,10 @@ fn run_fingerprint(report: &pipeline::IngestReport, args: &TrainArgs) -> String 
 }
 
 fn check_resumed_items(state: &TrainState, n_items: usize, factors: usize) -> Result<()> {
-    if state.params.items.len() != n_items * (factors + 1) {
+    if state.params.n_items() != n_items || state.params.factors != factors {
         return Err(Error::usage(format!(
             "--resume: the checkpoint has {} items, this data has {n_items} (other data?)",
-            state.params.items.len() / (factors + 1)
+            state.params.n_items()
         )));
     }
     Ok(())

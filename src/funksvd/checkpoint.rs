@@ -61,16 +61,16 @@ pub fn save(
         w.buf.extend_from_slice(MAGIC);
         w.u64(state.epoch as u64);
         w.u64(user_ids.len() as u64);
-        w.u64(state.params.stride as u64);
+        w.u64(state.params.factors as u64 + 1);
         w.u64(ids_hash(user_ids));
-        w.f32s(&state.params.users);
+        w.f32s(&state.params.users_packed());
         let key = loc.child_key(&format!("{dir}/rank-{:05}.bin", comm.rank()));
         loc.put(&key, w.finish().into())?;
         if comm.is_root() {
             let mut w = Writer::new();
             w.buf.extend_from_slice(MAGIC);
-            w.u64(state.params.stride as u64);
-            w.f32s(&state.params.items);
+            w.u64(state.params.factors as u64 + 1);
+            w.f32s(&state.params.items_packed());
             loc.put(
                 &loc.child_key(&format!("{dir}/items.bin")),
                 w.finish().into(),
@@ -87,7 +87,7 @@ pub fn save(
                 ranks: comm.size(),
                 hyperparameters: hyper.clone(),
                 fingerprint: fingerprint.into(),
-                n_items: state.params.items.len() / state.params.stride,
+                n_items: state.params.n_items(),
                 history: state.history.clone(),
             };
             let json = serde_json::to_vec_pretty(&meta)
@@ -229,12 +229,11 @@ fn choose(
 
 fn describe(h: &Hyper) -> String {
     format!(
-        "--factors {} --lr {} --reg {} --seed {} --syncs-per-epoch {}{}",
+        "--factors {} --lr {} --reg {} --seed {}{}",
         h.factors,
         h.lr,
         h.reg,
         h.seed,
-        h.syncs_per_epoch,
         if h.biased { "" } else { " --no-bias" }
     )
 }
@@ -282,12 +281,7 @@ fn read_state(
     }
     Ok(TrainState {
         epoch: meta.epoch,
-        params: Params {
-            factors: meta.hyperparameters.factors,
-            stride,
-            users,
-            items,
-        },
+        params: Params::from_packed(meta.hyperparameters.factors, &users, &items),
         history: meta.history.clone(),
     })
 }

@@ -26,6 +26,11 @@ pub struct RankRatings {
     pub items: Vec<u32>,
     pub values: Vec<f32>,
     pub holdout: Vec<HeldOut>,
+    /// With item blocks (see `split_blocks`): user u's ratings of block b are
+    /// `block_bounds[u * B + b]..block_bounds[u * B + b + 1]` for B blocks. Empty: one block.
+    pub block_bounds: Vec<usize>,
+    /// B, the number of item blocks (0 until `split_blocks`: one block).
+    pub blocks: usize,
 }
 
 impl RankRatings {
@@ -38,6 +43,82 @@ impl RankRatings {
     pub fn ratings_of(&self, user: usize) -> (&[u32], &[f32]) {
         let r = self.user_offsets[user]..self.user_offsets[user + 1];
         (&self.items[r.clone()], &self.values[r])
+    }
+
+    /// Cut every user's ratings (sorted by item row) at the item blocks' first rows `starts`
+    /// (block b is rows `starts[b]..starts[b + 1]`), so `ratings_in` is a lookup.
+    pub fn split_blocks(&mut self, starts: &[usize]) {
+        let blocks = starts.len().saturating_sub(1).max(1);
+        self.block_bounds.clear();
+        self.blocks = blocks;
+        if blocks == 1 {
+            return;
+        }
+        self.block_bounds.reserve(self.n_users() * blocks + 1);
+        for u in 0..self.n_users() {
+            let (lo, hi) = (self.user_offsets[u], self.user_offsets[u + 1]);
+            let items = &self.items[lo..hi];
+            self.block_bounds.push(lo);
+            for &start in &starts[1..blocks] {
+                self.block_bounds
+                    .push(lo + items.partition_point(|&i| (i as usize) < start));
+            }
+        }
+        self.block_bounds.push(self.items.len());
+    }
+
+    /// How many item blocks `split_blocks` cut the ratings into (1 if never).
+    pub fn n_blocks(&self) -> usize {
+        self.blocks.max(1)
+    }
+
+    /// The user's ratings of items in block `block`.
+    #[inline]
+    pub fn ratings_in(&self, user: usize, block: usize) -> (&[u32], &[f32]) {
+        self.block(block).ratings(user)
+    }
+
+    /// One block's ratings, for loops that look up many users.
+    #[inline]
+    pub fn block(&self, block: usize) -> BlockRatings<'_> {
+        let (bounds, stride) = if self.block_bounds.is_empty() {
+            (&self.user_offsets[..], 1)
+        } else {
+            // (A rank without users has one bound and nothing to look up.)
+            let from = block.min(self.block_bounds.len());
+            (&self.block_bounds[from..], self.n_blocks())
+        };
+        BlockRatings {
+            bounds,
+            stride,
+            items: &self.items,
+            values: &self.values,
+        }
+    }
+}
+
+/// The ratings of one item block, by user (see `RankRatings::block`).
+#[derive(Clone, Copy)]
+pub struct BlockRatings<'a> {
+    /// User u's ratings are `bounds[u * stride]..bounds[u * stride + 1]`.
+    bounds: &'a [usize],
+    stride: usize,
+    items: &'a [u32],
+    values: &'a [f32],
+}
+
+impl<'a> BlockRatings<'a> {
+    #[inline]
+    pub fn ratings(&self, user: usize) -> (&'a [u32], &'a [f32]) {
+        let at = user * self.stride;
+        let r = self.bounds[at]..self.bounds[at + 1];
+        (&self.items[r.clone()], &self.values[r])
+    }
+
+    /// Where user u's bounds are, to prefetch them.
+    #[inline]
+    pub fn bounds_at(&self, user: usize) -> (&'a [usize], usize) {
+        (self.bounds, user * self.stride)
     }
 }
 
@@ -87,9 +168,9 @@ pub fn train_item_ids(owned: &OwnedRatings, held_out: &[bool]) -> Vec<Id> {
     ids
 }
 
-/// Lay out a rank's ratings against the global item vocabulary (sorted ids).
-pub fn index(owned: OwnedRatings, held_out: &[bool], global_items: &[Id]) -> RankRatings {
-    let item_index: Vec<u32> = owned
+/// Each of `owned`'s items as an index into `global_items` (sorted ids), or UNKNOWN.
+pub fn sorted_item_index(owned: &OwnedRatings, global_items: &[Id]) -> Vec<u32> {
+    owned
         .items
         .iter()
         .map(|id| {
@@ -98,7 +179,125 @@ pub fn index(owned: OwnedRatings, held_out: &[bool], global_items: &[Id]) -> Ran
                 .map(|i| i as u32)
                 .unwrap_or(UNKNOWN)
         })
-        .collect();
+        .collect()
+}
+
+/// This rank's training ratings per global item (`item_index` from `sorted_item_index`).
+pub fn train_counts(
+    owned: &OwnedRatings,
+    held_out: &[bool],
+    item_index: &[u32],
+    n_items: usize,
+) -> Vec<u64> {
+    let mut counts = vec![0u64; n_items];
+    for (t, &h) in owned.triples.iter().zip(held_out) {
+        let i = item_index[t.item as usize];
+        if !h && i != UNKNOWN {
+            counts[i as usize] += 1;
+        }
+    }
+    counts
+}
+
+/// How training numbers and splits the item rows: `ranks x per_rank` blocks of contiguous rows
+/// with about the same number of ratings each, in id order inside each block (one block is
+/// exactly the sorted id order). A group is the `per_rank` consecutive blocks one rank works on
+/// before handing them on (rank r starts an epoch on group r, see `train`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct ItemBlocks {
+    /// The training row of each item, by its index among the sorted item ids.
+    pub row_of: Vec<u32>,
+    /// The sorted-id index of each row (`row_of` inverted).
+    pub order: Vec<u32>,
+    /// Block b is rows `starts[b]..starts[b + 1]`.
+    pub starts: Vec<usize>,
+    /// Blocks per group.
+    pub per_rank: usize,
+}
+
+impl ItemBlocks {
+    /// From the job-wide training ratings per item (indexed by sorted id). Largest first into
+    /// the lightest block (ties: the lower id, the lower block): a pure function of the counts.
+    pub fn plan(counts: &[u64], ranks: usize, per_rank: usize) -> ItemBlocks {
+        use std::cmp::Reverse;
+        use std::collections::BinaryHeap;
+        let per_rank = per_rank.max(1);
+        let blocks = ranks.max(1) * per_rank;
+        let mut by_count: Vec<u32> = (0..counts.len() as u32).collect();
+        by_count.sort_by_key(|&i| (Reverse(counts[i as usize]), i));
+        let mut members: Vec<Vec<u32>> = vec![Vec::new(); blocks];
+        let mut lightest: BinaryHeap<Reverse<(u64, usize)>> =
+            (0..blocks).map(|b| Reverse((0, b))).collect();
+        for i in by_count {
+            let Reverse((load, b)) = lightest.pop().expect("at least one block");
+            members[b].push(i);
+            lightest.push(Reverse((load + counts[i as usize], b)));
+        }
+        let mut starts = Vec::with_capacity(blocks + 1);
+        let mut order = Vec::with_capacity(counts.len());
+        for mut m in members {
+            // Inside a block, rows keep the items' id order. Not popularity order: a user's
+            // ratings are visited in row order, and always ending on the rarest items biases
+            // the user rows (MovieLens hold-out RMSE +0.8%, measured).
+            m.sort_unstable();
+            starts.push(order.len());
+            order.extend(m);
+        }
+        starts.push(order.len());
+        let mut row_of = vec![0u32; counts.len()];
+        for (row, &i) in order.iter().enumerate() {
+            row_of[i as usize] = row as u32;
+        }
+        ItemBlocks {
+            row_of,
+            order,
+            starts,
+            per_rank,
+        }
+    }
+
+    /// Groups: one per rank.
+    pub fn groups(&self) -> usize {
+        self.len() / self.per_rank
+    }
+
+    /// The rows of group g (contiguous: its blocks are).
+    pub fn group_rows(&self, g: usize) -> std::ops::Range<usize> {
+        self.starts[g * self.per_rank]..self.starts[(g + 1) * self.per_rank]
+    }
+
+    pub fn len(&self) -> usize {
+        self.starts.len() - 1
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The rows of block b.
+    pub fn rows(&self, b: usize) -> std::ops::Range<usize> {
+        self.starts[b]..self.starts[b + 1]
+    }
+
+    /// `item_index` (by sorted id) turned into training rows.
+    pub fn rows_of(&self, item_index: &[u32]) -> Vec<u32> {
+        item_index
+            .iter()
+            .map(|&i| {
+                if i == UNKNOWN {
+                    UNKNOWN
+                } else {
+                    self.row_of[i as usize]
+                }
+            })
+            .collect()
+    }
+}
+
+/// Lay out a rank's ratings by user; `item_rows[i]` is the row of `owned.items[i]` (UNKNOWN for
+/// an item without training ratings anywhere).
+pub fn index(owned: OwnedRatings, held_out: &[bool], item_rows: &[u32]) -> RankRatings {
+    let item_index = item_rows;
     // Users with at least one training rating, in id order (owned.users is sorted).
     let mut has_train = vec![false; owned.users.len()];
     for (t, &h) in owned.triples.iter().zip(held_out) {
@@ -128,7 +327,8 @@ pub fn index(owned: OwnedRatings, held_out: &[bool], global_items: &[Id]) -> Ran
             train.push((user, item, t.value));
         }
     }
-    // By user, then by global item: the same order whatever the layout of the input.
+    // By user, then by item row: the same order whatever the layout of the input, and each
+    // user's ratings of one block are contiguous.
     train.sort_unstable_by_key(|&(u, i, _)| ((u as u64) << 32) | i as u64);
     holdout.sort_unstable_by_key(|h| ((h.user as u64) << 32) | h.item as u64);
     let mut user_offsets = vec![0usize; user_ids.len() + 1];
@@ -144,6 +344,8 @@ pub fn index(owned: OwnedRatings, held_out: &[bool], global_items: &[Id]) -> Ran
         items: train.iter().map(|t| t.1).collect(),
         values: train.iter().map(|t| t.2).collect(),
         holdout,
+        block_bounds: Vec::new(),
+        blocks: 0,
     }
 }
 
@@ -181,6 +383,71 @@ mod tests {
             .collect();
         assert_ne!(one, other_seed);
         assert!(pairs.iter().all(|(u, i)| !is_held_out(u, i, 42, 0.0)));
+    }
+
+    #[test]
+    fn item_blocks_balance_ratings_and_are_contiguous_runs() {
+        let counts: Vec<u64> = (0..1000u64).map(|i| 1 + 5000 / (i + 1)).collect();
+        for (ranks, per_rank) in [(1, 1), (2, 1), (3, 1), (8, 1), (1, 4), (3, 2)] {
+            let b = ItemBlocks::plan(&counts, ranks, per_rank);
+            assert_eq!(b.groups(), ranks);
+            assert_eq!(b.group_rows(ranks - 1).end, 1000);
+            let blocks = ranks * per_rank;
+            assert_eq!(b.len(), blocks);
+            assert_eq!((b.starts[0], b.starts[blocks]), (0, 1000));
+            let mut seen = b.order.clone();
+            seen.sort_unstable();
+            assert_eq!(seen, (0..1000).collect::<Vec<u32>>(), "a permutation");
+            for (row, &i) in b.order.iter().enumerate() {
+                assert_eq!(b.row_of[i as usize] as usize, row);
+            }
+            let loads: Vec<u64> = (0..blocks)
+                .map(|k| b.rows(k).map(|r| counts[b.order[r] as usize]).sum())
+                .collect();
+            let (lo, hi) = (loads.iter().min().unwrap(), loads.iter().max().unwrap());
+            // Off by at most the heaviest item.
+            assert!(hi - lo <= counts[0], "{blocks} blocks: {loads:?}");
+            for k in 0..blocks {
+                let ids = &b.order[b.rows(k)];
+                assert!(
+                    ids.windows(2).all(|w| w[0] < w[1]),
+                    "id order inside a block"
+                );
+            }
+            assert_eq!(b, ItemBlocks::plan(&counts, ranks, per_rank));
+        }
+        // More blocks than items: some stay empty.
+        let b = ItemBlocks::plan(&[3, 1], 4, 1);
+        assert_eq!(b.starts, vec![0, 1, 2, 2, 2]);
+        assert_eq!(b.rows_of(&[1, UNKNOWN, 0]), vec![1, UNKNOWN, 0]);
+        assert_eq!(ItemBlocks::plan(&[3, 1, 2], 1, 1).order, vec![0, 1, 2]);
+        let b = ItemBlocks::plan(&[3, 1, 2, 2], 2, 2);
+        assert_eq!((b.group_rows(0), b.group_rows(1)), (0..2, 2..4));
+    }
+
+    #[test]
+    fn ratings_in_a_block_are_the_users_ratings_of_its_rows() {
+        let mut data = RankRatings {
+            user_ids: vec![Id::Int(1), Id::Int(2), Id::Int(3)],
+            user_offsets: vec![0, 4, 4, 6],
+            items: vec![0, 2, 3, 7, 1, 5],
+            values: vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0],
+            ..Default::default()
+        };
+        assert_eq!(data.n_blocks(), 1);
+        assert_eq!(data.ratings_in(0, 0).0.len(), 4);
+        data.split_blocks(&[0, 2, 4, 8]);
+        assert_eq!(data.n_blocks(), 3);
+        assert_eq!(data.ratings_in(0, 0), (&[0u32][..], &[1.0f32][..]));
+        assert_eq!(data.ratings_in(0, 1), (&[2u32, 3][..], &[2.0f32, 3.0][..]));
+        assert_eq!(data.ratings_in(0, 2), (&[7u32][..], &[4.0f32][..]));
+        assert!((0..3).all(|b| data.ratings_in(1, b).0.is_empty()));
+        assert_eq!(data.ratings_in(2, 0).0, &[1]);
+        assert_eq!(data.ratings_in(2, 1).0.len(), 0);
+        assert_eq!(data.ratings_in(2, 2).0, &[5]);
+        data.split_blocks(&[0, 8]);
+        assert_eq!(data.n_blocks(), 1);
+        assert_eq!(data.ratings_in(0, 0).0.len(), 4);
     }
 
     #[test]
@@ -222,7 +489,10 @@ mod tests {
             vec![Id::Int(10), Id::Int(30)]
         );
         let global = vec![Id::Int(10), Id::Int(30)];
-        let r = index(owned, &held, &global);
+        let sorted = sorted_item_index(&owned, &global);
+        assert_eq!(sorted, vec![1, 0, UNKNOWN]);
+        assert_eq!(train_counts(&owned, &held, &sorted, 2), vec![2, 1]);
+        let r = index(owned, &held, &sorted);
         assert_eq!(r.user_ids, vec![Id::Int(1), Id::Int(3)]);
         assert_eq!(r.user_offsets, vec![0, 2, 3]);
         assert_eq!(r.items, vec![0, 1, 0]); // user 1: items 10, 30 in id order

@@ -1,11 +1,13 @@
 //! The numeric kernel: one SGD step of biased FunkSVD over two parameter rows, and prediction.
 //! Pure functions over `&mut [f32]`; scheduling lives in `train`.
 //!
-//! A row is `[bias, f_0, ..., f_{k-1}]`: bias and factors are updated in one pass over one
-//! contiguous slice per side.
+//! Training rows are padded: `[bias, f_0, ..., f_{k-1}, 0, ...]`, a whole number of `LANES`
+//! floats (see `params`). The kernel runs every lane through the same arithmetic (the padding
+//! stays zero) and fixes the bias lane afterwards, so bias and factors are updated in one pass
+//! over one slice per side and the loops vectorise with no remainder.
 
 /// Lanes of the partial sums; 8 f32 fill one AVX register and let the compiler vectorise.
-const LANES: usize = 8;
+pub const LANES: usize = 8;
 
 /// The dot product of two factor vectors, summed in a fixed lane order (deterministic).
 #[inline(always)]
@@ -24,18 +26,48 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     for (x, y) in ca.remainder().iter().zip(cb.remainder()) {
         tail += x * y;
     }
-    let mut s = 0.0f32;
-    for v in acc {
-        s += v;
+    sum_lanes(acc) + tail
+}
+
+/// The lanes summed pairwise, in a fixed order.
+#[inline(always)]
+fn sum_lanes(acc: [f32; LANES]) -> f32 {
+    let a = [
+        acc[0] + acc[4],
+        acc[1] + acc[5],
+        acc[2] + acc[6],
+        acc[3] + acc[7],
+    ];
+    (a[0] + a[2]) + (a[1] + a[3])
+}
+
+/// `bias_u + bias_i + <p_u, q_i>` of two padded rows of the same width.
+#[inline(always)]
+pub fn score(user: &[f32], item: &[f32]) -> f32 {
+    let n = user.len().min(item.len()) / LANES * LANES;
+    let (user, item) = (&user[..n], &item[..n]);
+    let mut acc = [0.0f32; LANES];
+    for (c, (x, y)) in user
+        .chunks_exact(LANES)
+        .zip(item.chunks_exact(LANES))
+        .enumerate()
+    {
+        for l in 0..LANES {
+            acc[l] += x[l] * y[l];
+        }
+        // Lane 0 of the first chunk multiplied the two biases: drop that product.
+        if c == 0 {
+            acc[0] = 0.0;
+        }
     }
-    s + tail
+    user[0] + item[0] + sum_lanes(acc)
 }
 
 /// Hint the CPU to load `rows[start..start + len]` into cache (a no-op where unsupported).
 #[inline(always)]
 pub fn prefetch_row(rows: &[f32], start: usize, len: usize) {
     #[cfg(target_arch = "x86_64")]
-    if start + len <= rows.len() {
+    if start + len <= rows.len() && len > 0 {
         use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
         // 16 floats per 64-byte cache line; a row may straddle a line boundary.
         let mut at = start;
@@ -59,30 +91,42 @@ pub struct Step {
     pub biased: bool,
 }
 
-/// One SGD step on rating `target` (the rating minus the global mean when biased).
-/// Updates both rows in place and returns the error before the update.
+/// One SGD step on rating `target` (the rating minus the global mean when biased) over two
+/// padded rows of the same width. Updates both rows in place and returns the error before the
+/// update.
 #[inline(always)]
 pub fn sgd_step(user: &mut [f32], item: &mut [f32], target: f32, step: Step) -> f32 {
-    let (bu, pu) = user
-        .split_first_mut()
-        .expect("a row holds at least the bias");
-    let (bi, qi) = item
-        .split_first_mut()
-        .expect("a row holds at least the bias");
-    let n = pu.len().min(qi.len());
-    let (pu, qi) = (&mut pu[..n], &mut qi[..n]);
-    let err = target - (*bu + *bi + dot(pu, qi));
+    let n = user.len().min(item.len()) / LANES * LANES;
+    let (user, item) = (&mut user[..n], &mut item[..n]);
+    let (bu, bi) = (user[0], item[0]);
+    let err = target - score(user, item);
     let (lr, reg) = (step.lr, step.reg);
-    if step.biased {
-        *bu += lr * (err - reg * *bu);
-        *bi += lr * (err - reg * *bi);
-    }
     let g = lr * err;
     let keep = 1.0 - lr * reg;
-    for (p, q) in pu.iter_mut().zip(qi.iter_mut()) {
-        let (p0, q0) = (*p, *q);
-        *p = keep * p0 + g * q0;
-        *q = keep * q0 + g * p0;
+    for (p, q) in user
+        .chunks_exact_mut(LANES)
+        .zip(item.chunks_exact_mut(LANES))
+    {
+        // Whole chunks in locals: the compiler then needs no proof that the rows are apart
+        // to update eight lanes at once.
+        let old_p: [f32; LANES] = p.try_into().expect("a whole chunk");
+        let old_q: [f32; LANES] = q.try_into().expect("a whole chunk");
+        let mut new_p = [0.0f32; LANES];
+        let mut new_q = [0.0f32; LANES];
+        for l in 0..LANES {
+            new_p[l] = keep * old_p[l] + g * old_q[l];
+            new_q[l] = keep * old_q[l] + g * old_p[l];
+        }
+        p.copy_from_slice(&new_p);
+        q.copy_from_slice(&new_q);
+    }
+    // The bias lane: its partner is 1, not the other side's bias.
+    if step.biased {
+        user[0] = bu + lr * (err - reg * bu);
+        item[0] = bi + lr * (err - reg * bi);
+    } else {
+        user[0] = bu;
+        item[0] = bi;
     }
     err
 }
@@ -145,13 +189,19 @@ mod tests {
         err
     }
 
+    /// Two padded rows with k factors: `[bias, factors..., 0...]`.
     fn rows(k: usize, seed: u64) -> (Vec<f32>, Vec<f32>) {
+        let width = (k + 1).div_ceil(LANES) * LANES;
         let mut rng = crate::rng::Rng::new(seed, 0);
-        let mut u: Vec<f32> = (0..=k).map(|_| (rng.normal() * 0.3) as f32).collect();
-        let mut i: Vec<f32> = (0..=k).map(|_| (rng.normal() * 0.3) as f32).collect();
-        u[0] = 0.1;
-        i[0] = -0.2;
-        (u, i)
+        let mut row = |bias: f32| {
+            let mut r = vec![0.0f32; width];
+            r[0] = bias;
+            for v in &mut r[1..=k] {
+                *v = (rng.normal() * 0.3) as f32;
+            }
+            r
+        };
+        (row(0.1), row(-0.2))
     }
 
     #[test]
@@ -159,8 +209,8 @@ mod tests {
         for k in [1, 3, 8, 20, 33, 100] {
             for biased in [true, false] {
                 let (mut u, mut i) = rows(k, k as u64);
-                let mut ud: Vec<f64> = u.iter().map(|&x| x as f64).collect();
-                let mut id: Vec<f64> = i.iter().map(|&x| x as f64).collect();
+                let mut ud: Vec<f64> = u[..=k].iter().map(|&x| x as f64).collect();
+                let mut id: Vec<f64> = i[..=k].iter().map(|&x| x as f64).collect();
                 let step = Step {
                     lr: 0.01,
                     reg: 0.02,
@@ -173,9 +223,16 @@ mod tests {
                     let ed = naive_step(&mut ud, &mut id, target as f64, 0.01, 0.02, biased);
                     assert!((e as f64 - ed).abs() < 1e-4, "k={k} step {s}: {e} vs {ed}");
                 }
-                for (a, b) in u.iter().chain(&i).zip(ud.iter().chain(&id)) {
+                for (a, b) in u[..=k].iter().chain(&i[..=k]).zip(ud.iter().chain(&id)) {
                     assert!((*a as f64 - b).abs() < 1e-4, "k={k}: {a} vs {b}");
                 }
+                assert!(
+                    u[k + 1..].iter().chain(&i[k + 1..]).all(|&v| v == 0.0),
+                    "k={k}: the padding stays zero"
+                );
+                let s = score(&u, &i) as f64;
+                let plain = ud[0] + id[0] + (1..=k).map(|f| ud[f] * id[f]).sum::<f64>();
+                assert!((s - plain).abs() < 1e-4, "k={k}: score {s} vs {plain}");
                 if !biased {
                     assert_eq!(
                         (u[0], i[0]),

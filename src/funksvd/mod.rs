@@ -3,6 +3,7 @@
 pub mod checkpoint;
 pub mod data;
 pub mod kernel;
+pub mod params;
 pub mod train;
 
 pub use data::RankRatings;

@@ -1,17 +1,26 @@
-//! The distributed epoch loop.
+//! The distributed epoch loop: stratified SGD over item blocks (DSGD, Gemulla et al. 2011; the
+//! block scheduling LibMF uses across threads, here across ranks).
 //!
-//! Every rank owns its users' rows outright and holds a full copy of the item rows. Each epoch
-//! is cut into `syncs_per_epoch` steps; in a step every rank runs SGD over a share of its users,
-//! then one allreduce combines the item changes so every rank starts the next step with the same
-//! item rows:
+//! Every rank owns its users' rows outright. The item rows are cut into groups, one per rank,
+//! of about equal rating counts (`data::ItemBlocks`). An epoch has R steps; in step t rank r
+//! runs SGD over its users' ratings of group (r + t) mod R only, then passes that group to rank
+//! r - 1 and gets group (r + t + 1) mod R from rank r + 1. No two ranks ever update the same row
+//! at the same time, so an epoch on R ranks is exactly an epoch of sequential SGD in another
+//! order, and nothing needs averaging. After the last step one allgather gives every rank every
+//! group, so every rank ends the epoch with the same item rows (for the hold-out score,
+//! checkpoints and the model).
 //!
 //! ```text
-//! items = snapshot + sum over ranks r of  w_r[i] * (items_r - snapshot)
+//! step 0:  rank 0: group 0   rank 1: group 1   rank 2: group 2
+//! step 1:  rank 0: group 1   rank 1: group 2   rank 2: group 0     (each group moved one rank down)
+//! step 2:  rank 0: group 2   rank 1: group 0   rank 2: group 1     then allgather
 //! ```
 //!
-//! with per-item weights that make the combined step match what one sequential SGD pass over
-//! all ranks' ratings would have done (see `CombineWeights`). They are refreshed once per epoch
-//! with one allreduce of two floats per item.
+//! A group is itself `ceil(MIN_PASSES / R)` blocks, visited one after the other, so a user's
+//! ratings are always split over at least `MIN_PASSES` visits per epoch, whatever the rank
+//! count: the model does not depend on the rank count, and splitting a user's ratings this way
+//! trains better than visiting them all at once (MovieLens hold-out RMSE 0.878 with one visit,
+//! 0.871 with two, 0.868 with four; measured).
 
 use std::time::Instant;
 
@@ -20,11 +29,25 @@ use crate::ids::Id;
 use crate::metrics::ErrorSums;
 use crate::rng::Rng;
 
-use super::data::{RankRatings, UNKNOWN};
-use super::kernel::{predict, prefetch_row, sgd_step, Step};
+use super::data::{ItemBlocks, RankRatings, UNKNOWN};
+use super::kernel::{predict, prefetch_row, score, sgd_step, Step};
+pub use super::params::Params;
 
 /// How many ratings ahead the SGD loop prefetches item rows.
 const PREFETCH_AHEAD: usize = 4;
+
+/// Visits of each user per epoch, at least (see the module documentation).
+pub const MIN_PASSES: usize = 4;
+
+/// Users are visited in runs of this many consecutive users, the runs in a fresh random order
+/// each epoch: within a run the hardware prefetchers stream user rows and rating lists, which
+/// keeps short visits cheap (at 8 visits per user: 43M vs 20M updates/s, same RMSE; measured).
+const USER_RUN: usize = 64;
+
+/// Item blocks per rank for `ranks` ranks.
+pub fn blocks_per_rank(ranks: usize) -> usize {
+    MIN_PASSES.div_ceil(ranks.max(1))
+}
 
 /// Training hyperparameters, with the original job's defaults.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -41,8 +64,6 @@ pub struct Hyper {
     pub seed: u64,
     /// Global mean and biases (biased FunkSVD, as Surprise's SVD) [true].
     pub biased: bool,
-    /// Item synchronisations per epoch [8].
-    pub syncs_per_epoch: usize,
     /// Standard deviation of the initial factors [0.1, as Surprise].
     pub init_std: f32,
 }
@@ -56,7 +77,6 @@ impl Default for Hyper {
             reg: 0.02,
             seed: 42,
             biased: true,
-            syncs_per_epoch: 8,
             init_std: 0.1,
         }
     }
@@ -66,7 +86,10 @@ impl Default for Hyper {
 pub trait Collective {
     fn ranks(&self) -> usize;
     fn rank(&self) -> usize;
-    fn sum_f32(&self, send: &[f32], recv: &mut [f32]);
+    /// Send `send` to rank `dest` while receiving `recv` from rank `source`.
+    fn sendrecv_f32(&self, send: &[f32], dest: usize, recv: &mut [f32], source: usize);
+    /// Every rank's `mine` (`counts[rank]` floats) into `all`, in rank order.
+    fn allgather_f32(&self, mine: &[f32], counts: &[usize], all: &mut [f32]);
     fn sum_f64(&self, values: &mut [f64]);
     /// Every rank learns whether any rank failed (see `Comm::agree`).
     fn agree(&self, local: Result<()>) -> Result<()>;
@@ -79,8 +102,11 @@ impl Collective for crate::comm::Comm {
     fn rank(&self) -> usize {
         crate::comm::Comm::rank(self)
     }
-    fn sum_f32(&self, send: &[f32], recv: &mut [f32]) {
-        self.allreduce_sum_f32(send, recv)
+    fn sendrecv_f32(&self, send: &[f32], dest: usize, recv: &mut [f32], source: usize) {
+        crate::comm::Comm::sendrecv_f32(self, send, dest, recv, source)
+    }
+    fn allgather_f32(&self, mine: &[f32], counts: &[usize], all: &mut [f32]) {
+        crate::comm::Comm::allgather_f32(self, mine, counts, all)
     }
     fn sum_f64(&self, values: &mut [f64]) {
         self.allreduce_sum_f64(values)
@@ -100,8 +126,11 @@ impl Collective for Solo {
     fn rank(&self) -> usize {
         0
     }
-    fn sum_f32(&self, send: &[f32], recv: &mut [f32]) {
+    fn sendrecv_f32(&self, send: &[f32], _dest: usize, recv: &mut [f32], _source: usize) {
         recv.copy_from_slice(send)
+    }
+    fn allgather_f32(&self, mine: &[f32], _counts: &[usize], all: &mut [f32]) {
+        all.copy_from_slice(mine)
     }
     fn sum_f64(&self, _values: &mut [f64]) {}
     fn agree(&self, local: Result<()>) -> Result<()> {
@@ -127,6 +156,10 @@ pub struct EpochStats {
     /// RMSE on the hold-out pairs after the epoch (None without a hold-out).
     pub holdout_rmse: Option<f64>,
     pub seconds: f64,
+    /// Of `seconds`, the time this rank spent passing item blocks to the others (packing, the
+    /// messages, and waiting for slower ranks).
+    #[serde(default)]
+    pub sync_seconds: f64,
     /// Ratings processed per second by the whole job.
     pub ratings_per_second: f64,
 }
@@ -139,57 +172,27 @@ pub struct Globals {
     pub rating_range: (f32, f32),
 }
 
-#[derive(Debug)]
-/// Parameters of one rank: its users' rows and the shared item rows, `stride` floats per row.
-pub struct Params {
-    pub factors: usize,
-    pub stride: usize,
-    pub users: Vec<f32>,
-    pub items: Vec<f32>,
-}
-
-impl Params {
-    /// Initial rows from each id's own random stream: the same on every rank, for any layout.
-    pub fn init(user_ids: &[Id], item_ids: &[Id], hyper: &Hyper) -> Params {
-        let stride = hyper.factors + 1;
-        let fill = |ids: &[Id], salt: u64| {
-            let mut rows = vec![0.0f32; ids.len() * stride];
-            for (id, row) in ids.iter().zip(rows.chunks_exact_mut(stride)) {
-                let mut rng = Rng::new(hyper.seed, id.stable_hash() ^ salt);
-                for v in &mut row[1..] {
-                    *v = (rng.normal() * hyper.init_std as f64) as f32;
-                }
-            }
-            rows
-        };
-        Params {
-            factors: hyper.factors,
-            stride,
-            users: fill(user_ids, 0x7573_6572),
-            items: fill(item_ids, 0x6974_656D),
-        }
-    }
-
-    pub fn user(&self, u: usize) -> &[f32] {
-        &self.users[u * self.stride..(u + 1) * self.stride]
-    }
-
-    pub fn item(&self, i: usize) -> &[f32] {
-        &self.items[i * self.stride..(i + 1) * self.stride]
-    }
-}
-
-/// Train; `on_epoch` sees each epoch's numbers (the caller logs them on rank 0).
-/// Every rank must call this with the same `hyper`, `n_items` and `item_counts_global`.
+/// Train; `after_epoch` sees each epoch's state (the caller logs, checkpoints).
+/// Every rank must call this with the same `hyper`, `item_ids` and `blocks` (one group per
+/// rank; `item_ids` in row order); `data` is split by the same blocks.
+#[allow(clippy::too_many_arguments)]
 pub fn train(
     comm: &dyn Collective,
     data: &RankRatings,
     item_ids: &[Id],
+    blocks: &ItemBlocks,
     hyper: &Hyper,
     globals: Globals,
     start: Option<TrainState>,
     mut after_epoch: impl FnMut(&TrainState) -> Result<()>,
 ) -> Result<TrainState> {
+    let (ranks, me) = (comm.ranks(), comm.rank());
+    assert_eq!(blocks.groups(), ranks, "one group of item blocks per rank");
+    assert_eq!(
+        data.n_blocks(),
+        blocks.len(),
+        "ratings split by the item blocks"
+    );
     let TrainState {
         epoch: done,
         mut params,
@@ -199,9 +202,6 @@ pub fn train(
         params: Params::init(&data.user_ids, item_ids, hyper),
         history: Vec::with_capacity(hyper.epochs),
     });
-    let stride = params.stride;
-    let n_items = item_ids.len();
-    let mut weights = CombineWeights::new(n_items);
     let step = Step {
         lr: hyper.lr,
         reg: hyper.reg,
@@ -217,62 +217,42 @@ pub fn train(
         comm.sum_f64(&mut n);
         n[0]
     };
-    // Buffers for the combine, allocated once.
-    let distributed = comm.ranks() > 1;
-    let (mut snapshot, mut send, mut recv) = if distributed {
-        (
-            params.items.clone(),
-            vec![0.0f32; params.items.len()],
-            vec![0.0f32; params.items.len()],
-        )
-    } else {
-        (Vec::new(), Vec::new(), Vec::new())
-    };
+    let mut rotation = Rotation::new(&params, blocks);
     let mut order: Vec<u32> = Vec::with_capacity(data.n_users());
-    let syncs = hyper.syncs_per_epoch.max(1);
     for epoch in done + 1..=hyper.epochs {
         let started = Instant::now();
-        // A rank failing mid-training must not leave the others in the next allreduce.
-        let fault = crate::fault::point("epoch", comm.rank())
-            .and_then(|_| crate::fault::point(&format!("epoch-{epoch}"), comm.rank()));
+        // A rank failing mid-training must not leave the others in the next exchange.
+        let fault = crate::fault::point("epoch", me)
+            .and_then(|_| crate::fault::point(&format!("epoch-{epoch}"), me));
         comm.agree(fault)?;
         // A fresh user order each epoch, from a stream of this rank and epoch only, so a run
         // resumed at any epoch visits users exactly as an uninterrupted one.
+        let mut rng = Rng::new(hyper.seed, ((me as u64) << 32) | epoch as u64);
+        let mut runs: Vec<u32> = (0..data.n_users().div_ceil(USER_RUN) as u32).collect();
+        rng.shuffle(&mut runs);
         order.clear();
-        order.extend(0..data.n_users() as u32);
-        let mut rng = Rng::new(hyper.seed, ((comm.rank() as u64) << 32) | epoch as u64);
-        rng.shuffle(&mut order);
-        let bounds = chunk_bounds(&order, data, syncs);
-        if distributed {
-            weights.refresh(comm, data, &params, hyper);
+        for run in runs {
+            let first = run as usize * USER_RUN;
+            order.extend(first as u32..(first + USER_RUN).min(data.n_users()) as u32);
         }
         let mut sse = 0.0f64;
-        for s in 0..syncs {
-            for &u in &order[bounds[s]..bounds[s + 1]] {
-                let u = u as usize;
-                let (items, values) = data.ratings_of(u);
-                let user_row = &mut params.users[u * stride..(u + 1) * stride];
-                for (j, (&i, &r)) in items.iter().zip(values).enumerate() {
-                    // The item rows do not fit in L2: ask for one a few ratings ahead.
-                    if let Some(&ahead) = items.get(j + PREFETCH_AHEAD) {
-                        prefetch_row(&params.items, ahead as usize * stride, stride);
-                    }
-                    let i = i as usize;
-                    let item_row = &mut params.items[i * stride..(i + 1) * stride];
-                    let err = sgd_step(user_row, item_row, r - mu, step);
-                    sse += (err as f64) * (err as f64);
-                }
+        let mut sync_seconds = 0.0;
+        for t in 0..ranks {
+            let group = (me + t) % ranks;
+            let mut in_group: Vec<usize> = (0..blocks.per_rank).collect();
+            rng.shuffle(&mut in_group);
+            for b in in_group {
+                let block = group * blocks.per_rank + b;
+                sse += sgd_pass(&mut params, data, &order, block, step, mu);
             }
-            if distributed {
-                combine(
-                    comm,
-                    &mut params.items,
-                    &mut snapshot,
-                    &mut send,
-                    &mut recv,
-                    &weights,
-                    stride,
-                );
+            if ranks > 1 {
+                let waited = Instant::now();
+                if t + 1 < ranks {
+                    rotation.pass_on(comm, &mut params, blocks, group);
+                } else {
+                    rotation.gather(comm, &mut params, blocks);
+                }
+                sync_seconds += waited.elapsed().as_secs_f64();
             }
         }
         let hold = holdout_errors(data, &params, hyper, globals);
@@ -283,8 +263,9 @@ pub fn train(
         if !train_rmse.is_finite()
             || params
                 .items
+                .as_slice()
                 .iter()
-                .take(stride * 64)
+                .take(params.width * 64)
                 .any(|v| !v.is_finite())
         {
             return Err(Error::usage(format!(
@@ -297,6 +278,7 @@ pub fn train(
             train_rmse,
             holdout_rmse: (sums[2] > 0.0).then(|| (sums[1] / sums[2]).sqrt()),
             seconds,
+            sync_seconds,
             ratings_per_second: total_ratings / seconds.max(1e-9),
         };
         history.push(stats);
@@ -319,147 +301,303 @@ pub fn train(
     })
 }
 
-/// The weights of this rank's change to each item in the combine: one for the bias, one for
-/// the factors.
-///
-/// Between two syncs an SGD update contracts item i's row towards its fixed point by a factor
-/// (1 - lr * c_u) with c_u = |p_u|^2 + reg for the factors (1 + reg for the bias), so rank r's
-/// updates cover a fraction F(C_ri) = 1 - exp(-lr * C_ri / S) of the way towards its own fixed
-/// point, where C_ri is the sum of c_u over rank r's ratings of item i and S the syncs per epoch.
-/// One sequential pass over every rank's ratings would cover F(C_i) of the way towards the
-/// C-weighted mean of the ranks' fixed points. Hence
-///
-/// ```text
-/// w_r = (C_ri / C_i) * F(C_i) / F(C_ri)
-/// ```
-///
-/// which is 1 (a plain sum) for an item that moves little between syncs and C_ri / C_i (a
-/// weighted mean) for one that reaches its fixed point within a step: a plain sum there
-/// overshoots and diverges on popular items, a plain mean slows every item down.
-struct CombineWeights {
-    bias: Vec<f32>,
-    factors: Vec<f32>,
-    /// [bias C_ri for all items, factor C_ri for all items], then summed over ranks.
-    local: Vec<f64>,
-    global: Vec<f64>,
+/// Floats one rank sends per exchange at most: its largest group, packed (`factors + 1` floats
+/// per item; never more than the item rows themselves).
+pub fn floats_per_exchange(blocks: &ItemBlocks, factors: usize) -> usize {
+    if blocks.groups() < 2 {
+        return 0;
+    }
+    (0..blocks.groups())
+        .map(|g| blocks.group_rows(g).len())
+        .max()
+        .unwrap_or(0)
+        * (factors + 1)
 }
 
-impl CombineWeights {
-    fn new(n_items: usize) -> Self {
-        CombineWeights {
-            bias: vec![0.0; n_items],
-            factors: vec![0.0; n_items],
-            local: vec![0.0; 2 * n_items],
-            global: vec![0.0; 2 * n_items],
+/// The buffers of the block exchange, allocated once; blocks travel packed (`factors + 1`
+/// floats per item, no padding).
+struct Rotation {
+    send: Vec<f32>,
+    recv: Vec<f32>,
+    gathered: Vec<f32>,
+}
+
+impl Rotation {
+    fn new(params: &Params, blocks: &ItemBlocks) -> Rotation {
+        if blocks.groups() < 2 {
+            return Rotation {
+                send: Vec::new(),
+                recv: Vec::new(),
+                gathered: Vec::new(),
+            };
+        }
+        let largest = floats_per_exchange(blocks, params.factors);
+        Rotation {
+            send: vec![0.0; largest],
+            recv: vec![0.0; largest],
+            gathered: vec![0.0; params.n_items() * (params.factors + 1)],
         }
     }
 
-    /// Recompute from the current user rows (called at the start of each epoch).
-    fn refresh(
+    /// This step is done on `group`: hand it to the rank below, take the next from the rank above.
+    fn pass_on(
         &mut self,
         comm: &dyn Collective,
-        data: &RankRatings,
-        params: &Params,
-        hyper: &Hyper,
+        params: &mut Params,
+        blocks: &ItemBlocks,
+        group: usize,
     ) {
-        let n_items = self.bias.len();
-        let reg = hyper.reg as f64;
-        self.local.iter_mut().for_each(|v| *v = 0.0);
-        let (bias_c, factor_c) = self.local.split_at_mut(n_items);
-        for u in 0..data.n_users() {
-            let row = &params.user(u)[1..];
-            let c_u = row.iter().map(|&x| x as f64 * x as f64).sum::<f64>() + reg;
-            for &i in data.ratings_of(u).0 {
-                bias_c[i as usize] += 1.0 + reg;
-                factor_c[i as usize] += c_u;
+        let (ranks, me) = (comm.ranks(), comm.rank());
+        let next = (group + 1) % ranks;
+        let packed = params.factors + 1;
+        let send = &mut self.send[..blocks.group_rows(group).len() * packed];
+        pack_rows(params, blocks.group_rows(group), send);
+        let recv = &mut self.recv[..blocks.group_rows(next).len() * packed];
+        comm.sendrecv_f32(send, (me + ranks - 1) % ranks, recv, (me + 1) % ranks);
+        unpack_rows(recv, params, blocks.group_rows(next));
+    }
+
+    /// The epoch is done: rank r holds the final rows of group r - 1 (mod R); everyone gets all.
+    fn gather(&mut self, comm: &dyn Collective, params: &mut Params, blocks: &ItemBlocks) {
+        let ranks = comm.ranks();
+        let packed = params.factors + 1;
+        let final_group = |r: usize| (r + ranks - 1) % ranks;
+        let counts: Vec<usize> = (0..ranks)
+            .map(|r| blocks.group_rows(final_group(r)).len() * packed)
+            .collect();
+        let mine = final_group(comm.rank());
+        let send = &mut self.send[..counts[comm.rank()]];
+        pack_rows(params, blocks.group_rows(mine), send);
+        let total: usize = counts.iter().sum();
+        comm.allgather_f32(send, &counts, &mut self.gathered[..total]);
+        let mut at = 0;
+        for (r, &count) in counts.iter().enumerate() {
+            let g = final_group(r);
+            if g != mine {
+                unpack_rows(&self.gathered[at..at + count], params, blocks.group_rows(g));
             }
-        }
-        self.global.copy_from_slice(&self.local);
-        comm.sum_f64(&mut self.global);
-        let rate = hyper.lr as f64 / hyper.syncs_per_epoch.max(1) as f64;
-        let reach = |c: f64| -(-rate * c).exp_m1();
-        let weight = |l: f64, g: f64| {
-            if l <= 0.0 || g <= 0.0 {
-                0.0
-            } else {
-                ((l / g) * reach(g) / reach(l)) as f32
-            }
-        };
-        for i in 0..n_items {
-            self.bias[i] = weight(self.local[i], self.global[i]);
-            self.factors[i] = weight(self.local[n_items + i], self.global[n_items + i]);
+            at += count;
         }
     }
 }
 
-/// One allreduce: items = snapshot + sum_r w_r * (items_r - snapshot); then snapshot = items.
-fn combine(
-    comm: &dyn Collective,
-    items: &mut [f32],
-    snapshot: &mut [f32],
-    send: &mut [f32],
-    recv: &mut [f32],
-    weights: &CombineWeights,
-    stride: usize,
-) {
-    for (i, (&wb, &wf)) in weights.bias.iter().zip(&weights.factors).enumerate() {
-        let row = i * stride..(i + 1) * stride;
-        let (s, cur, old) = (&mut send[row.clone()], &items[row.clone()], &snapshot[row]);
-        s[0] = wb * (cur[0] - old[0]);
-        for ((s, &cur), &old) in s[1..].iter_mut().zip(&cur[1..]).zip(&old[1..]) {
-            *s = wf * (cur - old);
-        }
-    }
-    comm.sum_f32(send, recv);
-    for ((cur, old), &d) in items.iter_mut().zip(snapshot.iter_mut()).zip(recv.iter()) {
-        *cur = *old + d;
-        *old = *cur;
+/// Item rows `rows` into `out`, `factors + 1` floats each.
+fn pack_rows(params: &Params, rows: std::ops::Range<usize>, out: &mut [f32]) {
+    let (width, packed) = (params.width, params.factors + 1);
+    let src = &params.items.as_slice()[rows.start * width..rows.end * width];
+    for (dst, row) in out.chunks_exact_mut(packed).zip(src.chunks_exact(width)) {
+        dst.copy_from_slice(&row[..packed]);
     }
 }
 
-/// Where each sync step's users start and end in `order`, so every step has about the same
-/// number of ratings.
-fn chunk_bounds(order: &[u32], data: &RankRatings, syncs: usize) -> Vec<usize> {
-    let total = data.n_ratings();
-    let mut bounds = Vec::with_capacity(syncs + 1);
-    bounds.push(0);
-    let mut seen = 0usize;
-    let mut next = 1;
-    for (pos, &u) in order.iter().enumerate() {
-        while next < syncs && seen >= total * next / syncs {
-            bounds.push(pos);
-            next += 1;
+/// The inverse of `pack_rows`.
+fn unpack_rows(packed_rows: &[f32], params: &mut Params, rows: std::ops::Range<usize>) {
+    let (width, packed) = (params.width, params.factors + 1);
+    let dst = &mut params.items.as_mut_slice()[rows.start * width..rows.end * width];
+    for (row, src) in dst
+        .chunks_exact_mut(width)
+        .zip(packed_rows.chunks_exact(packed))
+    {
+        row[..packed].copy_from_slice(src);
+    }
+}
+
+/// Call `$generic::<W>$args` with the row width W as a constant, so the compiler unrolls the
+/// kernel completely: widths up to 128 floats (127 factors) get their own copy, through the
+/// AVX2 copy `$avx2::<W>` where the CPU has it; wider rows run `$generic::<0>` (a loop).
+macro_rules! by_width {
+    ($width:expr, $generic:ident, $avx2:ident, $args:tt) => {
+        by_width!(@ $width, $generic, $avx2, $args,
+            8 16 24 32 40 48 56 64 72 80 88 96 104 112 120 128)
+    };
+    (@ $width:expr, $generic:ident, $avx2:ident, $args:tt, $($w:literal)*) => {
+        match $width {
+            $($w => {
+                #[cfg(target_arch = "x86_64")]
+                if std::arch::is_x86_feature_detected!("avx2") {
+                    // SAFETY: the CPU has AVX2 (checked just above).
+                    return unsafe { $avx2::<$w> $args };
+                }
+                $generic::<$w> $args
+            })*
+            _ => $generic::<0> $args,
         }
+    };
+}
+
+/// One SGD pass over the ratings of `users` (indices into `data`, in visiting order) of the
+/// items in item block `block` (see `RankRatings::split_blocks`); returns the sum of squared
+/// errors before each update.
+///
+/// The item rows may not fit in L2 and the users come in random order, so the loop asks for
+/// memory ahead of use: the coming users' rows and rating lists, and the item row
+/// `PREFETCH_AHEAD` ratings ahead, across user boundaries.
+pub fn sgd_pass(
+    params: &mut Params,
+    data: &RankRatings,
+    users: &[u32],
+    block: usize,
+    step: Step,
+    mu: f32,
+) -> f64 {
+    by_width!(
+        params.width,
+        pass_rows,
+        pass_avx2,
+        (params, data, users, block, step, mu)
+    )
+}
+
+/// The same code with AVX2's 8-lane registers; the arithmetic is identical (no FMA), so the
+/// results are bit for bit those of `pass_rows`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn pass_avx2<const W: usize>(
+    params: &mut Params,
+    data: &RankRatings,
+    users: &[u32],
+    block: usize,
+    step: Step,
+    mu: f32,
+) -> f64 {
+    pass_rows::<W>(params, data, users, block, step, mu)
+}
+
+/// `sgd_pass` for rows of `W` floats (`W == 0`: `params.width`, known only at run time).
+#[inline(always)]
+fn pass_rows<const W: usize>(
+    params: &mut Params,
+    data: &RankRatings,
+    users: &[u32],
+    block: usize,
+    step: Step,
+    mu: f32,
+) -> f64 {
+    let width = if W == 0 { params.width } else { W };
+    let block = data.block(block);
+    let ratings = |u: usize| block.ratings(u);
+    let user_rows = params.users.as_mut_slice();
+    let item_rows = params.items.as_mut_slice();
+    let mut sse = 0.0f64;
+    for (n, &u) in users.iter().enumerate() {
         let u = u as usize;
-        seen += data.user_offsets[u + 1] - data.user_offsets[u];
+        let (items, values) = ratings(u);
+        // A pipeline over the coming users: where user n+3's ratings start, then user n+2's
+        // row and ratings (their start was fetched one user ago); user n+1's ratings are in
+        // cache by now and give the item rows to fetch across the boundary.
+        if let Some(&later) = users.get(n + 3) {
+            let (bounds, at) = block.bounds_at(later as usize);
+            prefetch_row(offsets_as_f32(bounds), 2 * at, 4);
+        }
+        if let Some(&soon) = users.get(n + 2) {
+            let soon = soon as usize;
+            prefetch_row(user_rows, soon * width, width);
+            let (soon_items, soon_values) = ratings(soon);
+            prefetch_row(u32s_as_f32(soon_items), 0, soon_items.len().min(32));
+            prefetch_row(soon_values, 0, soon_values.len().min(32));
+        }
+        let next_items = match users.get(n + 1) {
+            Some(&next) => ratings(next as usize).0,
+            None => &[],
+        };
+        let user_row = &mut user_rows[u * width..u * width + width];
+        for (j, (&i, &r)) in items.iter().zip(values).enumerate() {
+            let ahead = j + PREFETCH_AHEAD;
+            let ahead = match items.get(ahead) {
+                Some(&i) => Some(i),
+                None => next_items.get(ahead - items.len()).copied(),
+            };
+            if let Some(a) = ahead {
+                prefetch_row(item_rows, a as usize * width, width);
+            }
+            let i = i as usize;
+            let item_row = &mut item_rows[i * width..i * width + width];
+            let err = sgd_step(user_row, item_row, r - mu, step);
+            sse += (err as f64) * (err as f64);
+        }
     }
-    while bounds.len() < syncs + 1 {
-        bounds.push(order.len());
-    }
-    bounds
+    sse
 }
 
-/// Errors of the current model on this rank's hold-out pairs.
+/// The same memory seen as floats, only to hand its addresses to `prefetch_row`.
+fn u32s_as_f32(values: &[u32]) -> &[f32] {
+    // SAFETY: u32 and f32 have the same size and alignment and every bit pattern is a valid
+    // f32; the slice is only used for its addresses.
+    unsafe { std::slice::from_raw_parts(values.as_ptr() as *const f32, values.len()) }
+}
+
+/// `u32s_as_f32` for the offsets (two floats per usize).
+fn offsets_as_f32(offsets: &[usize]) -> &[f32] {
+    // SAFETY: as in `u32s_as_f32`; usize is 2 x 4 bytes on the 64-bit targets we build for and
+    // its alignment is a multiple of f32's.
+    unsafe {
+        std::slice::from_raw_parts(
+            offsets.as_ptr() as *const f32,
+            std::mem::size_of_val(offsets) / 4,
+        )
+    }
+}
+
+/// Errors of the current model on this rank's hold-out pairs (sorted by user, so user rows
+/// stream; item rows are fetched ahead).
 pub fn holdout_errors(
     data: &RankRatings,
     params: &Params,
     hyper: &Hyper,
     globals: Globals,
 ) -> ErrorSums {
+    by_width!(
+        params.width,
+        holdout_rows,
+        holdout_avx2,
+        (data, params, hyper, globals)
+    )
+}
+
+/// `holdout_errors` with AVX2 registers (the same arithmetic, see `pass_avx2`).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn holdout_avx2<const W: usize>(
+    data: &RankRatings,
+    params: &Params,
+    hyper: &Hyper,
+    globals: Globals,
+) -> ErrorSums {
+    holdout_rows::<W>(data, params, hyper, globals)
+}
+
+/// `holdout_errors` for rows of `W` floats (`W == 0`: known only at run time).
+#[inline(always)]
+fn holdout_rows<const W: usize>(
+    data: &RankRatings,
+    params: &Params,
+    hyper: &Hyper,
+    globals: Globals,
+) -> ErrorSums {
+    let width = if W == 0 { params.width } else { W };
+    let (user_rows, item_rows) = (params.users.as_slice(), params.items.as_slice());
+    let mu = if hyper.biased {
+        globals.global_mean
+    } else {
+        0.0
+    };
+    let (lo, hi) = globals.rating_range;
     let mut sums = ErrorSums::default();
-    for h in &data.holdout {
-        let user = (h.user != UNKNOWN).then(|| params.user(h.user as usize));
-        let item = (h.item != UNKNOWN).then(|| params.item(h.item as usize));
-        sums.add(
-            h.value,
-            predict(
-                user,
-                item,
-                globals.global_mean,
-                hyper.biased,
-                globals.rating_range,
-            ),
-        );
+    for (n, h) in data.holdout.iter().enumerate() {
+        if let Some(ahead) = data.holdout.get(n + PREFETCH_AHEAD) {
+            if ahead.item != UNKNOWN {
+                prefetch_row(item_rows, ahead.item as usize * width, width);
+            }
+        }
+        let predicted = if h.user != UNKNOWN && h.item != UNKNOWN {
+            let (u, i) = (h.user as usize * width, h.item as usize * width);
+            (mu + score(&user_rows[u..u + width], &item_rows[i..i + width])).clamp(lo, hi)
+        } else {
+            let user = (h.user != UNKNOWN).then(|| params.user(h.user as usize));
+            let item = (h.item != UNKNOWN).then(|| params.item(h.item as usize));
+            predict(user, item, globals.global_mean, hyper.biased, (lo, hi))
+        };
+        sums.add(h.value, predicted);
     }
     sums
 }
@@ -531,6 +669,10 @@ mod tests {
         (data, (0..items).map(|i| Id::Int(i as i64)).collect())
     }
 
+    fn one_block(items: &[Id]) -> ItemBlocks {
+        ItemBlocks::plan(&vec![0; items.len()], 1, 1)
+    }
+
     #[test]
     fn sgd_learns_planted_structure_and_is_deterministic() {
         let (data, items) = planted(200, 100, 3);
@@ -547,7 +689,17 @@ mod tests {
         };
         let TrainState {
             params, history, ..
-        } = train(&Solo, &data, &items, &hyper, globals, None, |_| Ok(())).unwrap();
+        } = train(
+            &Solo,
+            &data,
+            &items,
+            &one_block(&items),
+            &hyper,
+            globals,
+            None,
+            |_| Ok(()),
+        )
+        .unwrap();
         let first = &history[0];
         let last = history.last().unwrap();
         assert!(
@@ -555,7 +707,17 @@ mod tests {
             "{first:?} -> {last:?}"
         );
         assert!(last.holdout_rmse.unwrap() < first.holdout_rmse.unwrap() * 0.8);
-        let again = train(&Solo, &data, &items, &hyper, globals, None, |_| Ok(())).unwrap();
+        let again = train(
+            &Solo,
+            &data,
+            &items,
+            &one_block(&items),
+            &hyper,
+            globals,
+            None,
+            |_| Ok(()),
+        )
+        .unwrap();
         assert_eq!(params.items, again.params.items);
         assert_eq!(params.users, again.params.users);
         // Stopped after 12 epochs and resumed: the same model, bit for bit.
@@ -563,11 +725,22 @@ mod tests {
             epochs: 12,
             ..hyper.clone()
         };
-        let part = train(&Solo, &data, &items, &first, globals, None, |_| Ok(())).unwrap();
+        let part = train(
+            &Solo,
+            &data,
+            &items,
+            &one_block(&items),
+            &first,
+            globals,
+            None,
+            |_| Ok(()),
+        )
+        .unwrap();
         let resumed = train(
             &Solo,
             &data,
             &items,
+            &one_block(&items),
             &hyper,
             globals,
             Some(part),
@@ -578,6 +751,57 @@ mod tests {
         assert_eq!(resumed.history.len(), 30);
         assert_eq!(params.items, resumed.params.items);
         assert_eq!(params.users, resumed.params.users);
+    }
+
+    #[test]
+    fn every_code_path_of_the_sgd_pass_gives_the_same_rows() {
+        let (data, items) = planted(300, 120, 3);
+        let order: Vec<u32> = (0..300).rev().collect();
+        let step = Step {
+            lr: 0.01,
+            reg: 0.02,
+            biased: true,
+        };
+        for factors in [3, 20] {
+            let hyper = Hyper {
+                factors,
+                ..Hyper::default()
+            };
+            let start = Params::init(&data.user_ids, &items, &hyper);
+            let run = |pass: &dyn Fn(&mut Params) -> f64| {
+                let mut p = start.clone();
+                let sse = (0..3).map(|_| pass(&mut p)).sum::<f64>();
+                (p, sse)
+            };
+            let chosen = run(&|p| sgd_pass(p, &data, &order, 0, step, 3.0));
+            let looped = run(&|p| pass_rows::<0>(p, &data, &order, 0, step, 3.0));
+            assert_eq!(chosen.0, looped.0, "k={factors}");
+            assert_eq!(chosen.1, looped.1);
+            if factors == 20 {
+                let unrolled = run(&|p| pass_rows::<24>(p, &data, &order, 0, step, 3.0));
+                assert_eq!(chosen.0, unrolled.0);
+            }
+            // A block of rows: only those items move, and only users who rated one.
+            let mut split = RankRatings {
+                user_ids: data.user_ids.clone(),
+                user_offsets: data.user_offsets.clone(),
+                items: data.items.clone(),
+                values: data.values.clone(),
+                ..Default::default()
+            };
+            split.split_blocks(&[0, 40, 80, 120]);
+            let mut part = start.clone();
+            sgd_pass(&mut part, &split, &order, 1, step, 3.0);
+            for i in 0..120 {
+                let moved = part.item(i) != start.item(i);
+                assert_eq!(moved, (40..80).contains(&i), "k={factors} item {i}");
+            }
+            // The rows moved, the padding did not.
+            assert_ne!(chosen.0, start);
+            for row in chosen.0.items.as_slice().chunks_exact(chosen.0.width) {
+                assert!(row[factors + 1..].iter().all(|&v| v == 0.0));
+            }
+        }
     }
 
     #[test]
@@ -592,19 +816,17 @@ mod tests {
             lr: 5.0,
             ..Hyper::default()
         };
-        let err = train(&Solo, &data, &items, &hyper, globals, None, |_| Ok(())).unwrap_err();
+        let err = train(
+            &Solo,
+            &data,
+            &items,
+            &one_block(&items),
+            &hyper,
+            globals,
+            None,
+            |_| Ok(()),
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("lower --lr"), "{err}");
-    }
-
-    #[test]
-    fn sync_chunks_cover_every_user_once() {
-        let (data, _) = planted(37, 5, 2);
-        let order: Vec<u32> = (0..37).collect();
-        for syncs in [1, 2, 4, 7, 50] {
-            let b = chunk_bounds(&order, &data, syncs);
-            assert_eq!(b.len(), syncs + 1);
-            assert_eq!((b[0], b[syncs]), (0, 37));
-            assert!(b.windows(2).all(|w| w[0] <= w[1]));
-        }
     }
 }

@@ -1,0 +1,168 @@
+//! The SGD kernel alone, without MPI, files or features: how many rating updates per second
+//! one core does over a synthetic rating matrix shaped like the bench data (power-law item
+//! popularity, ~19 ratings per user). A change to `funksvd::kernel` or `train::sgd_pass` shows
+//! its effect here in seconds.
+//!
+//!   cargo run --release --example kernel_bench -- [--users N] [--items N] [--per-user N]
+//!       [--factors "20 100"] [--epochs N]
+//!
+//! Prints the best of `--epochs` timed passes per configuration (the first, untimed pass warms
+//! the caches).
+
+use std::time::Instant;
+
+use funksvd::funksvd::data::{HeldOut, RankRatings};
+use funksvd::funksvd::kernel::Step;
+use funksvd::funksvd::train::{holdout_errors, sgd_pass, Globals, Hyper, Params};
+use funksvd::ids::Id;
+use funksvd::rng::Rng;
+
+struct Args {
+    users: usize,
+    items: usize,
+    per_user: usize,
+    factors: Vec<usize>,
+    epochs: usize,
+}
+
+fn parse() -> Args {
+    let mut a = Args {
+        users: 100_000,
+        items: 20_000,
+        per_user: 19,
+        factors: vec![20, 100],
+        epochs: 5,
+    };
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    let mut it = argv.iter();
+    while let Some(flag) = it.next() {
+        let value = it.next().unwrap_or_else(|| panic!("{flag} needs a value"));
+        let number = || {
+            value
+                .parse::<usize>()
+                .unwrap_or_else(|_| panic!("{flag}: not a number: {value}"))
+        };
+        match flag.as_str() {
+            "--users" => a.users = number(),
+            "--items" => a.items = number(),
+            "--per-user" => a.per_user = number(),
+            "--epochs" => a.epochs = number().max(1),
+            "--factors" => {
+                a.factors = value
+                    .split_whitespace()
+                    .map(|v| v.parse().expect("--factors: numbers"))
+                    .collect()
+            }
+            _ => panic!("unknown flag {flag}"),
+        }
+    }
+    a
+}
+
+/// Ratings by user (CSR, items sorted), items drawn with popularity ~ 1/rank, and a hold-out of
+/// one pair in five.
+fn synthetic(a: &Args) -> RankRatings {
+    let mut rng = Rng::new(7, 1);
+    let mut cdf = Vec::with_capacity(a.items);
+    let mut total = 0.0;
+    for r in 0..a.items {
+        total += 1.0 / (r + 1) as f64;
+        cdf.push(total);
+    }
+    // Popularity must not follow the item numbering.
+    let mut popular: Vec<u32> = (0..a.items as u32).collect();
+    rng.shuffle(&mut popular);
+    let mut data = RankRatings {
+        user_offsets: vec![0],
+        ..Default::default()
+    };
+    let mut mine = Vec::new();
+    for u in 0..a.users {
+        data.user_ids.push(Id::Int(u as i64));
+        let n = 1 + (rng.next_f64() * (2 * a.per_user - 1) as f64) as usize;
+        mine.clear();
+        for _ in 0..n {
+            let x = rng.next_f64() * total;
+            mine.push(popular[cdf.partition_point(|&c| c < x).min(a.items - 1)]);
+        }
+        mine.sort_unstable();
+        mine.dedup();
+        for &i in &mine {
+            let value = 1.0 + (rng.next_f64() * 4.0) as f32;
+            if rng.next_f64() < 0.2 {
+                data.holdout.push(HeldOut {
+                    user: u as u32,
+                    item: i,
+                    value,
+                });
+            } else {
+                data.items.push(i);
+                data.values.push(value);
+            }
+        }
+        data.user_offsets.push(data.items.len());
+    }
+    data
+}
+
+fn main() {
+    let a = parse();
+    let data = synthetic(&a);
+    let item_ids: Vec<Id> = (0..a.items as i64).map(Id::Int).collect();
+    let n = data.n_ratings() as f64;
+    println!(
+        "{} users, {} items, {} ratings, {} held out; best of {} passes",
+        data.n_users(),
+        a.items,
+        data.n_ratings(),
+        data.holdout.len(),
+        a.epochs
+    );
+    println!(
+        "{:>7} {:>10} {:>14} {:>14} {:>14}",
+        "factors", "order", "sec/pass", "updates/s", "holdout/s"
+    );
+    for &factors in &a.factors {
+        let hyper = Hyper {
+            factors,
+            ..Hyper::default()
+        };
+        let step = Step {
+            lr: hyper.lr,
+            reg: hyper.reg,
+            biased: true,
+        };
+        let globals = Globals {
+            global_mean: 3.0,
+            rating_range: (1.0, 5.0),
+        };
+        let mut shuffled: Vec<u32> = (0..data.n_users() as u32).collect();
+        Rng::new(1, 2).shuffle(&mut shuffled);
+        let sequential: Vec<u32> = (0..data.n_users() as u32).collect();
+        for (name, order) in [("shuffled", &shuffled), ("by user", &sequential)] {
+            let mut params = Params::init(&data.user_ids, &item_ids, &hyper);
+            let mut best = f64::INFINITY;
+            let mut best_holdout = f64::INFINITY;
+            let mut checksum = 0.0;
+            for pass in 0..=a.epochs {
+                let t = Instant::now();
+                checksum += sgd_pass(&mut params, &data, order, 0, step, 3.0);
+                let sgd = t.elapsed().as_secs_f64();
+                let t = Instant::now();
+                let h = holdout_errors(&data, &params, &hyper, globals);
+                let hold = t.elapsed().as_secs_f64();
+                checksum += h.squared;
+                if pass > 0 {
+                    best = best.min(sgd);
+                    best_holdout = best_holdout.min(hold);
+                }
+            }
+            assert!(checksum.is_finite());
+            println!(
+                "{factors:>7} {name:>10} {best:>14.4} {:>13.1}M {:>13.1}M",
+                n / best / 1e6,
+                data.holdout.len() as f64 / best_holdout / 1e6
+            );
+        }
+    }
+}
