@@ -182,22 +182,44 @@ impl Comm {
         Ok(split_by_lengths(recv, &recv_lens))
     }
 
-    /// Gather byte buffers on `root` (rank order); other ranks get `None`.
-    pub fn gather_bytes(&self, root: usize, mine: &[u8]) -> Result<Option<Vec<Vec<u8>>>> {
-        // allgather keeps this simple and the payloads here (model rows) are modest; a
-        // gatherv would save the other ranks' receive buffers.
+    /// Personalised exchange of one buffer holding every destination's message back to back
+    /// (`send_lens[r]` bytes for rank r); returns what arrived, back to back in rank order, and
+    /// the length from each rank. No copies besides MPI's.
+    pub fn alltoall_flat(&self, send: &[u8], send_lens: &[u64]) -> Result<(Vec<u8>, Vec<u64>)> {
+        assert_eq!(send_lens.len(), self.size);
+        let mut recv_lens = vec![0u64; self.size];
+        self.world.all_to_all_into(send_lens, &mut recv_lens[..]);
+        let (send_counts, send_displs) = counts_and_displs(send_lens, "exchange")?;
+        let (recv_counts, recv_displs) = counts_and_displs(&recv_lens, "exchange")?;
+        let total = recv_lens.iter().map(|&l| l as usize).sum();
+        let mut recv = receive_buffer(total);
+        {
+            let send_part = Partition::new(send, send_counts, send_displs);
+            let mut recv_part = PartitionMut::new(&mut recv[..], recv_counts, recv_displs);
+            self.world
+                .all_to_all_varcount_into(&send_part, &mut recv_part);
+        }
+        recv.truncate(total);
+        Ok((recv, recv_lens))
+    }
+
+    /// Gather byte buffers on `root`, back to back in rank order, with each rank's length;
+    /// other ranks get `None`.
+    pub fn gather_flat(&self, root: usize, mine: &[u8]) -> Result<Option<(Vec<u8>, Vec<u64>)>> {
         let root_proc = self.world.process_at_rank(root as i32);
         let my_len = mine.len() as u64;
         if self.rank == root {
             let mut lens = vec![0u64; self.size];
             root_proc.gather_into_root(&my_len, &mut lens[..]);
             let (counts, displs) = counts_and_displs(&lens, "gather")?;
-            let mut all = receive_buffer(lens.iter().map(|&l| l as usize).sum());
+            let total = lens.iter().map(|&l| l as usize).sum();
+            let mut all = receive_buffer(total);
             {
                 let mut partition = PartitionMut::new(&mut all[..], counts, displs);
                 root_proc.gather_varcount_into_root(mine, &mut partition);
             }
-            Ok(Some(split_by_lengths(all, &lens)))
+            all.truncate(total);
+            Ok(Some((all, lens)))
         } else {
             root_proc.gather_into(&my_len);
             root_proc.gather_varcount_into(mine);

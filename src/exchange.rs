@@ -24,71 +24,130 @@ pub struct OwnedRatings {
     pub triples: Vec<Triple>,
 }
 
+/// What one rank sends in the exchange: the message for each destination rank, back to back
+/// in one buffer (`lens[d]` bytes for rank d), as the alltoall takes them.
+pub struct Outgoing {
+    pub bytes: Vec<u8>,
+    pub lens: Vec<u64>,
+}
+
 /// Encode what each rank must receive from this one. Aggregates `local` first.
-pub fn encode_outgoing(mut local: LocalRatings, agg: Aggregate, ranks: usize) -> Vec<Vec<u8>> {
-    aggregate(&mut local.triples, agg);
-    let user_ids = local.users.ids();
-    let item_ids = local.items.ids();
+///
+/// A message: the user ids it mentions, the item ids it mentions, then (user, item, value)
+/// triples indexing those two lists. Users are renumbered by destination first, so that after
+/// the (user, item) sort each destination's triples are one run, written straight into the
+/// one send buffer: no per-destination copies.
+pub fn encode_outgoing(local: LocalRatings, agg: Aggregate, ranks: usize) -> Outgoing {
+    let LocalRatings {
+        users,
+        items,
+        mut triples,
+        ..
+    } = local;
+    let (user_ids, item_ids) = (users.into_ids(), items.into_ids());
     let dest_of_user: Vec<usize> = user_ids
         .iter()
         .map(|id| owner(id.stable_hash(), ranks))
         .collect();
-    // Bucket the triples by destination, keeping their (user, item) order.
-    let mut by_dest: Vec<Vec<Triple>> = vec![Vec::new(); ranks];
-    for t in &local.triples {
-        by_dest[dest_of_user[t.user as usize]].push(*t);
+    // Users of destination d get the numbers first[d]..first[d + 1], in their local order.
+    let mut first = vec![0usize; ranks + 1];
+    for &d in &dest_of_user {
+        first[d + 1] += 1;
     }
-    let mut user_slot = vec![u32::MAX; user_ids.len()];
+    for d in 0..ranks {
+        first[d + 1] += first[d];
+    }
+    let mut next = first.clone();
+    let mut renumbered = vec![0u32; user_ids.len()];
+    let mut user_of = vec![0u32; user_ids.len()];
+    for (u, &d) in dest_of_user.iter().enumerate() {
+        renumbered[u] = next[d] as u32;
+        user_of[next[d]] = u as u32;
+        next[d] += 1;
+    }
+    drop((dest_of_user, next));
+    for t in &mut triples {
+        t.user = renumbered[t.user as usize];
+    }
+    drop(renumbered);
+    aggregate(&mut triples, agg);
+    // Repeated events are gone: give their room back before the buffers of the exchange.
+    triples.shrink_to_fit();
+
+    let mut w = Writer::new();
+    w.buf.reserve(triples.len() * 12 + 64 * ranks);
+    let mut lens = Vec::with_capacity(ranks);
     let mut item_slot = vec![u32::MAX; item_ids.len()];
-    by_dest
-        .into_iter()
-        .map(|triples| {
-            let mut users: Vec<u32> = Vec::new();
-            let mut items: Vec<u32> = Vec::new();
-            let mut mapped: Vec<(u32, u32, f32)> = Vec::with_capacity(triples.len());
-            for t in &triples {
-                let u = &mut user_slot[t.user as usize];
-                if *u == u32::MAX {
-                    *u = users.len() as u32;
-                    users.push(t.user);
-                }
-                let i = &mut item_slot[t.item as usize];
-                if *i == u32::MAX {
-                    *i = items.len() as u32;
-                    items.push(t.item);
-                }
-                mapped.push((*u, *i, t.value));
+    let mut items_seen: Vec<u32> = Vec::new();
+    let mut at = 0usize;
+    for d in 0..ranks {
+        let start = w.buf.len();
+        let end = at + triples[at..].partition_point(|t| (t.user as usize) < first[d + 1]);
+        let run = &triples[at..end];
+        // The run is sorted by user: its distinct users in order, and its items as first seen.
+        let mut n_users = 0u64;
+        let mut last = u32::MAX;
+        items_seen.clear();
+        for t in run {
+            if t.user != last {
+                n_users += 1;
+                last = t.user;
             }
-            let mut w = Writer::new();
-            w.u64(users.len() as u64);
-            for &u in &users {
-                user_ids[u as usize].write(&mut w);
-                user_slot[u as usize] = u32::MAX;
+            let slot = &mut item_slot[t.item as usize];
+            if *slot == u32::MAX {
+                *slot = items_seen.len() as u32;
+                items_seen.push(t.item);
             }
-            w.u64(items.len() as u64);
-            for &i in &items {
-                item_ids[i as usize].write(&mut w);
-                item_slot[i as usize] = u32::MAX;
+        }
+        w.u64(n_users);
+        let mut last = u32::MAX;
+        for t in run {
+            if t.user != last {
+                user_ids[user_of[t.user as usize] as usize].write(&mut w);
+                last = t.user;
             }
-            w.u64(mapped.len() as u64);
-            for (u, i, v) in mapped {
-                w.u32(u);
-                w.u32(i);
-                w.f32(v);
+        }
+        w.u64(items_seen.len() as u64);
+        for &i in &items_seen {
+            item_ids[i as usize].write(&mut w);
+        }
+        w.u64(run.len() as u64);
+        let mut user_slot = 0u32;
+        let mut last = run.first().map_or(0, |t| t.user);
+        for t in run {
+            if t.user != last {
+                user_slot += 1;
+                last = t.user;
             }
-            w.finish()
-        })
-        .collect()
+            w.u32(user_slot);
+            w.u32(item_slot[t.item as usize]);
+            w.f32(t.value);
+        }
+        for &i in &items_seen {
+            item_slot[i as usize] = u32::MAX;
+        }
+        lens.push((w.buf.len() - start) as u64);
+        at = end;
+    }
+    Outgoing {
+        bytes: w.finish(),
+        lens,
+    }
 }
 
-/// Decode what all ranks sent to this one (in rank order) and aggregate.
-pub fn decode_incoming(messages: &[Vec<u8>], agg: Aggregate) -> Result<OwnedRatings> {
+/// Decode what all ranks sent to this one (`lens[r]` bytes from rank r, back to back) and
+/// aggregate.
+pub fn decode_incoming(bytes: &[u8], lens: &[u64], agg: Aggregate) -> Result<OwnedRatings> {
     let mut users = Interner::new();
     let mut items = Interner::new();
-    let mut triples = Vec::new();
+    // Each triple takes 12 bytes on the wire: room for all of them at once.
+    let mut triples = Vec::with_capacity(bytes.len() / 12);
     let mut user_map = Vec::new();
     let mut item_map = Vec::new();
-    for msg in messages {
+    let mut at = 0usize;
+    for &len in lens {
+        let msg = &bytes[at..at + len as usize];
+        at += len as usize;
         let mut r = Reader::new(msg);
         user_map.clear();
         for _ in 0..r.u64()? {
@@ -99,7 +158,6 @@ pub fn decode_incoming(messages: &[Vec<u8>], agg: Aggregate) -> Result<OwnedRati
             item_map.push(items.intern(&Id::read(&mut r)?));
         }
         let n = r.u64()? as usize;
-        triples.reserve(n);
         for _ in 0..n {
             let (u, i, v) = (r.u32()?, r.u32()?, r.f32()?);
             let (Some(&user), Some(&item)) = (user_map.get(u as usize), item_map.get(i as usize))
@@ -141,10 +199,19 @@ pub fn decode_incoming(messages: &[Vec<u8>], agg: Aggregate) -> Result<OwnedRati
 
 /// Send every rating to its user's owner.
 pub fn route(comm: &Comm, local: LocalRatings, agg: Aggregate) -> Result<OwnedRatings> {
+    let started = std::time::Instant::now();
     let outgoing = encode_outgoing(local, agg, comm.size());
-    let incoming = comm.alltoall_bytes(&outgoing)?;
+    let encoded = started.elapsed().as_secs_f64();
+    let (incoming, lens) = comm.alltoall_flat(&outgoing.bytes, &outgoing.lens)?;
     drop(outgoing);
-    decode_incoming(&incoming, agg)
+    let sent = started.elapsed().as_secs_f64();
+    let owned = decode_incoming(&incoming, &lens, agg);
+    log::debug!(
+        "exchange: aggregate + encode {encoded:.3}s, alltoall {:.3}s, decode + aggregate {:.3}s",
+        sent - encoded,
+        started.elapsed().as_secs_f64() - sent
+    );
+    owned
 }
 
 /// The union of every rank's `mine`, sorted: the global item vocabulary.
@@ -192,14 +259,19 @@ mod tests {
     /// Simulate `ranks` ranks: encode on each, deliver, decode on each.
     fn simulate(parts: Vec<LocalRatings>, agg: Aggregate) -> Vec<OwnedRatings> {
         let ranks = parts.len();
-        let outgoing: Vec<Vec<Vec<u8>>> = parts
+        let outgoing: Vec<Outgoing> = parts
             .into_iter()
             .map(|p| encode_outgoing(p, agg, ranks))
             .collect();
+        let message = |o: &Outgoing, dest: usize| {
+            let at: u64 = o.lens[..dest].iter().sum();
+            o.bytes[at as usize..(at + o.lens[dest]) as usize].to_vec()
+        };
         (0..ranks)
             .map(|dest| {
-                let inbox: Vec<Vec<u8>> = outgoing.iter().map(|o| o[dest].clone()).collect();
-                decode_incoming(&inbox, agg).unwrap()
+                let inbox: Vec<Vec<u8>> = outgoing.iter().map(|o| message(o, dest)).collect();
+                let lens: Vec<u64> = inbox.iter().map(|m| m.len() as u64).collect();
+                decode_incoming(&inbox.concat(), &lens, agg).unwrap()
             })
             .collect()
     }

@@ -102,6 +102,15 @@ impl Dataset {
         format!("{:016x}", crate::ids::hash_str(&listing))
     }
 
+    /// Parquet rows in rank r's slice (CSV rows are not known before reading: 0).
+    pub fn parquet_rows_of(&self, rank: usize) -> u64 {
+        let shapes: Vec<SourceShape> = self.files.iter().map(|f| f.shape.clone()).collect();
+        crate::plan::rows_per_rank(&shapes, &self.slices)
+            .get(rank)
+            .copied()
+            .unwrap_or(0)
+    }
+
     pub fn file_count(&self) -> usize {
         self.files.len()
     }

@@ -27,6 +27,7 @@ pub mod features;
 pub mod funksvd;
 pub mod ids;
 pub mod ingest;
+pub mod memory;
 pub mod metrics;
 pub mod model_io;
 pub mod pipeline;

@@ -14,6 +14,7 @@ fn main() {
 }
 
 fn run() -> i32 {
+    funksvd::memory::tune_allocator();
     let Some(universe) = mpi::initialize() else {
         eprintln!("funksvd: error: MPI could not be initialised");
         return 1;

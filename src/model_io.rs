@@ -135,50 +135,69 @@ impl Model {
 /// Encode rows as a Parquet file: `{id_col}`, `bias`, `factors` (fixed-size list of f32).
 pub fn rows_to_parquet(id_col: &str, ids: &[Id], rows: &[f32], factors: usize) -> Result<Bytes> {
     let stride = factors + 1;
-    let id_array: ArrayRef = if ids.iter().all(|id| matches!(id, Id::Int(_))) {
-        Arc::new(Int64Array::from_iter_values(ids.iter().map(
-            |id| match id {
-                Id::Int(v) => *v,
-                Id::Str(_) => 0,
-            },
-        )))
+    let int_ids = ids.iter().all(|id| matches!(id, Id::Int(_)));
+    let id_type = if int_ids {
+        DataType::Int64
     } else {
-        Arc::new(StringArray::from_iter_values(
-            ids.iter().map(|id| id.to_string()),
-        ))
+        DataType::Utf8
     };
-    let bias = Float32Array::from_iter_values(rows.chunks_exact(stride).map(|r| r[0]));
-    let flat = Float32Array::from_iter_values(
-        rows.chunks_exact(stride)
-            .flat_map(|r| r[1..].iter().copied()),
-    );
     let item_field = Arc::new(Field::new("item", DataType::Float32, false));
-    let factors_array =
-        FixedSizeListArray::try_new(item_field, factors as i32, Arc::new(flat), None)
-            .map_err(|e| Error::runtime(format!("cannot build the factors column: {e}")))?;
     let schema = Arc::new(Schema::new(vec![
-        Field::new(id_col, id_array.data_type().clone(), false),
+        Field::new(id_col, id_type, false),
         Field::new("bias", DataType::Float32, false),
-        Field::new("factors", factors_array.data_type().clone(), false),
+        Field::new(
+            "factors",
+            DataType::FixedSizeList(item_field.clone(), factors as i32),
+            false,
+        ),
     ]));
-    let batch = RecordBatch::try_new(
-        schema.clone(),
-        vec![id_array, Arc::new(bias), Arc::new(factors_array)],
-    )
-    .map_err(|e| Error::runtime(format!("cannot build the {id_col} table: {e}")))?;
+    // Trained floats never repeat and do not compress: dictionary encoding and compression
+    // would only cost time and memory (the writer keeps a dictionary of every value it tries).
+    // One row group per batch of ROWS_PER_GROUP: the writer holds one at a time.
+    const ROWS_PER_GROUP: usize = 1 << 16;
     let props = WriterProperties::builder()
-        .set_compression(Compression::SNAPPY)
+        .set_dictionary_enabled(false)
+        .set_compression(Compression::UNCOMPRESSED)
+        .set_max_row_group_row_count(Some(ROWS_PER_GROUP))
         .set_created_by(format!("funksvd {}", env!("CARGO_PKG_VERSION")))
         .build();
-    let mut buf = Vec::new();
-    let mut writer = ArrowWriter::try_new(&mut buf, schema, Some(props))
-        .map_err(|e| Error::runtime(format!("cannot write Parquet: {e}")))?;
-    writer
-        .write(&batch)
-        .map_err(|e| Error::runtime(format!("cannot write Parquet: {e}")))?;
-    writer
-        .close()
-        .map_err(|e| Error::runtime(format!("cannot write Parquet: {e}")))?;
+    let failed = |e: &dyn std::fmt::Display| Error::runtime(format!("cannot write Parquet: {e}"));
+    // About the file's size, so the buffer is not grown by doubling.
+    let mut buf = Vec::with_capacity(rows.len() * 4 + ids.len() * 16 + (1 << 16));
+    let mut writer =
+        ArrowWriter::try_new(&mut buf, schema.clone(), Some(props)).map_err(|e| failed(&e))?;
+    for (ids, rows) in ids
+        .chunks(ROWS_PER_GROUP)
+        .zip(rows.chunks(ROWS_PER_GROUP * stride))
+    {
+        let id_array: ArrayRef = if int_ids {
+            Arc::new(Int64Array::from_iter_values(ids.iter().map(
+                |id| match id {
+                    Id::Int(v) => *v,
+                    Id::Str(_) => 0,
+                },
+            )))
+        } else {
+            Arc::new(StringArray::from_iter_values(
+                ids.iter().map(|id| id.to_string()),
+            ))
+        };
+        let bias = Float32Array::from_iter_values(rows.chunks_exact(stride).map(|r| r[0]));
+        let flat = Float32Array::from_iter_values(
+            rows.chunks_exact(stride)
+                .flat_map(|r| r[1..].iter().copied()),
+        );
+        let factors_array =
+            FixedSizeListArray::try_new(item_field.clone(), factors as i32, Arc::new(flat), None)
+                .map_err(|e| Error::runtime(format!("cannot build the factors column: {e}")))?;
+        let batch = RecordBatch::try_new(
+            schema.clone(),
+            vec![id_array, Arc::new(bias), Arc::new(factors_array)],
+        )
+        .map_err(|e| Error::runtime(format!("cannot build the {id_col} table: {e}")))?;
+        writer.write(&batch).map_err(|e| failed(&e))?;
+    }
+    writer.close().map_err(|e| failed(&e))?;
     Ok(Bytes::from(buf))
 }
 

@@ -68,6 +68,11 @@ pub fn load_ratings(
     let started = Instant::now();
     let before = store::read_stats();
     let mut local = LocalRatings::new();
+    // Room for every row up front: growing by doubling would leave up to half of the largest
+    // buffer of the run unused.
+    local
+        .triples
+        .reserve_exact(dataset.parquet_rows_of(comm.rank()) as usize);
     let read = ingest::read_slice(
         loc,
         &dataset,
@@ -84,11 +89,12 @@ pub fn load_ratings(
     report.features_seconds = local.feature_seconds;
     report.read_seconds = started.elapsed().as_secs_f64() - local.feature_seconds;
     log::debug!(
-        "rank {}: read {} rows, {} bytes in {} requests",
+        "rank {}: read {} rows, {} bytes in {} requests; peak memory {:.0} MB",
         comm.rank(),
         local.rows_read,
         mine.bytes,
-        mine.requests
+        mine.requests,
+        crate::memory::peak_rss_mb().unwrap_or(0.0)
     );
 
     // Job totals: rows, skips and reads of every rank.
@@ -127,5 +133,11 @@ pub fn load_ratings(
     let started = Instant::now();
     let owned = comm.agree(exchange::route(comm, local, aggregate))?;
     report.exchange_seconds = started.elapsed().as_secs_f64();
+    log::debug!(
+        "rank {}: {} ratings after the exchange; peak memory {:.0} MB",
+        comm.rank(),
+        owned.triples.len(),
+        crate::memory::peak_rss_mb().unwrap_or(0.0)
+    );
     Ok((owned, report))
 }

@@ -89,6 +89,11 @@ impl<'a> Reader<'a> {
         let n = self.u64()? as usize;
         self.take(n)
     }
+    /// The raw little-endian bytes of an `f32s` vector, without decoding them.
+    pub fn f32_bytes(&mut self) -> Result<&'a [u8]> {
+        let n = self.u64()? as usize;
+        self.take(n.saturating_mul(4))
+    }
     pub fn f32s(&mut self) -> Result<Vec<f32>> {
         let n = self.u64()? as usize;
         let raw = self.take(n * 4)?;

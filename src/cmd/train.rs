@@ -58,6 +58,12 @@ pub fn run(comm: &Comm, args: &TrainArgs) -> Result<()> {
     drop(by_sorted);
     let (globals, n_users, n_ratings, n_holdout) = agree_globals(comm, &data, &report)?;
     let exchange_seconds = report.exchange_seconds + started.elapsed().as_secs_f64();
+    log::debug!(
+        "rank {}: hold-out split, vocabulary and layout in {:.3}s; peak memory {:.0} MB",
+        comm.rank(),
+        started.elapsed().as_secs_f64(),
+        crate::memory::peak_rss_mb().unwrap_or(0.0)
+    );
     if comm.is_root() {
         log::info!(
             "ratings: {n_ratings} for training, {n_holdout} held out; {n_users} users, {} items; mean {:.4}, range {}..{}",
@@ -146,6 +152,16 @@ pub fn run(comm: &Comm, args: &TrainArgs) -> Result<()> {
 
     // Rank 0 gathers every rank's users and publishes the model.
     let started = Instant::now();
+    log::debug!(
+        "rank {}: trained; peak memory {:.0} MB",
+        comm.rank(),
+        crate::memory::peak_rss_mb().unwrap_or(0.0)
+    );
+    // The ratings are done with: give their memory back before the model is assembled.
+    let data = RankRatings {
+        user_ids: data.user_ids,
+        ..Default::default()
+    };
     let users = gather_users(comm, &data, &params)?;
     let mut phases = [
         report.plan_seconds,
@@ -229,6 +245,11 @@ pub fn run(comm: &Comm, args: &TrainArgs) -> Result<()> {
         None => Ok(()),
     };
     comm.agree(saved)?;
+    log::debug!(
+        "rank {}: saved; peak memory {:.0} MB",
+        comm.rank(),
+        crate::memory::peak_rss_mb().unwrap_or(0.0)
+    );
     Ok(())
 }
 
@@ -285,27 +306,44 @@ fn gather_users(
         id.write(&mut w);
     }
     w.f32s(&params.users_packed());
-    let Some(parts) = comm.gather_bytes(0, &w.finish())? else {
+    let Some((all, lens)) = comm.gather_flat(0, &w.finish())? else {
         return Ok(None);
     };
+    // (id, part, row in part), sorted by id; the rows stay in the received bytes until copied
+    // once into their sorted place.
     let stride = params.factors + 1;
-    let mut ids = Vec::new();
-    let mut rows = Vec::new();
-    for part in &parts {
-        let mut r = Reader::new(part);
-        for _ in 0..r.u64()? {
-            ids.push(Id::read(&mut r)?);
+    let mut ids: Vec<(Id, u32, u32)> = Vec::new();
+    let mut rows_of_part: Vec<&[u8]> = Vec::with_capacity(lens.len());
+    let mut at = 0usize;
+    for (part, &len) in lens.iter().enumerate() {
+        let mut r = Reader::new(&all[at..at + len as usize]);
+        at += len as usize;
+        let n = r.u64()?;
+        for row in 0..n {
+            ids.push((Id::read(&mut r)?, part as u32, row as u32));
         }
-        rows.extend(r.f32s()?);
+        let rows = r.f32_bytes()?;
+        if rows.len() != n as usize * stride * 4 {
+            return Err(Error::runtime("corrupt user rows gathered from a rank"));
+        }
+        rows_of_part.push(rows);
     }
-    let mut order: Vec<usize> = (0..ids.len()).collect();
-    order.sort_unstable_by(|&a, &b| ids[a].cmp(&ids[b]));
-    let sorted_ids = order.iter().map(|&i| ids[i].clone()).collect();
-    let mut sorted_rows = Vec::with_capacity(rows.len());
-    for &i in &order {
-        sorted_rows.extend_from_slice(&rows[i * stride..(i + 1) * stride]);
+    ids.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    let mut sorted_rows = Vec::with_capacity(ids.len() * stride);
+    for &(_, part, row) in &ids {
+        let bytes = &rows_of_part[part as usize][row as usize * stride * 4..][..stride * 4];
+        sorted_rows.extend(
+            bytes
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])),
+        );
     }
-    Ok(Some((sorted_ids, sorted_rows)))
+    drop(rows_of_part);
+    drop(all);
+    Ok(Some((
+        ids.into_iter().map(|(id, ..)| id).collect(),
+        sorted_rows,
+    )))
 }
 
 /// Write the model: `(ids, rows)` of users and items, rows packed and in id order.

@@ -2,6 +2,7 @@
 //! out by user (CSR) so a user's row stays in cache while its ratings stream past.
 
 use crate::exchange::OwnedRatings;
+use crate::features::sort_by_user;
 use crate::ids::{mix64, Id};
 use crate::rng::unit_from_hash;
 
@@ -329,8 +330,17 @@ pub fn index(owned: OwnedRatings, held_out: &[bool], item_rows: &[u32]) -> RankR
     }
     // By user, then by item row: the same order whatever the layout of the input, and each
     // user's ratings of one block are contiguous.
-    train.sort_unstable_by_key(|&(u, i, _)| ((u as u64) << 32) | i as u64);
-    holdout.sort_unstable_by_key(|h| ((h.user as u64) << 32) | h.item as u64);
+    sort_by_user(
+        &mut train,
+        |t| t.0,
+        |&(u, i, _)| ((u as u64) << 32) | i as u64,
+    );
+    // Unknown users (u32::MAX) sort last.
+    sort_by_user(
+        &mut holdout,
+        |h| h.user,
+        |h| ((h.user as u64) << 32) | h.item as u64,
+    );
     let mut user_offsets = vec![0usize; user_ids.len() + 1];
     for &(u, _, _) in &train {
         user_offsets[u as usize + 1] += 1;
