@@ -11,9 +11,11 @@
 
 use std::time::Instant;
 
-use funksvd::funksvd::data::{HeldOut, RankRatings};
+use funksvd::funksvd::data::{HeldOut, ItemBlocks, RankRatings};
 use funksvd::funksvd::kernel::Step;
-use funksvd::funksvd::train::{holdout_errors, sgd_pass, Globals, Hyper, Params};
+use funksvd::funksvd::train::{
+    holdout_errors, sgd_pass, visiting_order, Globals, Hyper, Params, MIN_PASSES,
+};
 use funksvd::ids::Id;
 use funksvd::rng::Rng;
 
@@ -107,7 +109,7 @@ fn synthetic(a: &Args) -> RankRatings {
 
 fn main() {
     let a = parse();
-    let data = synthetic(&a);
+    let mut data = synthetic(&a);
     let item_ids: Vec<Id> = (0..a.items as i64).map(Id::Int).collect();
     let n = data.n_ratings() as f64;
     println!(
@@ -119,9 +121,26 @@ fn main() {
         a.epochs
     );
     println!(
-        "{:>7} {:>10} {:>14} {:>14} {:>14}",
+        "{:>7} {:>34} {:>10} {:>11} {:>11}",
         "factors", "order", "sec/pass", "updates/s", "holdout/s"
     );
+    let mut shuffled: Vec<u32> = (0..data.n_users() as u32).collect();
+    Rng::new(1, 2).shuffle(&mut shuffled);
+    let sequential: Vec<u32> = (0..data.n_users() as u32).collect();
+    let mut training = Vec::new();
+    visiting_order(data.n_users(), &mut Rng::new(1, 2), &mut training);
+    // As training cuts the items on one rank (item ids are already in row order here).
+    let mut counts = vec![0u64; a.items];
+    for &i in &data.items {
+        counts[i as usize] += 1;
+    }
+    let blocks = ItemBlocks::plan(&counts, 1, MIN_PASSES);
+    let row_of = blocks.row_of.clone();
+    let orders: [(&str, &[u32], usize); 3] = [
+        ("users shuffled, 1 visit each", &shuffled, 1),
+        ("users in order, 1 visit each", &sequential, 1),
+        ("as training: runs of users, blocks", &training, MIN_PASSES),
+    ];
     for &factors in &a.factors {
         let hyper = Hyper {
             factors,
@@ -136,17 +155,20 @@ fn main() {
             global_mean: 3.0,
             rating_range: (1.0, 5.0),
         };
-        let mut shuffled: Vec<u32> = (0..data.n_users() as u32).collect();
-        Rng::new(1, 2).shuffle(&mut shuffled);
-        let sequential: Vec<u32> = (0..data.n_users() as u32).collect();
-        for (name, order) in [("shuffled", &shuffled), ("by user", &sequential)] {
+        for (name, order, n_blocks) in orders {
+            if n_blocks > 1 {
+                renumber(&mut data, &row_of);
+                data.split_blocks(&blocks.starts);
+            }
             let mut params = Params::init(&data.user_ids, &item_ids, &hyper);
             let mut best = f64::INFINITY;
             let mut best_holdout = f64::INFINITY;
             let mut checksum = 0.0;
             for pass in 0..=a.epochs {
                 let t = Instant::now();
-                checksum += sgd_pass(&mut params, &data, order, 0, step, 3.0);
+                for b in 0..n_blocks {
+                    checksum += sgd_pass(&mut params, &data, order, b, step, 3.0);
+                }
                 let sgd = t.elapsed().as_secs_f64();
                 let t = Instant::now();
                 let h = holdout_errors(&data, &params, &hyper, globals);
@@ -159,10 +181,35 @@ fn main() {
             }
             assert!(checksum.is_finite());
             println!(
-                "{factors:>7} {name:>10} {best:>14.4} {:>13.1}M {:>13.1}M",
+                "{factors:>7} {name:>34} {best:>10.4} {:>10.1}M {:>10.1}M",
                 n / best / 1e6,
                 data.holdout.len() as f64 / best_holdout / 1e6
             );
+            if n_blocks > 1 {
+                let back: Vec<u32> = blocks.order.clone();
+                renumber(&mut data, &back);
+                data.split_blocks(&[0, a.items]);
+            }
         }
+    }
+}
+
+/// Item i becomes `new[i]`; each user's ratings sorted by the new numbers again.
+fn renumber(data: &mut RankRatings, new: &[u32]) {
+    for u in 0..data.n_users() {
+        let r = data.user_offsets[u]..data.user_offsets[u + 1];
+        let mut pairs: Vec<(u32, f32)> = data.items[r.clone()]
+            .iter()
+            .map(|&i| new[i as usize])
+            .zip(data.values[r.clone()].iter().copied())
+            .collect();
+        pairs.sort_unstable_by_key(|p| p.0);
+        for (k, (i, v)) in r.zip(pairs) {
+            data.items[k] = i;
+            data.values[k] = v;
+        }
+    }
+    for h in &mut data.holdout {
+        h.item = new[h.item as usize];
     }
 }

@@ -228,13 +228,7 @@ pub fn train(
         // A fresh user order each epoch, from a stream of this rank and epoch only, so a run
         // resumed at any epoch visits users exactly as an uninterrupted one.
         let mut rng = Rng::new(hyper.seed, ((me as u64) << 32) | epoch as u64);
-        let mut runs: Vec<u32> = (0..data.n_users().div_ceil(USER_RUN) as u32).collect();
-        rng.shuffle(&mut runs);
-        order.clear();
-        for run in runs {
-            let first = run as usize * USER_RUN;
-            order.extend(first as u32..(first + USER_RUN).min(data.n_users()) as u32);
-        }
+        visiting_order(data.n_users(), &mut rng, &mut order);
         let mut sse = 0.0f64;
         let mut sync_seconds = 0.0;
         for t in 0..ranks {
@@ -299,6 +293,17 @@ pub fn train(
         params,
         history,
     })
+}
+
+/// This epoch's order of the users: runs of `USER_RUN` consecutive users, the runs shuffled.
+pub fn visiting_order(n_users: usize, rng: &mut Rng, order: &mut Vec<u32>) {
+    let mut runs: Vec<u32> = (0..n_users.div_ceil(USER_RUN) as u32).collect();
+    rng.shuffle(&mut runs);
+    order.clear();
+    for run in runs {
+        let first = run as usize * USER_RUN;
+        order.extend(first as u32..(first + USER_RUN).min(n_users) as u32);
+    }
 }
 
 /// Floats one rank sends per exchange at most: its largest group, packed (`factors + 1` floats
