@@ -44,29 +44,78 @@ fn sum_lanes(acc: [f32; LANES]) -> f32 {
 /// `bias_u + bias_i + <p_u, q_i>` of two padded rows of the same width.
 #[inline(always)]
 pub fn score(user: &[f32], item: &[f32]) -> f32 {
-    let n = user.len().min(item.len()) / LANES * LANES;
-    let (user, item) = (&user[..n], &item[..n]);
-    let mut acc = [0.0f32; LANES];
-    for (c, (x, y)) in user
-        .chunks_exact(LANES)
-        .zip(item.chunks_exact(LANES))
-        .enumerate()
-    {
-        // Whole chunks in locals, as in `sgd_step`: eight lanes per instruction.
-        let mut x: [f32; LANES] = x.try_into().expect("a whole chunk");
-        let y: [f32; LANES] = y.try_into().expect("a whole chunk");
-        // The bias lane takes no part in the dot product.
-        if c == 0 {
-            x[0] = 0.0;
+    Portable::score(user, item)
+}
+
+/// How the kernel forms its sums: `Portable` (plain Rust, any CPU) or `Avx` (x86-64 AVX
+/// intrinsics). Both do the same arithmetic in the same order, so results are bit for bit the
+/// same; `Avx` exists because the compiler builds this dot product from 2-lane vectors when left
+/// to itself (it vectorises along the horizontal sum's tree).
+pub trait Sums {
+    /// `bias_u + bias_i + <p_u, q_i>` of two padded rows of the same width.
+    fn score(user: &[f32], item: &[f32]) -> f32;
+}
+
+/// The kernel in plain Rust.
+pub struct Portable;
+
+impl Sums for Portable {
+    #[inline(always)]
+    fn score(user: &[f32], item: &[f32]) -> f32 {
+        let n = user.len().min(item.len()) / LANES * LANES;
+        let (user, item) = (&user[..n], &item[..n]);
+        let mut acc = [0.0f32; LANES];
+        for (c, (x, y)) in user
+            .chunks_exact(LANES)
+            .zip(item.chunks_exact(LANES))
+            .enumerate()
+        {
+            let mut x: [f32; LANES] = x.try_into().expect("a whole chunk");
+            let y: [f32; LANES] = y.try_into().expect("a whole chunk");
+            // The bias lane takes no part in the dot product.
+            if c == 0 {
+                x[0] = 0.0;
+            }
+            for l in 0..LANES {
+                acc[l] += x[l] * y[l];
+            }
         }
-        for l in 0..LANES {
-            acc[l] += x[l] * y[l];
+        user[0] + item[0] + sum_lanes(acc)
+    }
+}
+
+/// The kernel with AVX intrinsics. Only for code compiled with AVX enabled that runs after
+/// `is_x86_feature_detected!("avx2")` (`train`'s `*_avx2` functions): elsewhere the intrinsics
+/// would not be inlined, and on a CPU without AVX they would fault.
+#[cfg(target_arch = "x86_64")]
+pub(crate) struct Avx;
+
+#[cfg(target_arch = "x86_64")]
+impl Sums for Avx {
+    #[inline(always)]
+    fn score(user: &[f32], item: &[f32]) -> f32 {
+        use std::arch::x86_64::*;
+        let n = user.len().min(item.len()) / LANES * LANES;
+        let (user, item) = (&user[..n], &item[..n]);
+        // SAFETY: AVX is available (see the type's documentation); every load reads LANES
+        // floats at c * LANES < n, inside both slices.
+        unsafe {
+            let mut acc = _mm256_setzero_ps();
+            for c in 0..n / LANES {
+                let mut x = _mm256_loadu_ps(user.as_ptr().add(c * LANES));
+                if c == 0 {
+                    x = _mm256_blend_ps::<1>(x, _mm256_setzero_ps());
+                }
+                let y = _mm256_loadu_ps(item.as_ptr().add(c * LANES));
+                acc = _mm256_add_ps(acc, _mm256_mul_ps(x, y));
+            }
+            // sum_lanes' order: a_l = acc_l + acc_{l+4}, then (a0 + a2) + (a1 + a3).
+            let a = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps::<1>(acc));
+            let b = _mm_add_ps(a, _mm_movehl_ps(a, a));
+            let sum = _mm_add_ss(b, _mm_shuffle_ps::<1>(b, b));
+            user[0] + item[0] + _mm_cvtss_f32(sum)
         }
     }
-    // Seen through, the horizontal sum below leads the compiler to build the whole dot product
-    // from 2-lane vectors (it vectorises along the reduction tree); behind `black_box` the
-    // accumulation stays 8 lanes wide. The arithmetic, and so every bit, is the same.
-    user[0] + item[0] + sum_lanes(std::hint::black_box(acc))
 }
 
 /// Hint the CPU to load `rows[start..start + len]` into cache (a no-op where unsupported).
@@ -102,10 +151,16 @@ pub struct Step {
 /// update.
 #[inline(always)]
 pub fn sgd_step(user: &mut [f32], item: &mut [f32], target: f32, step: Step) -> f32 {
+    sgd_step_with::<Portable>(user, item, target, step)
+}
+
+/// `sgd_step` with the sums of `S`.
+#[inline(always)]
+pub fn sgd_step_with<S: Sums>(user: &mut [f32], item: &mut [f32], target: f32, step: Step) -> f32 {
     let n = user.len().min(item.len()) / LANES * LANES;
     let (user, item) = (&mut user[..n], &mut item[..n]);
     let (bu, bi) = (user[0], item[0]);
-    let err = target - score(user, item);
+    let err = target - S::score(user, item);
     let (lr, reg) = (step.lr, step.reg);
     let g = lr * err;
     let keep = 1.0 - lr * reg;

@@ -30,7 +30,7 @@ use crate::metrics::ErrorSums;
 use crate::rng::Rng;
 
 use super::data::{ItemBlocks, RankRatings, UNKNOWN};
-use super::kernel::{predict, prefetch_row, score, sgd_step, Step};
+use super::kernel::{predict, prefetch_row, sgd_step_with, Portable, Step, Sums};
 pub use super::params::Params;
 
 /// How many ratings ahead the SGD loop prefetches item rows.
@@ -423,9 +423,9 @@ macro_rules! by_width {
                     // SAFETY: the CPU has AVX2 (checked just above).
                     return unsafe { $avx2::<$w> $args };
                 }
-                $generic::<$w> $args
+                $generic::<$w, Portable> $args
             })*
-            _ => $generic::<0> $args,
+            _ => $generic::<0, Portable> $args,
         }
     };
 }
@@ -465,12 +465,12 @@ unsafe fn pass_avx2<const W: usize>(
     step: Step,
     mu: f32,
 ) -> f64 {
-    pass_rows::<W>(params, data, users, block, step, mu)
+    pass_rows::<W, super::kernel::Avx>(params, data, users, block, step, mu)
 }
 
 /// `sgd_pass` for rows of `W` floats (`W == 0`: `params.width`, known only at run time).
 #[inline(always)]
-fn pass_rows<const W: usize>(
+fn pass_rows<const W: usize, S: Sums>(
     params: &mut Params,
     data: &RankRatings,
     users: &[u32],
@@ -517,7 +517,7 @@ fn pass_rows<const W: usize>(
             }
             let i = i as usize;
             let item_row = &mut item_rows[i * width..i * width + width];
-            let err = sgd_step(user_row, item_row, r - mu, step);
+            let err = sgd_step_with::<S>(user_row, item_row, r - mu, step);
             sse += (err as f64) * (err as f64);
         }
     }
@@ -568,12 +568,12 @@ unsafe fn holdout_avx2<const W: usize>(
     hyper: &Hyper,
     globals: Globals,
 ) -> ErrorSums {
-    holdout_rows::<W>(data, params, hyper, globals)
+    holdout_rows::<W, super::kernel::Avx>(data, params, hyper, globals)
 }
 
 /// `holdout_errors` for rows of `W` floats (`W == 0`: known only at run time).
 #[inline(always)]
-fn holdout_rows<const W: usize>(
+fn holdout_rows<const W: usize, S: Sums>(
     data: &RankRatings,
     params: &Params,
     hyper: &Hyper,
@@ -596,7 +596,7 @@ fn holdout_rows<const W: usize>(
         }
         let predicted = if h.user != UNKNOWN && h.item != UNKNOWN {
             let (u, i) = (h.user as usize * width, h.item as usize * width);
-            (mu + score(&user_rows[u..u + width], &item_rows[i..i + width])).clamp(lo, hi)
+            (mu + S::score(&user_rows[u..u + width], &item_rows[i..i + width])).clamp(lo, hi)
         } else {
             let user = (h.user != UNKNOWN).then(|| params.user(h.user as usize));
             let item = (h.item != UNKNOWN).then(|| params.item(h.item as usize));
@@ -779,11 +779,11 @@ mod tests {
                 (p, sse)
             };
             let chosen = run(&|p| sgd_pass(p, &data, &order, 0, step, 3.0));
-            let looped = run(&|p| pass_rows::<0>(p, &data, &order, 0, step, 3.0));
+            let looped = run(&|p| pass_rows::<0, Portable>(p, &data, &order, 0, step, 3.0));
             assert_eq!(chosen.0, looped.0, "k={factors}");
             assert_eq!(chosen.1, looped.1);
             if factors == 20 {
-                let unrolled = run(&|p| pass_rows::<24>(p, &data, &order, 0, step, 3.0));
+                let unrolled = run(&|p| pass_rows::<24, Portable>(p, &data, &order, 0, step, 3.0));
                 assert_eq!(chosen.0, unrolled.0);
             }
             // A block of rows: only those items move, and only users who rated one.
