@@ -519,3 +519,56 @@ fn a_save_failing_at_any_step_leaves_the_previous_model_readable() {
     let versions = std::fs::read_dir(model.join("_versions")).unwrap().count();
     assert_eq!(versions, 2);
 }
+
+#[test]
+fn item_blocks_travel_packed_and_the_old_sync_flag_is_still_accepted() {
+    let dir = temp_dir("exchange");
+    let data = dir.join("data");
+    generate(
+        &data,
+        &["--users", "400", "--items", "150", "--events", "20000"],
+    );
+    for ranks in [1, 3] {
+        let model = dir.join(format!("m{ranks}"));
+        let run = mpirun(
+            ranks,
+            &[
+                "train",
+                "--data",
+                s(&data),
+                "--model",
+                s(&model),
+                "--epochs",
+                "2",
+                "--syncs-per-epoch",
+                "8",
+            ],
+        )
+        .ok();
+        // Job scripts written for the allreduce design keep working, and are told.
+        assert!(
+            run.stderr.contains("--syncs-per-epoch 8 is ignored"),
+            "{}",
+            run.stderr
+        );
+        let m = load_model(&model);
+        let t = &m.meta.training;
+        let shared = m.meta.n_items as usize * (m.meta.factors + 1);
+        if ranks == 1 {
+            assert_eq!((t.syncs_per_epoch, t.floats_per_sync), (0, 0));
+            assert!(run.stderr.contains("no exchanges"), "{}", run.stderr);
+        } else {
+            // R - 1 hand-overs and one allgather, each at most one rank's share of the items.
+            assert_eq!(t.syncs_per_epoch, 3);
+            assert!(
+                t.floats_per_sync > 0 && t.floats_per_sync < shared,
+                "{} floats per exchange vs {shared} floats of item rows",
+                t.floats_per_sync
+            );
+            let stated = format!("at most {} floats per rank each", t.floats_per_sync);
+            assert!(run.stderr.contains(&stated), "{}", run.stderr);
+        }
+        // Training numbers the items by block; the file lists them by id.
+        assert!(m.item_ids.windows(2).all(|w| w[0] < w[1]), "items sorted");
+    }
+}

@@ -90,6 +90,23 @@ pub fn run(comm: &Comm, args: &TrainArgs) -> Result<()> {
     if let Some(state) = &start {
         comm.agree(check_resumed_items(state, item_ids.len(), hyper.factors))?;
     }
+    if comm.is_root() {
+        let shared = item_ids.len() * (hyper.factors + 1);
+        if comm.size() > 1 {
+            log::info!(
+                "training: {} item blocks, {} exchanges per epoch ({} block hand-overs and one allgather), at most {} floats per rank each (all item rows: {shared} floats)",
+                blocks.len(),
+                comm.size(),
+                comm.size() - 1,
+                floats_per_exchange(&blocks, hyper.factors)
+            );
+        } else {
+            log::info!(
+                "training: {} item blocks on one rank, no exchanges ({shared} floats of item rows)",
+                blocks.len()
+            );
+        }
+    }
     let epochs = hyper.epochs;
     let trained = train(
         comm,
