@@ -26,7 +26,7 @@ fn verify_passes_with_a_complete_table_for_1_2_and_4_ranks() {
             "allreduce correctness",
             "alltoall and allgather",
             "allreduce latency",
-            "allreduce bandwidth",
+            "item block exchange",
             "dataset readable from every rank",
             "model location writable",
         ] {
