@@ -89,6 +89,20 @@ fn a_run_stopped_after_a_checkpoint_resumes_to_the_same_model_bit_for_bit() {
     refuse(3, &[], "made with 2 ranks");
     refuse(2, &["--lr", "0.02"], "other hyperparameters");
     refuse(2, &["--aggregate", "sum"], "other data or input flags");
+    // Item rows saved under another numbering of the items (another funksvd version): refused,
+    // and the checkpoint is left as it was.
+    let newest = std::fs::read_dir(model.join("_checkpoints"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .max()
+        .unwrap()
+        .join("checkpoint.json");
+    let original = std::fs::read_to_string(&newest).unwrap();
+    let mut meta: serde_json::Value = serde_json::from_str(&original).unwrap();
+    meta["item_order"] = "0123456789abcdef".into();
+    std::fs::write(&newest, meta.to_string()).unwrap();
+    refuse(2, &[], "numbers the items differently");
+    std::fs::write(&newest, original).unwrap();
     let other = dir.join("other");
     generate(
         &other,

@@ -83,6 +83,7 @@ pub fn run(comm: &Comm, args: &TrainArgs) -> Result<()> {
             &hyper,
             &fingerprint,
             &data.user_ids,
+            &item_ids,
         )?)
     } else {
         None
@@ -139,6 +140,7 @@ pub fn run(comm: &Comm, args: &TrainArgs) -> Result<()> {
                     &hyper,
                     &fingerprint,
                     &data.user_ids,
+                    &item_ids,
                 ),
                 _ => Ok(()),
             }

@@ -5,7 +5,7 @@
 //! rank), `items.bin` (the shared item rows, rank 0) and `checkpoint.json`, written last by rank 0
 //! once every rank's file is in place: a checkpoint without it is incomplete and ignored. The two
 //! newest complete checkpoints are kept. Nothing else is needed: the visiting order and the
-//! combine weights of an epoch derive from (seed, rank, epoch) and the user rows.
+//! item numbering derive from (seed, rank, epoch) and the data.
 
 use serde::{Deserialize, Serialize};
 
@@ -33,6 +33,10 @@ pub struct CheckpointMeta {
     /// The dataset (files and sizes) and how it was read.
     pub fingerprint: String,
     pub n_items: usize,
+    /// A hash of the item ids in training-row order (rows are numbered by item block): the
+    /// item rows of `items.bin` mean nothing under another numbering.
+    #[serde(default)]
+    pub item_order: String,
     pub history: Vec<EpochStats>,
 }
 
@@ -54,6 +58,7 @@ pub fn save(
     hyper: &Hyper,
     fingerprint: &str,
     user_ids: &[Id],
+    item_ids: &[Id],
 ) -> Result<()> {
     let dir = epoch_dir(state.epoch);
     let mine = (|| {
@@ -88,6 +93,7 @@ pub fn save(
                 hyperparameters: hyper.clone(),
                 fingerprint: fingerprint.into(),
                 n_items: state.params.n_items(),
+                item_order: item_order(item_ids),
                 history: state.history.clone(),
             };
             let json = serde_json::to_vec_pretty(&meta)
@@ -154,9 +160,10 @@ pub fn load_latest(
     hyper: &Hyper,
     fingerprint: &str,
     user_ids: &[Id],
+    item_ids: &[Id],
 ) -> Result<TrainState> {
     let chosen = if comm.is_root() {
-        choose(loc, comm.size(), hyper, fingerprint)
+        choose(loc, comm.size(), hyper, fingerprint, &item_order(item_ids))
             .and_then(|m| serde_json::to_vec(&m).map_err(|e| Error::runtime(e.to_string())))
     } else {
         Ok(Vec::new())
@@ -182,6 +189,7 @@ fn choose(
     ranks: usize,
     hyper: &Hyper,
     fingerprint: &str,
+    item_order: &str,
 ) -> Result<CheckpointMeta> {
     let (complete, _) = list(loc)?;
     let Some(&epoch) = complete.last() else {
@@ -224,7 +232,16 @@ fn choose(
             describe(hyper)
         )));
     }
+    if meta.item_order != item_order {
+        return Err(Error::usage(format!(
+            "--resume: the checkpoint after epoch {epoch} numbers the items differently from this run (written by another version of funksvd); train again without --resume"
+        )));
+    }
     Ok(meta)
+}
+
+fn item_order(item_ids: &[Id]) -> String {
+    format!("{:016x}", ids_hash(item_ids))
 }
 
 fn describe(h: &Hyper) -> String {
