@@ -14,7 +14,7 @@ use std::time::Instant;
 use funksvd::funksvd::data::{HeldOut, ItemBlocks, RankRatings};
 use funksvd::funksvd::kernel::Step;
 use funksvd::funksvd::train::{
-    holdout_errors, sgd_pass, visiting_order, Globals, Hyper, Params, MIN_PASSES,
+    holdout_errors, sgd_pass, visiting_order, Globals, Hyper, Params, MIN_PASSES, USER_RUN,
 };
 use funksvd::ids::Id;
 use funksvd::rng::Rng;
@@ -166,8 +166,15 @@ fn main() {
             let mut checksum = 0.0;
             for pass in 0..=a.epochs {
                 let t = Instant::now();
-                for b in 0..n_blocks {
-                    checksum += sgd_pass(&mut params, &data, order, b, step, 3.0);
+                // As training does: run by run, each run through every block.
+                for run in order.chunks(if n_blocks > 1 {
+                    USER_RUN
+                } else {
+                    order.len().max(1)
+                }) {
+                    for b in 0..n_blocks {
+                        checksum += sgd_pass(&mut params, &data, run, b, step, 3.0);
+                    }
                 }
                 let sgd = t.elapsed().as_secs_f64();
                 let t = Instant::now();

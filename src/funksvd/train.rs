@@ -16,11 +16,11 @@
 //! step 2:  rank 0: group 2   rank 1: group 0   rank 2: group 1     then allgather
 //! ```
 //!
-//! A group is itself `ceil(MIN_PASSES / R)` blocks, visited one after the other, so a user's
-//! ratings are always split over at least `MIN_PASSES` visits per epoch, whatever the rank
-//! count: the model does not depend on the rank count, and splitting a user's ratings this way
-//! trains better than visiting them all at once (MovieLens hold-out RMSE 0.878 with one visit,
-//! 0.871 with two, 0.868 with four; measured).
+//! A group is itself `ceil(MIN_PASSES / R)` blocks, so a user's ratings are always split over
+//! at least `MIN_PASSES` visits per epoch, whatever the rank count (a run of users goes through
+//! the group's blocks one after the other): the model does not depend on the rank count, and
+//! splitting a user's ratings this way trains better than visiting them all at once (MovieLens
+//! hold-out RMSE 0.878 with one visit, 0.871 with two, 0.869 with four; measured).
 
 use std::time::Instant;
 
@@ -41,8 +41,9 @@ pub const MIN_PASSES: usize = 4;
 
 /// Users are visited in runs of this many consecutive users, the runs in a fresh random order
 /// each epoch: within a run the hardware prefetchers stream user rows and rating lists, which
-/// keeps short visits cheap (at 8 visits per user: 43M vs 20M updates/s, same RMSE; measured).
-const USER_RUN: usize = 64;
+/// keeps short visits cheap (at 8 visits per user: 43M vs 20M updates/s, same RMSE; measured),
+/// and a run goes through all of a step's blocks before the next run starts.
+pub const USER_RUN: usize = 64;
 
 /// Item blocks per rank for `ranks` ranks.
 pub fn blocks_per_rank(ranks: usize) -> usize {
@@ -235,9 +236,14 @@ pub fn train(
             let group = (me + t) % ranks;
             let mut in_group: Vec<usize> = (0..blocks.per_rank).collect();
             rng.shuffle(&mut in_group);
-            for b in in_group {
-                let block = group * blocks.per_rank + b;
-                sse += sgd_pass(&mut params, data, &order, block, step, mu);
+            // Run by run, each run through every block of the group: a user's visits follow
+            // one another while its row is still in L1 (same quality, ~10% faster than whole
+            // passes per block, measured).
+            for run in order.chunks(USER_RUN) {
+                for &b in &in_group {
+                    let block = group * blocks.per_rank + b;
+                    sse += sgd_pass(&mut params, data, run, block, step, mu);
+                }
             }
             if ranks > 1 {
                 let waited = Instant::now();
