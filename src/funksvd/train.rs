@@ -508,13 +508,13 @@ fn pass_rows<const W: usize, S: Sums>(
         // ago) and their first item rows.
         for &later in users.iter().skip(n + 4).take(2) {
             let (bounds, at) = block.bounds_at(later as usize);
-            prefetch_row(offsets_as_f32(bounds), 2 * at, 4);
+            prefetch_row(bounds, at, 2);
         }
         for &soon in users.iter().skip(n + 2).take(2) {
             let soon = soon as usize;
             prefetch_row(user_rows, soon * width, width);
             let (soon_items, soon_values) = ratings(soon);
-            prefetch_row(u32s_as_f32(soon_items), 0, soon_items.len().min(32));
+            prefetch_row(soon_items, 0, soon_items.len().min(32));
             prefetch_row(soon_values, 0, soon_values.len().min(32));
         }
         for &next in users.iter().skip(n + 2).take(2) {
@@ -591,25 +591,6 @@ fn two_rows(
             let (low, high) = rows.split_at_mut(a * width);
             (&mut high[..width], &mut low[b * width..][..width])
         }
-    }
-}
-
-/// The same memory seen as floats, only to hand its addresses to `prefetch_row`.
-fn u32s_as_f32(values: &[u32]) -> &[f32] {
-    // SAFETY: u32 and f32 have the same size and alignment and every bit pattern is a valid
-    // f32; the slice is only used for its addresses.
-    unsafe { std::slice::from_raw_parts(values.as_ptr() as *const f32, values.len()) }
-}
-
-/// `u32s_as_f32` for the offsets (two floats per usize).
-fn offsets_as_f32(offsets: &[usize]) -> &[f32] {
-    // SAFETY: as in `u32s_as_f32`; usize is 2 x 4 bytes on the 64-bit targets we build for and
-    // its alignment is a multiple of f32's.
-    unsafe {
-        std::slice::from_raw_parts(
-            offsets.as_ptr() as *const f32,
-            std::mem::size_of_val(offsets) / 4,
-        )
     }
 }
 
