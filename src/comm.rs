@@ -166,19 +166,7 @@ impl Comm {
     pub fn alltoall_bytes(&self, outgoing: &[Vec<u8>]) -> Result<Vec<Vec<u8>>> {
         assert_eq!(outgoing.len(), self.size);
         let send_lens: Vec<u64> = outgoing.iter().map(|b| b.len() as u64).collect();
-        let mut recv_lens = vec![0u64; self.size];
-        self.world
-            .all_to_all_into(&send_lens[..], &mut recv_lens[..]);
-        let (send_counts, send_displs) = counts_and_displs(&send_lens, "exchange")?;
-        let (recv_counts, recv_displs) = counts_and_displs(&recv_lens, "exchange")?;
-        let send: Vec<u8> = outgoing.concat();
-        let mut recv = receive_buffer(recv_lens.iter().map(|&l| l as usize).sum());
-        {
-            let send_part = Partition::new(&send[..], send_counts, send_displs);
-            let mut recv_part = PartitionMut::new(&mut recv[..], recv_counts, recv_displs);
-            self.world
-                .all_to_all_varcount_into(&send_part, &mut recv_part);
-        }
+        let (recv, recv_lens) = self.alltoall_flat(&outgoing.concat(), &send_lens)?;
         Ok(split_by_lengths(recv, &recv_lens))
     }
 

@@ -47,7 +47,7 @@ impl RankRatings {
     }
 
     /// Cut every user's ratings (sorted by item row) at the item blocks' first rows `starts`
-    /// (block b is rows `starts[b]..starts[b + 1]`), so `ratings_in` is a lookup.
+    /// (block b is rows `starts[b]..starts[b + 1]`), so `block(b).ratings(u)` is a lookup.
     pub fn split_blocks(&mut self, starts: &[usize]) {
         let blocks = starts.len().saturating_sub(1).max(1);
         self.block_bounds.clear();
@@ -71,12 +71,6 @@ impl RankRatings {
     /// How many item blocks `split_blocks` cut the ratings into (1 if never).
     pub fn n_blocks(&self) -> usize {
         self.blocks.max(1)
-    }
-
-    /// The user's ratings of items in block `block`.
-    #[inline]
-    pub fn ratings_in(&self, user: usize, block: usize) -> (&[u32], &[f32]) {
-        self.block(block).ratings(user)
     }
 
     /// One block's ratings, for loops that look up many users.
@@ -445,19 +439,22 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(data.n_blocks(), 1);
-        assert_eq!(data.ratings_in(0, 0).0.len(), 4);
+        assert_eq!(data.block(0).ratings(0).0.len(), 4);
         data.split_blocks(&[0, 2, 4, 8]);
         assert_eq!(data.n_blocks(), 3);
-        assert_eq!(data.ratings_in(0, 0), (&[0u32][..], &[1.0f32][..]));
-        assert_eq!(data.ratings_in(0, 1), (&[2u32, 3][..], &[2.0f32, 3.0][..]));
-        assert_eq!(data.ratings_in(0, 2), (&[7u32][..], &[4.0f32][..]));
-        assert!((0..3).all(|b| data.ratings_in(1, b).0.is_empty()));
-        assert_eq!(data.ratings_in(2, 0).0, &[1]);
-        assert_eq!(data.ratings_in(2, 1).0.len(), 0);
-        assert_eq!(data.ratings_in(2, 2).0, &[5]);
+        assert_eq!(data.block(0).ratings(0), (&[0u32][..], &[1.0f32][..]));
+        assert_eq!(
+            data.block(1).ratings(0),
+            (&[2u32, 3][..], &[2.0f32, 3.0][..])
+        );
+        assert_eq!(data.block(2).ratings(0), (&[7u32][..], &[4.0f32][..]));
+        assert!((0..3).all(|b| data.block(b).ratings(1).0.is_empty()));
+        assert_eq!(data.block(0).ratings(2).0, &[1]);
+        assert_eq!(data.block(1).ratings(2).0.len(), 0);
+        assert_eq!(data.block(2).ratings(2).0, &[5]);
         data.split_blocks(&[0, 8]);
         assert_eq!(data.n_blocks(), 1);
-        assert_eq!(data.ratings_in(0, 0).0.len(), 4);
+        assert_eq!(data.block(0).ratings(0).0.len(), 4);
     }
 
     #[test]
