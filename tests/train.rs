@@ -522,12 +522,7 @@ fn a_save_failing_at_any_step_leaves_the_previous_model_readable() {
 
 #[test]
 fn item_blocks_travel_packed_and_the_old_sync_flag_is_still_accepted() {
-    let dir = temp_dir("exchange");
-    let data = dir.join("data");
-    generate(
-        &data,
-        &["--users", "400", "--items", "150", "--events", "20000"],
-    );
+    let (dir, data) = generated("exchange", 400, 150, 20000, 4);
     for ranks in [1, 3] {
         let model = dir.join(format!("m{ranks}"));
         let run = mpirun(

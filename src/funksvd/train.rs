@@ -725,8 +725,18 @@ mod tests {
         (data, (0..items).map(|i| Id::Int(i as i64)).collect())
     }
 
-    fn one_block(items: &[Id]) -> ItemBlocks {
-        ItemBlocks::plan(&vec![0; items.len()], 1, 1)
+    /// `train` on one process, items in one block, from `start` (None: from scratch).
+    fn solo(
+        data: &RankRatings,
+        items: &[Id],
+        hyper: &Hyper,
+        globals: Globals,
+        start: Option<TrainState>,
+    ) -> Result<TrainState> {
+        let blocks = ItemBlocks::plan(&vec![0; items.len()], 1, 1);
+        train(&Solo, data, items, &blocks, hyper, globals, start, |_| {
+            Ok(())
+        })
     }
 
     #[test]
@@ -745,17 +755,7 @@ mod tests {
         };
         let TrainState {
             params, history, ..
-        } = train(
-            &Solo,
-            &data,
-            &items,
-            &one_block(&items),
-            &hyper,
-            globals,
-            None,
-            |_| Ok(()),
-        )
-        .unwrap();
+        } = solo(&data, &items, &hyper, globals, None).unwrap();
         let first = &history[0];
         let last = history.last().unwrap();
         assert!(
@@ -763,17 +763,7 @@ mod tests {
             "{first:?} -> {last:?}"
         );
         assert!(last.holdout_rmse.unwrap() < first.holdout_rmse.unwrap() * 0.8);
-        let again = train(
-            &Solo,
-            &data,
-            &items,
-            &one_block(&items),
-            &hyper,
-            globals,
-            None,
-            |_| Ok(()),
-        )
-        .unwrap();
+        let again = solo(&data, &items, &hyper, globals, None).unwrap();
         assert_eq!(params.items, again.params.items);
         assert_eq!(params.users, again.params.users);
         // Stopped after 12 epochs and resumed: the same model, bit for bit.
@@ -781,28 +771,8 @@ mod tests {
             epochs: 12,
             ..hyper.clone()
         };
-        let part = train(
-            &Solo,
-            &data,
-            &items,
-            &one_block(&items),
-            &first,
-            globals,
-            None,
-            |_| Ok(()),
-        )
-        .unwrap();
-        let resumed = train(
-            &Solo,
-            &data,
-            &items,
-            &one_block(&items),
-            &hyper,
-            globals,
-            Some(part),
-            |_| Ok(()),
-        )
-        .unwrap();
+        let part = solo(&data, &items, &first, globals, None).unwrap();
+        let resumed = solo(&data, &items, &hyper, globals, Some(part)).unwrap();
         assert_eq!(resumed.epoch, 30);
         assert_eq!(resumed.history.len(), 30);
         assert_eq!(params.items, resumed.params.items);
@@ -872,17 +842,7 @@ mod tests {
             lr: 5.0,
             ..Hyper::default()
         };
-        let err = train(
-            &Solo,
-            &data,
-            &items,
-            &one_block(&items),
-            &hyper,
-            globals,
-            None,
-            |_| Ok(()),
-        )
-        .unwrap_err();
+        let err = solo(&data, &items, &hyper, globals, None).unwrap_err();
         assert!(err.to_string().contains("lower --lr"), "{err}");
     }
 }
