@@ -245,12 +245,9 @@ pub fn run(comm: &Comm, args: &TrainArgs) -> Result<()> {
                 created_by: format!("funksvd {}", env!("CARGO_PKG_VERSION")),
             };
             // The model file lists items by id, as users look them up.
-            let rows = params.items_packed();
-            let packed = hyper.factors + 1;
-            let mut item_rows = Vec::with_capacity(rows.len());
+            let mut item_rows = Vec::with_capacity(blocks.row_of.len() * (hyper.factors + 1));
             for &row in &blocks.row_of {
-                let row = row as usize;
-                item_rows.extend_from_slice(&rows[row * packed..(row + 1) * packed]);
+                item_rows.extend_from_slice(params.item(row as usize));
             }
             publish(
                 &model_loc,
