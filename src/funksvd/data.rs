@@ -73,48 +73,47 @@ impl RankRatings {
         self.blocks.max(1)
     }
 
-    /// One block's ratings, for loops that look up many users.
-    #[inline]
-    pub fn block(&self, block: usize) -> BlockRatings<'_> {
+    /// Appends the visits of `users` (in that order) to item block `block`, leaving out users
+    /// without ratings in it.
+    pub fn add_visits(&self, users: &[u32], block: usize, out: &mut Vec<Visit>) {
         let (bounds, stride) = if self.block_bounds.is_empty() {
+            assert_eq!(block, 0, "one block until split_blocks");
             (&self.user_offsets[..], 1)
         } else {
-            // (A rank without users has one bound and nothing to look up.)
-            let from = block.min(self.block_bounds.len());
-            (&self.block_bounds[from..], self.n_blocks())
+            (&self.block_bounds[..], self.n_blocks())
         };
-        BlockRatings {
-            bounds,
-            stride,
-            items: &self.items,
-            values: &self.values,
+        // Every visit written, only the non-empty ones kept: no branch to mispredict on
+        // the many users with no ratings in a block.
+        let mut n = out.len();
+        out.resize(n + users.len(), Visit::default());
+        for &user in users {
+            let at = user as usize * stride + block;
+            let (start, end) = (bounds[at], bounds[at + 1]);
+            out[n] = Visit {
+                start,
+                user,
+                len: (end - start) as u32,
+            };
+            n += (end > start) as usize;
         }
+        out.truncate(n);
     }
-}
 
-/// The ratings of one item block, by user (see `RankRatings::block`).
-#[derive(Clone, Copy)]
-pub struct BlockRatings<'a> {
-    /// User u's ratings are `bounds[u * stride]..bounds[u * stride + 1]`.
-    bounds: &'a [usize],
-    stride: usize,
-    items: &'a [u32],
-    values: &'a [f32],
-}
-
-impl<'a> BlockRatings<'a> {
-    #[inline]
-    pub fn ratings(&self, user: usize) -> (&'a [u32], &'a [f32]) {
-        let at = user * self.stride;
-        let r = self.bounds[at]..self.bounds[at + 1];
+    /// The ratings of a visit: item rows and values.
+    #[inline(always)]
+    pub fn visit(&self, v: Visit) -> (&[u32], &[f32]) {
+        let r = v.start..v.start + v.len as usize;
         (&self.items[r.clone()], &self.values[r])
     }
+}
 
-    /// Where user u's bounds are, to prefetch them.
-    #[inline]
-    pub fn bounds_at(&self, user: usize) -> (&'a [usize], usize) {
-        (self.bounds, user * self.stride)
-    }
+/// One user's ratings of one item block (`items[start..start + len]`, same for values): the
+/// unit of work of the SGD pass.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Visit {
+    pub start: usize,
+    pub user: u32,
+    pub len: u32,
 }
 
 /// Whether a (user, item) pair is held out: a function of the two ids and the seed only, so the
@@ -429,6 +428,13 @@ mod tests {
         assert_eq!((b.group_rows(0), b.group_rows(1)), (0..2, 2..4));
     }
 
+    /// User `user`'s ratings of block `block`, through a visit.
+    fn ratings_in(data: &RankRatings, block: usize, user: u32) -> (&[u32], &[f32]) {
+        let mut visits = Vec::new();
+        data.add_visits(&[user], block, &mut visits);
+        visits.first().map_or((&[], &[]), |&v| data.visit(v))
+    }
+
     #[test]
     fn ratings_in_a_block_are_the_users_ratings_of_its_rows() {
         let mut data = RankRatings {
@@ -439,22 +445,31 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(data.n_blocks(), 1);
-        assert_eq!(data.block(0).ratings(0).0.len(), 4);
+        assert_eq!(ratings_in(&data, 0, 0).0.len(), 4);
         data.split_blocks(&[0, 2, 4, 8]);
         assert_eq!(data.n_blocks(), 3);
-        assert_eq!(data.block(0).ratings(0), (&[0u32][..], &[1.0f32][..]));
+        assert_eq!(ratings_in(&data, 0, 0), (&[0u32][..], &[1.0f32][..]));
         assert_eq!(
-            data.block(1).ratings(0),
+            ratings_in(&data, 1, 0),
             (&[2u32, 3][..], &[2.0f32, 3.0][..])
         );
-        assert_eq!(data.block(2).ratings(0), (&[7u32][..], &[4.0f32][..]));
-        assert!((0..3).all(|b| data.block(b).ratings(1).0.is_empty()));
-        assert_eq!(data.block(0).ratings(2).0, &[1]);
-        assert_eq!(data.block(1).ratings(2).0.len(), 0);
-        assert_eq!(data.block(2).ratings(2).0, &[5]);
+        assert_eq!(ratings_in(&data, 2, 0), (&[7u32][..], &[4.0f32][..]));
+        assert!((0..3).all(|b| ratings_in(&data, b, 1).0.is_empty()));
+        assert_eq!(ratings_in(&data, 0, 2).0, &[1]);
+        assert_eq!(ratings_in(&data, 1, 2).0.len(), 0);
+        assert_eq!(ratings_in(&data, 2, 2).0, &[5]);
+        // Visits keep the users' order and leave out those without ratings in the block.
+        let mut visits = Vec::new();
+        data.add_visits(&[2, 1, 0], 1, &mut visits);
+        assert_eq!(visits.iter().map(|v| v.user).collect::<Vec<_>>(), vec![0]);
+        data.add_visits(&[2, 1, 0], 2, &mut visits);
+        assert_eq!(
+            visits.iter().map(|v| v.user).collect::<Vec<_>>(),
+            vec![0, 2, 0]
+        );
         data.split_blocks(&[0, 8]);
         assert_eq!(data.n_blocks(), 1);
-        assert_eq!(data.block(0).ratings(0).0.len(), 4);
+        assert_eq!(ratings_in(&data, 0, 0).0.len(), 4);
     }
 
     #[test]

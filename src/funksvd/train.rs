@@ -29,7 +29,7 @@ use crate::ids::Id;
 use crate::metrics::ErrorSums;
 use crate::rng::Rng;
 
-use super::data::{ItemBlocks, RankRatings, UNKNOWN};
+use super::data::{ItemBlocks, RankRatings, Visit, UNKNOWN};
 use super::kernel::{predict, prefetch_row, sgd_step_with, Portable, Step, Sums};
 pub use super::params::Params;
 
@@ -44,6 +44,10 @@ pub const MIN_PASSES: usize = 4;
 /// keeps short visits cheap (at 8 visits per user: 43M vs 20M updates/s, same RMSE; measured),
 /// and a run goes through all of a step's blocks before the next run starts.
 pub const USER_RUN: usize = 64;
+
+/// Runs of users whose visits `sgd_pass` takes in one call (a bounded list, and the pass's
+/// prefetching pipeline restarts only once per batch).
+pub const RUNS_PER_BATCH: usize = 16;
 
 /// Item blocks per rank for `ranks` ranks.
 pub fn blocks_per_rank(ranks: usize) -> usize {
@@ -220,6 +224,7 @@ pub fn train(
     };
     let mut rotation = Rotation::new(&params, blocks);
     let mut order: Vec<u32> = Vec::with_capacity(data.n_users());
+    let mut visits: Vec<Visit> = Vec::with_capacity(USER_RUN * RUNS_PER_BATCH * blocks.per_rank);
     for epoch in done + 1..=hyper.epochs {
         let started = Instant::now();
         // A rank failing mid-training must not leave the others in the next exchange.
@@ -238,12 +243,15 @@ pub fn train(
             rng.shuffle(&mut in_group);
             // Run by run, each run through every block of the group: a user's visits follow
             // one another while its row is still in L1 (same quality, ~10% faster than whole
-            // passes per block, measured).
-            for run in order.chunks(USER_RUN) {
-                for &b in &in_group {
-                    let block = group * blocks.per_rank + b;
-                    sse += sgd_pass(&mut params, data, run, block, step, mu);
+            // passes per block, measured). Visits are listed a batch of runs at a time.
+            for runs in order.chunks(USER_RUN * RUNS_PER_BATCH) {
+                visits.clear();
+                for run in runs.chunks(USER_RUN) {
+                    for &b in &in_group {
+                        data.add_visits(run, group * blocks.per_rank + b, &mut visits);
+                    }
                 }
+                sse += sgd_pass(&mut params, data, &visits, step, mu);
             }
             if ranks > 1 {
                 let waited = Instant::now();
@@ -436,20 +444,18 @@ macro_rules! by_width {
     };
 }
 
-/// One SGD pass over the ratings of `users` (indices into `data`, in visiting order) of the
-/// items in item block `block` (see `RankRatings::split_blocks`); returns the sum of squared
-/// errors before each update.
+/// One SGD pass over `visits` (see `RankRatings::add_visits`), in that order; returns the sum
+/// of squared errors before each update.
 ///
-/// Users are taken two at a time with their ratings interleaved (a, b, a, b, ...): still one
+/// Visits are taken two at a time with their ratings interleaved (a, b, a, b, ...): still one
 /// sequential SGD order, but two independent chains of updates for the core to overlap (1 rank:
 /// 38-42 -> 36-37 ms per epoch on the bench data). The item rows may not fit in L2 and the
 /// users come in runs of random order, so the loop asks for memory ahead of use: the coming
-/// users' rows and rating lists, and item rows a few ratings ahead.
+/// visits' user rows and rating lists, and item rows a few ratings ahead.
 pub fn sgd_pass(
     params: &mut Params,
     data: &RankRatings,
-    users: &[u32],
-    block: usize,
+    visits: &[Visit],
     step: Step,
     mu: f32,
 ) -> f64 {
@@ -457,7 +463,7 @@ pub fn sgd_pass(
         params.width,
         pass_rows,
         pass_avx2,
-        (params, data, users, block, step, mu)
+        (params, data, visits, step, mu)
     )
 }
 
@@ -468,128 +474,134 @@ pub fn sgd_pass(
 unsafe fn pass_avx2<const W: usize>(
     params: &mut Params,
     data: &RankRatings,
-    users: &[u32],
-    block: usize,
+    visits: &[Visit],
     step: Step,
     mu: f32,
 ) -> f64 {
-    pass_rows::<W, super::kernel::Avx>(params, data, users, block, step, mu)
+    pass_rows::<W, super::kernel::Avx>(params, data, visits, step, mu)
+}
+
+/// Independent chains of updates `pass_rows` keeps going at once.
+const CHAINS: usize = 2;
+
+/// A visit in progress in `pass_rows`: the user row's offset and the ratings left.
+#[derive(Clone, Copy, Default)]
+struct Chain {
+    row: usize,
+    at: usize,
+    end: usize,
 }
 
 /// `sgd_pass` for rows of `W` floats (`W == 0`: `params.width`, known only at run time).
+///
+/// `CHAINS` visits are in progress at once, one rating of each in turn; a visit that ends is
+/// replaced by the next one of the list. Visits vary in length (a few ratings each), so
+/// refilling each chain as it runs dry keeps all of them busy.
 #[inline(always)]
 fn pass_rows<const W: usize, S: Sums>(
     params: &mut Params,
     data: &RankRatings,
-    users: &[u32],
-    block: usize,
+    visits: &[Visit],
     step: Step,
     mu: f32,
 ) -> f64 {
     let width = if W == 0 { params.width } else { W };
-    let block = data.block(block);
-    let ratings = |u: usize| block.ratings(u);
     let user_rows = params.users.as_mut_slice();
     let item_rows = params.items.as_mut_slice();
-    let fetch_item = |item_rows: &[f32], items: &[u32], j: usize| {
-        if let Some(&i) = items.get(j) {
-            prefetch_row(item_rows, i as usize * width, width);
-        }
-    };
-    // Two squared-error sums, one per chain of updates.
-    let mut sse = [0.0f64; 2];
-    // Users go two at a time, their ratings interleaved: the updates of one user form a
-    // dependency chain (each needs the row the previous one wrote), and two independent chains
-    // keep the core busy while each waits on its own arithmetic.
-    for (n, pair) in users.chunks(2).enumerate() {
-        let n = 2 * n;
-        // A pipeline over the coming pairs: where users n+4 and n+5's ratings start, then
-        // the rows and rating lists of users n+2 and n+3 (their start was fetched one pair
-        // ago) and their first item rows.
-        for &later in users.iter().skip(n + 4).take(2) {
-            let (bounds, at) = block.bounds_at(later as usize);
-            prefetch_row(bounds, at, 2);
-        }
-        for &soon in users.iter().skip(n + 2).take(2) {
-            let soon = soon as usize;
-            prefetch_row(user_rows, soon * width, width);
-            let (soon_items, soon_values) = ratings(soon);
-            prefetch_row(soon_items, 0, soon_items.len().min(32));
-            prefetch_row(soon_values, 0, soon_values.len().min(32));
-        }
-        for &next in users.iter().skip(n + 2).take(2) {
-            let next_items = ratings(next as usize).0;
-            for j in 0..PREFETCH_AHEAD / 2 {
-                fetch_item(item_rows, next_items, j);
-            }
-        }
-        let (a, b) = match *pair {
-            [a, b] => (a as usize, Some(b as usize)),
-            [a] => (a as usize, None),
-            _ => unreachable!("chunks of two"),
-        };
-        let (items_a, values_a) = ratings(a);
-        let (items_b, values_b) = b.map(ratings).unwrap_or((&[], &[]));
-        let (row_a, row_b) = two_rows(user_rows, a, b, width);
-        let both = items_a.len().min(items_b.len());
-        for j in 0..both {
-            fetch_item(item_rows, items_a, j + PREFETCH_AHEAD / 2);
-            fetch_item(item_rows, items_b, j + PREFETCH_AHEAD / 2);
-            let i = items_a[j] as usize;
-            let err = sgd_step_with::<S>(
-                row_a,
-                &mut item_rows[i * width..][..width],
-                values_a[j] - mu,
-                step,
-            );
-            sse[0] += (err as f64) * (err as f64);
-            let i = items_b[j] as usize;
-            let err = sgd_step_with::<S>(
-                row_b,
-                &mut item_rows[i * width..][..width],
-                values_b[j] - mu,
-                step,
-            );
-            sse[1] += (err as f64) * (err as f64);
-        }
-        // The longer list goes on alone.
-        let (row, items, values) = if items_a.len() > both {
-            (row_a, items_a, values_a)
-        } else {
-            (row_b, items_b, values_b)
-        };
-        for j in both..items.len() {
-            fetch_item(item_rows, items, j + PREFETCH_AHEAD);
-            let i = items[j] as usize;
-            let err = sgd_step_with::<S>(
-                row,
-                &mut item_rows[i * width..][..width],
-                values[j] - mu,
-                step,
-            );
-            sse[0] += (err as f64) * (err as f64);
+    let (items, values) = (&data.items[..], &data.values[..]);
+    let mut sse = [0.0f64; CHAINS];
+    let mut chains = [Chain::default(); CHAINS];
+    let mut next = 0;
+    for chain in &mut chains {
+        if let Some(v) = visits.get(next) {
+            prepare(visits, next, items, values, user_rows, item_rows, width);
+            *chain = Chain {
+                row: v.user as usize * width,
+                at: v.start,
+                end: v.start + v.len as usize,
+            };
+            next += 1;
         }
     }
-    sse[0] + sse[1]
+    // While every chain has a visit: the ratings all of them have left, in turn.
+    while next < visits.len() {
+        let left = chains.iter().map(|c| c.end - c.at).min().unwrap_or(0);
+        for _ in 0..left {
+            for (c, chain) in chains.iter_mut().enumerate() {
+                if chain.at + PREFETCH_AHEAD < chain.end {
+                    let ahead = items[chain.at + PREFETCH_AHEAD] as usize;
+                    prefetch_row(item_rows, ahead * width, width);
+                }
+                let i = items[chain.at] as usize;
+                let err = sgd_step_with::<S>(
+                    &mut user_rows[chain.row..][..width],
+                    &mut item_rows[i * width..][..width],
+                    values[chain.at] - mu,
+                    step,
+                );
+                sse[c] += (err as f64) * (err as f64);
+                chain.at += 1;
+            }
+        }
+        for chain in &mut chains {
+            if chain.at == chain.end && next < visits.len() {
+                prepare(visits, next, items, values, user_rows, item_rows, width);
+                let v = visits[next];
+                *chain = Chain {
+                    row: v.user as usize * width,
+                    at: v.start,
+                    end: v.start + v.len as usize,
+                };
+                next += 1;
+            }
+        }
+    }
+    // The list is done: each chain finishes alone.
+    for (c, chain) in chains.iter_mut().enumerate() {
+        for at in chain.at..chain.end {
+            if at + PREFETCH_AHEAD < chain.end {
+                prefetch_row(
+                    item_rows,
+                    items[at + PREFETCH_AHEAD] as usize * width,
+                    width,
+                );
+            }
+            let i = items[at] as usize;
+            let err = sgd_step_with::<S>(
+                &mut user_rows[chain.row..][..width],
+                &mut item_rows[i * width..][..width],
+                values[at] - mu,
+                step,
+            );
+            sse[c] += (err as f64) * (err as f64);
+        }
+    }
+    sse.iter().sum()
 }
 
-/// The rows of users a and b (distinct); an empty row for b when there is none.
+/// Visit `v` of `visits` is about to start: ask for what the coming ones need, each stage
+/// reading what the one before fetched earlier (part of `pass_rows`). The user rows and rating
+/// lists of visit v + 2 CHAINS, the first item rows of visit v + CHAINS.
 #[inline(always)]
-fn two_rows(
-    rows: &mut [f32],
-    a: usize,
-    b: Option<usize>,
+fn prepare(
+    visits: &[Visit],
+    v: usize,
+    items: &[u32],
+    values: &[f32],
+    user_rows: &[f32],
+    item_rows: &[f32],
     width: usize,
-) -> (&mut [f32], &mut [f32]) {
-    match b {
-        None => (&mut rows[a * width..][..width], &mut []),
-        Some(b) if a < b => {
-            let (low, high) = rows.split_at_mut(b * width);
-            (&mut low[a * width..][..width], &mut high[..width])
-        }
-        Some(b) => {
-            let (low, high) = rows.split_at_mut(a * width);
-            (&mut high[..width], &mut low[b * width..][..width])
+) {
+    if let Some(soon) = visits.get(v + 2 * CHAINS) {
+        prefetch_row(user_rows, soon.user as usize * width, width);
+        let len = (soon.len as usize).min(32);
+        prefetch_row(items, soon.start, len);
+        prefetch_row(values, soon.start, len);
+    }
+    if let Some(next) = visits.get(v + CHAINS) {
+        let first = &items[next.start..next.start + (next.len as usize).min(PREFETCH_AHEAD)];
+        for &i in first {
+            prefetch_row(item_rows, i as usize * width, width);
         }
     }
 }
@@ -783,6 +795,8 @@ mod tests {
     fn every_code_path_of_the_sgd_pass_gives_the_same_rows() {
         let (data, items) = planted(300, 120, 3);
         let order: Vec<u32> = (0..300).rev().collect();
+        let mut visits = Vec::new();
+        data.add_visits(&order, 0, &mut visits);
         let step = Step {
             lr: 0.01,
             reg: 0.02,
@@ -799,12 +813,12 @@ mod tests {
                 let sse = (0..3).map(|_| pass(&mut p)).sum::<f64>();
                 (p, sse)
             };
-            let chosen = run(&|p| sgd_pass(p, &data, &order, 0, step, 3.0));
-            let looped = run(&|p| pass_rows::<0, Portable>(p, &data, &order, 0, step, 3.0));
+            let chosen = run(&|p| sgd_pass(p, &data, &visits, step, 3.0));
+            let looped = run(&|p| pass_rows::<0, Portable>(p, &data, &visits, step, 3.0));
             assert_eq!(chosen.0, looped.0, "k={factors}");
             assert_eq!(chosen.1, looped.1);
             if factors == 20 {
-                let unrolled = run(&|p| pass_rows::<24, Portable>(p, &data, &order, 0, step, 3.0));
+                let unrolled = run(&|p| pass_rows::<24, Portable>(p, &data, &visits, step, 3.0));
                 assert_eq!(chosen.0, unrolled.0);
             }
             // A block of rows: only those items move, and only users who rated one.
@@ -817,7 +831,9 @@ mod tests {
             };
             split.split_blocks(&[0, 40, 80, 120]);
             let mut part = start.clone();
-            sgd_pass(&mut part, &split, &order, 1, step, 3.0);
+            let mut in_block = Vec::new();
+            split.add_visits(&order, 1, &mut in_block);
+            sgd_pass(&mut part, &split, &in_block, step, 3.0);
             for i in 0..120 {
                 let moved = part.item(i) != start.item(i);
                 assert_eq!(moved, (40..80).contains(&i), "k={factors} item {i}");
