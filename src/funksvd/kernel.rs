@@ -47,13 +47,20 @@ pub fn score(user: &[f32], item: &[f32]) -> f32 {
     Portable::score(user, item)
 }
 
-/// How the kernel forms its sums: `Portable` (plain Rust, any CPU) or `Avx` (x86-64 AVX
-/// intrinsics). Both do the same arithmetic in the same order, so results are bit for bit the
+/// How the kernel does its arithmetic: `Portable` (plain Rust, any CPU) or `Avx` (x86-64 AVX
+/// intrinsics). Both do the same operations in the same order, so results are bit for bit the
 /// same; `Avx` exists because the compiler builds this dot product from 2-lane vectors when left
-/// to itself (it vectorises along the horizontal sum's tree).
+/// to itself (it vectorises along the horizontal sum's tree), and because it keeps the error in
+/// a register from the dot product to the update.
+///
+/// The order: the products of chunks 0, 2, 4, ... are summed lane by lane in one accumulator,
+/// those of chunks 1, 3, ... in another (two short chains instead of one long one), the two
+/// added, then the eight lanes pairwise (`sum_lanes`).
 pub trait Sums {
     /// `bias_u + bias_i + <p_u, q_i>` of two padded rows of the same width.
     fn score(user: &[f32], item: &[f32]) -> f32;
+    /// One SGD step (see `sgd_step`).
+    fn step(user: &mut [f32], item: &mut [f32], target: f32, step: Step) -> f32;
 }
 
 /// The kernel in plain Rust.
@@ -64,7 +71,7 @@ impl Sums for Portable {
     fn score(user: &[f32], item: &[f32]) -> f32 {
         let n = user.len().min(item.len()) / LANES * LANES;
         let (user, item) = (&user[..n], &item[..n]);
-        let mut acc = [0.0f32; LANES];
+        let mut acc = [[0.0f32; LANES]; 2];
         for (c, (x, y)) in user
             .chunks_exact(LANES)
             .zip(item.chunks_exact(LANES))
@@ -77,10 +84,62 @@ impl Sums for Portable {
                 x[0] = 0.0;
             }
             for l in 0..LANES {
-                acc[l] += x[l] * y[l];
+                // The first product of each accumulator is its value (no 0 + first).
+                acc[c % 2][l] = if c < 2 {
+                    x[l] * y[l]
+                } else {
+                    acc[c % 2][l] + x[l] * y[l]
+                };
             }
         }
-        user[0] + item[0] + sum_lanes(acc)
+        let mut sum = [0.0f32; LANES];
+        for l in 0..LANES {
+            sum[l] = acc[0][l] + acc[1][l];
+        }
+        user[0] + item[0] + sum_lanes(sum)
+    }
+
+    #[inline(always)]
+    fn step(user: &mut [f32], item: &mut [f32], target: f32, step: Step) -> f32 {
+        let n = user.len().min(item.len()) / LANES * LANES;
+        let (user, item) = (&mut user[..n], &mut item[..n]);
+        let (bu, bi) = (user[0], item[0]);
+        let err = target - Self::score(user, item);
+        let (lr, reg) = (step.lr, step.reg);
+        let g = lr * err;
+        let keep = 1.0 - lr * reg;
+        for (p, q) in user
+            .chunks_exact_mut(LANES)
+            .zip(item.chunks_exact_mut(LANES))
+        {
+            // Whole chunks in locals: the compiler then needs no proof that the rows are apart
+            // to update eight lanes at once.
+            let old_p: [f32; LANES] = p.try_into().expect("a whole chunk");
+            let old_q: [f32; LANES] = q.try_into().expect("a whole chunk");
+            let mut new_p = [0.0f32; LANES];
+            let mut new_q = [0.0f32; LANES];
+            for l in 0..LANES {
+                new_p[l] = keep * old_p[l] + g * old_q[l];
+                new_q[l] = keep * old_q[l] + g * old_p[l];
+            }
+            p.copy_from_slice(&new_p);
+            q.copy_from_slice(&new_q);
+        }
+        fix_biases(user, item, bu, bi, err, step);
+        err
+    }
+}
+
+/// The bias lanes after an update of whole rows: their partner is 1, not the other side's
+/// bias.
+#[inline(always)]
+fn fix_biases(user: &mut [f32], item: &mut [f32], bu: f32, bi: f32, err: f32, step: Step) {
+    if step.biased {
+        user[0] = bu + step.lr * (err - step.reg * bu);
+        item[0] = bi + step.lr * (err - step.reg * bi);
+    } else {
+        user[0] = bu;
+        item[0] = bi;
     }
 }
 
@@ -91,30 +150,85 @@ impl Sums for Portable {
 pub(crate) struct Avx;
 
 #[cfg(target_arch = "x86_64")]
+impl Avx {
+    /// The dot product without the bias lane, in every lane of the result (`Sums`' order).
+    ///
+    /// # Safety
+    /// AVX is available, and `user` and `item` have `chunks * LANES` floats.
+    #[inline(always)]
+    unsafe fn dot_all_lanes(
+        user: *const f32,
+        item: *const f32,
+        chunks: usize,
+    ) -> std::arch::x86_64::__m256 {
+        use std::arch::x86_64::*;
+        let product = |c: usize| {
+            let x = _mm256_loadu_ps(user.add(c * LANES));
+            let x = if c == 0 {
+                _mm256_blend_ps::<1>(x, _mm256_setzero_ps())
+            } else {
+                x
+            };
+            _mm256_mul_ps(x, _mm256_loadu_ps(item.add(c * LANES)))
+        };
+        let mut acc = [product(0), _mm256_setzero_ps()];
+        if chunks > 1 {
+            acc[1] = product(1);
+        }
+        for c in 2..chunks {
+            acc[c % 2] = _mm256_add_ps(acc[c % 2], product(c));
+        }
+        let sum = _mm256_add_ps(acc[0], acc[1]);
+        // sum_lanes' order in every lane: a_l = sum_l + sum_{l+4}, then (a0 + a2) + (a1 + a3)
+        // (each lane adds the same two numbers, in one order or the other: the same bits).
+        let a = _mm256_add_ps(sum, _mm256_permute2f128_ps::<0x01>(sum, sum));
+        let b = _mm256_add_ps(a, _mm256_permute_ps::<0b01_00_11_10>(a));
+        _mm256_add_ps(b, _mm256_permute_ps::<0b10_11_00_01>(b))
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
 impl Sums for Avx {
     #[inline(always)]
     fn score(user: &[f32], item: &[f32]) -> f32 {
         use std::arch::x86_64::*;
         let n = user.len().min(item.len()) / LANES * LANES;
         let (user, item) = (&user[..n], &item[..n]);
-        // SAFETY: AVX is available (see the type's documentation); every load reads LANES
-        // floats at c * LANES < n, inside both slices.
-        unsafe {
-            let mut acc = _mm256_setzero_ps();
+        // SAFETY: AVX is available (see the type's documentation); both slices have n floats.
+        let dot = unsafe {
+            _mm256_cvtss_f32(Self::dot_all_lanes(user.as_ptr(), item.as_ptr(), n / LANES))
+        };
+        user[0] + item[0] + dot
+    }
+
+    #[inline(always)]
+    fn step(user: &mut [f32], item: &mut [f32], target: f32, step: Step) -> f32 {
+        use std::arch::x86_64::*;
+        let n = user.len().min(item.len()) / LANES * LANES;
+        let (user, item) = (&mut user[..n], &mut item[..n]);
+        let (bu, bi) = (user[0], item[0]);
+        let (up, ip) = (user.as_mut_ptr(), item.as_mut_ptr());
+        // SAFETY: AVX is available (see the type's documentation); every load and store is of
+        // LANES floats at c * LANES < n, inside both slices, which do not overlap (two `&mut`).
+        let err = unsafe {
+            let dot = Self::dot_all_lanes(up, ip, n / LANES);
+            // As Portable: err = target - ((bu + bi) + dot), g = lr * err, in every lane.
+            let score = _mm256_add_ps(_mm256_set1_ps(bu + bi), dot);
+            let err = _mm256_sub_ps(_mm256_set1_ps(target), score);
+            let g = _mm256_mul_ps(_mm256_set1_ps(step.lr), err);
+            let keep = _mm256_set1_ps(1.0 - step.lr * step.reg);
             for c in 0..n / LANES {
-                let mut x = _mm256_loadu_ps(user.as_ptr().add(c * LANES));
-                if c == 0 {
-                    x = _mm256_blend_ps::<1>(x, _mm256_setzero_ps());
-                }
-                let y = _mm256_loadu_ps(item.as_ptr().add(c * LANES));
-                acc = _mm256_add_ps(acc, _mm256_mul_ps(x, y));
+                let p = _mm256_loadu_ps(up.add(c * LANES));
+                let q = _mm256_loadu_ps(ip.add(c * LANES));
+                let new_p = _mm256_add_ps(_mm256_mul_ps(keep, p), _mm256_mul_ps(g, q));
+                let new_q = _mm256_add_ps(_mm256_mul_ps(keep, q), _mm256_mul_ps(g, p));
+                _mm256_storeu_ps(up.add(c * LANES), new_p);
+                _mm256_storeu_ps(ip.add(c * LANES), new_q);
             }
-            // sum_lanes' order: a_l = acc_l + acc_{l+4}, then (a0 + a2) + (a1 + a3).
-            let a = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps::<1>(acc));
-            let b = _mm_add_ps(a, _mm_movehl_ps(a, a));
-            let sum = _mm_add_ss(b, _mm_shuffle_ps::<1>(b, b));
-            user[0] + item[0] + _mm_cvtss_f32(sum)
-        }
+            _mm256_cvtss_f32(err)
+        };
+        fix_biases(user, item, bu, bi, err, step);
+        err
     }
 }
 
@@ -156,42 +270,10 @@ pub fn sgd_step(user: &mut [f32], item: &mut [f32], target: f32, step: Step) -> 
     sgd_step_with::<Portable>(user, item, target, step)
 }
 
-/// `sgd_step` with the sums of `S`.
+/// `sgd_step` with the arithmetic of `S`.
 #[inline(always)]
 pub fn sgd_step_with<S: Sums>(user: &mut [f32], item: &mut [f32], target: f32, step: Step) -> f32 {
-    let n = user.len().min(item.len()) / LANES * LANES;
-    let (user, item) = (&mut user[..n], &mut item[..n]);
-    let (bu, bi) = (user[0], item[0]);
-    let err = target - S::score(user, item);
-    let (lr, reg) = (step.lr, step.reg);
-    let g = lr * err;
-    let keep = 1.0 - lr * reg;
-    for (p, q) in user
-        .chunks_exact_mut(LANES)
-        .zip(item.chunks_exact_mut(LANES))
-    {
-        // Whole chunks in locals: the compiler then needs no proof that the rows are apart
-        // to update eight lanes at once.
-        let old_p: [f32; LANES] = p.try_into().expect("a whole chunk");
-        let old_q: [f32; LANES] = q.try_into().expect("a whole chunk");
-        let mut new_p = [0.0f32; LANES];
-        let mut new_q = [0.0f32; LANES];
-        for l in 0..LANES {
-            new_p[l] = keep * old_p[l] + g * old_q[l];
-            new_q[l] = keep * old_q[l] + g * old_p[l];
-        }
-        p.copy_from_slice(&new_p);
-        q.copy_from_slice(&new_q);
-    }
-    // The bias lane: its partner is 1, not the other side's bias.
-    if step.biased {
-        user[0] = bu + lr * (err - reg * bu);
-        item[0] = bi + lr * (err - reg * bi);
-    } else {
-        user[0] = bu;
-        item[0] = bi;
-    }
-    err
+    S::step(user, item, target, step)
 }
 
 /// A prediction from two rows (either may be unknown), clipped to the rating range.
@@ -303,6 +385,37 @@ mod tests {
                         "biases untouched without --no-bias"
                     );
                 }
+            }
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn the_avx_kernel_gives_the_bits_of_the_portable_one() {
+        if !std::arch::is_x86_feature_detected!("avx2") {
+            eprintln!("skipped: this CPU has no AVX2");
+            return;
+        }
+        for k in [1, 7, 8, 20, 33, 100] {
+            for biased in [true, false] {
+                let (mut u, mut i) = rows(k, 3 + k as u64);
+                let (mut u2, mut i2) = (u.clone(), i.clone());
+                let step = Step {
+                    lr: 0.01,
+                    reg: 0.02,
+                    biased,
+                };
+                for s in 0..50 {
+                    assert_eq!(
+                        Avx::score(&u, &i).to_bits(),
+                        Portable::score(&u2, &i2).to_bits()
+                    );
+                    let target = 1.0 + (s % 7) as f32 * 0.5;
+                    let e = Avx::step(&mut u, &mut i, target, step);
+                    let e2 = Portable::step(&mut u2, &mut i2, target, step);
+                    assert_eq!(e.to_bits(), e2.to_bits(), "k={k} step {s}");
+                }
+                assert_eq!((u, i), (u2, i2), "k={k}");
             }
         }
     }
