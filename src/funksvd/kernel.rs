@@ -108,9 +108,11 @@ impl Sums for Portable {
         let (lr, reg) = (step.lr, step.reg);
         let g = lr * err;
         let keep = 1.0 - lr * reg;
-        for (p, q) in user
+        let (new_bu, new_bi) = new_biases(bu, bi, err, step);
+        for (c, (p, q)) in user
             .chunks_exact_mut(LANES)
             .zip(item.chunks_exact_mut(LANES))
+            .enumerate()
         {
             // Whole chunks in locals: the compiler then needs no proof that the rows are apart
             // to update eight lanes at once.
@@ -122,24 +124,26 @@ impl Sums for Portable {
                 new_p[l] = keep * old_p[l] + g * old_q[l];
                 new_q[l] = keep * old_q[l] + g * old_p[l];
             }
+            if c == 0 {
+                (new_p[0], new_q[0]) = (new_bu, new_bi);
+            }
             p.copy_from_slice(&new_p);
             q.copy_from_slice(&new_q);
         }
-        fix_biases(user, item, bu, bi, err, step);
         err
     }
 }
 
-/// The bias lanes after an update of whole rows: their partner is 1, not the other side's
-/// bias.
+/// The bias lanes after a step: their partner is 1, not the other side's bias.
 #[inline(always)]
-fn fix_biases(user: &mut [f32], item: &mut [f32], bu: f32, bi: f32, err: f32, step: Step) {
+fn new_biases(bu: f32, bi: f32, err: f32, step: Step) -> (f32, f32) {
     if step.biased {
-        user[0] = bu + step.lr * (err - step.reg * bu);
-        item[0] = bi + step.lr * (err - step.reg * bi);
+        (
+            bu + step.lr * (err - step.reg * bu),
+            bi + step.lr * (err - step.reg * bi),
+        )
     } else {
-        user[0] = bu;
-        item[0] = bi;
+        (bu, bi)
     }
 }
 
@@ -151,31 +155,33 @@ pub(crate) struct Avx;
 
 #[cfg(target_arch = "x86_64")]
 impl Avx {
-    /// The dot product without the bias lane, in every lane of the result (`Sums`' order).
+    /// The widest row `step` keeps in registers, in chunks (wider rows: `Portable`).
+    const MAX_CHUNKS: usize = 16;
+
+    /// The dot product of the chunks `p` and `q` without the bias lane, in every lane of the
+    /// result (`Sums`' order).
     ///
     /// # Safety
-    /// AVX is available, and `user` and `item` have `chunks * LANES` floats.
+    /// AVX is available; `p` and `q` have the same, non-zero length.
     #[inline(always)]
     unsafe fn dot_all_lanes(
-        user: *const f32,
-        item: *const f32,
-        chunks: usize,
+        p: &[std::arch::x86_64::__m256],
+        q: &[std::arch::x86_64::__m256],
     ) -> std::arch::x86_64::__m256 {
         use std::arch::x86_64::*;
         let product = |c: usize| {
-            let x = _mm256_loadu_ps(user.add(c * LANES));
             let x = if c == 0 {
-                _mm256_blend_ps::<1>(x, _mm256_setzero_ps())
+                _mm256_blend_ps::<1>(p[0], _mm256_setzero_ps())
             } else {
-                x
+                p[c]
             };
-            _mm256_mul_ps(x, _mm256_loadu_ps(item.add(c * LANES)))
+            _mm256_mul_ps(x, q[c])
         };
         let mut acc = [product(0), _mm256_setzero_ps()];
-        if chunks > 1 {
+        if p.len() > 1 {
             acc[1] = product(1);
         }
-        for c in 2..chunks {
+        for c in 2..p.len() {
             acc[c % 2] = _mm256_add_ps(acc[c % 2], product(c));
         }
         let sum = _mm256_add_ps(acc[0], acc[1]);
@@ -185,6 +191,17 @@ impl Avx {
         let b = _mm256_add_ps(a, _mm256_permute_ps::<0b01_00_11_10>(a));
         _mm256_add_ps(b, _mm256_permute_ps::<0b10_11_00_01>(b))
     }
+
+    /// Chunks of a row in registers.
+    ///
+    /// # Safety
+    /// AVX is available; `row` has at least `out.len() * LANES` floats.
+    #[inline(always)]
+    unsafe fn load(row: *const f32, out: &mut [std::arch::x86_64::__m256]) {
+        for (c, chunk) in out.iter_mut().enumerate() {
+            *chunk = std::arch::x86_64::_mm256_loadu_ps(row.add(c * LANES));
+        }
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -192,11 +209,18 @@ impl Sums for Avx {
     #[inline(always)]
     fn score(user: &[f32], item: &[f32]) -> f32 {
         use std::arch::x86_64::*;
-        let n = user.len().min(item.len()) / LANES * LANES;
-        let (user, item) = (&user[..n], &item[..n]);
-        // SAFETY: AVX is available (see the type's documentation); both slices have n floats.
+        let chunks = user.len().min(item.len()) / LANES;
+        if chunks > Self::MAX_CHUNKS {
+            return Portable::score(user, item);
+        }
+        // SAFETY: AVX is available (see the type's documentation); both slices have
+        // chunks * LANES floats, and chunks > 0 (rows are never empty).
         let dot = unsafe {
-            _mm256_cvtss_f32(Self::dot_all_lanes(user.as_ptr(), item.as_ptr(), n / LANES))
+            let mut p = [_mm256_setzero_ps(); Self::MAX_CHUNKS];
+            let mut q = [_mm256_setzero_ps(); Self::MAX_CHUNKS];
+            Self::load(user.as_ptr(), &mut p[..chunks]);
+            Self::load(item.as_ptr(), &mut q[..chunks]);
+            _mm256_cvtss_f32(Self::dot_all_lanes(&p[..chunks], &q[..chunks]))
         };
         user[0] + item[0] + dot
     }
@@ -204,31 +228,55 @@ impl Sums for Avx {
     #[inline(always)]
     fn step(user: &mut [f32], item: &mut [f32], target: f32, step: Step) -> f32 {
         use std::arch::x86_64::*;
-        let n = user.len().min(item.len()) / LANES * LANES;
-        let (user, item) = (&mut user[..n], &mut item[..n]);
+        let chunks = user.len().min(item.len()) / LANES;
+        if chunks > Self::MAX_CHUNKS {
+            return Portable::step(user, item, target, step);
+        }
         let (bu, bi) = (user[0], item[0]);
         let (up, ip) = (user.as_mut_ptr(), item.as_mut_ptr());
         // SAFETY: AVX is available (see the type's documentation); every load and store is of
-        // LANES floats at c * LANES < n, inside both slices, which do not overlap (two `&mut`).
-        let err = unsafe {
-            let dot = Self::dot_all_lanes(up, ip, n / LANES);
-            // As Portable: err = target - ((bu + bi) + dot), g = lr * err, in every lane.
+        // LANES floats at c * LANES < chunks * LANES, inside both slices, which do not overlap
+        // (two `&mut`).
+        unsafe {
+            // Both rows in registers once: the dot product and the update read them there.
+            let mut p = [_mm256_setzero_ps(); Self::MAX_CHUNKS];
+            let mut q = [_mm256_setzero_ps(); Self::MAX_CHUNKS];
+            Self::load(up, &mut p[..chunks]);
+            Self::load(ip, &mut q[..chunks]);
+            let dot = Self::dot_all_lanes(&p[..chunks], &q[..chunks]);
+            // As Portable, in every lane: err = target - ((bu + bi) + dot), g = lr * err.
+            let (bu_v, bi_v) = (_mm256_set1_ps(bu), _mm256_set1_ps(bi));
             let score = _mm256_add_ps(_mm256_set1_ps(bu + bi), dot);
             let err = _mm256_sub_ps(_mm256_set1_ps(target), score);
-            let g = _mm256_mul_ps(_mm256_set1_ps(step.lr), err);
+            let (lr, reg) = (_mm256_set1_ps(step.lr), _mm256_set1_ps(step.reg));
+            let g = _mm256_mul_ps(lr, err);
             let keep = _mm256_set1_ps(1.0 - step.lr * step.reg);
-            for c in 0..n / LANES {
-                let p = _mm256_loadu_ps(up.add(c * LANES));
-                let q = _mm256_loadu_ps(ip.add(c * LANES));
-                let new_p = _mm256_add_ps(_mm256_mul_ps(keep, p), _mm256_mul_ps(g, q));
-                let new_q = _mm256_add_ps(_mm256_mul_ps(keep, q), _mm256_mul_ps(g, p));
+            // The new biases, as `new_biases` computes them.
+            let (new_bu, new_bi) = if step.biased {
+                let new = |b| {
+                    _mm256_add_ps(
+                        b,
+                        _mm256_mul_ps(lr, _mm256_sub_ps(err, _mm256_mul_ps(reg, b))),
+                    )
+                };
+                (new(bu_v), new(bi_v))
+            } else {
+                (bu_v, bi_v)
+            };
+            for c in 0..chunks {
+                let mut new_p = _mm256_add_ps(_mm256_mul_ps(keep, p[c]), _mm256_mul_ps(g, q[c]));
+                let mut new_q = _mm256_add_ps(_mm256_mul_ps(keep, q[c]), _mm256_mul_ps(g, p[c]));
+                if c == 0 {
+                    // The bias lane goes in with its chunk: one store per chunk, so the next
+                    // step's load of the row is forwarded from it.
+                    new_p = _mm256_blend_ps::<1>(new_p, new_bu);
+                    new_q = _mm256_blend_ps::<1>(new_q, new_bi);
+                }
                 _mm256_storeu_ps(up.add(c * LANES), new_p);
                 _mm256_storeu_ps(ip.add(c * LANES), new_q);
             }
             _mm256_cvtss_f32(err)
-        };
-        fix_biases(user, item, bu, bi, err, step);
-        err
+        }
     }
 }
 
