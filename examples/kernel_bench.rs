@@ -14,7 +14,7 @@ use std::time::Instant;
 use funksvd::funksvd::data::{HeldOut, ItemBlocks, RankRatings};
 use funksvd::funksvd::kernel::Step;
 use funksvd::funksvd::train::{
-    holdout_errors, sgd_pass, visiting_order, Globals, Hyper, Params, MIN_PASSES, RUNS_PER_BATCH,
+    holdout_errors, run_order, sgd_pass, Globals, Hyper, Params, MIN_PASSES, RUNS_PER_BATCH,
     USER_RUN,
 };
 use funksvd::ids::Id;
@@ -133,7 +133,11 @@ fn main() {
     Rng::new(1, 2).shuffle(&mut shuffled);
     let sequential: Vec<u32> = (0..data.n_users() as u32).collect();
     let mut training = Vec::new();
-    visiting_order(data.n_users(), &mut Rng::new(1, 2), &mut training);
+    run_order(
+        data.n_users().div_ceil(USER_RUN),
+        &mut Rng::new(1, 2),
+        &mut training,
+    );
     // As training cuts the items on one rank (item ids are already in row order here).
     let mut counts = vec![0u64; a.items];
     for &i in &data.items {
@@ -144,6 +148,7 @@ fn main() {
     let orders: [(&str, &[u32], usize); 3] = [
         ("shuffled: users shuffled, 1 visit each", &shuffled, 1),
         ("sequential: users in order, 1 visit each", &sequential, 1),
+        // (Here the list is of runs of users, not users.)
         ("training: runs of users, blocks", &training, MIN_PASSES),
     ];
     for &factors in &a.factors {
@@ -166,29 +171,32 @@ fn main() {
             }
             if n_blocks > 1 {
                 renumber(&mut data, &row_of);
-                data.split_blocks(&blocks.starts);
+                data.split_blocks(&blocks.starts, USER_RUN);
+            }
+            // One visit per user: listed once, as training lists its visits once.
+            let mut visits = Vec::new();
+            if n_blocks == 1 {
+                data.add_visits(order, &mut visits);
             }
             let mut params = Params::init(&data.user_ids, &item_ids, &hyper);
             let mut best = f64::INFINITY;
             let mut best_holdout = f64::INFINITY;
             let mut checksum = 0.0;
-            let mut visits = Vec::new();
             for pass in 0..=a.epochs {
                 let t = Instant::now();
-                // As training does: a batch of runs at a time, each run through every block.
-                let run = if n_blocks > 1 {
-                    USER_RUN
-                } else {
-                    order.len().max(1)
-                };
-                for runs in order.chunks(run * RUNS_PER_BATCH) {
-                    visits.clear();
-                    for run in runs.chunks(run) {
-                        for b in 0..n_blocks {
-                            data.add_visits(run, b, &mut visits);
-                        }
-                    }
+                if n_blocks == 1 {
                     checksum += sgd_pass(&mut params, &data, &visits, step, 3.0);
+                } else {
+                    // As training does: a batch of runs at a time, each through every block.
+                    for runs in order.chunks(RUNS_PER_BATCH) {
+                        visits.clear();
+                        for &run in runs {
+                            for b in 0..n_blocks {
+                                visits.extend_from_slice(data.segment(run as usize, b));
+                            }
+                        }
+                        checksum += sgd_pass(&mut params, &data, &visits, step, 3.0);
+                    }
                 }
                 let sgd = t.elapsed().as_secs_f64();
                 let t = Instant::now();
@@ -209,7 +217,7 @@ fn main() {
             if n_blocks > 1 {
                 let back: Vec<u32> = blocks.order.clone();
                 renumber(&mut data, &back);
-                data.split_blocks(&[0, a.items]);
+                data.split_blocks(&[0, a.items], USER_RUN);
             }
         }
     }

@@ -13,7 +13,7 @@ use crate::funksvd::data::{
     holdout_mask, index, sorted_item_index, train_counts, train_item_ids, ItemBlocks, RankRatings,
 };
 use crate::funksvd::train::{
-    blocks_per_rank, floats_per_exchange, holdout_errors, train, train_errors,
+    blocks_per_rank, floats_per_exchange, holdout_errors, train, train_errors, USER_RUN,
 };
 use crate::funksvd::{Globals, Params, TrainState};
 use crate::ids::Id;
@@ -54,7 +54,7 @@ pub fn run(comm: &Comm, args: &TrainArgs) -> Result<()> {
         .map(|&i| sorted_items[i as usize].clone())
         .collect();
     let mut data = index(owned, &held, &blocks.rows_of(&by_sorted));
-    data.split_blocks(&blocks.starts);
+    data.split_blocks(&blocks.starts, USER_RUN);
     drop(by_sorted);
     let (globals, n_users, n_ratings, n_holdout) = agree_globals(comm, &data, &report)?;
     let exchange_seconds = report.exchange_seconds + started.elapsed().as_secs_f64();

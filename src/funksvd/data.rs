@@ -27,11 +27,15 @@ pub struct RankRatings {
     pub items: Vec<u32>,
     pub values: Vec<f32>,
     pub holdout: Vec<HeldOut>,
-    /// With item blocks (see `split_blocks`): user u's ratings of block b are
-    /// `block_bounds[u * B + b]..block_bounds[u * B + b + 1]` for B blocks. Empty: one block.
-    pub block_bounds: Vec<usize>,
+    /// After `split_blocks`: the visits of run r (users `r * run..(r + 1) * run`) to item block
+    /// b are `visits[segments[r * B + b]..segments[r * B + b + 1]]` for B blocks, in user
+    /// order, users without ratings in the block left out.
+    pub visits: Vec<Visit>,
+    pub segments: Vec<usize>,
     /// B, the number of item blocks (0 until `split_blocks`: one block).
     pub blocks: usize,
+    /// Users per run (0 until `split_blocks`).
+    pub run: usize,
 }
 
 impl RankRatings {
@@ -47,25 +51,48 @@ impl RankRatings {
     }
 
     /// Cut every user's ratings (sorted by item row) at the item blocks' first rows `starts`
-    /// (block b is rows `starts[b]..starts[b + 1]`), so `block(b).ratings(u)` is a lookup.
-    pub fn split_blocks(&mut self, starts: &[usize]) {
+    /// (block b is rows `starts[b]..starts[b + 1]`) and list the visits of each run of `run`
+    /// consecutive users to each block, so `segment(r, b)` is a lookup.
+    pub fn split_blocks(&mut self, starts: &[usize], run: usize) {
         let blocks = starts.len().saturating_sub(1).max(1);
-        self.block_bounds.clear();
+        let run = run.max(1);
+        let runs = self.n_users().div_ceil(run);
         self.blocks = blocks;
-        if blocks == 1 {
-            return;
-        }
-        self.block_bounds.reserve(self.n_users() * blocks + 1);
-        for u in 0..self.n_users() {
-            let (lo, hi) = (self.user_offsets[u], self.user_offsets[u + 1]);
-            let items = &self.items[lo..hi];
-            self.block_bounds.push(lo);
-            for &start in &starts[1..blocks] {
-                self.block_bounds
-                    .push(lo + items.partition_point(|&i| (i as usize) < start));
+        self.run = run;
+        self.visits.clear();
+        self.segments.clear();
+        self.segments.reserve(runs * blocks + 1);
+        self.segments.push(0);
+        // Where each user of the run has got to in its ratings (they are sorted by item row,
+        // so block after block).
+        let mut at: Vec<usize> = Vec::with_capacity(run);
+        for r in 0..runs {
+            let users = r * run..((r + 1) * run).min(self.n_users());
+            at.clear();
+            at.extend(users.clone().map(|u| self.user_offsets[u]));
+            for &end in starts
+                .get(1..)
+                .unwrap_or(&[])
+                .iter()
+                .chain([&usize::MAX])
+                .take(blocks)
+            {
+                for (u, at) in users.clone().zip(&mut at) {
+                    let items = &self.items[*at..self.user_offsets[u + 1]];
+                    let len = items.partition_point(|&i| (i as usize) < end);
+                    if len > 0 {
+                        self.visits.push(Visit {
+                            start: *at,
+                            user: u as u32,
+                            len: len as u32,
+                        });
+                    }
+                    *at += len;
+                }
+                self.segments.push(self.visits.len());
             }
         }
-        self.block_bounds.push(self.items.len());
+        self.visits.shrink_to_fit();
     }
 
     /// How many item blocks `split_blocks` cut the ratings into (1 if never).
@@ -73,30 +100,34 @@ impl RankRatings {
         self.blocks.max(1)
     }
 
-    /// Appends the visits of `users` (in that order) to item block `block`, leaving out users
-    /// without ratings in it.
-    pub fn add_visits(&self, users: &[u32], block: usize, out: &mut Vec<Visit>) {
-        let (bounds, stride) = if self.block_bounds.is_empty() {
-            assert_eq!(block, 0, "one block until split_blocks");
-            (&self.user_offsets[..], 1)
-        } else {
-            (&self.block_bounds[..], self.n_blocks())
-        };
-        // Every visit written, only the non-empty ones kept: no branch to mispredict on
-        // the many users with no ratings in a block.
-        let mut n = out.len();
-        out.resize(n + users.len(), Visit::default());
+    /// How many runs of users `split_blocks` listed visits for.
+    pub fn n_runs(&self) -> usize {
+        (self.segments.len().max(1) - 1) / self.n_blocks()
+    }
+
+    /// The visits of run `run` to item block `block` (see `split_blocks`).
+    #[inline]
+    pub fn segment(&self, run: usize, block: usize) -> &[Visit] {
+        let s = run * self.n_blocks() + block;
+        &self.visits[self.segments[s]..self.segments[s + 1]]
+    }
+
+    /// Appends the visits of `users` (in that order) to all their ratings, leaving out users
+    /// without ratings (for passes without item blocks).
+    pub fn add_visits(&self, users: &[u32], out: &mut Vec<Visit>) {
         for &user in users {
-            let at = user as usize * stride + block;
-            let (start, end) = (bounds[at], bounds[at + 1]);
-            out[n] = Visit {
-                start,
-                user,
-                len: (end - start) as u32,
-            };
-            n += (end > start) as usize;
+            let (start, end) = (
+                self.user_offsets[user as usize],
+                self.user_offsets[user as usize + 1],
+            );
+            if end > start {
+                out.push(Visit {
+                    start,
+                    user,
+                    len: (end - start) as u32,
+                });
+            }
         }
-        out.truncate(n);
     }
 
     /// The ratings of a visit: item rows and values.
@@ -347,8 +378,7 @@ pub fn index(owned: OwnedRatings, held_out: &[bool], item_rows: &[u32]) -> RankR
         items: train.iter().map(|t| t.1).collect(),
         values: train.iter().map(|t| t.2).collect(),
         holdout,
-        block_bounds: Vec::new(),
-        blocks: 0,
+        ..Default::default()
     }
 }
 
@@ -428,11 +458,13 @@ mod tests {
         assert_eq!((b.group_rows(0), b.group_rows(1)), (0..2, 2..4));
     }
 
-    /// User `user`'s ratings of block `block`, through a visit.
-    fn ratings_in(data: &RankRatings, block: usize, user: u32) -> (&[u32], &[f32]) {
-        let mut visits = Vec::new();
-        data.add_visits(&[user], block, &mut visits);
-        visits.first().map_or((&[], &[]), |&v| data.visit(v))
+    /// User `user`'s ratings of block `block`, through the visits of its run.
+    fn ratings_in(data: &RankRatings, block: usize, user: usize) -> (&[u32], &[f32]) {
+        let visits = data.segment(user / data.run, block);
+        visits
+            .iter()
+            .find(|v| v.user as usize == user)
+            .map_or((&[], &[]), |&v| data.visit(v))
     }
 
     #[test]
@@ -445,29 +477,40 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(data.n_blocks(), 1);
-        assert_eq!(ratings_in(&data, 0, 0).0.len(), 4);
-        data.split_blocks(&[0, 2, 4, 8]);
-        assert_eq!(data.n_blocks(), 3);
-        assert_eq!(ratings_in(&data, 0, 0), (&[0u32][..], &[1.0f32][..]));
-        assert_eq!(
-            ratings_in(&data, 1, 0),
-            (&[2u32, 3][..], &[2.0f32, 3.0][..])
-        );
-        assert_eq!(ratings_in(&data, 2, 0), (&[7u32][..], &[4.0f32][..]));
-        assert!((0..3).all(|b| ratings_in(&data, b, 1).0.is_empty()));
-        assert_eq!(ratings_in(&data, 0, 2).0, &[1]);
-        assert_eq!(ratings_in(&data, 1, 2).0.len(), 0);
-        assert_eq!(ratings_in(&data, 2, 2).0, &[5]);
-        // Visits keep the users' order and leave out those without ratings in the block.
         let mut visits = Vec::new();
-        data.add_visits(&[2, 1, 0], 1, &mut visits);
-        assert_eq!(visits.iter().map(|v| v.user).collect::<Vec<_>>(), vec![0]);
-        data.add_visits(&[2, 1, 0], 2, &mut visits);
+        data.add_visits(&[2, 1, 0], &mut visits);
         assert_eq!(
-            visits.iter().map(|v| v.user).collect::<Vec<_>>(),
-            vec![0, 2, 0]
+            visits.iter().map(|v| (v.user, v.len)).collect::<Vec<_>>(),
+            vec![(2, 2), (0, 4)],
+            "the users' order, without users who have no ratings"
         );
-        data.split_blocks(&[0, 8]);
+        for run in [1, 2, 3, 64] {
+            data.split_blocks(&[0, 2, 4, 8], run);
+            assert_eq!(data.n_blocks(), 3);
+            assert_eq!(data.n_runs(), 3usize.div_ceil(run));
+            assert_eq!(ratings_in(&data, 0, 0), (&[0u32][..], &[1.0f32][..]));
+            assert_eq!(
+                ratings_in(&data, 1, 0),
+                (&[2u32, 3][..], &[2.0f32, 3.0][..])
+            );
+            assert_eq!(ratings_in(&data, 2, 0), (&[7u32][..], &[4.0f32][..]));
+            assert!((0..3).all(|b| ratings_in(&data, b, 1).0.is_empty()));
+            assert_eq!(ratings_in(&data, 0, 2).0, &[1]);
+            assert_eq!(ratings_in(&data, 1, 2).0.len(), 0);
+            assert_eq!(ratings_in(&data, 2, 2).0, &[5]);
+            // In user order, users without ratings in the block left out.
+            for r in 0..data.n_runs() {
+                for b in 0..3 {
+                    let users: Vec<u32> = data.segment(r, b).iter().map(|v| v.user).collect();
+                    assert!(users.windows(2).all(|w| w[0] < w[1]));
+                    assert!(users.iter().all(|&u| u as usize / run == r && u != 1));
+                }
+            }
+            assert_eq!(data.visits.len(), 5);
+            let lens: usize = data.visits.iter().map(|v| v.len as usize).sum();
+            assert_eq!(lens, 6, "every rating in exactly one visit");
+        }
+        data.split_blocks(&[0, 8], 2);
         assert_eq!(data.n_blocks(), 1);
         assert_eq!(ratings_in(&data, 0, 0).0.len(), 4);
     }

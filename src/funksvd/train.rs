@@ -223,7 +223,11 @@ pub fn train(
         n[0]
     };
     let mut rotation = Rotation::new(&params, blocks);
-    let mut order: Vec<u32> = Vec::with_capacity(data.n_users());
+    assert_eq!(
+        data.run, USER_RUN,
+        "visits listed by runs of USER_RUN users"
+    );
+    let mut order: Vec<u32> = Vec::with_capacity(data.n_runs());
     let mut visits: Vec<Visit> = Vec::with_capacity(USER_RUN * RUNS_PER_BATCH * blocks.per_rank);
     for epoch in done + 1..=hyper.epochs {
         let started = Instant::now();
@@ -231,10 +235,10 @@ pub fn train(
         let fault = crate::fault::point("epoch", me)
             .and_then(|_| crate::fault::point(&format!("epoch-{epoch}"), me));
         comm.agree(fault)?;
-        // A fresh user order each epoch, from a stream of this rank and epoch only, so a run
-        // resumed at any epoch visits users exactly as an uninterrupted one.
+        // A fresh order of the runs of users each epoch, from a stream of this rank and epoch
+        // only, so a run resumed at any epoch visits users exactly as an uninterrupted one.
         let mut rng = Rng::new(hyper.seed, ((me as u64) << 32) | epoch as u64);
-        visiting_order(data.n_users(), &mut rng, &mut order);
+        run_order(data.n_runs(), &mut rng, &mut order);
         let mut sse = 0.0f64;
         let mut sync_seconds = 0.0;
         for t in 0..ranks {
@@ -244,11 +248,13 @@ pub fn train(
             // Run by run, each run through every block of the group: a user's visits follow
             // one another while its row is still in L1 (same quality, ~10% faster than whole
             // passes per block, measured). Visits are listed a batch of runs at a time.
-            for runs in order.chunks(USER_RUN * RUNS_PER_BATCH) {
+            for runs in order.chunks(RUNS_PER_BATCH) {
                 visits.clear();
-                for run in runs.chunks(USER_RUN) {
+                for &run in runs {
                     for &b in &in_group {
-                        data.add_visits(run, group * blocks.per_rank + b, &mut visits);
+                        visits.extend_from_slice(
+                            data.segment(run as usize, group * blocks.per_rank + b),
+                        );
                     }
                 }
                 sse += sgd_pass(&mut params, data, &visits, step, mu);
@@ -309,15 +315,11 @@ pub fn train(
     })
 }
 
-/// This epoch's order of the users: runs of `USER_RUN` consecutive users, the runs shuffled.
-pub fn visiting_order(n_users: usize, rng: &mut Rng, order: &mut Vec<u32>) {
-    let mut runs: Vec<u32> = (0..n_users.div_ceil(USER_RUN) as u32).collect();
-    rng.shuffle(&mut runs);
+/// This epoch's order of the runs of users (see `RankRatings::split_blocks`).
+pub fn run_order(n_runs: usize, rng: &mut Rng, order: &mut Vec<u32>) {
     order.clear();
-    for run in runs {
-        let first = run as usize * USER_RUN;
-        order.extend(first as u32..(first + USER_RUN).min(n_users) as u32);
-    }
+    order.extend(0..n_runs as u32);
+    rng.shuffle(order);
 }
 
 /// Floats one rank sends per exchange at most: its largest group, packed (`factors + 1` floats
@@ -444,7 +446,7 @@ macro_rules! by_width {
     };
 }
 
-/// One SGD pass over `visits` (see `RankRatings::add_visits`), in that order; returns the sum
+/// One SGD pass over `visits` (see `RankRatings::split_blocks`), in that order; returns the sum
 /// of squared errors before each update.
 ///
 /// Visits are taken two at a time with their ratings interleaved (a, b, a, b, ...): still one
@@ -734,6 +736,7 @@ mod tests {
             }
             data.user_offsets.push(data.items.len());
         }
+        data.split_blocks(&[0, items], USER_RUN);
         (data, (0..items).map(|i| Id::Int(i as i64)).collect())
     }
 
@@ -796,7 +799,7 @@ mod tests {
         let (data, items) = planted(300, 120, 3);
         let order: Vec<u32> = (0..300).rev().collect();
         let mut visits = Vec::new();
-        data.add_visits(&order, 0, &mut visits);
+        data.add_visits(&order, &mut visits);
         let step = Step {
             lr: 0.01,
             reg: 0.02,
@@ -829,10 +832,11 @@ mod tests {
                 values: data.values.clone(),
                 ..Default::default()
             };
-            split.split_blocks(&[0, 40, 80, 120]);
+            split.split_blocks(&[0, 40, 80, 120], USER_RUN);
             let mut part = start.clone();
-            let mut in_block = Vec::new();
-            split.add_visits(&order, 1, &mut in_block);
+            let in_block: Vec<Visit> = (0..split.n_runs())
+                .flat_map(|r| split.segment(r, 1).to_vec())
+                .collect();
             sgd_pass(&mut part, &split, &in_block, step, 3.0);
             for i in 0..120 {
                 let moved = part.item(i) != start.item(i);
