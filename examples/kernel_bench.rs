@@ -14,8 +14,7 @@ use std::time::Instant;
 use funksvd::funksvd::data::{HeldOut, ItemBlocks, RankRatings};
 use funksvd::funksvd::kernel::Step;
 use funksvd::funksvd::train::{
-    holdout_errors, run_order, sgd_pass, Globals, Hyper, Params, MIN_PASSES, RUNS_PER_BATCH,
-    USER_RUN,
+    holdout_errors, run_order, sgd_pass, Globals, Hyper, Params, MIN_PASSES, USER_RUN,
 };
 use funksvd::ids::Id;
 use funksvd::rng::Rng;
@@ -185,17 +184,13 @@ fn main() {
             for pass in 0..=a.epochs {
                 let t = Instant::now();
                 if n_blocks == 1 {
-                    checksum += sgd_pass(&mut params, &data, &visits, step, 3.0);
+                    checksum += sgd_pass(&mut params, &data, &visits, &[], step, 3.0);
                 } else {
-                    // As training does: a batch of runs at a time, each through every block.
-                    for runs in order.chunks(RUNS_PER_BATCH) {
-                        visits.clear();
-                        for &run in runs {
-                            for b in 0..n_blocks {
-                                visits.extend_from_slice(data.segment(run as usize, b));
-                            }
-                        }
-                        checksum += sgd_pass(&mut params, &data, &visits, step, 3.0);
+                    // As training does: run by run, each through every block.
+                    let slice = |run: u32| data.segments_of(run as usize, 0..n_blocks);
+                    for (n, &run) in order.iter().enumerate() {
+                        let following = order.get(n + 1).map_or(&[][..], |&r| slice(r));
+                        checksum += sgd_pass(&mut params, &data, slice(run), following, step, 3.0);
                     }
                 }
                 let sgd = t.elapsed().as_secs_f64();

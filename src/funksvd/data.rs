@@ -112,6 +112,14 @@ impl RankRatings {
         &self.visits[self.segments[s]..self.segments[s + 1]]
     }
 
+    /// The visits of run `run` to item blocks `blocks`, block after block (see
+    /// `split_blocks`).
+    #[inline]
+    pub fn segments_of(&self, run: usize, blocks: std::ops::Range<usize>) -> &[Visit] {
+        let s = run * self.n_blocks();
+        &self.visits[self.segments[s + blocks.start]..self.segments[s + blocks.end]]
+    }
+
     /// Appends the visits of `users` (in that order) to all their ratings, leaving out users
     /// without ratings (for passes without item blocks).
     pub fn add_visits(&self, users: &[u32], out: &mut Vec<Visit>) {

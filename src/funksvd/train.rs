@@ -45,10 +45,6 @@ pub const MIN_PASSES: usize = 4;
 /// and a run goes through all of a step's blocks before the next run starts.
 pub const USER_RUN: usize = 64;
 
-/// Runs of users whose visits `sgd_pass` takes in one call (a bounded list, and the pass's
-/// prefetching pipeline restarts only once per batch).
-pub const RUNS_PER_BATCH: usize = 16;
-
 /// Item blocks per rank for `ranks` ranks.
 pub fn blocks_per_rank(ranks: usize) -> usize {
     MIN_PASSES.div_ceil(ranks.max(1))
@@ -228,7 +224,6 @@ pub fn train(
         "visits listed by runs of USER_RUN users"
     );
     let mut order: Vec<u32> = Vec::with_capacity(data.n_runs());
-    let mut visits: Vec<Visit> = Vec::with_capacity(USER_RUN * RUNS_PER_BATCH * blocks.per_rank);
     for epoch in done + 1..=hyper.epochs {
         let started = Instant::now();
         // A rank failing mid-training must not leave the others in the next exchange.
@@ -243,21 +238,14 @@ pub fn train(
         let mut sync_seconds = 0.0;
         for t in 0..ranks {
             let group = (me + t) % ranks;
-            let mut in_group: Vec<usize> = (0..blocks.per_rank).collect();
-            rng.shuffle(&mut in_group);
             // Run by run, each run through every block of the group: a user's visits follow
             // one another while its row is still in L1 (same quality, ~10% faster than whole
-            // passes per block, measured). Visits are listed a batch of runs at a time.
-            for runs in order.chunks(RUNS_PER_BATCH) {
-                visits.clear();
-                for &run in runs {
-                    for &b in &in_group {
-                        visits.extend_from_slice(
-                            data.segment(run as usize, group * blocks.per_rank + b),
-                        );
-                    }
-                }
-                sse += sgd_pass(&mut params, data, &visits, step, mu);
+            // passes per block, measured). A run's visits to the group are one slice.
+            let first = group * blocks.per_rank;
+            let slice = |run: u32| data.segments_of(run as usize, first..first + blocks.per_rank);
+            for (n, &run) in order.iter().enumerate() {
+                let following = order.get(n + 1).map_or(&[][..], |&r| slice(r));
+                sse += sgd_pass(&mut params, data, slice(run), following, step, mu);
             }
             if ranks > 1 {
                 let waited = Instant::now();
@@ -447,7 +435,8 @@ macro_rules! by_width {
 }
 
 /// One SGD pass over `visits` (see `RankRatings::split_blocks`), in that order; returns the sum
-/// of squared errors before each update.
+/// of squared errors before each update. `following` are the visits of the next pass, if
+/// known: the pass starts fetching their memory.
 ///
 /// Visits are taken two at a time with their ratings interleaved (a, b, a, b, ...): still one
 /// sequential SGD order, but two independent chains of updates for the core to overlap (1 rank:
@@ -458,6 +447,7 @@ pub fn sgd_pass(
     params: &mut Params,
     data: &RankRatings,
     visits: &[Visit],
+    following: &[Visit],
     step: Step,
     mu: f32,
 ) -> f64 {
@@ -465,7 +455,7 @@ pub fn sgd_pass(
         params.width,
         pass_rows,
         pass_avx2,
-        (params, data, visits, step, mu)
+        (params, data, visits, following, step, mu)
     )
 }
 
@@ -477,10 +467,11 @@ unsafe fn pass_avx2<const W: usize>(
     params: &mut Params,
     data: &RankRatings,
     visits: &[Visit],
+    following: &[Visit],
     step: Step,
     mu: f32,
 ) -> f64 {
-    pass_rows::<W, super::kernel::Avx>(params, data, visits, step, mu)
+    pass_rows::<W, super::kernel::Avx>(params, data, visits, following, step, mu)
 }
 
 /// Independent chains of updates `pass_rows` keeps going at once.
@@ -504,6 +495,7 @@ fn pass_rows<const W: usize, S: Sums>(
     params: &mut Params,
     data: &RankRatings,
     visits: &[Visit],
+    following: &[Visit],
     step: Step,
     mu: f32,
 ) -> f64 {
@@ -516,7 +508,9 @@ fn pass_rows<const W: usize, S: Sums>(
     let mut next = 0;
     for chain in &mut chains {
         if let Some(v) = visits.get(next) {
-            prepare(visits, next, items, values, user_rows, item_rows, width);
+            prepare(
+                visits, following, next, items, values, user_rows, item_rows, width,
+            );
             *chain = Chain {
                 row: v.user as usize * width,
                 at: v.start,
@@ -547,7 +541,9 @@ fn pass_rows<const W: usize, S: Sums>(
         }
         for chain in &mut chains {
             if chain.at == chain.end && next < visits.len() {
-                prepare(visits, next, items, values, user_rows, item_rows, width);
+                prepare(
+                    visits, following, next, items, values, user_rows, item_rows, width,
+                );
                 let v = visits[next];
                 *chain = Chain {
                     row: v.user as usize * width,
@@ -585,8 +581,10 @@ fn pass_rows<const W: usize, S: Sums>(
 /// reading what the one before fetched earlier (part of `pass_rows`). The user rows and rating
 /// lists of visit v + 2 CHAINS, the first item rows of visit v + CHAINS.
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
 fn prepare(
     visits: &[Visit],
+    following: &[Visit],
     v: usize,
     items: &[u32],
     values: &[f32],
@@ -594,13 +592,14 @@ fn prepare(
     item_rows: &[f32],
     width: usize,
 ) {
-    if let Some(soon) = visits.get(v + 2 * CHAINS) {
+    let get = |k: usize| visits.get(k).or_else(|| following.get(k - visits.len()));
+    if let Some(soon) = get(v + 2 * CHAINS) {
         prefetch_row(user_rows, soon.user as usize * width, width);
         let len = (soon.len as usize).min(32);
         prefetch_row(items, soon.start, len);
         prefetch_row(values, soon.start, len);
     }
-    if let Some(next) = visits.get(v + CHAINS) {
+    if let Some(next) = get(v + CHAINS) {
         let first = &items[next.start..next.start + (next.len as usize).min(PREFETCH_AHEAD)];
         for &i in first {
             prefetch_row(item_rows, i as usize * width, width);
@@ -816,12 +815,13 @@ mod tests {
                 let sse = (0..3).map(|_| pass(&mut p)).sum::<f64>();
                 (p, sse)
             };
-            let chosen = run(&|p| sgd_pass(p, &data, &visits, step, 3.0));
-            let looped = run(&|p| pass_rows::<0, Portable>(p, &data, &visits, step, 3.0));
+            let chosen = run(&|p| sgd_pass(p, &data, &visits, &[], step, 3.0));
+            let looped = run(&|p| pass_rows::<0, Portable>(p, &data, &visits, &[], step, 3.0));
             assert_eq!(chosen.0, looped.0, "k={factors}");
             assert_eq!(chosen.1, looped.1);
             if factors == 20 {
-                let unrolled = run(&|p| pass_rows::<24, Portable>(p, &data, &visits, step, 3.0));
+                let unrolled =
+                    run(&|p| pass_rows::<24, Portable>(p, &data, &visits, &[], step, 3.0));
                 assert_eq!(chosen.0, unrolled.0);
             }
             // A block of rows: only those items move, and only users who rated one.
@@ -837,7 +837,7 @@ mod tests {
             let in_block: Vec<Visit> = (0..split.n_runs())
                 .flat_map(|r| split.segment(r, 1).to_vec())
                 .collect();
-            sgd_pass(&mut part, &split, &in_block, step, 3.0);
+            sgd_pass(&mut part, &split, &in_block, &[], step, 3.0);
             for i in 0..120 {
                 let moved = part.item(i) != start.item(i);
                 assert_eq!(moved, (40..80).contains(&i), "k={factors} item {i}");
