@@ -11,7 +11,7 @@
 
 use std::time::Instant;
 
-use funksvd::funksvd::data::{HeldOut, ItemBlocks, RankRatings};
+use funksvd::funksvd::data::{schedule, HeldOut, ItemBlocks, RankRatings};
 use funksvd::funksvd::kernel::Step;
 use funksvd::funksvd::train::{
     holdout_errors, run_order, sgd_pass, Globals, Hyper, Params, MIN_PASSES, USER_RUN,
@@ -170,12 +170,16 @@ fn main() {
             }
             if n_blocks > 1 {
                 renumber(&mut data, &row_of);
-                data.split_blocks(&blocks.starts, USER_RUN);
+                data.split_blocks(&blocks.starts, USER_RUN, MIN_PASSES);
             }
             // One visit per user: listed once, as training lists its visits once.
             let mut visits = Vec::new();
+            let mut one_visit = Vec::new();
+            let mut pairs = 0;
             if n_blocks == 1 {
                 data.add_visits(order, &mut visits);
+                one_visit.clear();
+                pairs = schedule(&data.items, &data.values, &visits, &mut one_visit).pairs;
             }
             let mut params = Params::init(&data.user_ids, &item_ids, &hyper);
             let mut best = f64::INFINITY;
@@ -184,13 +188,15 @@ fn main() {
             for pass in 0..=a.epochs {
                 let t = Instant::now();
                 if n_blocks == 1 {
-                    checksum += sgd_pass(&mut params, &data, &visits, &[], step, 3.0);
+                    checksum += sgd_pass(&mut params, &one_visit, pairs, &[], step, 3.0);
                 } else {
                     // As training does: run by run, each through every block.
-                    let slice = |run: u32| data.segments_of(run as usize, 0..n_blocks);
                     for (n, &run) in order.iter().enumerate() {
-                        let following = order.get(n + 1).map_or(&[][..], |&r| slice(r));
-                        checksum += sgd_pass(&mut params, &data, slice(run), following, step, 3.0);
+                        let (ratings, pairs) = data.stretch(run as usize, 0);
+                        let following = order
+                            .get(n + 1)
+                            .map_or(&[][..], |&r| data.stretch(r as usize, 0).0);
+                        checksum += sgd_pass(&mut params, ratings, pairs, following, step, 3.0);
                     }
                 }
                 let sgd = t.elapsed().as_secs_f64();
@@ -212,7 +218,7 @@ fn main() {
             if n_blocks > 1 {
                 let back: Vec<u32> = blocks.order.clone();
                 renumber(&mut data, &back);
-                data.split_blocks(&[0, a.items], USER_RUN);
+                data.split_blocks(&[0, a.items], USER_RUN, 1);
             }
         }
     }

@@ -54,7 +54,7 @@ pub fn run(comm: &Comm, args: &TrainArgs) -> Result<()> {
         .map(|&i| sorted_items[i as usize].clone())
         .collect();
     let mut data = index(owned, &held, &blocks.rows_of(&by_sorted));
-    data.split_blocks(&blocks.starts, USER_RUN);
+    data.split_blocks(&blocks.starts, USER_RUN, blocks.per_rank);
     drop(by_sorted);
     let (globals, n_users, n_ratings, n_holdout) = agree_globals(comm, &data, &report)?;
     let exchange_seconds = report.exchange_seconds + started.elapsed().as_secs_f64();

@@ -36,6 +36,13 @@ pub struct RankRatings {
     pub blocks: usize,
     /// Users per run (0 until `split_blocks`).
     pub run: usize,
+    /// After `split_blocks`: the ratings of run r's visits to group g (blocks
+    /// `g * per_group..(g + 1) * per_group`) are `stretches[r * G + g]` of `schedule`, in the
+    /// order the SGD pass takes them (see `schedule`).
+    pub schedule: Vec<Rating>,
+    pub stretches: Vec<Stretch>,
+    /// Blocks per group (0 until `split_blocks`).
+    pub per_group: usize,
 }
 
 impl RankRatings {
@@ -53,7 +60,7 @@ impl RankRatings {
     /// Cut every user's ratings (sorted by item row) at the item blocks' first rows `starts`
     /// (block b is rows `starts[b]..starts[b + 1]`) and list the visits of each run of `run`
     /// consecutive users to each block, so `segment(r, b)` is a lookup.
-    pub fn split_blocks(&mut self, starts: &[usize], run: usize) {
+    pub fn split_blocks(&mut self, starts: &[usize], run: usize, per_group: usize) {
         let blocks = starts.len().saturating_sub(1).max(1);
         let run = run.max(1);
         let runs = self.n_users().div_ceil(run);
@@ -93,6 +100,31 @@ impl RankRatings {
             }
         }
         self.visits.shrink_to_fit();
+        // The SGD pass's order of each run's ratings of each group of blocks.
+        let per_group = per_group.clamp(1, blocks);
+        assert_eq!(blocks % per_group, 0, "whole groups of blocks");
+        self.per_group = per_group;
+        let groups = blocks / per_group;
+        let mut ordered = std::mem::take(&mut self.schedule);
+        ordered.clear();
+        ordered.reserve_exact(self.items.len());
+        self.stretches.clear();
+        self.stretches.reserve_exact(runs * groups);
+        for r in 0..runs {
+            for g in 0..groups {
+                let visits = self.segments_of(r, g * per_group..(g + 1) * per_group);
+                let stretch = schedule(&self.items, &self.values, visits, &mut ordered);
+                self.stretches.push(stretch);
+            }
+        }
+        self.schedule = ordered;
+    }
+
+    /// Run `run`'s ratings of group `group`, in the pass's order (see `split_blocks`).
+    #[inline]
+    pub fn stretch(&self, run: usize, group: usize) -> (&[Rating], usize) {
+        let s = self.stretches[run * (self.n_blocks() / self.per_group.max(1)) + group];
+        (&self.schedule[s.start..s.end], s.pairs)
     }
 
     /// How many item blocks `split_blocks` cut the ratings into (1 if never).
@@ -153,6 +185,68 @@ pub struct Visit {
     pub start: usize,
     pub user: u32,
     pub len: u32,
+}
+
+/// One rating, in the order the SGD pass takes them.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Rating {
+    pub user: u32,
+    pub item: u32,
+    pub value: f32,
+}
+
+/// A stretch of a schedule: `schedule[start..end]`, of which the first `2 * pairs` ratings
+/// alternate between two chains of updates.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stretch {
+    pub start: usize,
+    pub pairs: usize,
+    pub end: usize,
+}
+
+/// Appends the ratings of `visits` to `out` in the order the SGD pass takes them, and returns
+/// where they are. Two chains of updates go at once, one rating of each in turn, each chain
+/// taking the next visit when its own ends: the updates of one user depend on each other, the
+/// two chains do not, and the core overlaps them. Visits are short (a few ratings), so taking
+/// the next one as each chain runs dry keeps both busy; when the list runs out, the chain left
+/// finishes alone. The order is worked out once here, so the pass itself is two plain loops.
+pub fn schedule(items: &[u32], values: &[f32], visits: &[Visit], out: &mut Vec<Rating>) -> Stretch {
+    let start = out.len();
+    let mut queue = visits.iter();
+    let mut take = || {
+        queue
+            .next()
+            .map(|v| (v.user, v.start, v.start + v.len as usize))
+    };
+    let rating = |user: u32, at: usize| Rating {
+        user,
+        item: items[at],
+        value: values[at],
+    };
+    let mut chains = [take(), take()];
+    // Both chains busy: the ratings both have left, in turn, then refill the dry ones.
+    while let [Some((ua, a, a_end)), Some((ub, b, b_end))] = chains {
+        let left = (a_end - a).min(b_end - b);
+        for k in 0..left {
+            out.push(rating(ua, a + k));
+            out.push(rating(ub, b + k));
+        }
+        chains = [Some((ua, a + left, a_end)), Some((ub, b + left, b_end))];
+        for chain in &mut chains {
+            if matches!(chain, Some((_, at, end)) if at == end) {
+                *chain = take();
+            }
+        }
+    }
+    let pairs = (out.len() - start) / 2;
+    for (user, at, end) in chains.into_iter().flatten() {
+        out.extend((at..end).map(|at| rating(user, at)));
+    }
+    Stretch {
+        start,
+        pairs,
+        end: out.len(),
+    }
 }
 
 /// Whether a (user, item) pair is held out: a function of the two ids and the seed only, so the
@@ -493,7 +587,7 @@ mod tests {
             "the users' order, without users who have no ratings"
         );
         for run in [1, 2, 3, 64] {
-            data.split_blocks(&[0, 2, 4, 8], run);
+            data.split_blocks(&[0, 2, 4, 8], run, 1);
             assert_eq!(data.n_blocks(), 3);
             assert_eq!(data.n_runs(), 3usize.div_ceil(run));
             assert_eq!(ratings_in(&data, 0, 0), (&[0u32][..], &[1.0f32][..]));
@@ -518,9 +612,59 @@ mod tests {
             let lens: usize = data.visits.iter().map(|v| v.len as usize).sum();
             assert_eq!(lens, 6, "every rating in exactly one visit");
         }
-        data.split_blocks(&[0, 8], 2);
+        data.split_blocks(&[0, 8], 2, 1);
         assert_eq!(data.n_blocks(), 1);
         assert_eq!(ratings_in(&data, 0, 0).0.len(), 4);
+    }
+
+    #[test]
+    fn a_schedule_takes_every_rating_once_in_two_chains() {
+        // Visits of lengths 3, 1, 4, 2, 5 over ratings 0..15 (value = position, item = user).
+        let lens = [3usize, 1, 4, 2, 5];
+        let mut visits = Vec::new();
+        let mut start = 0;
+        for (u, &len) in lens.iter().enumerate() {
+            visits.push(Visit {
+                start,
+                user: u as u32,
+                len: len as u32,
+            });
+            start += len;
+        }
+        let items: Vec<u32> = visits
+            .iter()
+            .flat_map(|v| std::iter::repeat_n(v.user, v.len as usize))
+            .collect();
+        let values: Vec<f32> = (0..start).map(|x| x as f32).collect();
+        let mut out = vec![Rating::default()];
+        let s = schedule(&items, &values, &visits, &mut out);
+        assert_eq!((s.start, s.end), (1, 1 + start));
+        let taken = &out[s.start..s.end];
+        let mut seen: Vec<usize> = taken.iter().map(|r| r.value as usize).collect();
+        seen.sort_unstable();
+        assert_eq!(seen, (0..start).collect::<Vec<_>>(), "every rating once");
+        assert!(taken.iter().all(|r| r.item == r.user));
+        for u in 0..lens.len() as u32 {
+            let mine: Vec<f32> = taken
+                .iter()
+                .filter(|r| r.user == u)
+                .map(|r| r.value)
+                .collect();
+            assert!(
+                mine.windows(2).all(|w| w[0] < w[1]),
+                "a visit's ratings in order"
+            );
+        }
+        // a: visit 0 (3), b: visit 1 (1); 1 pair, b takes visit 2 (4); 2 pairs, a takes
+        // visit 3 (2); 2 pairs, both dry, a takes visit 4 (5) and finishes alone.
+        assert_eq!(s.pairs, 5, "{s:?}");
+        for pair in taken[..2 * s.pairs].chunks_exact(2) {
+            assert_ne!(pair[0].user, pair[1].user, "two users at a time");
+        }
+        // One visit: nothing to pair.
+        let mut one = Vec::new();
+        let s = schedule(&items, &values, &visits[..1], &mut one);
+        assert_eq!((s.pairs, s.end), (0, 3));
     }
 
     #[test]

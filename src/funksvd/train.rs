@@ -29,7 +29,7 @@ use crate::ids::Id;
 use crate::metrics::ErrorSums;
 use crate::rng::Rng;
 
-use super::data::{ItemBlocks, RankRatings, Visit, UNKNOWN};
+use super::data::{ItemBlocks, RankRatings, Rating, UNKNOWN};
 use super::kernel::{predict, prefetch_row, sgd_step_with, Portable, Step, Sums};
 pub use super::params::Params;
 
@@ -240,12 +240,13 @@ pub fn train(
             let group = (me + t) % ranks;
             // Run by run, each run through every block of the group: a user's visits follow
             // one another while its row is still in L1 (same quality, ~10% faster than whole
-            // passes per block, measured). A run's visits to the group are one slice.
-            let first = group * blocks.per_rank;
-            let slice = |run: u32| data.segments_of(run as usize, first..first + blocks.per_rank);
+            // passes per block, measured).
             for (n, &run) in order.iter().enumerate() {
-                let following = order.get(n + 1).map_or(&[][..], |&r| slice(r));
-                sse += sgd_pass(&mut params, data, slice(run), following, step, mu);
+                let (ratings, pairs) = data.stretch(run as usize, group);
+                let following = order
+                    .get(n + 1)
+                    .map_or(&[][..], |&r| data.stretch(r as usize, group).0);
+                sse += sgd_pass(&mut params, ratings, pairs, following, step, mu);
             }
             if ranks > 1 {
                 let waited = Instant::now();
@@ -434,20 +435,18 @@ macro_rules! by_width {
     };
 }
 
-/// One SGD pass over `visits` (see `RankRatings::split_blocks`), in that order; returns the sum
-/// of squared errors before each update. `following` are the visits of the next pass, if
-/// known: the pass starts fetching their memory.
+/// One SGD pass over `ratings`, a stretch of a schedule (see `data::schedule`): the first
+/// `pairs` pairs alternate between two independent chains of updates, the rest go one by one.
+/// Returns the sum of squared errors before each update. `following` are the ratings of the
+/// next pass, if known: the pass starts fetching their rows.
 ///
-/// Visits are taken two at a time with their ratings interleaved (a, b, a, b, ...): still one
-/// sequential SGD order, but two independent chains of updates for the core to overlap (1 rank:
-/// 38-42 -> 36-37 ms per epoch on the bench data). The item rows may not fit in L2 and the
-/// users come in runs of random order, so the loop asks for memory ahead of use: the coming
-/// visits' user rows and rating lists, and item rows a few ratings ahead.
+/// The item rows may not fit in L2 and the users come in runs of random order, so the loop
+/// asks for the rows of the ratings a few places ahead.
 pub fn sgd_pass(
     params: &mut Params,
-    data: &RankRatings,
-    visits: &[Visit],
-    following: &[Visit],
+    ratings: &[Rating],
+    pairs: usize,
+    following: &[Rating],
     step: Step,
     mu: f32,
 ) -> f64 {
@@ -455,7 +454,7 @@ pub fn sgd_pass(
         params.width,
         pass_rows,
         pass_avx2,
-        (params, data, visits, following, step, mu)
+        (params, ratings, pairs, following, step, mu)
     )
 }
 
@@ -465,146 +464,81 @@ pub fn sgd_pass(
 #[target_feature(enable = "avx2")]
 unsafe fn pass_avx2<const W: usize>(
     params: &mut Params,
-    data: &RankRatings,
-    visits: &[Visit],
-    following: &[Visit],
+    ratings: &[Rating],
+    pairs: usize,
+    following: &[Rating],
     step: Step,
     mu: f32,
 ) -> f64 {
-    pass_rows::<W, super::kernel::Avx>(params, data, visits, following, step, mu)
-}
-
-/// Independent chains of updates `pass_rows` keeps going at once.
-const CHAINS: usize = 2;
-
-/// A visit in progress in `pass_rows`: the user row's offset and the ratings left.
-#[derive(Clone, Copy, Default)]
-struct Chain {
-    row: usize,
-    at: usize,
-    end: usize,
+    pass_rows::<W, super::kernel::Avx>(params, ratings, pairs, following, step, mu)
 }
 
 /// `sgd_pass` for rows of `W` floats (`W == 0`: `params.width`, known only at run time).
-///
-/// `CHAINS` visits are in progress at once, one rating of each in turn; a visit that ends is
-/// replaced by the next one of the list. Visits vary in length (a few ratings each), so
-/// refilling each chain as it runs dry keeps all of them busy.
 #[inline(always)]
 fn pass_rows<const W: usize, S: Sums>(
     params: &mut Params,
-    data: &RankRatings,
-    visits: &[Visit],
-    following: &[Visit],
+    ratings: &[Rating],
+    pairs: usize,
+    following: &[Rating],
     step: Step,
     mu: f32,
 ) -> f64 {
     let width = if W == 0 { params.width } else { W };
     let user_rows = params.users.as_mut_slice();
     let item_rows = params.items.as_mut_slice();
-    let (items, values) = (&data.items[..], &data.values[..]);
-    let mut sse = [0.0f64; CHAINS];
-    let mut chains = [Chain::default(); CHAINS];
-    let mut next = 0;
-    for chain in &mut chains {
-        if let Some(v) = visits.get(next) {
-            prepare(
-                visits, following, next, items, values, user_rows, item_rows, width,
-            );
-            *chain = Chain {
-                row: v.user as usize * width,
-                at: v.start,
-                end: v.start + v.len as usize,
-            };
-            next += 1;
-        }
+    let pairs = pairs.min(ratings.len() / 2);
+    let (both, alone) = ratings.split_at(2 * pairs);
+    let mut sse = [0.0f64; 2];
+    for (k, pair) in both.chunks_exact(2).enumerate() {
+        let ahead = 2 * (k + PREFETCH_AHEAD);
+        fetch(ratings, following, ahead, user_rows, item_rows, width);
+        fetch(ratings, following, ahead + 1, user_rows, item_rows, width);
+        sse[0] += update::<S>(user_rows, item_rows, width, pair[0], step, mu);
+        sse[1] += update::<S>(user_rows, item_rows, width, pair[1], step, mu);
     }
-    // While every chain has a visit: the ratings all of them have left, in turn.
-    while next < visits.len() {
-        let left = chains.iter().map(|c| c.end - c.at).min().unwrap_or(0);
-        for _ in 0..left {
-            for (c, chain) in chains.iter_mut().enumerate() {
-                if chain.at + PREFETCH_AHEAD < chain.end {
-                    let ahead = items[chain.at + PREFETCH_AHEAD] as usize;
-                    prefetch_row(item_rows, ahead * width, width);
-                }
-                let i = items[chain.at] as usize;
-                let err = sgd_step_with::<S>(
-                    &mut user_rows[chain.row..][..width],
-                    &mut item_rows[i * width..][..width],
-                    values[chain.at] - mu,
-                    step,
-                );
-                sse[c] += (err as f64) * (err as f64);
-                chain.at += 1;
-            }
-        }
-        for chain in &mut chains {
-            if chain.at == chain.end && next < visits.len() {
-                prepare(
-                    visits, following, next, items, values, user_rows, item_rows, width,
-                );
-                let v = visits[next];
-                *chain = Chain {
-                    row: v.user as usize * width,
-                    at: v.start,
-                    end: v.start + v.len as usize,
-                };
-                next += 1;
-            }
-        }
+    for (k, &r) in alone.iter().enumerate() {
+        let ahead = both.len() + k + PREFETCH_AHEAD;
+        fetch(ratings, following, ahead, user_rows, item_rows, width);
+        sse[0] += update::<S>(user_rows, item_rows, width, r, step, mu);
     }
-    // The list is done: each chain finishes alone.
-    for (c, chain) in chains.iter_mut().enumerate() {
-        for at in chain.at..chain.end {
-            if at + PREFETCH_AHEAD < chain.end {
-                prefetch_row(
-                    item_rows,
-                    items[at + PREFETCH_AHEAD] as usize * width,
-                    width,
-                );
-            }
-            let i = items[at] as usize;
-            let err = sgd_step_with::<S>(
-                &mut user_rows[chain.row..][..width],
-                &mut item_rows[i * width..][..width],
-                values[at] - mu,
-                step,
-            );
-            sse[c] += (err as f64) * (err as f64);
-        }
-    }
-    sse.iter().sum()
+    sse[0] + sse[1]
 }
 
-/// Visit `v` of `visits` is about to start: ask for what the coming ones need, each stage
-/// reading what the one before fetched earlier (part of `pass_rows`). The user rows and rating
-/// lists of visit v + 2 CHAINS, the first item rows of visit v + CHAINS.
+/// Prefetch the rows of rating `k` of `ratings` then `following` (part of `pass_rows`; a
+/// function, not a closure: closures are not inlined into `target_feature` functions).
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
-fn prepare(
-    visits: &[Visit],
-    following: &[Visit],
-    v: usize,
-    items: &[u32],
-    values: &[f32],
+fn fetch(
+    ratings: &[Rating],
+    following: &[Rating],
+    k: usize,
     user_rows: &[f32],
     item_rows: &[f32],
     width: usize,
 ) {
-    let get = |k: usize| visits.get(k).or_else(|| following.get(k - visits.len()));
-    if let Some(soon) = get(v + 2 * CHAINS) {
-        prefetch_row(user_rows, soon.user as usize * width, width);
-        let len = (soon.len as usize).min(32);
-        prefetch_row(items, soon.start, len);
-        prefetch_row(values, soon.start, len);
+    let ahead = ratings.get(k).or_else(|| following.get(k - ratings.len()));
+    if let Some(r) = ahead {
+        prefetch_row(item_rows, r.item as usize * width, width);
+        prefetch_row(user_rows, r.user as usize * width, width);
     }
-    if let Some(next) = get(v + CHAINS) {
-        let first = &items[next.start..next.start + (next.len as usize).min(PREFETCH_AHEAD)];
-        for &i in first {
-            prefetch_row(item_rows, i as usize * width, width);
-        }
-    }
+}
+
+/// One SGD step on rating `r`; its squared error (part of `pass_rows`).
+#[inline(always)]
+fn update<S: Sums>(
+    user_rows: &mut [f32],
+    item_rows: &mut [f32],
+    width: usize,
+    r: Rating,
+    step: Step,
+    mu: f32,
+) -> f64 {
+    let err = sgd_step_with::<S>(
+        &mut user_rows[r.user as usize * width..][..width],
+        &mut item_rows[r.item as usize * width..][..width],
+        r.value - mu,
+        step,
+    );
+    (err as f64) * (err as f64)
 }
 
 /// Errors of the current model on this rank's hold-out pairs (sorted by user, so user rows
@@ -702,7 +636,7 @@ pub fn train_errors(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::funksvd::data::HeldOut;
+    use crate::funksvd::data::{schedule, HeldOut};
 
     /// Planted low-rank ratings: SGD must fit them far better than the global mean does.
     fn planted(users: usize, items: usize, k: usize) -> (RankRatings, Vec<Id>) {
@@ -735,7 +669,7 @@ mod tests {
             }
             data.user_offsets.push(data.items.len());
         }
-        data.split_blocks(&[0, items], USER_RUN);
+        data.split_blocks(&[0, items], USER_RUN, 1);
         (data, (0..items).map(|i| Id::Int(i as i64)).collect())
     }
 
@@ -799,6 +733,9 @@ mod tests {
         let order: Vec<u32> = (0..300).rev().collect();
         let mut visits = Vec::new();
         data.add_visits(&order, &mut visits);
+        let mut ratings = Vec::new();
+        let pairs = schedule(&data.items, &data.values, &visits, &mut ratings).pairs;
+        assert!(pairs > 0);
         let step = Step {
             lr: 0.01,
             reg: 0.02,
@@ -815,13 +752,13 @@ mod tests {
                 let sse = (0..3).map(|_| pass(&mut p)).sum::<f64>();
                 (p, sse)
             };
-            let chosen = run(&|p| sgd_pass(p, &data, &visits, &[], step, 3.0));
-            let looped = run(&|p| pass_rows::<0, Portable>(p, &data, &visits, &[], step, 3.0));
+            let chosen = run(&|p| sgd_pass(p, &ratings, pairs, &[], step, 3.0));
+            let looped = run(&|p| pass_rows::<0, Portable>(p, &ratings, pairs, &[], step, 3.0));
             assert_eq!(chosen.0, looped.0, "k={factors}");
             assert_eq!(chosen.1, looped.1);
             if factors == 20 {
                 let unrolled =
-                    run(&|p| pass_rows::<24, Portable>(p, &data, &visits, &[], step, 3.0));
+                    run(&|p| pass_rows::<24, Portable>(p, &ratings, pairs, &[], step, 3.0));
                 assert_eq!(chosen.0, unrolled.0);
             }
             // A block of rows: only those items move, and only users who rated one.
@@ -832,12 +769,12 @@ mod tests {
                 values: data.values.clone(),
                 ..Default::default()
             };
-            split.split_blocks(&[0, 40, 80, 120], USER_RUN);
+            split.split_blocks(&[0, 40, 80, 120], USER_RUN, 1);
             let mut part = start.clone();
-            let in_block: Vec<Visit> = (0..split.n_runs())
-                .flat_map(|r| split.segment(r, 1).to_vec())
-                .collect();
-            sgd_pass(&mut part, &split, &in_block, &[], step, 3.0);
+            for r in 0..split.n_runs() {
+                let (ratings, pairs) = split.stretch(r, 1);
+                sgd_pass(&mut part, ratings, pairs, &[], step, 3.0);
+            }
             for i in 0..120 {
                 let moved = part.item(i) != start.item(i);
                 assert_eq!(moved, (40..80).contains(&i), "k={factors} item {i}");
