@@ -33,7 +33,7 @@ use super::data::{ItemBlocks, RankRatings, Rating, UNKNOWN};
 use super::kernel::{predict, prefetch_row, sgd_step_with, Portable, Step, Sums};
 pub use super::params::Params;
 
-/// How many ratings ahead the SGD loop prefetches item rows.
+/// How many steps ahead (a pair of ratings, or one rating alone) the SGD loop prefetches rows.
 const PREFETCH_AHEAD: usize = 4;
 
 /// Visits of each user per epoch, at least (see the module documentation).
