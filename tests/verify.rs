@@ -36,7 +36,7 @@ fn verify_passes_with_a_complete_table_for_1_2_and_4_ranks() {
                 "{check} not ok:\n{out}"
             );
         }
-        assert!(out.contains("40 items x 21 floats"), "{out}");
+        assert!(out.contains("40 items x 24 floats"), "{out}");
         assert!(out.contains("all checks passed"));
         // The probe object is gone again.
         assert!(std::fs::read_dir(&model).map(|d| d.count()).unwrap_or(0) == 0);
@@ -64,7 +64,7 @@ fn verify_json_is_one_document_with_every_rank_and_check() {
     assert!(checks.iter().any(|c| c["detail"]
         .as_str()
         .unwrap()
-        .contains("5000 items x 11 floats")));
+        .contains("5000 items x 16 floats")));
 }
 
 #[test]

@@ -67,15 +67,16 @@ pub fn run(comm: &Comm, args: &VerifyArgs) -> Result<()> {
             item_source = format!("the items of {data}");
         }
     }
-    let floats = items * (args.factors + 1);
+    // As training sends them: padded rows.
+    let width = crate::funksvd::params::padded_width(args.factors);
+    let floats = items * width;
     let seconds = time_epoch_exchange(comm, floats, 10);
     let mb = floats as f64 * 4.0 / 1e6;
     checks.push(Check {
         name: "item block exchange".into(),
         ok: seconds.is_finite(),
         detail: format!(
-            "one epoch's exchanges of {mb:.1} MB of item rows ({items} items x {} floats, from {item_source}: {} block hand-overs and an allgather) in {:.2} ms",
-            args.factors + 1,
+            "one epoch's exchanges of {mb:.1} MB of item rows ({items} items x {width} floats, from {item_source}: {} block hand-overs and an allgather) in {:.2} ms",
             comm.size() - 1,
             seconds * 1e3,
         ),

@@ -31,6 +31,7 @@ use crate::rng::Rng;
 
 use super::data::{ItemBlocks, RankRatings, Rating, UNKNOWN};
 use super::kernel::{predict, prefetch_row, sgd_step_with, Portable, Step, Sums};
+use super::params::padded_width;
 pub use super::params::Params;
 
 /// How many steps ahead (a pair of ratings, or one rating alone) the SGD loop prefetches rows.
@@ -311,8 +312,9 @@ pub fn run_order(n_runs: usize, rng: &mut Rng, order: &mut Vec<u32>) {
     rng.shuffle(order);
 }
 
-/// Floats one rank sends per exchange at most: its largest group, packed (`factors + 1` floats
-/// per item; never more than the item rows themselves).
+/// Floats one rank sends per exchange at most: its largest group, as stored (padded rows of
+/// `padded_width(factors)` floats; never more than the item rows' `factors + 1` floats from
+/// 2 ranks on).
 pub fn floats_per_exchange(blocks: &ItemBlocks, factors: usize) -> usize {
     if blocks.groups() < 2 {
         return 0;
@@ -321,32 +323,24 @@ pub fn floats_per_exchange(blocks: &ItemBlocks, factors: usize) -> usize {
         .map(|g| blocks.group_rows(g).len())
         .max()
         .unwrap_or(0)
-        * (factors + 1)
+        * padded_width(factors)
 }
 
-/// The buffers of the block exchange, allocated once; blocks travel packed (`factors + 1`
-/// floats per item, no padding).
+/// The block exchange. Groups travel as stored, rows padded: a group's rows are one contiguous
+/// range of `params.items`, so a hand-over sends from and receives into the rows themselves,
+/// with no packing; only the end-of-epoch allgather lands in a buffer (allocated once).
 struct Rotation {
-    send: Vec<f32>,
-    recv: Vec<f32>,
     gathered: Vec<f32>,
 }
 
 impl Rotation {
     fn new(params: &Params, blocks: &ItemBlocks) -> Rotation {
-        if blocks.groups() < 2 {
-            return Rotation {
-                send: Vec::new(),
-                recv: Vec::new(),
-                gathered: Vec::new(),
-            };
-        }
-        let largest = floats_per_exchange(blocks, params.factors);
-        Rotation {
-            send: vec![0.0; largest],
-            recv: vec![0.0; largest],
-            gathered: vec![0.0; params.n_items() * (params.factors + 1)],
-        }
+        let gathered = if blocks.groups() < 2 {
+            Vec::new()
+        } else {
+            vec![0.0; params.n_items() * params.width]
+        };
+        Rotation { gathered }
     }
 
     /// This step is done on `group`: hand it to the rank below, take the next from the rank above.
@@ -358,57 +352,46 @@ impl Rotation {
         group: usize,
     ) {
         let (ranks, me) = (comm.ranks(), comm.rank());
-        let next = (group + 1) % ranks;
-        let packed = params.factors + 1;
-        let send = &mut self.send[..blocks.group_rows(group).len() * packed];
-        pack_rows(params, blocks.group_rows(group), send);
-        let recv = &mut self.recv[..blocks.group_rows(next).len() * packed];
+        let width = params.width;
+        let rows = |g: usize| {
+            let r = blocks.group_rows(g);
+            r.start * width..r.end * width
+        };
+        let (send, recv) = (rows(group), rows((group + 1) % ranks));
+        let items = params.items.as_mut_slice();
+        // Two different groups: disjoint ranges of the rows.
+        let (send, recv): (&[f32], &mut [f32]) = if send.start < recv.start {
+            let (low, high) = items.split_at_mut(recv.start);
+            (&low[send], &mut high[..recv.len()])
+        } else {
+            let (low, high) = items.split_at_mut(send.start);
+            (&high[..send.len()], &mut low[recv])
+        };
         comm.sendrecv_f32(send, (me + ranks - 1) % ranks, recv, (me + 1) % ranks);
-        unpack_rows(recv, params, blocks.group_rows(next));
     }
 
     /// The epoch is done: rank r holds the final rows of group r - 1 (mod R); everyone gets all.
     fn gather(&mut self, comm: &dyn Collective, params: &mut Params, blocks: &ItemBlocks) {
         let ranks = comm.ranks();
-        let packed = params.factors + 1;
+        let width = params.width;
         let final_group = |r: usize| (r + ranks - 1) % ranks;
-        let counts: Vec<usize> = (0..ranks)
-            .map(|r| blocks.group_rows(final_group(r)).len() * packed)
-            .collect();
+        let rows = |g: usize| {
+            let r = blocks.group_rows(g);
+            r.start * width..r.end * width
+        };
+        let counts: Vec<usize> = (0..ranks).map(|r| rows(final_group(r)).len()).collect();
         let mine = final_group(comm.rank());
-        let send = &mut self.send[..counts[comm.rank()]];
-        pack_rows(params, blocks.group_rows(mine), send);
         let total: usize = counts.iter().sum();
-        comm.allgather_f32(send, &counts, &mut self.gathered[..total]);
+        let items = params.items.as_mut_slice();
+        comm.allgather_f32(&items[rows(mine)], &counts, &mut self.gathered[..total]);
         let mut at = 0;
         for (r, &count) in counts.iter().enumerate() {
             let g = final_group(r);
             if g != mine {
-                unpack_rows(&self.gathered[at..at + count], params, blocks.group_rows(g));
+                items[rows(g)].copy_from_slice(&self.gathered[at..at + count]);
             }
             at += count;
         }
-    }
-}
-
-/// Item rows `rows` into `out`, `factors + 1` floats each.
-fn pack_rows(params: &Params, rows: std::ops::Range<usize>, out: &mut [f32]) {
-    let (width, packed) = (params.width, params.factors + 1);
-    let src = &params.items.as_slice()[rows.start * width..rows.end * width];
-    for (dst, row) in out.chunks_exact_mut(packed).zip(src.chunks_exact(width)) {
-        dst.copy_from_slice(&row[..packed]);
-    }
-}
-
-/// The inverse of `pack_rows`.
-fn unpack_rows(packed_rows: &[f32], params: &mut Params, rows: std::ops::Range<usize>) {
-    let (width, packed) = (params.width, params.factors + 1);
-    let dst = &mut params.items.as_mut_slice()[rows.start * width..rows.end * width];
-    for (row, src) in dst
-        .chunks_exact_mut(width)
-        .zip(packed_rows.chunks_exact(packed))
-    {
-        row[..packed].copy_from_slice(src);
     }
 }
 
