@@ -27,15 +27,11 @@ pub struct RankRatings {
     pub items: Vec<u32>,
     pub values: Vec<f32>,
     pub holdout: Vec<HeldOut>,
-    /// After `split_blocks`: the visits of run r (users `r * run..(r + 1) * run`) to item block
-    /// b are `visits[segments[r * B + b]..segments[r * B + b + 1]]` for B blocks, in user
-    /// order, users without ratings in the block left out.
-    pub visits: Vec<Visit>,
-    pub segments: Vec<usize>,
     /// B, the number of item blocks (0 until `split_blocks`: one block).
     pub blocks: usize,
-    /// Users per run (0 until `split_blocks`).
+    /// Users per run, and runs (0 until `split_blocks`).
     pub run: usize,
+    pub runs: usize,
     /// After `split_blocks`: the ratings of run r's visits to group g (blocks
     /// `g * per_group..(g + 1) * per_group`) are `stretches[r * G + g]` of `schedule`, in the
     /// order the SGD pass takes them (see `schedule`).
@@ -58,48 +54,16 @@ impl RankRatings {
     }
 
     /// Cut every user's ratings (sorted by item row) at the item blocks' first rows `starts`
-    /// (block b is rows `starts[b]..starts[b + 1]`) and list the visits of each run of `run`
-    /// consecutive users to each block, so `segment(r, b)` is a lookup.
+    /// (block b is rows `starts[b]..starts[b + 1]`), list the visits of each run of `run`
+    /// consecutive users to each block (`list_visits`), and lay out each run's ratings of each
+    /// group of `per_group` blocks in the SGD pass's order (`schedule`), so `stretch(r, g)` is
+    /// a lookup.
     pub fn split_blocks(&mut self, starts: &[usize], run: usize, per_group: usize) {
-        let blocks = starts.len().saturating_sub(1).max(1);
-        let run = run.max(1);
-        let runs = self.n_users().div_ceil(run);
+        let list = self.list_visits(starts, run);
+        let (blocks, runs) = (list.blocks, list.runs());
         self.blocks = blocks;
-        self.run = run;
-        self.visits.clear();
-        self.segments.clear();
-        self.segments.reserve(runs * blocks + 1);
-        self.segments.push(0);
-        // Where each user of the run has got to in its ratings (they are sorted by item row,
-        // so block after block).
-        let mut at: Vec<usize> = Vec::with_capacity(run);
-        for r in 0..runs {
-            let users = r * run..((r + 1) * run).min(self.n_users());
-            at.clear();
-            at.extend(users.clone().map(|u| self.user_offsets[u]));
-            for &end in starts
-                .get(1..)
-                .unwrap_or(&[])
-                .iter()
-                .chain([&usize::MAX])
-                .take(blocks)
-            {
-                for (u, at) in users.clone().zip(&mut at) {
-                    let items = &self.items[*at..self.user_offsets[u + 1]];
-                    let len = items.partition_point(|&i| (i as usize) < end);
-                    if len > 0 {
-                        self.visits.push(Visit {
-                            start: *at,
-                            user: u as u32,
-                            len: len as u32,
-                        });
-                    }
-                    *at += len;
-                }
-                self.segments.push(self.visits.len());
-            }
-        }
-        self.visits.shrink_to_fit();
+        self.run = run.max(1);
+        self.runs = runs;
         // The SGD pass's order of each run's ratings of each group of blocks.
         let per_group = per_group.clamp(1, blocks);
         assert_eq!(blocks % per_group, 0, "whole groups of blocks");
@@ -112,7 +76,7 @@ impl RankRatings {
         self.stretches.reserve_exact(runs * groups);
         for r in 0..runs {
             for g in 0..groups {
-                let visits = self.segments_of(r, g * per_group..(g + 1) * per_group);
+                let visits = list.segments_of(r, g * per_group..(g + 1) * per_group);
                 let stretch = schedule(&self.items, &self.values, visits, &mut ordered);
                 self.stretches.push(stretch);
             }
@@ -132,24 +96,53 @@ impl RankRatings {
         self.blocks.max(1)
     }
 
-    /// How many runs of users `split_blocks` listed visits for.
+    /// How many runs of users `split_blocks` laid out.
     pub fn n_runs(&self) -> usize {
-        (self.segments.len().max(1) - 1) / self.n_blocks()
+        self.runs
     }
 
-    /// The visits of run `run` to item block `block` (see `split_blocks`).
-    #[inline]
-    pub fn segment(&self, run: usize, block: usize) -> &[Visit] {
-        let s = run * self.n_blocks() + block;
-        &self.visits[self.segments[s]..self.segments[s + 1]]
-    }
-
-    /// The visits of run `run` to item blocks `blocks`, block after block (see
-    /// `split_blocks`).
-    #[inline]
-    pub fn segments_of(&self, run: usize, blocks: std::ops::Range<usize>) -> &[Visit] {
-        let s = run * self.n_blocks();
-        &self.visits[self.segments[s + blocks.start]..self.segments[s + blocks.end]]
+    /// The visits of each run of `run` consecutive users to each item block (block b is rows
+    /// `starts[b]..starts[b + 1]`), in user order, users without ratings in the block left out.
+    pub fn list_visits(&self, starts: &[usize], run: usize) -> VisitList {
+        let blocks = starts.len().saturating_sub(1).max(1);
+        let run = run.max(1);
+        let runs = self.n_users().div_ceil(run);
+        let mut list = VisitList {
+            visits: Vec::new(),
+            segments: Vec::with_capacity(runs * blocks + 1),
+            blocks,
+        };
+        list.segments.push(0);
+        // Where each user of the run has got to in its ratings (they are sorted by item row,
+        // so block after block).
+        let mut at: Vec<usize> = Vec::with_capacity(run);
+        for r in 0..runs {
+            let users = r * run..((r + 1) * run).min(self.n_users());
+            at.clear();
+            at.extend(users.clone().map(|u| self.user_offsets[u]));
+            for &end in starts
+                .get(1..)
+                .unwrap_or(&[])
+                .iter()
+                .chain([&usize::MAX])
+                .take(blocks)
+            {
+                for (u, at) in users.clone().zip(&mut at) {
+                    let items = &self.items[*at..self.user_offsets[u + 1]];
+                    let len = items.partition_point(|&i| (i as usize) < end);
+                    if len > 0 {
+                        list.visits.push(Visit {
+                            start: *at,
+                            user: u as u32,
+                            len: len as u32,
+                        });
+                    }
+                    *at += len;
+                }
+                list.segments.push(list.visits.len());
+            }
+        }
+        list
     }
 
     /// Appends the visits of `users` (in that order) to all their ratings, leaving out users
@@ -175,6 +168,33 @@ impl RankRatings {
     pub fn visit(&self, v: Visit) -> (&[u32], &[f32]) {
         let r = v.start..v.start + v.len as usize;
         (&self.items[r.clone()], &self.values[r])
+    }
+}
+
+/// The visits of runs of users to item blocks (see `RankRatings::list_visits`): run r's visits
+/// to block b are `visits[segments[r * B + b]..segments[r * B + b + 1]]` for B blocks.
+#[derive(Debug, Default)]
+pub struct VisitList {
+    pub visits: Vec<Visit>,
+    pub segments: Vec<usize>,
+    pub blocks: usize,
+}
+
+impl VisitList {
+    /// How many runs of users the list covers.
+    pub fn runs(&self) -> usize {
+        (self.segments.len().max(1) - 1) / self.blocks.max(1)
+    }
+
+    /// The visits of run `run` to item block `block`.
+    pub fn segment(&self, run: usize, block: usize) -> &[Visit] {
+        self.segments_of(run, block..block + 1)
+    }
+
+    /// The visits of run `run` to item blocks `blocks`, block after block.
+    pub fn segments_of(&self, run: usize, blocks: std::ops::Range<usize>) -> &[Visit] {
+        let s = run * self.blocks.max(1);
+        &self.visits[self.segments[s + blocks.start]..self.segments[s + blocks.end]]
     }
 }
 
@@ -561,9 +581,14 @@ mod tests {
     }
 
     /// User `user`'s ratings of block `block`, through the visits of its run.
-    fn ratings_in(data: &RankRatings, block: usize, user: usize) -> (&[u32], &[f32]) {
-        let visits = data.segment(user / data.run, block);
-        visits
+    fn ratings_in<'a>(
+        data: &'a RankRatings,
+        list: &VisitList,
+        run: usize,
+        block: usize,
+        user: usize,
+    ) -> (&'a [u32], &'a [f32]) {
+        list.segment(user / run, block)
             .iter()
             .find(|v| v.user as usize == user)
             .map_or((&[], &[]), |&v| data.visit(v))
@@ -586,35 +611,51 @@ mod tests {
             vec![(2, 2), (0, 4)],
             "the users' order, without users who have no ratings"
         );
+        let starts = [0, 2, 4, 8];
         for run in [1, 2, 3, 64] {
-            data.split_blocks(&[0, 2, 4, 8], run, 1);
-            assert_eq!(data.n_blocks(), 3);
-            assert_eq!(data.n_runs(), 3usize.div_ceil(run));
-            assert_eq!(ratings_in(&data, 0, 0), (&[0u32][..], &[1.0f32][..]));
-            assert_eq!(
-                ratings_in(&data, 1, 0),
-                (&[2u32, 3][..], &[2.0f32, 3.0][..])
-            );
-            assert_eq!(ratings_in(&data, 2, 0), (&[7u32][..], &[4.0f32][..]));
-            assert!((0..3).all(|b| ratings_in(&data, b, 1).0.is_empty()));
-            assert_eq!(ratings_in(&data, 0, 2).0, &[1]);
-            assert_eq!(ratings_in(&data, 1, 2).0.len(), 0);
-            assert_eq!(ratings_in(&data, 2, 2).0, &[5]);
+            let list = data.list_visits(&starts, run);
+            assert_eq!((list.blocks, list.runs()), (3, 3usize.div_ceil(run)));
+            let of = |b, u| ratings_in(&data, &list, run, b, u);
+            assert_eq!(of(0, 0), (&[0u32][..], &[1.0f32][..]));
+            assert_eq!(of(1, 0), (&[2u32, 3][..], &[2.0f32, 3.0][..]));
+            assert_eq!(of(2, 0), (&[7u32][..], &[4.0f32][..]));
+            assert!((0..3).all(|b| of(b, 1).0.is_empty()));
+            assert_eq!(of(0, 2).0, &[1]);
+            assert_eq!(of(1, 2).0.len(), 0);
+            assert_eq!(of(2, 2).0, &[5]);
             // In user order, users without ratings in the block left out.
-            for r in 0..data.n_runs() {
+            for r in 0..list.runs() {
                 for b in 0..3 {
-                    let users: Vec<u32> = data.segment(r, b).iter().map(|v| v.user).collect();
+                    let users: Vec<u32> = list.segment(r, b).iter().map(|v| v.user).collect();
                     assert!(users.windows(2).all(|w| w[0] < w[1]));
                     assert!(users.iter().all(|&u| u as usize / run == r && u != 1));
                 }
             }
-            assert_eq!(data.visits.len(), 5);
-            let lens: usize = data.visits.iter().map(|v| v.len as usize).sum();
+            assert_eq!(list.visits.len(), 5);
+            let lens: usize = list.visits.iter().map(|v| v.len as usize).sum();
             assert_eq!(lens, 6, "every rating in exactly one visit");
+            // The schedule of groups of one block holds every rating once.
+            data.split_blocks(&starts, run, 1);
+            assert_eq!((data.n_blocks(), data.n_runs()), (3, list.runs()));
+            let mut all: Vec<f32> = data.schedule.iter().map(|r| r.value).collect();
+            all.sort_by(f32::total_cmp);
+            assert_eq!(all, data.values);
+            for r in 0..data.n_runs() {
+                for g in 0..3 {
+                    let (ratings, _) = data.stretch(r, g);
+                    assert!(ratings
+                        .iter()
+                        .all(|x| (starts[g]..starts[g + 1]).contains(&(x.item as usize))));
+                }
+            }
         }
         data.split_blocks(&[0, 8], 2, 1);
         assert_eq!(data.n_blocks(), 1);
-        assert_eq!(ratings_in(&data, 0, 0).0.len(), 4);
+        assert_eq!(
+            data.stretch(0, 0).0.len(),
+            4,
+            "user 0's 4 ratings (user 1 has none)"
+        );
     }
 
     #[test]
