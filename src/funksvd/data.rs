@@ -134,7 +134,7 @@ impl RankRatings {
                         list.visits.push(Visit {
                             start: *at,
                             user: u as u32,
-                            len: len as u32,
+                            len: visit_len(len),
                         });
                     }
                     *at += len;
@@ -157,7 +157,7 @@ impl RankRatings {
                 out.push(Visit {
                     start,
                     user,
-                    len: (end - start) as u32,
+                    len: visit_len(end - start),
                 });
             }
         }
@@ -196,6 +196,11 @@ impl VisitList {
         let s = run * self.blocks.max(1);
         &self.visits[self.segments[s + blocks.start]..self.segments[s + blocks.end]]
     }
+}
+
+/// A visit's length as stored (a user with 2^32 ratings in one block is not a shop's user).
+fn visit_len(len: usize) -> u32 {
+    u32::try_from(len).expect("fewer than 2^32 ratings of one user in one block")
 }
 
 /// One user's ratings of one item block (`items[start..start + len]`, same for values): the
