@@ -87,14 +87,7 @@ impl Comm {
         debug_assert_eq!(mine.len(), counts[self.rank]);
         debug_assert_eq!(all.len(), counts.iter().sum::<usize>());
         let counts: Vec<i32> = counts.iter().map(|&c| c as i32).collect();
-        let displs: Vec<i32> = counts
-            .iter()
-            .scan(0i32, |at, &c| {
-                let d = *at;
-                *at += c;
-                Some(d)
-            })
-            .collect();
+        let displs = displacements(&counts);
         let mut partition = PartitionMut::new(all, counts, displs);
         self.world.all_gather_varcount_into(mine, &mut partition);
     }
@@ -241,13 +234,19 @@ fn counts_and_displs(lens: &[u64], what: &str) -> Result<(Vec<i32>, Vec<i32>)> {
         )));
     }
     let counts: Vec<i32> = lens.iter().map(|&l| l as i32).collect();
-    let mut displs = Vec::with_capacity(lens.len());
+    let displs = displacements(&counts);
+    Ok((counts, displs))
+}
+
+/// Where each part starts when `counts` are laid back to back.
+fn displacements(counts: &[i32]) -> Vec<i32> {
+    let mut displs = Vec::with_capacity(counts.len());
     let mut at = 0i32;
-    for &c in &counts {
+    for &c in counts {
         displs.push(at);
         at += c;
     }
-    Ok((counts, displs))
+    displs
 }
 
 /// A receive buffer of `len` bytes plus one: an empty Vec's dangling pointer can equal an empty

@@ -521,7 +521,8 @@ fn a_save_failing_at_any_step_leaves_the_previous_model_readable() {
 }
 
 #[test]
-fn item_blocks_travel_packed_and_the_old_sync_flag_is_still_accepted() {
+fn item_blocks_travel_in_exchanges_smaller_than_the_item_rows_and_the_old_sync_flag_is_still_accepted(
+) {
     let (dir, data) = generated("exchange", 400, 150, 20000, 4);
     for ranks in [1, 3] {
         let model = dir.join(format!("m{ranks}"));

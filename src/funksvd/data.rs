@@ -29,9 +29,8 @@ pub struct RankRatings {
     pub holdout: Vec<HeldOut>,
     /// B, the number of item blocks (0 until `split_blocks`: one block).
     pub blocks: usize,
-    /// Users per run, and runs (0 until `split_blocks`).
+    /// Users per run (0 until `split_blocks`).
     pub run: usize,
-    pub runs: usize,
     /// After `split_blocks`: the ratings of run r's visits to group g (blocks
     /// `g * per_group..(g + 1) * per_group`) are `stretches[r * G + g]` of `schedule`, in the
     /// order the SGD pass takes them (see `schedule`).
@@ -63,7 +62,6 @@ impl RankRatings {
         let (blocks, runs) = (list.blocks, list.runs());
         self.blocks = blocks;
         self.run = run.max(1);
-        self.runs = runs;
         // The SGD pass's order of each run's ratings of each group of blocks.
         let per_group = per_group.clamp(1, blocks);
         assert_eq!(blocks % per_group, 0, "whole groups of blocks");
@@ -87,7 +85,7 @@ impl RankRatings {
     /// Run `run`'s ratings of group `group`, in the pass's order (see `split_blocks`).
     #[inline]
     pub fn stretch(&self, run: usize, group: usize) -> (&[Rating], usize) {
-        let s = self.stretches[run * (self.n_blocks() / self.per_group.max(1)) + group];
+        let s = self.stretches[run * self.n_groups() + group];
         (&self.schedule[s.start..s.end], s.pairs)
     }
 
@@ -96,9 +94,14 @@ impl RankRatings {
         self.blocks.max(1)
     }
 
+    /// How many groups of blocks `split_blocks` laid the ratings out by (1 if never).
+    fn n_groups(&self) -> usize {
+        self.n_blocks() / self.per_group.max(1)
+    }
+
     /// How many runs of users `split_blocks` laid out.
     pub fn n_runs(&self) -> usize {
-        self.runs
+        self.stretches.len() / self.n_groups()
     }
 
     /// The visits of each run of `run` consecutive users to each item block (block b is rows
@@ -449,7 +452,6 @@ impl ItemBlocks {
 /// Lay out a rank's ratings by user; `item_rows[i]` is the row of `owned.items[i]` (UNKNOWN for
 /// an item without training ratings anywhere).
 pub fn index(owned: OwnedRatings, held_out: &[bool], item_rows: &[u32]) -> RankRatings {
-    let item_index = item_rows;
     // Users with at least one training rating, in id order (owned.users is sorted).
     let mut has_train = vec![false; owned.users.len()];
     for (t, &h) in owned.triples.iter().zip(held_out) {
@@ -468,7 +470,7 @@ pub fn index(owned: OwnedRatings, held_out: &[bool], item_rows: &[u32]) -> RankR
     let mut train: Vec<(u32, u32, f32)> = Vec::new();
     let mut holdout = Vec::new();
     for (t, &h) in owned.triples.iter().zip(held_out) {
-        let (user, item) = (user_index[t.user as usize], item_index[t.item as usize]);
+        let (user, item) = (user_index[t.user as usize], item_rows[t.item as usize]);
         if h {
             holdout.push(HeldOut {
                 user,

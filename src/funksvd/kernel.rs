@@ -315,13 +315,7 @@ pub struct Step {
 /// update.
 #[inline(always)]
 pub fn sgd_step(user: &mut [f32], item: &mut [f32], target: f32, step: Step) -> f32 {
-    sgd_step_with::<Portable>(user, item, target, step)
-}
-
-/// `sgd_step` with the arithmetic of `S`.
-#[inline(always)]
-pub fn sgd_step_with<S: Sums>(user: &mut [f32], item: &mut [f32], target: f32, step: Step) -> f32 {
-    S::step(user, item, target, step)
+    Portable::step(user, item, target, step)
 }
 
 /// A prediction from two rows (either may be unknown), clipped to the rating range.

@@ -30,7 +30,7 @@ use crate::metrics::ErrorSums;
 use crate::rng::Rng;
 
 use super::data::{ItemBlocks, RankRatings, Rating, UNKNOWN};
-use super::kernel::{predict, prefetch_row, sgd_step_with, Portable, Step, Sums};
+use super::kernel::{predict, prefetch_row, Portable, Step, Sums};
 use super::params::padded_width;
 pub use super::params::Params;
 
@@ -158,8 +158,8 @@ pub struct EpochStats {
     /// RMSE on the hold-out pairs after the epoch (None without a hold-out).
     pub holdout_rmse: Option<f64>,
     pub seconds: f64,
-    /// Of `seconds`, the time this rank spent passing item blocks to the others (packing, the
-    /// messages, and waiting for slower ranks).
+    /// Of `seconds`, the time this rank spent passing item blocks to the others (the messages,
+    /// the copy of the gathered groups, and waiting for slower ranks).
     #[serde(default)]
     pub sync_seconds: f64,
     /// Ratings processed per second by the whole job.
@@ -172,6 +172,17 @@ pub struct Globals {
     pub global_mean: f32,
     /// Predictions are clipped to the training ratings' range.
     pub rating_range: (f32, f32),
+}
+
+impl Globals {
+    /// What the rows' scores are added to: the global mean in the biased model, else 0.
+    pub fn offset(&self, biased: bool) -> f32 {
+        if biased {
+            self.global_mean
+        } else {
+            0.0
+        }
+    }
 }
 
 /// Train; `after_epoch` sees each epoch's state (the caller logs, checkpoints).
@@ -209,11 +220,7 @@ pub fn train(
         reg: hyper.reg,
         biased: hyper.biased,
     };
-    let mu = if hyper.biased {
-        globals.global_mean
-    } else {
-        0.0
-    };
+    let mu = globals.offset(hyper.biased);
     let total_ratings = {
         let mut n = [data.n_ratings() as f64];
         comm.sum_f64(&mut n);
@@ -352,11 +359,7 @@ impl Rotation {
         group: usize,
     ) {
         let (ranks, me) = (comm.ranks(), comm.rank());
-        let width = params.width;
-        let rows = |g: usize| {
-            let r = blocks.group_rows(g);
-            r.start * width..r.end * width
-        };
+        let rows = |g| group_floats(blocks, g, params.width);
         let (send, recv) = (rows(group), rows((group + 1) % ranks));
         let items = params.items.as_mut_slice();
         // Two different groups: disjoint ranges of the rows.
@@ -373,12 +376,8 @@ impl Rotation {
     /// The epoch is done: rank r holds the final rows of group r - 1 (mod R); everyone gets all.
     fn gather(&mut self, comm: &dyn Collective, params: &mut Params, blocks: &ItemBlocks) {
         let ranks = comm.ranks();
-        let width = params.width;
         let final_group = |r: usize| (r + ranks - 1) % ranks;
-        let rows = |g: usize| {
-            let r = blocks.group_rows(g);
-            r.start * width..r.end * width
-        };
+        let rows = |g| group_floats(blocks, g, params.width);
         let counts: Vec<usize> = (0..ranks).map(|r| rows(final_group(r)).len()).collect();
         let mine = final_group(comm.rank());
         let total: usize = counts.iter().sum();
@@ -393,6 +392,12 @@ impl Rotation {
             at += count;
         }
     }
+}
+
+/// Where group `g`'s rows are in the item rows, in floats (rows of `width` floats).
+fn group_floats(blocks: &ItemBlocks, g: usize, width: usize) -> std::ops::Range<usize> {
+    let rows = blocks.group_rows(g);
+    rows.start * width..rows.end * width
 }
 
 /// Call `$generic::<W>$args` with the row width W as a constant, so the compiler unrolls the
@@ -515,7 +520,7 @@ fn update<S: Sums>(
     step: Step,
     mu: f32,
 ) -> f64 {
-    let err = sgd_step_with::<S>(
+    let err = S::step(
         &mut user_rows[r.user as usize * width..][..width],
         &mut item_rows[r.item as usize * width..][..width],
         r.value - mu,
@@ -562,11 +567,7 @@ fn holdout_rows<const W: usize, S: Sums>(
 ) -> ErrorSums {
     let width = if W == 0 { params.width } else { W };
     let (user_rows, item_rows) = (params.users.as_slice(), params.items.as_slice());
-    let mu = if hyper.biased {
-        globals.global_mean
-    } else {
-        0.0
-    };
+    let mu = globals.offset(hyper.biased);
     let (lo, hi) = globals.rating_range;
     let mut sums = ErrorSums::default();
     for (n, h) in data.holdout.iter().enumerate() {
