@@ -231,6 +231,10 @@ pub fn train(
         data.run, USER_RUN,
         "visits listed by runs of USER_RUN users"
     );
+    assert_eq!(
+        data.per_group, blocks.per_rank,
+        "ratings laid out by the same groups of blocks"
+    );
     let mut order: Vec<u32> = Vec::with_capacity(data.n_runs());
     for epoch in done + 1..=hyper.epochs {
         let started = Instant::now();
