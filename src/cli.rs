@@ -15,8 +15,9 @@ use crate::ingest::{Format, InputSpec};
     long_about = "Distributed FunkSVD recommender training over MPI.\n\n\
         Run it under a launcher (mpirun, srun, an MPIJob) for N ranks, or alone for one. Every rank \
         reads its own slice of the dataset, ratings are routed to the rank that owns their user, each \
-        rank trains its users while blocks of item factors rotate between the ranks, and one \
-        allgather per epoch leaves the item factors identical on every rank.",
+        rank trains its users while blocks of item factors rotate between the ranks, and at the end \
+        of each epoch they go once more round the ring, leaving the item factors identical on \
+        every rank.",
     after_help = "Examples:\n  \
         mpirun -n 2 funksvd generate --out data/events --events 1000000\n  \
         mpirun -n 2 funksvd train --data data/events --model models/demo\n  \

@@ -82,16 +82,6 @@ impl Comm {
         mpi::point_to_point::send_receive_into(send, &dest, recv, &source);
     }
 
-    /// Every rank contributes `mine` (`counts[rank]` floats); `all` gets them in rank order.
-    pub fn allgather_f32(&self, mine: &[f32], counts: &[usize], all: &mut [f32]) {
-        debug_assert_eq!(mine.len(), counts[self.rank]);
-        debug_assert_eq!(all.len(), counts.iter().sum::<usize>());
-        let counts: Vec<i32> = counts.iter().map(|&c| c as i32).collect();
-        let displs = displacements(&counts);
-        let mut partition = PartitionMut::new(all, counts, displs);
-        self.world.all_gather_varcount_into(mine, &mut partition);
-    }
-
     /// Sum small f64 vectors over all ranks, in place (copies; for metrics, not for hot loops).
     pub fn allreduce_sum_f64(&self, values: &mut [f64]) {
         let send = values.to_vec();

@@ -60,8 +60,8 @@ pub struct Training {
     pub epochs: usize,
     pub seconds: f64,
     pub seconds_per_epoch: f64,
-    /// Exchanges of item rows between ranks per epoch (R - 1 block hand-overs and one
-    /// allgather; 0 on one rank).
+    /// Exchanges of item rows between ranks per epoch (R - 1 block hand-overs between the
+    /// steps and R - 1 to share the final rows; 0 on one rank).
     pub syncs_per_epoch: usize,
     /// Floats one rank sends per exchange at most (its largest item block, factors + 1 per
     /// item); never more than the item rows, items x (factors + 1).

@@ -13,7 +13,8 @@ use crate::funksvd::data::{
     holdout_mask, index, sorted_item_index, train_counts, train_item_ids, ItemBlocks, RankRatings,
 };
 use crate::funksvd::train::{
-    blocks_per_rank, floats_per_exchange, holdout_errors, train, train_errors, USER_RUN,
+    blocks_per_rank, exchanges_per_epoch, floats_per_exchange, holdout_errors, train, train_errors,
+    USER_RUN,
 };
 use crate::funksvd::{Globals, Params, TrainState};
 use crate::ids::Id;
@@ -33,7 +34,7 @@ pub fn run(comm: &Comm, args: &TrainArgs) -> Result<()> {
     if let (Some(n), true) = (args.syncs_per_epoch, comm.is_root()) {
         log::warn!(
             "--syncs-per-epoch {n} is ignored: ranks pass item blocks to each other, {} exchanges per epoch",
-            comm.size()
+            exchanges_per_epoch(comm.size())
         );
     }
     let (owned, report) = pipeline::load_ratings(comm, &data_loc, &spec, args.input.aggregate)?;
@@ -95,9 +96,10 @@ pub fn run(comm: &Comm, args: &TrainArgs) -> Result<()> {
         let shared = item_ids.len() * (hyper.factors + 1);
         if comm.size() > 1 {
             log::info!(
-                "training: {} item blocks, {} exchanges per epoch ({} block hand-overs and one allgather), at most {} floats per rank each (all item rows: {shared} floats)",
+                "training: {} item blocks, {} exchanges per epoch ({} block hand-overs between the steps, {} more to share the final rows), at most {} floats per rank each (all item rows: {shared} floats)",
                 blocks.len(),
-                comm.size(),
+                exchanges_per_epoch(comm.size()),
+                comm.size() - 1,
                 comm.size() - 1,
                 floats_per_exchange(&blocks, hyper.factors)
             );
@@ -225,7 +227,7 @@ pub fn run(comm: &Comm, args: &TrainArgs) -> Result<()> {
                     seconds: 0.0,
                     seconds_per_epoch: metrics.history.iter().map(|h| h.seconds).sum::<f64>()
                         / hyper.epochs as f64,
-                    syncs_per_epoch: if comm.size() > 1 { comm.size() } else { 0 },
+                    syncs_per_epoch: exchanges_per_epoch(comm.size()),
                     floats_per_sync: floats_per_exchange(&blocks, hyper.factors),
                     rows_read: report.rows_read,
                     rows_skipped: report.skipped.total(),

@@ -12,6 +12,7 @@ use crate::comm::Comm;
 use crate::error::{Error, Result};
 use crate::exchange;
 use crate::features::{LocalRatings, ValueRule};
+use crate::funksvd::train::exchanges_per_epoch;
 use crate::ingest::{self, Format, InputSpec};
 use crate::store::Location;
 
@@ -76,8 +77,8 @@ pub fn run(comm: &Comm, args: &VerifyArgs) -> Result<()> {
         name: "item block exchange".into(),
         ok: seconds.is_finite(),
         detail: format!(
-            "one epoch's exchanges of {mb:.1} MB of item rows ({items} items x {width} floats, from {item_source}: {} block hand-overs and an allgather) in {:.2} ms",
-            comm.size() - 1,
+            "one epoch's exchanges of {mb:.1} MB of item rows ({items} items x {width} floats, from {item_source}: {} block hand-overs) in {:.2} ms",
+            exchanges_per_epoch(comm.size()),
             seconds * 1e3,
         ),
     });
@@ -255,22 +256,17 @@ fn time_allreduce(comm: &Comm, floats: usize, repeats: usize) -> f64 {
 }
 
 /// Mean seconds of one epoch's exchanges as training does them for `floats` floats of item
-/// rows: R - 1 hand-overs of one rank's share around the ring, then an allgather of all shares
-/// (`repeats` runs after one warm-up; the slowest rank's time).
+/// rows: `exchanges_per_epoch` hand-overs of one rank's share around the ring (`repeats` runs
+/// after one warm-up; the slowest rank's time).
 fn time_epoch_exchange(comm: &Comm, floats: usize, repeats: usize) -> f64 {
     let ranks = comm.size();
     let share = floats.div_ceil(ranks);
     let send = vec![1.0f32; share];
     let mut recv = vec![0.0f32; share];
-    let mut all = vec![0.0f32; share * ranks];
-    let counts = vec![share; ranks];
     let (down, up) = ((comm.rank() + ranks - 1) % ranks, (comm.rank() + 1) % ranks);
     let mut epoch = || {
-        if ranks > 1 {
-            for _ in 1..ranks {
-                comm.sendrecv_f32(&send, down, &mut recv, up);
-            }
-            comm.allgather_f32(&send, &counts, &mut all);
+        for _ in 0..exchanges_per_epoch(ranks) {
+            comm.sendrecv_f32(&send, down, &mut recv, up);
         }
     };
     epoch();
