@@ -1,8 +1,13 @@
 //! Routing ratings to the rank that owns their user, and agreeing on the item vocabulary.
 //!
-//! A user belongs to rank `owner(hash(user id))`, whatever the file layout, so after the exchange
-//! every (user, item) pair lives on exactly one rank and its aggregation is exact. Each rank
-//! aggregates locally first (max and sum are associative), so repeated events cost no traffic.
+//! Users are spread over the ranks by their id hash, in two moves. First the hash space is cut
+//! into equal ranges, one per rank (`Owners::even`): every (user, item) pair then lives on
+//! exactly one rank, where its aggregation is exact (each rank aggregates locally first, so
+//! repeated events cost no traffic). Then the ranks count their ratings per range of hashes
+//! and cut again where the job's ratings are split evenly (`Owners::balance`), and the users
+//! between the old and new cuts move, whole: ranks get equal work whatever the users' activity
+//! (hash ranges of equal width left ranks 2-12% apart on 2 to 8 ranks). Both cuts depend on
+//! the ratings alone, never on which rank read which file.
 
 use crate::comm::Comm;
 use crate::error::Result;
@@ -10,10 +15,89 @@ use crate::features::{aggregate, Aggregate, LocalRatings, Triple};
 use crate::ids::{Id, Interner};
 use crate::wire::{Reader, Writer};
 
-/// The rank that owns a user.
-#[inline]
-pub fn owner(user_hash: u64, ranks: usize) -> usize {
-    ((user_hash as u128 * ranks as u128) >> 64) as usize
+/// Users are counted in 2^BUCKET_BITS buckets by the top bits of their hash: a cut between two
+/// ranks falls between buckets, fine enough that ranks differ by well under 1% of the ratings
+/// (hash ranges of the same width: 2-12% apart on 2 to 8 ranks, measured).
+const BUCKET_BITS: u32 = 14;
+
+fn bucket(user_hash: u64) -> usize {
+    (user_hash >> (64 - BUCKET_BITS)) as usize
+}
+
+/// Which rank owns which users: rank r owns the buckets `cuts[r]..cuts[r + 1]`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Owners {
+    cuts: Vec<usize>,
+}
+
+impl Owners {
+    /// Contiguous ranges of buckets of about equal ratings (`ratings[b]`: the job's ratings
+    /// of bucket b), each cut at the bucket boundary nearest its share. No ratings: equal ranges.
+    pub fn balance(ratings: &[u64], ranks: usize) -> Owners {
+        let ranks = ranks.max(1);
+        let buckets = ratings.len();
+        let total: u128 = ratings.iter().map(|&n| n as u128).sum();
+        if total == 0 {
+            return Owners::equal_ranges(buckets, ranks);
+        }
+        let mut below = 0u128; // the ratings of the buckets before `at`
+        let mut at = 0usize;
+        let mut cuts = vec![0];
+        cuts.extend((1..ranks).map(|r| {
+            let target = total * r as u128 / ranks as u128;
+            while at < buckets && below + (ratings[at] as u128) < target {
+                below += ratings[at] as u128;
+                at += 1;
+            }
+            // The boundary before bucket `at` or after it, whichever is nearer the share.
+            if at < buckets
+                && below < target
+                && below + ratings[at] as u128 - target < target - below
+            {
+                below += ratings[at] as u128;
+                at += 1;
+            }
+            at
+        }));
+        cuts.push(buckets);
+        Owners { cuts }
+    }
+
+    /// Equal ranges of buckets: where users go before anyone knows their ratings.
+    pub fn even(ranks: usize) -> Owners {
+        Owners::equal_ranges(1 << BUCKET_BITS, ranks.max(1))
+    }
+
+    fn equal_ranges(buckets: usize, ranks: usize) -> Owners {
+        Owners {
+            cuts: (0..=ranks).map(|r| buckets * r / ranks).collect(),
+        }
+    }
+
+    pub fn ranks(&self) -> usize {
+        self.cuts.len() - 1
+    }
+
+    /// The rank that owns a user.
+    pub fn of(&self, user_hash: u64) -> usize {
+        let b = bucket(user_hash);
+        // The last rank whose range starts at or before b (empty ranges skipped).
+        self.cuts[1..self.ranks()].partition_point(|&cut| cut <= b)
+    }
+}
+
+/// This rank's ratings per bucket of users.
+fn ratings_per_bucket(owned: &OwnedRatings) -> Vec<u64> {
+    let buckets: Vec<u32> = owned
+        .users
+        .iter()
+        .map(|id| bucket(id.stable_hash()) as u32)
+        .collect();
+    let mut ratings = vec![0u64; 1 << BUCKET_BITS];
+    for t in &owned.triples {
+        ratings[buckets[t.user as usize] as usize] += 1;
+    }
+    ratings
 }
 
 /// The ratings one rank owns after the exchange: its users sorted by id, the items they rated
@@ -37,7 +121,8 @@ pub struct Outgoing {
 /// triples indexing those two lists. Users are renumbered by destination first, so that after
 /// the (user, item) sort each destination's triples are one run, written straight into the
 /// one send buffer: no per-destination copies.
-pub fn encode_outgoing(local: LocalRatings, agg: Aggregate, ranks: usize) -> Outgoing {
+pub fn encode_outgoing(local: LocalRatings, agg: Aggregate, owners: &Owners) -> Outgoing {
+    let ranks = owners.ranks();
     let LocalRatings {
         users,
         items,
@@ -47,7 +132,7 @@ pub fn encode_outgoing(local: LocalRatings, agg: Aggregate, ranks: usize) -> Out
     let (user_ids, item_ids) = (users.into_ids(), items.into_ids());
     let dest_of_user: Vec<usize> = user_ids
         .iter()
-        .map(|id| owner(id.stable_hash(), ranks))
+        .map(|id| owners.of(id.stable_hash()))
         .collect();
     // Users of destination d get the numbers first[d]..first[d + 1], in their local order.
     let mut first = vec![0usize; ranks + 1];
@@ -77,39 +162,73 @@ pub fn encode_outgoing(local: LocalRatings, agg: Aggregate, ranks: usize) -> Out
     let mut w = Writer::new();
     w.buf.reserve(triples.len() * 12 + 64 * ranks);
     let mut lens = Vec::with_capacity(ranks);
-    let mut item_slot = vec![u32::MAX; item_ids.len()];
-    let mut items_seen: Vec<u32> = Vec::new();
+    let mut message = MessageWriter::new(item_ids.len());
     let mut at = 0usize;
     for d in 0..ranks {
         let start = w.buf.len();
         let end = at + triples[at..].partition_point(|t| (t.user as usize) < first[d + 1]);
-        let run = &triples[at..end];
-        // The run is sorted by user: its distinct users in order, and its items as first seen.
+        message.write(&mut w, &triples[at..end], &item_ids, |u| {
+            &user_ids[user_of[u as usize] as usize]
+        });
+        lens.push((w.buf.len() - start) as u64);
+        at = end;
+    }
+    Outgoing {
+        bytes: w.finish(),
+        lens,
+    }
+}
+
+/// Writes messages: the user ids a run of triples mentions, the item ids it mentions, then the
+/// triples indexing those two lists.
+struct MessageWriter {
+    /// Each item's number in the message being written (u32::MAX: not in it yet).
+    item_slot: Vec<u32>,
+    items_seen: Vec<u32>,
+}
+
+impl MessageWriter {
+    fn new(items: usize) -> Self {
+        MessageWriter {
+            item_slot: vec![u32::MAX; items],
+            items_seen: Vec::new(),
+        }
+    }
+
+    /// `run` sorted by user; `user_id(t.user)` and `item_ids[t.item]` name its ids.
+    fn write<'a>(
+        &mut self,
+        w: &mut Writer,
+        run: &[Triple],
+        item_ids: &[Id],
+        user_id: impl Fn(u32) -> &'a Id,
+    ) {
+        // Its distinct users in order, and its items as first seen.
         let mut n_users = 0u64;
         let mut last = u32::MAX;
-        items_seen.clear();
+        self.items_seen.clear();
         for t in run {
             if t.user != last {
                 n_users += 1;
                 last = t.user;
             }
-            let slot = &mut item_slot[t.item as usize];
+            let slot = &mut self.item_slot[t.item as usize];
             if *slot == u32::MAX {
-                *slot = items_seen.len() as u32;
-                items_seen.push(t.item);
+                *slot = self.items_seen.len() as u32;
+                self.items_seen.push(t.item);
             }
         }
         w.u64(n_users);
         let mut last = u32::MAX;
         for t in run {
             if t.user != last {
-                user_ids[user_of[t.user as usize] as usize].write(&mut w);
+                user_id(t.user).write(w);
                 last = t.user;
             }
         }
-        w.u64(items_seen.len() as u64);
-        for &i in &items_seen {
-            item_ids[i as usize].write(&mut w);
+        w.u64(self.items_seen.len() as u64);
+        for &i in &self.items_seen {
+            item_ids[i as usize].write(w);
         }
         w.u64(run.len() as u64);
         let mut user_slot = 0u32;
@@ -120,19 +239,45 @@ pub fn encode_outgoing(local: LocalRatings, agg: Aggregate, ranks: usize) -> Out
                 last = t.user;
             }
             w.u32(user_slot);
-            w.u32(item_slot[t.item as usize]);
+            w.u32(self.item_slot[t.item as usize]);
             w.f32(t.value);
         }
-        for &i in &items_seen {
-            item_slot[i as usize] = u32::MAX;
+        for &i in &self.items_seen {
+            self.item_slot[i as usize] = u32::MAX;
         }
-        lens.push((w.buf.len() - start) as u64);
-        at = end;
     }
-    Outgoing {
-        bytes: w.finish(),
-        lens,
+}
+
+/// Read one message, interning its ids into `users` and `items` and appending its triples.
+fn read_message(
+    msg: &[u8],
+    users: &mut Interner,
+    items: &mut Interner,
+    triples: &mut Vec<Triple>,
+) -> Result<()> {
+    let mut r = Reader::new(msg);
+    let user_map = (0..r.u64()?)
+        .map(|_| Ok(users.intern(&Id::read(&mut r)?)))
+        .collect::<Result<Vec<u32>>>()?;
+    let item_map = (0..r.u64()?)
+        .map(|_| Ok(items.intern(&Id::read(&mut r)?)))
+        .collect::<Result<Vec<u32>>>()?;
+    let n = r.u64()? as usize;
+    for _ in 0..n {
+        let (u, i, v) = (r.u32()?, r.u32()?, r.f32()?);
+        let (Some(&user), Some(&item)) = (user_map.get(u as usize), item_map.get(i as usize))
+        else {
+            return Err(crate::error::Error::runtime(
+                "corrupt rating message between ranks",
+            ));
+        };
+        triples.push(Triple {
+            user,
+            item,
+            value: v,
+        });
     }
+    Ok(())
 }
 
 /// Decode what all ranks sent to this one (`lens[r]` bytes from rank r, back to back) and
@@ -142,36 +287,15 @@ pub fn decode_incoming(bytes: &[u8], lens: &[u64], agg: Aggregate) -> Result<Own
     let mut items = Interner::new();
     // Each triple takes 12 bytes on the wire: room for all of them at once.
     let mut triples = Vec::with_capacity(bytes.len() / 12);
-    let mut user_map = Vec::new();
-    let mut item_map = Vec::new();
     let mut at = 0usize;
     for &len in lens {
-        let msg = &bytes[at..at + len as usize];
+        read_message(
+            &bytes[at..at + len as usize],
+            &mut users,
+            &mut items,
+            &mut triples,
+        )?;
         at += len as usize;
-        let mut r = Reader::new(msg);
-        user_map.clear();
-        for _ in 0..r.u64()? {
-            user_map.push(users.intern(&Id::read(&mut r)?));
-        }
-        item_map.clear();
-        for _ in 0..r.u64()? {
-            item_map.push(items.intern(&Id::read(&mut r)?));
-        }
-        let n = r.u64()? as usize;
-        for _ in 0..n {
-            let (u, i, v) = (r.u32()?, r.u32()?, r.f32()?);
-            let (Some(&user), Some(&item)) = (user_map.get(u as usize), item_map.get(i as usize))
-            else {
-                return Err(crate::error::Error::runtime(
-                    "corrupt rating message between ranks",
-                ));
-            };
-            triples.push(Triple {
-                user,
-                item,
-                value: v,
-            });
-        }
     }
     // Number users in id order, so a rank's users do not depend on who sent what.
     let user_ids = users.into_ids();
@@ -200,18 +324,128 @@ pub fn decode_incoming(bytes: &[u8], lens: &[u64], agg: Aggregate) -> Result<Own
 /// Send every rating to its user's owner.
 pub fn route(comm: &Comm, local: LocalRatings, agg: Aggregate) -> Result<OwnedRatings> {
     let started = std::time::Instant::now();
-    let outgoing = encode_outgoing(local, agg, comm.size());
+    let even = Owners::even(comm.size());
+    let outgoing = encode_outgoing(local, agg, &even);
     let encoded = started.elapsed().as_secs_f64();
     let (incoming, lens) = comm.alltoall_flat(&outgoing.bytes, &outgoing.lens)?;
     drop(outgoing);
     let sent = started.elapsed().as_secs_f64();
-    let owned = decode_incoming(&incoming, &lens, agg);
+    // Every rank decodes before the next collective: none may wait there for a failed one.
+    let owned = comm.agree(decode_incoming(&incoming, &lens, agg))?;
+    drop(incoming);
+    let decoded = started.elapsed().as_secs_f64();
+    let mut ratings = ratings_per_bucket(&owned);
+    comm.allreduce_sum_u64(&mut ratings);
+    let owners = Owners::balance(&ratings, comm.size());
+    let (owned, moved) = if owners == even {
+        (owned, 0)
+    } else {
+        move_users(comm, owned, &owners)?
+    };
     log::debug!(
-        "exchange: aggregate + encode {encoded:.3}s, alltoall {:.3}s, decode + aggregate {:.3}s",
+        "exchange: aggregate + encode {encoded:.3}s, alltoall {:.3}s, decode + aggregate {:.3}s, balance {:.3}s ({moved} users moved out)",
         sent - encoded,
-        started.elapsed().as_secs_f64() - sent
+        decoded - sent,
+        started.elapsed().as_secs_f64() - decoded
     );
-    owned
+    Ok(owned)
+}
+
+/// Hand the users `owners` gives to another rank over to it, whole, and take in the ones it
+/// gives to this rank; returns the ratings and the count of users that left. Users and
+/// triples come out in the order `OwnedRatings` promises.
+fn move_users(comm: &Comm, owned: OwnedRatings, owners: &Owners) -> Result<(OwnedRatings, usize)> {
+    let (ranks, me) = (comm.size(), comm.rank() as u32);
+    let OwnedRatings {
+        users,
+        items,
+        mut triples,
+    } = owned;
+    let dest: Vec<u32> = users
+        .iter()
+        .map(|u| owners.of(u.stable_hash()) as u32)
+        .collect();
+    let leave = |t: &Triple| dest[t.user as usize] != me;
+    // The leaving ratings, by destination, each destination's in user order (a stable sort).
+    let mut leaving: Vec<Triple> = triples.iter().filter(|t| leave(t)).copied().collect();
+    leaving.sort_by_key(|t| dest[t.user as usize]);
+    let mut w = Writer::new();
+    let mut lens = Vec::with_capacity(ranks);
+    let mut message = MessageWriter::new(items.len());
+    let mut at = 0;
+    for d in 0..ranks as u32 {
+        let start = w.buf.len();
+        let end = at + leaving[at..].partition_point(|t| dest[t.user as usize] <= d);
+        message.write(&mut w, &leaving[at..end], &items, |u| &users[u as usize]);
+        lens.push((w.buf.len() - start) as u64);
+        at = end;
+    }
+    drop(leaving);
+    triples.retain(|t| !leave(t));
+    let (incoming, lens) = comm.alltoall_flat(&w.finish(), &lens)?;
+
+    let mut item_index = Interner::new();
+    for id in &items {
+        item_index.intern(id);
+    }
+    drop(items);
+    let mut arrivals = Interner::new();
+    let mut arrived = Vec::new();
+    let mut at = 0usize;
+    for &len in &lens {
+        read_message(
+            &incoming[at..at + len as usize],
+            &mut arrivals,
+            &mut item_index,
+            &mut arrived,
+        )?;
+        at += len as usize;
+    }
+    drop(incoming);
+    // Number the staying and the arrived users in one id order (both lists are sorted).
+    let arrived_ids = arrivals.into_ids();
+    let mut by_id: Vec<u32> = (0..arrived_ids.len() as u32).collect();
+    by_id.sort_unstable_by(|&a, &b| arrived_ids[a as usize].cmp(&arrived_ids[b as usize]));
+    let staying: Vec<u32> = (0..users.len() as u32)
+        .filter(|&u| dest[u as usize] == me)
+        .collect();
+    let moved = users.len() - staying.len();
+    let mut number_staying = vec![u32::MAX; users.len()];
+    let mut number_arrived = vec![0u32; arrived_ids.len()];
+    let mut merged: Vec<Id> = Vec::with_capacity(staying.len() + by_id.len());
+    let (mut a, mut b) = (0, 0);
+    while a < staying.len() || b < by_id.len() {
+        let next = merged.len() as u32;
+        if b == by_id.len()
+            || (a < staying.len() && users[staying[a] as usize] < arrived_ids[by_id[b] as usize])
+        {
+            number_staying[staying[a] as usize] = next;
+            merged.push(users[staying[a] as usize].clone());
+            a += 1;
+        } else {
+            number_arrived[by_id[b] as usize] = next;
+            merged.push(arrived_ids[by_id[b] as usize].clone());
+            b += 1;
+        }
+    }
+    for t in &mut triples {
+        t.user = number_staying[t.user as usize];
+    }
+    for t in &mut arrived {
+        t.user = number_arrived[t.user as usize];
+    }
+    arrived.sort_unstable_by_key(|t| (t.user, t.item));
+    // Two sorted runs back to back: the stable sort merges them in one pass.
+    triples.extend(arrived);
+    triples.sort_by_key(|t| (t.user, t.item));
+    Ok((
+        OwnedRatings {
+            users: merged,
+            items: item_index.into_ids(),
+            triples,
+        },
+        moved,
+    ))
 }
 
 /// The union of every rank's `mine`, sorted: the global item vocabulary.
@@ -257,23 +491,25 @@ mod tests {
     }
 
     /// Simulate `ranks` ranks: encode on each, deliver, decode on each.
-    fn simulate(parts: Vec<LocalRatings>, agg: Aggregate) -> Vec<OwnedRatings> {
+    fn simulate(parts: Vec<LocalRatings>, agg: Aggregate) -> (Vec<OwnedRatings>, Owners) {
         let ranks = parts.len();
+        let owners = Owners::even(ranks);
         let outgoing: Vec<Outgoing> = parts
             .into_iter()
-            .map(|p| encode_outgoing(p, agg, ranks))
+            .map(|p| encode_outgoing(p, agg, &owners))
             .collect();
         let message = |o: &Outgoing, dest: usize| {
             let at: u64 = o.lens[..dest].iter().sum();
             o.bytes[at as usize..(at + o.lens[dest]) as usize].to_vec()
         };
-        (0..ranks)
+        let owned = (0..ranks)
             .map(|dest| {
                 let inbox: Vec<Vec<u8>> = outgoing.iter().map(|o| message(o, dest)).collect();
                 let lens: Vec<u64> = inbox.iter().map(|m| m.len() as u64).collect();
                 decode_incoming(&inbox.concat(), &lens, agg).unwrap()
             })
-            .collect()
+            .collect();
+        (owned, owners)
     }
 
     fn flatten(owned: &[OwnedRatings]) -> Vec<(Id, Id, f32)> {
@@ -305,7 +541,7 @@ mod tests {
             (3, "c", "cart"),
             (4, "a", "view"),
         ];
-        let whole = flatten(&simulate(vec![local(&rows)], Aggregate::Sum));
+        let whole = flatten(&simulate(vec![local(&rows)], Aggregate::Sum).0);
         assert_eq!(whole.len(), 5);
         for ranks in 2..=4 {
             // Deal rows round-robin: every pair's events end up on different ranks.
@@ -321,12 +557,12 @@ mod tests {
                     )
                 })
                 .collect();
-            let owned = simulate(parts, Aggregate::Sum);
+            let (owned, owners) = simulate(parts, Aggregate::Sum);
             assert_eq!(flatten(&owned), whole, "ranks={ranks}");
-            // Each user lives on exactly one rank, the one `owner` names.
+            // Each user lives on exactly one rank, the one `Owners` names.
             for (rank, o) in owned.iter().enumerate() {
                 for u in &o.users {
-                    assert_eq!(owner(u.stable_hash(), ranks), rank);
+                    assert_eq!(owners.of(u.stable_hash()), rank);
                 }
                 assert!(o.users.windows(2).all(|w| w[0] < w[1]), "users sorted");
             }
@@ -334,14 +570,49 @@ mod tests {
     }
 
     #[test]
-    fn owner_spreads_users_evenly() {
-        let ranks = 4;
-        let mut counts = vec![0usize; ranks];
-        for u in 0..40_000i64 {
-            counts[owner(Id::Int(u).stable_hash(), ranks)] += 1;
+    fn owners_cut_the_hash_space_into_ranges_of_equal_ratings() {
+        // Skewed activity: a few heavy buckets among many light ones.
+        let buckets = 1 << BUCKET_BITS;
+        let rows: Vec<u64> = (0..buckets as u64)
+            .map(|b| if b % 97 == 0 { 5_000 } else { 1 + b % 13 })
+            .collect();
+        let total: u64 = rows.iter().sum();
+        for ranks in [1, 2, 3, 8, 64] {
+            let owners = Owners::balance(&rows, ranks);
+            assert_eq!(owners.ranks(), ranks);
+            let mut load = vec![0u64; ranks];
+            for (b, &n) in rows.iter().enumerate() {
+                load[owners.of((b as u64) << (64 - BUCKET_BITS))] += n;
+            }
+            assert_eq!(load.iter().sum::<u64>(), total);
+            // Each rank is off its share by at most one heavy bucket.
+            let share = total / ranks as u64;
+            assert!(
+                load.iter().all(|&l| l.abs_diff(share) <= 5_000),
+                "{ranks} ranks: {load:?}"
+            );
+            // Contiguous: the owner never goes down as the hash goes up.
+            let mut last = 0;
+            for b in 0..buckets {
+                let o = owners.of((b as u64) << (64 - BUCKET_BITS) | 12345);
+                assert!(o >= last);
+                last = o;
+            }
         }
-        for c in counts {
-            assert!((9_500..10_500).contains(&c), "{c}");
-        }
+        // A single bucket holding everything: every bucket still has an owner, no panic.
+        let mut one = vec![0u64; buckets];
+        one[77] = 10;
+        let owners = Owners::balance(&one, 4);
+        assert!((0..buckets).all(|b| owners.of((b as u64) << (64 - BUCKET_BITS)) < 4));
+        // No ratings at all: equal ranges.
+        let owners = Owners::balance(&vec![0; buckets], 4);
+        let per_rank: Vec<usize> = (0..4)
+            .map(|r| {
+                (0..buckets)
+                    .filter(|&b| owners.of((b as u64) << (64 - BUCKET_BITS)) == r)
+                    .count()
+            })
+            .collect();
+        assert_eq!(per_rank, vec![buckets / 4; 4]);
     }
 }

@@ -563,6 +563,16 @@ fn item_blocks_travel_in_exchanges_smaller_than_the_item_rows_and_the_old_sync_f
             );
             let stated = format!("at most {} floats per rank each", t.floats_per_sync);
             assert!(run.stderr.contains(&stated), "{}", run.stderr);
+            // Users are spread by their ratings, not by equal hash ranges (7.6% over an even
+            // share on this data): no rank makes the others wait long at each hand-over.
+            let over: f64 = run
+                .stderr
+                .split(" ratings per rank (+")
+                .nth(1)
+                .and_then(|rest| rest.split('%').next())
+                .and_then(|pct| pct.parse().ok())
+                .unwrap_or_else(|| panic!("no balance in the log: {}", run.stderr));
+            assert!(over < 1.0, "{over}% over an even share");
         }
         // Training numbers the items by block; the file lists them by id.
         assert!(m.item_ids.windows(2).all(|w| w[0] < w[1]), "items sorted");

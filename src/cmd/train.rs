@@ -92,11 +92,16 @@ pub fn run(comm: &Comm, args: &TrainArgs) -> Result<()> {
     if let Some(state) = &start {
         comm.agree(check_resumed_items(state, item_ids.len(), hyper.factors))?;
     }
+    // A step waits for the busiest rank: say how even the users' spread left the work.
+    let mut busiest = [data.n_ratings() as u64];
+    comm.allreduce_max_u64(&mut busiest);
     if comm.is_root() {
         let shared = item_ids.len() * (hyper.factors + 1);
         if comm.size() > 1 {
             log::info!(
-                "training: {} item blocks, {} exchanges per epoch ({} block hand-overs between the steps, {} more to share the final rows), at most {} floats per rank each (all item rows: {shared} floats)",
+                "training: at most {} ratings per rank ({:+.2}% over an even share); {} item blocks, {} exchanges per epoch ({} block hand-overs between the steps, {} more to share the final rows), at most {} floats per rank each (all item rows: {shared} floats)",
+                busiest[0],
+                (busiest[0] as f64 * comm.size() as f64 / n_ratings.max(1) as f64 - 1.0) * 100.0,
                 blocks.len(),
                 exchanges_per_epoch(comm.size()),
                 comm.size() - 1,
