@@ -353,6 +353,19 @@ fn pass_on(comm: &dyn Collective, params: &mut Params, blocks: &ItemBlocks, grou
         (&high[..send.len()], &mut low[recv])
     };
     comm.sendrecv_f32(send, (me + ranks - 1) % ranks, recv, (me + 1) % ranks);
+    warm(recv);
+}
+
+/// Read `rows` front to back, a float per cache line, so they are in this core's cache before
+/// the random reads of the next step or of the hold-out scoring: MPI's copy leaves them in
+/// another core's cache or in memory (2 ranks: hold-out scoring 1.46 -> 1.22 ms, hand-over
+/// with this read 0.31-0.41 -> 0.24 ms; medians over 6 runs x 23 epochs).
+fn warm(rows: &[f32]) {
+    let mut sum = 0.0f32;
+    for line in rows.chunks(16) {
+        sum += line[0];
+    }
+    std::hint::black_box(sum);
 }
 
 /// The epoch's steps are done: rank r holds the final rows of group r - 1 (mod R) and passes it
