@@ -122,6 +122,17 @@ print(" the fastest of the runs above for each row. s/epoch: the epochs alone --
 print(" scoring the hold-out pairs after each epoch, LibMF's exclude the set-up inside its fit();")
 print(" 'vs LibMF fit' divides LibMF's whole fit() time by its epochs instead)")
 runs = [json.loads(l) for l in open(sys.argv[1])]
+# Scaling: seconds per epoch on the fewest ranks over those on more (fastest and median runs).
+spe = {}
+for r in runs:
+    if r["system"] == "funksvd":
+        spe.setdefault(r["threads"], []).append(r["seconds_per_epoch"])
+if len(spe) > 1:
+    base = min(spe)
+    median = lambda v: sorted(v)[len(v) // 2]
+    for ranks in sorted(spe)[1:]:
+        print(f"funksvd {ranks} ranks train {min(spe[base]) / min(spe[ranks]):.2f}x as fast as {base} "
+              f"(fastest runs; median runs {median(spe[base]) / median(spe[ranks]):.2f}x)")
 for ranks in sorted({r["threads"] for r in runs if r["system"] == "funksvd"}):
     e2e = sorted(r["end_to_end"] for r in runs if r["system"] == "funksvd" and r["threads"] == ranks)
     print(f"funksvd end to end (plan, read, features, exchange, train, save) on {ranks} rank(s): "
