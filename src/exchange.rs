@@ -248,7 +248,24 @@ impl MessageWriter {
     }
 }
 
-/// Read one message, interning its ids into `users` and `items` and appending its triples.
+/// Read the messages in `bytes` (`lens[r]` bytes from rank r, back to back), interning their
+/// ids into `users` and `items` and appending their triples.
+fn read_messages(
+    bytes: &[u8],
+    lens: &[u64],
+    users: &mut Interner,
+    items: &mut Interner,
+    triples: &mut Vec<Triple>,
+) -> Result<()> {
+    let mut at = 0usize;
+    for &len in lens {
+        read_message(&bytes[at..at + len as usize], users, items, triples)?;
+        at += len as usize;
+    }
+    Ok(())
+}
+
+/// Read one message (see `MessageWriter`).
 fn read_message(
     msg: &[u8],
     users: &mut Interner,
@@ -287,16 +304,7 @@ pub fn decode_incoming(bytes: &[u8], lens: &[u64], agg: Aggregate) -> Result<Own
     let mut items = Interner::new();
     // Each triple takes 12 bytes on the wire: room for all of them at once.
     let mut triples = Vec::with_capacity(bytes.len() / 12);
-    let mut at = 0usize;
-    for &len in lens {
-        read_message(
-            &bytes[at..at + len as usize],
-            &mut users,
-            &mut items,
-            &mut triples,
-        )?;
-        at += len as usize;
-    }
+    read_messages(bytes, lens, &mut users, &mut items, &mut triples)?;
     // Number users in id order, so a rank's users do not depend on who sent what.
     let user_ids = users.into_ids();
     let mut order: Vec<u32> = (0..user_ids.len() as u32).collect();
@@ -391,16 +399,13 @@ fn move_users(comm: &Comm, owned: OwnedRatings, owners: &Owners) -> Result<(Owne
     drop(items);
     let mut arrivals = Interner::new();
     let mut arrived = Vec::new();
-    let mut at = 0usize;
-    for &len in &lens {
-        read_message(
-            &incoming[at..at + len as usize],
-            &mut arrivals,
-            &mut item_index,
-            &mut arrived,
-        )?;
-        at += len as usize;
-    }
+    read_messages(
+        &incoming,
+        &lens,
+        &mut arrivals,
+        &mut item_index,
+        &mut arrived,
+    )?;
     drop(incoming);
     // Number the staying and the arrived users in one id order (both lists are sorted).
     let arrived_ids = arrivals.into_ids();
