@@ -439,10 +439,13 @@ fn move_users(comm: &Comm, owned: OwnedRatings, owners: &Owners) -> Result<(Owne
     for t in &mut arrived {
         t.user = number_arrived[t.user as usize];
     }
-    arrived.sort_unstable_by_key(|t| (t.user, t.item));
-    // Two sorted runs back to back: the stable sort merges them in one pass.
-    triples.extend(arrived);
-    triples.sort_by_key(|t| (t.user, t.item));
+    // The staying triples are still sorted (their users keep their order). With arrivals: two
+    // sorted runs back to back, which the stable sort merges in one pass.
+    if !arrived.is_empty() {
+        arrived.sort_unstable_by_key(|t| (t.user, t.item));
+        triples.extend(arrived);
+        triples.sort_by_key(|t| (t.user, t.item));
+    }
     Ok((
         OwnedRatings {
             users: merged,
