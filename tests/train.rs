@@ -108,6 +108,11 @@ fn holdout_rmse_for_2_3_4_8_ranks_is_within_half_a_percent_of_one_rank_on_genera
     let one = dir.join("m1");
     mpirun(1, &["train", "--data", s(&data), "--model", s(&one)]).ok();
     let base = holdout_rmse(&one);
+    let counts = |m: &funksvd::model_io::Model| {
+        let t = &m.meta;
+        (t.n_ratings, t.n_users, t.n_items, t.metrics.n_holdout)
+    };
+    let whole = load_model(&one);
     // The planted structure is learnt: better than the first epoch's (bias-level) error.
     let first = load_model(&one).meta.metrics.history[0]
         .holdout_rmse
@@ -125,6 +130,10 @@ fn holdout_rmse_for_2_3_4_8_ranks_is_within_half_a_percent_of_one_rank_on_genera
             0.005,
             &format!("{ranks} ranks vs 1"),
         );
+        // Users moved between ranks to even the work out are neither lost nor doubled.
+        let split = load_model(&m);
+        assert_eq!(counts(&split), counts(&whole), "{ranks} ranks");
+        assert!(split.user_ids == whole.user_ids, "{ranks} ranks: users");
     }
 }
 
