@@ -439,13 +439,9 @@ fn move_users(comm: &Comm, owned: OwnedRatings, owners: &Owners) -> Result<(Owne
     for t in &mut arrived {
         t.user = number_arrived[t.user as usize];
     }
-    // The staying triples are still sorted (their users keep their order). With arrivals: two
-    // sorted runs back to back, which the stable sort merges in one pass.
-    if !arrived.is_empty() {
-        arrived.sort_unstable_by_key(|t| (t.user, t.item));
-        triples.extend(arrived);
-        triples.sort_by_key(|t| (t.user, t.item));
-    }
+    // The staying triples are still sorted (their users keep their order).
+    arrived.sort_unstable_by_key(|t| (t.user, t.item));
+    merge_sorted(&mut triples, &arrived);
     Ok((
         OwnedRatings {
             users: merged,
@@ -454,6 +450,27 @@ fn move_users(comm: &Comm, owned: OwnedRatings, owners: &Owners) -> Result<(Owne
         },
         moved,
     ))
+}
+
+/// Merge `from` into `into`, both sorted by (user, item) with no key in both, in place from
+/// the back: one pass, no second buffer.
+fn merge_sorted(into: &mut Vec<Triple>, from: &[Triple]) {
+    let key = |t: &Triple| (t.user, t.item);
+    let mut kept = into.len();
+    let mut left = from.len();
+    into.extend_from_slice(from);
+    for at in (0..into.len()).rev() {
+        if left == 0 {
+            break;
+        }
+        if kept > 0 && key(&into[kept - 1]) > key(&from[left - 1]) {
+            into[at] = into[kept - 1];
+            kept -= 1;
+        } else {
+            into[at] = from[left - 1];
+            left -= 1;
+        }
+    }
 }
 
 /// The union of every rank's `mine`, sorted: the global item vocabulary.
@@ -574,6 +591,33 @@ mod tests {
                 }
                 assert!(o.users.windows(2).all(|w| w[0] < w[1]), "users sorted");
             }
+        }
+    }
+
+    #[test]
+    fn merging_sorted_triples_in_place_gives_the_sorted_union() {
+        let t = |user, item| Triple {
+            user,
+            item,
+            value: (user * 100 + item) as f32,
+        };
+        let cases: Vec<(Vec<Triple>, Vec<Triple>)> = vec![
+            (vec![], vec![]),
+            (vec![t(1, 1)], vec![]),
+            (vec![], vec![t(0, 2), t(0, 3)]),
+            (
+                vec![t(1, 1), t(1, 4), t(5, 0)],
+                vec![t(0, 2), t(3, 3), t(3, 9), t(7, 1)],
+            ),
+            (vec![t(0, 0), t(0, 1)], vec![t(2, 0)]),
+            (vec![t(4, 0)], vec![t(1, 0), t(2, 0)]),
+        ];
+        for (into, from) in cases {
+            let mut expected = [into.clone(), from.clone()].concat();
+            expected.sort_by_key(|t| (t.user, t.item));
+            let mut merged = into;
+            merge_sorted(&mut merged, &from);
+            assert_eq!(merged, expected);
         }
     }
 
