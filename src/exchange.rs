@@ -305,7 +305,17 @@ pub fn decode_incoming(bytes: &[u8], lens: &[u64], agg: Aggregate) -> Result<Own
     // Each triple takes 12 bytes on the wire: room for all of them at once.
     let mut triples = Vec::with_capacity(bytes.len() / 12);
     read_messages(bytes, lens, &mut users, &mut items, &mut triples)?;
-    // Number users in id order, so a rank's users do not depend on who sent what.
+    Ok(in_id_order(users, items, triples, agg))
+}
+
+/// `OwnedRatings` from interned ids and their triples: users numbered in id order (so a rank's
+/// users do not depend on who sent what), pairs aggregated.
+fn in_id_order(
+    users: Interner,
+    items: Interner,
+    mut triples: Vec<Triple>,
+    agg: Aggregate,
+) -> OwnedRatings {
     let user_ids = users.into_ids();
     let mut order: Vec<u32> = (0..user_ids.len() as u32).collect();
     order.sort_unstable_by(|&a, &b| user_ids[a as usize].cmp(&user_ids[b as usize]));
@@ -322,16 +332,26 @@ pub fn decode_incoming(bytes: &[u8], lens: &[u64], agg: Aggregate) -> Result<Own
         .map(|&old| sorted_users[old as usize].take().unwrap_or(Id::Int(0)))
         .collect();
     aggregate(&mut triples, agg);
-    Ok(OwnedRatings {
+    OwnedRatings {
         users,
         items: items.into_ids(),
         triples,
-    })
+    }
 }
 
 /// Send every rating to its user's owner.
 pub fn route(comm: &Comm, local: LocalRatings, agg: Aggregate) -> Result<OwnedRatings> {
     let started = std::time::Instant::now();
+    if comm.size() == 1 {
+        // The only rank owns every user: nothing to encode, send, decode or balance.
+        let mut owned = in_id_order(local.users, local.items, local.triples, agg);
+        owned.triples.shrink_to_fit();
+        log::debug!(
+            "exchange: one rank, aggregate {:.3}s",
+            started.elapsed().as_secs_f64()
+        );
+        return Ok(owned);
+    }
     let even = Owners::even(comm.size());
     let outgoing = encode_outgoing(local, agg, &even);
     let encoded = started.elapsed().as_secs_f64();
