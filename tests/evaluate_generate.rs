@@ -18,7 +18,7 @@ fn evaluate_on_the_training_split_agrees_with_the_train_rmse_in_model_json() {
         &["--users", "600", "--items", "200", "--events", "40000"],
     );
     let model = dir.join("model");
-    mpirun(2, &["train", "--data", s(&data), "--model", s(&model)]).ok();
+    mpirun(2, &train_args(s(&data), s(&model), &[])).ok();
     let meta = load_model(&model).meta;
     for ranks in [1, 3] {
         let evaluate = |split: &str| {
@@ -62,15 +62,7 @@ fn evaluate_counts_unknown_users_and_items_and_falls_back_to_biases() {
     let model = dir.join("model");
     mpirun(
         2,
-        &[
-            "train",
-            "--data",
-            s(&train_csv),
-            "--model",
-            s(&model),
-            "--holdout",
-            "0",
-        ],
+        &train_args(s(&train_csv), s(&model), &["--holdout", "0"]),
     )
     .ok();
     let test_csv = dir.join("test.csv");
@@ -133,19 +125,7 @@ fn generate_writes_the_same_files_for_any_rank_count() {
     }
     // Row groups of the requested size, and every event counted once by training.
     let model = dir.join("model");
-    mpirun(
-        2,
-        &[
-            "train",
-            "--data",
-            s(&one),
-            "--model",
-            s(&model),
-            "--epochs",
-            "1",
-        ],
-    )
-    .ok();
+    mpirun(2, &train_args(s(&one), s(&model), &["--epochs", "1"])).ok();
     assert_eq!(load_model(&model).meta.training.rows_read, 12345);
 }
 

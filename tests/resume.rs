@@ -19,15 +19,7 @@ fn a_run_stopped_after_a_checkpoint_resumes_to_the_same_model_bit_for_bit() {
     let (dir, data) = generated("resume", 400, 150, 20000, 2);
     let whole = dir.join("whole");
     let train = |model: &std::path::Path, extra: &[&str], env: &[(&str, &str)]| {
-        let mut args = vec![
-            "train",
-            "--data",
-            s(&data),
-            "--model",
-            s(model),
-            "--epochs",
-            "6",
-        ];
+        let mut args = train_args(s(&data), s(model), &["--epochs", "6"]);
         args.extend_from_slice(extra);
         mpirun_env(2, &args, env)
     };
@@ -67,16 +59,7 @@ fn a_run_stopped_after_a_checkpoint_resumes_to_the_same_model_bit_for_bit() {
 
     // A checkpoint made otherwise is refused, naming what differs.
     let refuse = |ranks: usize, extra: &[&str], needle: &str| {
-        let mut args = vec![
-            "train",
-            "--data",
-            s(&data),
-            "--model",
-            s(&model),
-            "--epochs",
-            "6",
-            "--resume",
-        ];
+        let mut args = train_args(s(&data), s(&model), &["--epochs", "6", "--resume"]);
         args.extend_from_slice(extra);
         let run = mpirun(ranks, &args);
         assert_eq!(run.code, 2, "{extra:?}: {}", run.stderr);
@@ -110,30 +93,13 @@ fn a_run_stopped_after_a_checkpoint_resumes_to_the_same_model_bit_for_bit() {
             "--users", "400", "--items", "150", "--events", "20001", "--files", "2",
         ],
     );
-    let run = mpirun(
-        2,
-        &[
-            "train",
-            "--data",
-            s(&other),
-            "--model",
-            s(&model),
-            "--resume",
-        ],
-    );
+    let run = mpirun(2, &train_args(s(&other), s(&model), &["--resume"]));
     assert_eq!(run.code, 2, "{}", run.stderr);
     assert!(run.stderr.contains("other data"), "{}", run.stderr);
     // A folder that holds no checkpoint (or no model at all).
     let run = mpirun(
         2,
-        &[
-            "train",
-            "--data",
-            s(&data),
-            "--model",
-            s(&dir.join("empty")),
-            "--resume",
-        ],
+        &train_args(s(&data), s(&dir.join("empty")), &["--resume"]),
     );
     assert_eq!(run.code, 2, "{}", run.stderr);
     assert!(
@@ -160,19 +126,7 @@ fn a_rank_killed_mid_training_ends_the_job_fast_and_resume_finishes_it() {
         "1",
     ];
     // A previous model that must survive the crash.
-    mpirun(
-        2,
-        &[
-            "train",
-            "--data",
-            s(&data),
-            "--model",
-            s(&model),
-            "--epochs",
-            "2",
-        ],
-    )
-    .ok();
+    mpirun(2, &train_args(s(&data), s(&model), &["--epochs", "2"])).ok();
     let before = file_bytes(&model.join("model.json"));
 
     let mut run = Streaming::start(2, &base, &[]);
@@ -210,19 +164,7 @@ fn a_rank_killed_mid_training_ends_the_job_fast_and_resume_finishes_it() {
     let resumed = load_model(&model);
     assert_eq!(resumed.meta.metrics.history.len(), 300);
     let whole = dir.join("whole");
-    mpirun(
-        2,
-        &[
-            "train",
-            "--data",
-            s(&data),
-            "--model",
-            s(&whole),
-            "--epochs",
-            epochs,
-        ],
-    )
-    .ok();
+    mpirun(2, &train_args(s(&data), s(&whole), &["--epochs", epochs])).ok();
     assert!(
         same_model_files(&model, &whole),
         "the resumed model differs from the uninterrupted one"

@@ -68,13 +68,7 @@ fn s3_data_and_model_match_a_local_run_bit_for_bit_and_each_rank_reads_its_share
         let model_url = format!("s3://shop/models/m{ranks}");
         let run = mpirun_with(
             ranks,
-            &[
-                "train",
-                "--data",
-                "s3://shop/events/",
-                "--model",
-                &model_url,
-            ],
+            &train_args("s3://shop/events/", &model_url, &[]),
             &env,
         )
         .ok();
@@ -95,17 +89,7 @@ fn s3_data_and_model_match_a_local_run_bit_for_bit_and_each_rank_reads_its_share
         }
         // The same files from local disk give the same model, bit for bit.
         let local_model = temp_dir(&format!("s3-local-{ranks}"));
-        mpirun(
-            ranks,
-            &[
-                "train",
-                "--data",
-                s(&local_data),
-                "--model",
-                s(&local_model),
-            ],
-        )
-        .ok();
+        mpirun(ranks, &train_args(s(&local_data), s(&local_model), &[])).ok();
         for file in ["users.parquet", "items.parquet"] {
             assert!(
                 file_bytes(&s3_model.join(file)) == file_bytes(&local_model.join(file)),
@@ -161,13 +145,7 @@ fn wrong_secret_key_fails_every_rank_fast_and_never_prints_a_secret() {
     let started = Instant::now();
     let run = mpirun_with(
         3,
-        &[
-            "train",
-            "--data",
-            "s3://shop/events",
-            "--model",
-            "s3://shop/model",
-        ],
+        &train_args("s3://shop/events", "s3://shop/model", &[]),
         &wrong,
     );
     assert_eq!(run.code, 1, "{}", run.stderr);
@@ -191,15 +169,7 @@ fn wrong_secret_key_fails_every_rank_fast_and_never_prints_a_secret() {
     ];
     let run = mpirun_with(
         2,
-        &[
-            "train",
-            "--data",
-            "s3://shop/events",
-            "--model",
-            "s3://shop/model",
-            "--epochs",
-            "1",
-        ],
+        &train_args("s3://shop/events", "s3://shop/model", &["--epochs", "1"]),
         &minio,
     )
     .ok();
@@ -214,13 +184,7 @@ fn a_missing_bucket_or_missing_credentials_is_named() {
     };
     let run = mpirun_with(
         2,
-        &[
-            "train",
-            "--data",
-            "s3://nosuchbucket/events",
-            "--model",
-            "s3://shop/m",
-        ],
+        &train_args("s3://nosuchbucket/events", "s3://shop/m", &[]),
         &server.env(),
     );
     assert_eq!(run.code, 1, "{}", run.stderr);
@@ -232,13 +196,7 @@ fn a_missing_bucket_or_missing_credentials_is_named() {
     );
     let run = mpirun_with(
         2,
-        &[
-            "train",
-            "--data",
-            "s3://shop/events",
-            "--model",
-            "s3://shop/m",
-        ],
+        &train_args("s3://shop/events", "s3://shop/m", &[]),
         &[("AWS_ENDPOINT_URL", server.endpoint())],
     );
     assert_eq!(run.code, 2, "{}", run.stderr);
@@ -335,15 +293,7 @@ fn objects_larger_than_one_part_upload_in_parts_and_read_back_whole() {
     );
     let run = mpirun_with(
         2,
-        &[
-            "train",
-            "--data",
-            "s3://shop/big",
-            "--model",
-            "s3://shop/m",
-            "--epochs",
-            "1",
-        ],
+        &train_args("s3://shop/big", "s3://shop/m", &["--epochs", "1"]),
         &env,
     )
     .ok();

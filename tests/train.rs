@@ -15,19 +15,18 @@ fn holdout_rmse(model: &std::path::Path) -> f64 {
 }
 
 fn ml_args<'a>(data: &'a str, model: &'a str) -> Vec<&'a str> {
-    vec![
-        "train",
-        "--data",
+    train_args(
         data,
-        "--model",
         model,
-        "--rating-col",
-        "rating",
-        "--user-col",
-        "userId",
-        "--item-col",
-        "movieId",
-    ]
+        &[
+            "--rating-col",
+            "rating",
+            "--user-col",
+            "userId",
+            "--item-col",
+            "movieId",
+        ],
+    )
 }
 
 #[test]
@@ -52,8 +51,8 @@ fn same_rank_count_twice_gives_bit_identical_model_files() {
     for ranks in [2, 3] {
         let a = dir.join(format!("a{ranks}"));
         let b = dir.join(format!("b{ranks}"));
-        mpirun(ranks, &["train", "--data", s(&data), "--model", s(&a)]).ok();
-        mpirun(ranks, &["train", "--data", s(&data), "--model", s(&b)]).ok();
+        mpirun(ranks, &train_args(s(&data), s(&a), &[])).ok();
+        mpirun(ranks, &train_args(s(&data), s(&b), &[])).ok();
         for file in ["users.parquet", "items.parquet"] {
             assert!(
                 file_bytes(&a.join(file)) == file_bytes(&b.join(file)),
@@ -106,7 +105,7 @@ fn holdout_rmse_for_2_3_4_8_ranks_is_within_half_a_percent_of_one_rank_on_genera
         ],
     );
     let one = dir.join("m1");
-    mpirun(1, &["train", "--data", s(&data), "--model", s(&one)]).ok();
+    mpirun(1, &train_args(s(&data), s(&one), &[])).ok();
     let base = holdout_rmse(&one);
     let counts = |m: &funksvd::model_io::Model| {
         let t = &m.meta;
@@ -123,7 +122,7 @@ fn holdout_rmse_for_2_3_4_8_ranks_is_within_half_a_percent_of_one_rank_on_genera
     );
     for ranks in [2, 3, 4, 8] {
         let m = dir.join(format!("m{ranks}"));
-        mpirun(ranks, &["train", "--data", s(&data), "--model", s(&m)]).ok();
+        mpirun(ranks, &train_args(s(&data), s(&m), &[])).ok();
         assert_close(
             holdout_rmse(&m),
             base,
@@ -146,17 +145,16 @@ fn rees46_clickstream_trains_with_its_cart_event_and_event_time_column() {
     let model = dir.join("model");
     let run = mpirun(
         3,
-        &[
-            "train",
-            "--data",
+        &train_args(
             s(&events),
-            "--model",
             s(&model),
-            "--event-weights",
-            "view=1,cart=3,purchase=5",
-            "--time-col",
-            "event_time",
-        ],
+            &[
+                "--event-weights",
+                "view=1,cart=3,purchase=5",
+                "--time-col",
+                "event_time",
+            ],
+        ),
     )
     .ok();
     let m = load_model(&model);
@@ -169,11 +167,7 @@ fn rees46_clickstream_trains_with_its_cart_event_and_event_time_column() {
     assert!(m.user_ids.iter().all(|id| matches!(id, Id::Int(_))));
     // With the default weights, `cart` is not an event we know: skipped and counted.
     let default_model = dir.join("default");
-    let run = mpirun(
-        2,
-        &["train", "--data", s(&events), "--model", s(&default_model)],
-    )
-    .ok();
+    let run = mpirun(2, &train_args(s(&events), s(&default_model), &[])).ok();
     assert!(run.stderr.contains("\"cart\" x165"), "{}", run.stderr);
     assert_eq!(load_model(&default_model).meta.training.rows_skipped, 165);
 }
@@ -189,17 +183,7 @@ fn model_files_read_back_with_the_right_counts_and_vector_lengths() {
     let model = dir.join("model");
     mpirun(
         2,
-        &[
-            "train",
-            "--data",
-            s(&data),
-            "--model",
-            s(&model),
-            "--factors",
-            "7",
-            "--epochs",
-            "3",
-        ],
+        &train_args(s(&data), s(&model), &["--factors", "7", "--epochs", "3"]),
     )
     .ok();
     let m = load_model(&model);
@@ -227,16 +211,7 @@ fn model_files_read_back_with_the_right_counts_and_vector_lengths() {
     let plain = dir.join("plain");
     mpirun(
         2,
-        &[
-            "train",
-            "--data",
-            s(&data),
-            "--model",
-            s(&plain),
-            "--no-bias",
-            "--epochs",
-            "2",
-        ],
+        &train_args(s(&data), s(&plain), &["--no-bias", "--epochs", "2"]),
     )
     .ok();
     let p = load_model(&plain);
@@ -272,19 +247,7 @@ fn the_same_ratings_as_csv_or_parquet_in_any_number_of_files_give_the_same_model
     let mut models = Vec::new();
     for (name, data) in [("p", &parquet), ("c", &csv), ("s", &single)] {
         let model = dir.join(format!("m-{name}"));
-        mpirun(
-            3,
-            &[
-                "train",
-                "--data",
-                s(data),
-                "--model",
-                s(&model),
-                "--epochs",
-                "3",
-            ],
-        )
-        .ok();
+        mpirun(3, &train_args(s(data), s(&model), &["--epochs", "3"])).ok();
         models.push(model);
     }
     for m in &models[1..] {
@@ -322,19 +285,7 @@ fn more_ranks_than_row_groups_and_hidden_files_are_fine() {
     );
     for d in [&data, &parquet] {
         let model = dir.join("model");
-        mpirun(
-            8,
-            &[
-                "train",
-                "--data",
-                s(d),
-                "--model",
-                s(&model),
-                "--epochs",
-                "2",
-            ],
-        )
-        .ok();
+        mpirun(8, &train_args(s(d), s(&model), &["--epochs", "2"])).ok();
         let m = load_model(&model);
         assert_eq!(m.meta.training.rows_read, 8000);
         assert_eq!(m.meta.training.ranks, 8);
@@ -353,17 +304,7 @@ fn null_ids_and_unknown_events_are_skipped_and_counted() {
     let model = dir.join("model");
     let run = mpirun(
         2,
-        &[
-            "train",
-            "--data",
-            s(&data),
-            "--model",
-            s(&model),
-            "--holdout",
-            "0",
-            "--epochs",
-            "2",
-        ],
+        &train_args(s(&data), s(&model), &["--holdout", "0", "--epochs", "2"]),
     )
     .ok();
     let m = load_model(&model);
@@ -407,7 +348,7 @@ fn bad_input_exits_2_naming_the_culprit_without_hanging() {
     let (dir, data) = generated("bad-input", 100, 50, 2000, 2);
     let (d, m) = (s(&data).to_string(), s(&dir.join("model")).to_string());
     let train = |extra: &[&str]| {
-        let mut args = vec!["train", "--data", d.as_str(), "--model", m.as_str()];
+        let mut args = train_args(d.as_str(), m.as_str(), &[]);
         args.extend_from_slice(extra);
         args.into_iter().map(String::from).collect::<Vec<_>>()
     };
@@ -462,7 +403,7 @@ fn a_failing_or_panicking_rank_ends_every_rank_quickly_with_its_message() {
         let started = std::time::Instant::now();
         let run = mpirun_env(
             3,
-            &["train", "--data", s(&data), "--model", s(&model)],
+            &train_args(s(&data), s(&model), &[]),
             &[("FUNKSVD_FAULT", &format!("epoch@1:{kind}"))],
         );
         assert_eq!(run.code, code, "{kind}: {}", run.stderr);
@@ -489,15 +430,7 @@ fn a_save_failing_at_any_step_leaves_the_previous_model_readable() {
     let (dir, data) = generated("publish", 300, 100, 10000, 2);
     let model = dir.join("model");
     let train = |extra: &[&str], env: &[(&str, &str)]| {
-        let mut args = vec![
-            "train",
-            "--data",
-            s(&data),
-            "--model",
-            s(&model),
-            "--epochs",
-            "2",
-        ];
+        let mut args = train_args(s(&data), s(&model), &["--epochs", "2"]);
         args.extend_from_slice(extra);
         mpirun_env(2, &args, env)
     };
@@ -537,17 +470,11 @@ fn item_blocks_travel_in_exchanges_smaller_than_the_item_rows_and_the_old_sync_f
         let model = dir.join(format!("m{ranks}"));
         let run = mpirun(
             ranks,
-            &[
-                "train",
-                "--data",
+            &train_args(
                 s(&data),
-                "--model",
                 s(&model),
-                "--epochs",
-                "2",
-                "--syncs-per-epoch",
-                "8",
-            ],
+                &["--epochs", "2", "--syncs-per-epoch", "8"],
+            ),
         )
         .ok();
         // Job scripts written for the allreduce design keep working, and are told.

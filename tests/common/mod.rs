@@ -123,6 +123,13 @@ fn run_with_timeout(mut cmd: Command) -> Run {
 }
 
 /// A fresh, empty folder for one test.
+/// `train --data DATA --model MODEL`, then `extra`.
+pub fn train_args<'a>(data: &'a str, model: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec!["train", "--data", data, "--model", model];
+    args.extend_from_slice(extra);
+    args
+}
+
 pub fn temp_dir(name: &str) -> PathBuf {
     let dir =
         PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("{name}-{}", std::process::id()));
