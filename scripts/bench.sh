@@ -41,8 +41,9 @@ fi
 results=$out/results.jsonl
 : > "$results"
 printf '%-6s %10s %12s %16s %12s %10s %s\n' ranks ratings sec/epoch updates/s/rank holdout_rmse rss_MB phases
-for ranks in $rank_list; do
+# Rank counts take turns, so a drift of the VM's speed weighs on each alike.
 for rep in $(seq "$repeat"); do
+for ranks in $rank_list; do
   model=$out/model-$ranks
   # GNU time reports the largest RSS of the processes it waits for: wrap each rank, not mpirun.
   rm -f "$out"/rss-"$ranks"-*.txt
