@@ -312,10 +312,16 @@ fn intern_column(
         }
         return Ok(());
     }
+    // How many rows ahead of the one being interned its table slot is prefetched.
+    const AHEAD: usize = 16;
     macro_rules! ints {
         ($t:ty) => {{
             let a = array.as_primitive::<$t>();
-            for (row, v) in a.values().iter().enumerate() {
+            let values = a.values();
+            for (row, v) in values.iter().enumerate() {
+                if let Some(&ahead) = values.get(row + AHEAD) {
+                    interner.prefetch_int(ahead as i64);
+                }
                 out.push(if a.is_null(row) {
                     NULL_ID
                 } else {
