@@ -6,7 +6,7 @@
 //! repeated events cost no traffic). Then the ranks count their ratings per range of hashes
 //! and cut again where the job's ratings are split evenly (`Owners::balance`), and the users
 //! between the old and new cuts move, whole: ranks get equal work whatever the users' activity
-//! (hash ranges of equal width left ranks 2-12% apart on 2 to 8 ranks). Both cuts depend on
+//! (hash ranges of equal width left ranks 1.6-12% apart on 2 to 8 ranks). Both cuts depend on
 //! the ratings alone, never on which rank read which file.
 
 use crate::comm::Comm;
@@ -17,7 +17,7 @@ use crate::wire::{Reader, Writer};
 
 /// Users are counted in 2^BUCKET_BITS buckets by the top bits of their hash: a cut between two
 /// ranks falls between buckets, fine enough that ranks differ by well under 1% of the ratings
-/// (hash ranges of the same width: 2-12% apart on 2 to 8 ranks, measured).
+/// (hash ranges of the same width: 1.6-12% apart on 2 to 8 ranks, measured).
 const BUCKET_BITS: u32 = 14;
 
 fn bucket(user_hash: u64) -> usize {
