@@ -514,3 +514,29 @@ fn item_blocks_travel_in_exchanges_smaller_than_the_item_rows_and_the_old_sync_f
         assert!(m.item_ids.windows(2).all(|w| w[0] < w[1]), "items sorted");
     }
 }
+
+#[test]
+fn the_debug_log_says_where_each_rank_spends_each_epoch() {
+    let (dir, data) = generated("timeline", 200, 80, 5000, 2);
+    let model = dir.join("model");
+    let args = train_args(s(&data), s(&model), &["--epochs", "2"]);
+    let run = mpirun_env(3, &args, &[("RUST_LOG", "debug")]).ok();
+    for rank in 0..3 {
+        for epoch in 1..=2 {
+            let prefix = format!("rank {rank} epoch {epoch}: steps ");
+            let line = run
+                .stderr
+                .lines()
+                .find(|l| l.contains(&prefix))
+                .unwrap_or_else(|| panic!("no {prefix:?} line:\n{}", run.stderr));
+            // On 3 ranks: 3 steps, and an exchange after each (the last shares the final rows).
+            let numbers = |from: &str, to: &str| -> Vec<f64> {
+                let part = line.split(from).nth(1).unwrap().split(to).next().unwrap();
+                part.split(' ').map(|x| x.parse().unwrap()).collect()
+            };
+            assert_eq!(numbers(": steps ", " ms,").len(), 3, "{line}");
+            assert_eq!(numbers("exchanges ", " ms (waiting").len(), 3, "{line}");
+            assert!(line.contains(" ms (waiting included), hold-out "), "{line}");
+        }
+    }
+}

@@ -228,6 +228,7 @@ pub fn train(
         "ratings laid out by the same groups of blocks"
     );
     let mut order: Vec<u32> = Vec::with_capacity(data.n_runs());
+    let profile = log::log_enabled!(log::Level::Debug);
     for epoch in done + 1..=hyper.epochs {
         let started = Instant::now();
         // A rank failing mid-training must not leave the others in the next exchange.
@@ -240,8 +241,11 @@ pub fn train(
         run_order(data.n_runs(), &mut rng, &mut order);
         let mut sse = 0.0f64;
         let mut sync_seconds = 0.0;
+        // This rank's time per step and per exchange, for the debug log: where a rank waits.
+        let mut timeline = Vec::with_capacity(if profile { 2 * ranks + 1 } else { 0 });
         for t in 0..ranks {
             let group = (me + t) % ranks;
+            let stepped = Instant::now();
             // Run by run, each run through every block of the group: a user's visits follow
             // one another while its row is still in L1 (same quality, ~10% faster than whole
             // passes per block, measured).
@@ -253,14 +257,33 @@ pub fn train(
                 sse += sgd_pass(&mut params, ratings, pairs, following, step, mu);
             }
             let waited = Instant::now();
+            if profile {
+                timeline.push(waited.duration_since(stepped).as_secs_f64());
+            }
             if t + 1 < ranks {
                 pass_on(comm, &mut params, blocks, group);
             } else {
                 share_final_rows(comm, &mut params, blocks);
             }
             sync_seconds += waited.elapsed().as_secs_f64();
+            if profile {
+                timeline.push(waited.elapsed().as_secs_f64());
+            }
         }
+        let scored = Instant::now();
         let hold = holdout_errors(data, &params, hyper, globals);
+        let scoring = scored.elapsed().as_secs_f64();
+        if profile {
+            let ms = |s: &f64| format!("{:.2}", s * 1e3);
+            let steps: Vec<String> = timeline.iter().step_by(2).map(ms).collect();
+            let exchanges: Vec<String> = timeline.iter().skip(1).step_by(2).map(ms).collect();
+            log::debug!(
+                "rank {me} epoch {epoch}: steps {} ms, exchanges {} ms (waiting included), hold-out {:.2} ms",
+                steps.join(" "),
+                exchanges.join(" "),
+                scoring * 1e3
+            );
+        }
         let mut sums = [sse, hold.squared, hold.n];
         comm.sum_f64(&mut sums);
         let seconds = started.elapsed().as_secs_f64();
