@@ -178,7 +178,6 @@ fn main() {
             let mut pairs = 0;
             if n_blocks == 1 {
                 data.add_visits(order, &mut visits);
-                one_visit.clear();
                 pairs = schedule(&data.items, &data.values, &visits, &mut one_visit).pairs;
             }
             let mut params = Params::init(&data.user_ids, &item_ids, &hyper);

@@ -224,19 +224,13 @@ fn counts_and_displs(lens: &[u64], what: &str) -> Result<(Vec<i32>, Vec<i32>)> {
         )));
     }
     let counts: Vec<i32> = lens.iter().map(|&l| l as i32).collect();
-    let displs = displacements(&counts);
-    Ok((counts, displs))
-}
-
-/// Where each part starts when `counts` are laid back to back.
-fn displacements(counts: &[i32]) -> Vec<i32> {
     let mut displs = Vec::with_capacity(counts.len());
     let mut at = 0i32;
-    for &c in counts {
+    for &c in &counts {
         displs.push(at);
         at += c;
     }
-    displs
+    Ok((counts, displs))
 }
 
 /// A receive buffer of `len` bytes plus one: an empty Vec's dangling pointer can equal an empty

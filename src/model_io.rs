@@ -63,8 +63,9 @@ pub struct Training {
     /// Exchanges of item rows between ranks per epoch (R - 1 block hand-overs between the
     /// steps and R - 1 to share the final rows; 0 on one rank).
     pub syncs_per_epoch: usize,
-    /// Floats one rank sends per exchange at most (its largest item block, factors + 1 per
-    /// item); never more than the item rows, items x (factors + 1).
+    /// Floats one rank sends per exchange at most (its largest item group, rows as stored:
+    /// `padded_width(factors)` floats per item); never more than the item rows,
+    /// items x (factors + 1), from 2 ranks on.
     #[serde(alias = "allreduce_floats")]
     pub floats_per_sync: usize,
     pub rows_read: u64,

@@ -152,7 +152,7 @@ pub struct EpochStats {
     pub holdout_rmse: Option<f64>,
     pub seconds: f64,
     /// Of `seconds`, the time this rank spent passing item blocks to the others (the messages,
-    /// the copy of the gathered groups, and waiting for slower ranks).
+    /// the read of the received rows, and waiting for slower ranks).
     #[serde(default)]
     pub sync_seconds: f64,
     /// Ratings processed per second by the whole job.
@@ -265,9 +265,10 @@ pub fn train(
             } else {
                 share_final_rows(comm, &mut params, blocks);
             }
-            sync_seconds += waited.elapsed().as_secs_f64();
+            let exchanged = waited.elapsed().as_secs_f64();
+            sync_seconds += exchanged;
             if profile {
-                timeline.push(waited.elapsed().as_secs_f64());
+                timeline.push(exchanged);
             }
         }
         let scored = Instant::now();
