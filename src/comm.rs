@@ -252,10 +252,16 @@ fn split_by_lengths(all: Vec<u8>, lens: &[u64]) -> Vec<Vec<u8>> {
 /// Make a panic on one rank end the whole job instead of leaving the others in a collective:
 /// print the message with the rank, then MPI_Abort on the world communicator.
 pub fn install_panic_hook(rank: usize) {
-    let default_hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
-        eprintln!("funksvd: rank {rank}: internal error (a bug, please report it):");
-        default_hook(info);
+        // RUST_BACKTRACE=1 adds where it happened, as Rust's own hook would.
+        let trace = std::backtrace::Backtrace::capture();
+        let trace = match trace.status() {
+            std::backtrace::BacktraceStatus::Captured => format!("{trace}\n"),
+            _ => String::new(),
+        };
+        say(&format!(
+            "funksvd: rank {rank}: internal error (a bug, please report it): {info}\n{trace}"
+        ));
         // SAFETY: MPI is initialised (the hook is installed after init) and MPI_Abort may be
         // called from any state; it does not return.
         unsafe {
@@ -263,4 +269,11 @@ pub fn install_panic_hook(rank: usize) {
         }
         std::process::abort();
     }));
+}
+
+/// Write `text` to stderr in one call: `eprintln!` writes each piece of its format apart, and
+/// mpirun can put another rank's output between them (or kill the rank between them).
+pub fn say(text: &str) {
+    use std::io::Write;
+    let _ = std::io::stderr().lock().write_all(text.as_bytes());
 }

@@ -4,7 +4,7 @@ use std::io::Write;
 
 use clap::Parser;
 use funksvd::cli::{Cli, Command};
-use funksvd::comm::{install_panic_hook, Comm};
+use funksvd::comm::{install_panic_hook, say, Comm};
 use funksvd::error::Error;
 
 fn main() {
@@ -56,8 +56,8 @@ fn report(comm: &Comm, e: &Error) -> i32 {
         Error::PeerFailed { rank, .. } => {
             log::debug!("rank {}: stopping because rank {rank} failed", comm.rank());
         }
-        _ if comm.size() > 1 => eprintln!("funksvd: error (rank {}): {e}", comm.rank()),
-        _ => eprintln!("funksvd: error: {e}"),
+        _ if comm.size() > 1 => say(&format!("funksvd: error (rank {}): {e}\n", comm.rank())),
+        _ => say(&format!("funksvd: error: {e}\n")),
     }
     e.exit_code()
 }
