@@ -3,6 +3,8 @@
 
 use mpi::collective::SystemOperation;
 use mpi::datatype::{Partition, PartitionMut};
+use mpi::ffi;
+use mpi::raw::AsRaw;
 use mpi::topology::{Communicator, SimpleCommunicator};
 use mpi::traits::*;
 
@@ -99,6 +101,12 @@ impl Comm {
         let send = values.to_vec();
         self.world
             .all_reduce_into(&send[..], values, SystemOperation::max());
+    }
+
+    pub fn allreduce_min_u64(&self, values: &mut [u64]) {
+        let send = values.to_vec();
+        self.world
+            .all_reduce_into(&send[..], values, SystemOperation::min());
     }
 
     pub fn allreduce_min_f64(&self, values: &mut [f64]) {
@@ -202,6 +210,108 @@ impl Comm {
         self.world.barrier();
     }
 
+    /// `init.len()` floats that every rank of the job maps and reads and writes in place,
+    /// holding `init` (the same on every rank), if all ranks run on one node: an MPI
+    /// shared-memory window, so ranks see each other's rows without copying them. `None` on
+    /// every rank alike when the ranks span several nodes, when there is one rank, when
+    /// `FUNKSVD_SHARED_ROWS=0` asks for messages, or when the window does not fit in shared
+    /// memory or MPI cannot map it.
+    pub fn node_floats(&self, init: &[f32]) -> Option<NodeFloats> {
+        let wanted = self.size > 1
+            && !matches!(
+                std::env::var("FUNKSVD_SHARED_ROWS").as_deref(),
+                Ok("0" | "off" | "false" | "no")
+            );
+        let node = self.world.split_shared(self.rank as i32);
+        let leader = node.rank() == 0;
+        // Rank 0 of the node holds the whole window, one cache line more so the rows can start
+        // on a line: the segment is mapped at a page boundary in every process, so the offset
+        // that aligns it is the same everywhere.
+        let bytes = if leader { init.len() * 4 + 64 } else { 0 };
+        let mut one_node = [u64::from(wanted && node.size() as usize == self.size)];
+        self.allreduce_min_u64(&mut one_node);
+        if one_node[0] == 0 {
+            return None;
+        }
+        // Open MPI 4.1 leaves the other ranks waiting inside MPI_Win_allocate_shared when the
+        // leader's file does not fit: check the room first (containers' /dev/shm is often
+        // 64 MB), and every rank hears of it before anyone allocates.
+        let room = if leader {
+            window_room(bytes, self.rank)
+        } else {
+            Ok(())
+        };
+        if let Err(why) = &room {
+            log::warn!("{why}: the ranks pass the item rows as messages instead");
+        }
+        let mut all_room = [u64::from(room.is_ok())];
+        self.allreduce_min_u64(&mut all_room);
+        if all_room[0] == 0 {
+            return None;
+        }
+        let mut base: *mut f32 = std::ptr::null_mut();
+        // SAFETY: plain MPI calls on a valid communicator; MPI writes `win` and `base` before
+        // `win` is read (only after a successful allocation). ERRORS_RETURN on the node
+        // communicator makes a failed allocation return a code instead of ending the job.
+        let win = unsafe {
+            ffi::MPI_Comm_set_errhandler(node.as_raw(), ffi::RSMPI_ERRORS_RETURN);
+            let mut win = std::mem::MaybeUninit::<ffi::MPI_Win>::uninit();
+            let mut mine: *mut f32 = std::ptr::null_mut();
+            let rc = ffi::MPI_Win_allocate_shared(
+                bytes as ffi::MPI_Aint,
+                1,
+                ffi::RSMPI_INFO_NULL,
+                node.as_raw(),
+                &mut mine as *mut *mut f32 as *mut std::ffi::c_void,
+                win.as_mut_ptr(),
+            );
+            (rc == ffi::MPI_SUCCESS as i32).then(|| win.assume_init())
+        };
+        let made = win.is_some_and(|win| {
+            let (mut size, mut unit): (ffi::MPI_Aint, std::ffi::c_int) = (0, 0);
+            // SAFETY: a valid window; MPI writes the three outputs.
+            let rc = unsafe {
+                ffi::MPI_Win_shared_query(
+                    win,
+                    0,
+                    &mut size,
+                    &mut unit,
+                    &mut base as *mut *mut f32 as *mut std::ffi::c_void,
+                )
+            };
+            rc == ffi::MPI_SUCCESS as i32
+                && size as usize >= init.len() * 4 + 64
+                && base.align_offset(64) < 16
+        });
+        let mut all_made = [u64::from(made)];
+        self.allreduce_min_u64(&mut all_made);
+        if all_made[0] == 0 {
+            // Windows some ranks got stay mapped until the end: freeing them is collective.
+            log::warn!(
+                "rank {}: MPI could not map a shared-memory window of {} MB for the item rows; passing them as messages instead",
+                self.rank,
+                bytes >> 20
+            );
+            return None;
+        }
+        let (Some(win), true) = (win, made) else {
+            unreachable!("every rank made its window")
+        };
+        let floats = base.wrapping_add(base.align_offset(64));
+        // SAFETY: the window is valid on every rank; lock_all opens the passive-target epoch
+        // that `MPI_Win_sync` needs. The leader's window holds `init.len()` floats from the
+        // aligned start (one line of slack), and no other rank touches it before the sync.
+        unsafe {
+            ffi::MPI_Win_lock_all(ffi::MPI_MODE_NOCHECK as std::ffi::c_int, win);
+            if leader {
+                std::ptr::copy_nonoverlapping(init.as_ptr(), floats, init.len());
+            }
+        }
+        let shared = NodeFloats { win, node, floats };
+        crate::funksvd::params::Mapped::sync(&shared);
+        Some(shared)
+    }
+
     /// End every rank of the job now. Only for failures that cannot be agreed on.
     pub fn abort(&self, code: i32) -> ! {
         self.world.abort(code)
@@ -276,4 +386,66 @@ pub fn install_panic_hook(rank: usize) {
 pub fn say(text: &str) {
     use std::io::Write;
     let _ = std::io::stderr().lock().write_all(text.as_bytes());
+}
+
+/// Whether a shared-memory window of `bytes` fits where Open MPI puts its file
+/// (`osc_sm_backing_directory`, /dev/shm by default), with a tenth to spare.
+fn window_room(bytes: usize, rank: usize) -> std::result::Result<(), String> {
+    crate::fault::point("shared-rows", rank).map_err(|e| e.to_string())?;
+    let dir = std::env::var("OMPI_MCA_osc_sm_backing_directory").unwrap_or("/dev/shm".into());
+    let Ok(path) = std::ffi::CString::new(dir.clone()) else {
+        return Ok(());
+    };
+    // SAFETY: statvfs writes the struct it is given; `path` is a valid C string.
+    let free = unsafe {
+        let mut fs: libc::statvfs = std::mem::zeroed();
+        if libc::statvfs(path.as_ptr(), &mut fs) != 0 {
+            // No such directory: Open MPI then uses its session directory; let it try.
+            return Ok(());
+        }
+        fs.f_bavail as u64 * fs.f_frsize as u64
+    };
+    let needed = bytes as u64 + bytes as u64 / 10 + (1 << 20);
+    if free < needed {
+        return Err(format!(
+            "the item rows need {} MB of shared memory and {dir} has {} MB free",
+            needed >> 20,
+            free >> 20
+        ));
+    }
+    Ok(())
+}
+
+/// Floats in an MPI shared-memory window that every rank of the job maps (`Comm::node_floats`).
+/// Dropping it frees the window: a collective call, so every rank drops it at the same point.
+pub struct NodeFloats {
+    win: ffi::MPI_Win,
+    node: SimpleCommunicator,
+    floats: *mut f32,
+}
+
+impl crate::funksvd::params::Mapped for NodeFloats {
+    fn floats(&self) -> *mut f32 {
+        self.floats
+    }
+
+    fn sync(&self) {
+        // SAFETY: the window is valid and locked (`node_floats`). The syncs on both sides of the
+        // barrier order this rank's memory accesses before and after it against everyone's.
+        unsafe {
+            ffi::MPI_Win_sync(self.win);
+            self.node.barrier();
+            ffi::MPI_Win_sync(self.win);
+        }
+    }
+}
+
+impl Drop for NodeFloats {
+    fn drop(&mut self) {
+        // SAFETY: the window is valid and locked by `node_floats`; every rank drops it together.
+        unsafe {
+            ffi::MPI_Win_unlock_all(self.win);
+            ffi::MPI_Win_free(&mut self.win);
+        }
+    }
 }

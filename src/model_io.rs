@@ -60,12 +60,17 @@ pub struct Training {
     pub epochs: usize,
     pub seconds: f64,
     pub seconds_per_epoch: f64,
-    /// Exchanges of item rows between ranks per epoch (R - 1 block hand-overs between the
-    /// steps and R - 1 to share the final rows; 0 on one rank).
+    /// Where the ranks kept the item rows (`ItemRows::name`): "own" (one rank), "shared"
+    /// (memory all ranks of one node map) or "passed" (round the ring).
+    #[serde(default)]
+    pub item_rows: String,
+    /// Synchronisations of the item rows per epoch: for "passed", R - 1 block hand-overs
+    /// between the steps and R - 1 to share the final rows; for "shared", R + 1 barriers; 0
+    /// on one rank.
     pub syncs_per_epoch: usize,
-    /// Floats one rank sends per exchange at most (its largest item group, rows as stored:
-    /// `padded_width(factors)` floats per item); never more than the item rows,
-    /// items x (factors + 1), from 2 ranks on.
+    /// Floats one rank sends per synchronisation at most (for "passed", its largest item group,
+    /// rows as stored: `padded_width(factors)` floats per item; never more than the item rows,
+    /// items x (factors + 1), from 2 ranks on; 0 otherwise).
     #[serde(alias = "allreduce_floats")]
     pub floats_per_sync: usize,
     pub rows_read: u64,

@@ -463,20 +463,36 @@ fn a_save_failing_at_any_step_leaves_the_previous_model_readable() {
 }
 
 #[test]
-fn item_blocks_travel_in_exchanges_smaller_than_the_item_rows_and_the_old_sync_flag_is_still_accepted(
-) {
+fn item_rows_are_shared_in_memory_on_one_node_or_passed_round_the_ring_for_the_same_model() {
     let (dir, data) = generated("exchange", 400, 150, 20000, 4);
-    for ranks in [1, 3] {
-        let model = dir.join(format!("m{ranks}"));
-        let run = mpirun(
+    // On one node the ranks map the item rows; FUNKSVD_SHARED_ROWS=0 passes them as messages,
+    // and so does a node whose shared memory has no room for them (injected here).
+    let cases = [
+        (1, "own", ("FUNKSVD_SHARED_ROWS", "1")),
+        (3, "shared", ("FUNKSVD_SHARED_ROWS", "1")),
+        (3, "passed", ("FUNKSVD_SHARED_ROWS", "0")),
+        (3, "passed", ("FUNKSVD_FAULT", "shared-rows@0")),
+    ];
+    for (case, (ranks, rows, env)) in cases.into_iter().enumerate() {
+        let model = dir.join(format!("m{case}-{rows}"));
+        let run = mpirun_env(
             ranks,
             &train_args(
                 s(&data),
                 s(&model),
                 &["--epochs", "2", "--syncs-per-epoch", "8"],
             ),
+            &[env],
         )
         .ok();
+        if env.0 == "FUNKSVD_FAULT" {
+            assert!(
+                run.stderr
+                    .contains("the ranks pass the item rows as messages instead"),
+                "{}",
+                run.stderr
+            );
+        }
         // Job scripts written for the allreduce design keep working, and are told.
         assert!(
             run.stderr.contains("--syncs-per-epoch 8 is ignored"),
@@ -485,22 +501,46 @@ fn item_blocks_travel_in_exchanges_smaller_than_the_item_rows_and_the_old_sync_f
         );
         let m = load_model(&model);
         let t = &m.meta.training;
-        let shared = m.meta.n_items as usize * (m.meta.factors + 1);
-        if ranks == 1 {
-            assert_eq!((t.syncs_per_epoch, t.floats_per_sync), (0, 0));
-            assert!(run.stderr.contains("no exchanges"), "{}", run.stderr);
-        } else {
-            // 2 (R - 1) hand-overs, each at most one rank's share of the items.
-            assert_eq!(t.syncs_per_epoch, 2 * (ranks - 1));
-            assert!(
-                t.floats_per_sync > 0 && t.floats_per_sync < shared,
-                "{} floats per exchange vs {shared} floats of item rows",
-                t.floats_per_sync
-            );
-            let stated = format!("at most {} floats per rank each", t.floats_per_sync);
-            assert!(run.stderr.contains(&stated), "{}", run.stderr);
+        assert_eq!(t.item_rows, rows);
+        let all = m.meta.n_items as usize * (m.meta.factors + 1);
+        match rows {
+            "own" => {
+                assert_eq!((t.syncs_per_epoch, t.floats_per_sync), (0, 0));
+                assert!(
+                    run.stderr.contains("item rows: one rank, no exchanges"),
+                    "{}",
+                    run.stderr
+                );
+            }
+            "shared" => {
+                // A barrier after each step and one before the next epoch writes; no copies.
+                assert_eq!((t.syncs_per_epoch, t.floats_per_sync), (ranks + 1, 0));
+                let stated = format!("item rows: in memory the {ranks} ranks of this node share, {} barriers per epoch, no rows copied", ranks + 1);
+                assert!(run.stderr.contains(&stated), "{}", run.stderr);
+            }
+            _ => {
+                // 2 (R - 1) hand-overs, each at most one rank's share of the items.
+                assert_eq!(t.syncs_per_epoch, 2 * (ranks - 1));
+                assert!(
+                    t.floats_per_sync > 0 && t.floats_per_sync < all,
+                    "{} floats per exchange vs {all} floats of item rows",
+                    t.floats_per_sync
+                );
+                let stated = format!("at most {} floats per rank each", t.floats_per_sync);
+                assert!(run.stderr.contains(&stated), "{}", run.stderr);
+                // Shared or passed, the same updates in the same order: the same model.
+                for file in ["users.parquet", "items.parquet"] {
+                    let shared = dir.join("m1-shared").join(file);
+                    assert!(
+                        file_bytes(&model.join(file)) == file_bytes(&shared),
+                        "{file} differs between shared and passed item rows"
+                    );
+                }
+            }
+        }
+        if ranks > 1 {
             // Users are spread by their ratings, not by equal hash ranges (7.6% over an even
-            // share on this data): no rank makes the others wait long at each hand-over.
+            // share on this data): no rank makes the others wait long at each step's end.
             let over: f64 = run
                 .stderr
                 .split(" ratings per rank (+")

@@ -12,10 +12,7 @@ use crate::funksvd::checkpoint;
 use crate::funksvd::data::{
     holdout_mask, index, sorted_item_index, train_counts, train_item_ids, ItemBlocks, RankRatings,
 };
-use crate::funksvd::train::{
-    blocks_per_rank, exchanges_per_epoch, floats_per_exchange, holdout_errors, train, train_errors,
-    USER_RUN,
-};
+use crate::funksvd::train::{blocks_per_rank, holdout_errors, train, train_errors, USER_RUN};
 use crate::funksvd::{Globals, Params, TrainState};
 use crate::ids::Id;
 use crate::metrics::ErrorSums;
@@ -33,8 +30,7 @@ pub fn run(comm: &Comm, args: &TrainArgs) -> Result<()> {
 
     if let (Some(n), true) = (args.syncs_per_epoch, comm.is_root()) {
         log::warn!(
-            "--syncs-per-epoch {n} is ignored: ranks pass item blocks to each other, {} exchanges per epoch",
-            exchanges_per_epoch(comm.size())
+            "--syncs-per-epoch {n} is ignored: ranks hand item blocks to each other at each step, which needs no tuning"
         );
     }
     let (owned, report) = pipeline::load_ratings(comm, &data_loc, &spec, args.input.aggregate)?;
@@ -95,25 +91,15 @@ pub fn run(comm: &Comm, args: &TrainArgs) -> Result<()> {
     // A step waits for the busiest rank: say how even the users' spread left the work.
     let mut busiest = [data.n_ratings() as u64];
     comm.allreduce_max_u64(&mut busiest);
-    if comm.is_root() {
-        let shared = item_ids.len() * (hyper.factors + 1);
-        if comm.size() > 1 {
-            log::info!(
-                "training: at most {} ratings per rank ({:+.2}% over an even share); {} item blocks, {} exchanges per epoch ({} block hand-overs between the steps, {} more to share the final rows), at most {} floats per rank each (all item rows: {shared} floats)",
-                busiest[0],
-                (busiest[0] as f64 * comm.size() as f64 / n_ratings.max(1) as f64 - 1.0) * 100.0,
-                blocks.len(),
-                exchanges_per_epoch(comm.size()),
-                comm.size() - 1,
-                comm.size() - 1,
-                floats_per_exchange(&blocks, hyper.factors)
-            );
-        } else {
-            log::info!(
-                "training: {} item blocks on one rank, no exchanges ({shared} floats of item rows)",
-                blocks.len()
-            );
-        }
+    if comm.is_root() && comm.size() > 1 {
+        log::info!(
+            "training: at most {} ratings per rank ({:+.2}% over an even share), {} item blocks",
+            busiest[0],
+            (busiest[0] as f64 * comm.size() as f64 / n_ratings.max(1) as f64 - 1.0) * 100.0,
+            blocks.len(),
+        );
+    } else if comm.is_root() {
+        log::info!("training: {} item blocks on one rank", blocks.len());
     }
     let epochs = hyper.epochs;
     let trained = train(
@@ -154,9 +140,12 @@ pub fn run(comm: &Comm, args: &TrainArgs) -> Result<()> {
         },
     );
     // Divergence is seen by every rank at once (the sums are allreduced).
-    let TrainState {
-        params, history, ..
-    } = comm.agree(trained)?;
+    let (
+        TrainState {
+            params, history, ..
+        },
+        item_rows,
+    ) = comm.agree(trained)?;
     let train_seconds = started.elapsed().as_secs_f64();
 
     let mut errors = [0.0f64; 6];
@@ -232,8 +221,9 @@ pub fn run(comm: &Comm, args: &TrainArgs) -> Result<()> {
                     seconds: 0.0,
                     seconds_per_epoch: metrics.history.iter().map(|h| h.seconds).sum::<f64>()
                         / hyper.epochs as f64,
-                    syncs_per_epoch: exchanges_per_epoch(comm.size()),
-                    floats_per_sync: floats_per_exchange(&blocks, hyper.factors),
+                    item_rows: item_rows.name().into(),
+                    syncs_per_epoch: item_rows.syncs_per_epoch(comm.size()),
+                    floats_per_sync: item_rows.floats_per_sync(&blocks, hyper.factors),
                     rows_read: report.rows_read,
                     rows_skipped: report.skipped.total(),
                     phases: Phases {

@@ -16,30 +16,107 @@ use super::train::Hyper;
 #[repr(C, align(64))]
 struct Line([f32; 16]);
 
-/// A 64-byte aligned buffer of `n_rows` rows of `width` floats.
-#[derive(Clone, Debug)]
+/// Memory another owner maps into this process, where the rows of every rank of a node live
+/// (an MPI shared-memory window, see `Comm::node_floats`): each rank reads and writes them in
+/// place, and `sync` orders those accesses between the ranks.
+pub trait Mapped {
+    /// The mapping's first float, 64-byte aligned; the mapping outlives `self`'s borrows.
+    fn floats(&self) -> *mut f32;
+    /// Return once every rank sharing the memory got here; the writes each made before are then
+    /// seen by all.
+    fn sync(&self);
+}
+
+/// A 64-byte aligned buffer of `n_rows` rows of `width` floats: this process's own, or mapped
+/// in from memory the ranks of a node share.
 pub struct Rows {
-    lines: Vec<Line>,
+    store: Store,
     len: usize,
+}
+
+enum Store {
+    Own(Vec<Line>),
+    Mapped(Box<dyn Mapped>),
 }
 
 impl Rows {
     fn zeros(len: usize) -> Rows {
         Rows {
-            lines: vec![Line::default(); len.div_ceil(16)],
+            store: Store::Own(vec![Line::default(); len.div_ceil(16)]),
             len,
         }
     }
 
+    /// `len` floats of `mapped`, which already holds the rows.
+    pub fn mapped(mapped: Box<dyn Mapped>, len: usize) -> Rows {
+        assert_eq!(
+            mapped.floats() as usize % 64,
+            0,
+            "mapped rows 64-byte aligned"
+        );
+        Rows {
+            store: Store::Mapped(mapped),
+            len,
+        }
+    }
+
+    /// Whether the rows live in memory shared by the ranks of a node.
+    pub fn is_mapped(&self) -> bool {
+        matches!(self.store, Store::Mapped(_))
+    }
+
+    /// For mapped rows, wait for every rank sharing them (see `Mapped::sync`); no-op otherwise.
+    pub fn sync(&self) {
+        if let Store::Mapped(m) = &self.store {
+            m.sync();
+        }
+    }
+
+    /// The same rows in this process's own memory (the mapping, if any, is dropped by the caller).
+    pub fn to_own(&self) -> Rows {
+        let mut own = Rows::zeros(self.len);
+        own.as_mut_slice().copy_from_slice(self.as_slice());
+        own
+    }
+
     pub fn as_slice(&self) -> &[f32] {
-        // SAFETY: `Line` is `repr(C)` over 16 f32 with no padding (64 bytes, align 64), so the
-        // lines are `16 * lines.len() >= len` contiguous, initialised f32.
-        unsafe { std::slice::from_raw_parts(self.lines.as_ptr() as *const f32, self.len) }
+        match &self.store {
+            // SAFETY: `Line` is `repr(C)` over 16 f32 with no padding (64 bytes, align 64), so
+            // the lines are `16 * lines.len() >= len` contiguous, initialised f32.
+            Store::Own(lines) => unsafe {
+                std::slice::from_raw_parts(lines.as_ptr() as *const f32, self.len)
+            },
+            // SAFETY: a mapping holds at least `len` initialised floats (`Rows::mapped`) while
+            // it lives; other processes write only the rows `sync` keeps apart from this one's.
+            Store::Mapped(m) => unsafe { std::slice::from_raw_parts(m.floats(), self.len) },
+        }
     }
 
     pub fn as_mut_slice(&mut self) -> &mut [f32] {
-        // SAFETY: as in `as_slice`, and `&mut self` makes the borrow unique.
-        unsafe { std::slice::from_raw_parts_mut(self.lines.as_mut_ptr() as *mut f32, self.len) }
+        match &mut self.store {
+            // SAFETY: as in `as_slice`, and `&mut self` makes the borrow unique.
+            Store::Own(lines) => unsafe {
+                std::slice::from_raw_parts_mut(lines.as_mut_ptr() as *mut f32, self.len)
+            },
+            // SAFETY: as in `as_slice`; in this process `&mut self` makes the borrow unique.
+            Store::Mapped(m) => unsafe { std::slice::from_raw_parts_mut(m.floats(), self.len) },
+        }
+    }
+}
+
+impl Clone for Rows {
+    /// A copy in this process's own memory.
+    fn clone(&self) -> Rows {
+        self.to_own()
+    }
+}
+
+impl std::fmt::Debug for Rows {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Rows")
+            .field("len", &self.len)
+            .field("mapped", &self.is_mapped())
+            .finish()
     }
 }
 
