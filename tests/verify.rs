@@ -27,6 +27,7 @@ fn verify_passes_with_a_complete_table_for_1_2_and_4_ranks() {
             "alltoall and allgather",
             "allreduce latency",
             "item block exchange",
+            "shared item rows",
             "dataset readable from every rank",
             "model location writable",
         ] {
@@ -37,6 +38,11 @@ fn verify_passes_with_a_complete_table_for_1_2_and_4_ranks() {
             );
         }
         assert!(out.contains("40 items x 24 floats"), "{out}");
+        // One host: training will keep the item rows in memory the ranks share.
+        if ranks > 1 {
+            let stated = format!("the {ranks} ranks map one window of");
+            assert!(out.contains(&stated), "{out}");
+        }
         assert!(out.contains("all checks passed"));
         // The probe object is gone again.
         assert!(std::fs::read_dir(&model).map(|d| d.count()).unwrap_or(0) == 0);

@@ -12,7 +12,7 @@ use crate::comm::Comm;
 use crate::error::{Error, Result};
 use crate::exchange;
 use crate::features::{LocalRatings, ValueRule};
-use crate::funksvd::train::exchanges_per_epoch;
+use crate::funksvd::train::{exchanges_per_epoch, Rows};
 use crate::ingest::{self, Format, InputSpec};
 use crate::store::Location;
 
@@ -82,6 +82,12 @@ pub fn run(comm: &Comm, args: &VerifyArgs) -> Result<()> {
             seconds * 1e3,
         ),
     });
+    let hosts = infos
+        .iter()
+        .map(|i| &i.host)
+        .collect::<std::collections::BTreeSet<_>>()
+        .len();
+    checks.push(shared_rows_check(comm, floats, hosts));
     if let Some(model) = &args.model {
         checks.push(model_check(comm, model)?);
     }
@@ -278,6 +284,52 @@ fn time_epoch_exchange(comm: &Comm, floats: usize, repeats: usize) -> f64 {
     let mut t = [started.elapsed().as_secs_f64() / repeats as f64];
     comm.allreduce_max_f64(&mut t);
     t[0]
+}
+
+/// Whether training will keep `floats` floats of item rows in memory the ranks share (all
+/// ranks on one node, see `ItemRows::Shared`), and that each rank sees the others' writes
+/// there after a sync.
+fn shared_rows_check(comm: &Comm, floats: usize, hosts: usize) -> Check {
+    let ranks = comm.size();
+    let check = |ok, detail| Check {
+        name: "shared item rows".into(),
+        ok,
+        detail,
+    };
+    if ranks < 2 {
+        return check(true, "one rank: nothing to share".into());
+    }
+    let floats = floats.max(ranks);
+    let Some(window) = comm.node_floats(&vec![0.0; floats]) else {
+        let why = if hosts > 1 {
+            format!("the ranks are on {hosts} hosts")
+        } else {
+            "FUNKSVD_SHARED_ROWS=0, or no room in shared memory: see rank 0's warning".into()
+        };
+        return check(
+            true,
+            format!("not used ({why}): training passes the item rows as messages"),
+        );
+    };
+    let mut rows = Rows::mapped(Box::new(window), floats);
+    let slot = |r: usize| r * (floats / ranks);
+    rows.as_mut_slice()[slot(comm.rank())] = comm.rank() as f32 + 1.0;
+    rows.sync();
+    let seen = (0..ranks).all(|r| rows.as_slice()[slot(r)] == r as f32 + 1.0);
+    let mut all_seen = [u64::from(seen)];
+    comm.allreduce_min_u64(&mut all_seen);
+    let mb = floats as f64 * 4.0 / 1e6;
+    if all_seen[0] == 1 {
+        check(
+            true,
+            format!("the {ranks} ranks map one window of {mb:.1} MB and see each other's writes: training keeps the item rows there, no copies"),
+        )
+    } else {
+        check(
+            false,
+            format!("the {ranks} ranks map one window of {mb:.1} MB but do not all see each other's writes; FUNKSVD_SHARED_ROWS=0 makes training pass the item rows as messages"),
+        )
+    }
 }
 
 /// Every rank lists the dataset and reads a byte of it; then the item count for the bandwidth
