@@ -237,7 +237,7 @@ impl Comm {
         // leader's file does not fit: check the room first (containers' /dev/shm is often
         // 64 MB), and every rank hears of it before anyone allocates.
         let room = if leader {
-            window_room(bytes, self.rank)
+            window_room(bytes, node.size() as usize, self.rank)
         } else {
             Ok(())
         };
@@ -389,8 +389,9 @@ pub fn say(text: &str) {
 }
 
 /// Whether a shared-memory window of `bytes` fits where Open MPI puts its file
-/// (`osc_sm_backing_directory`, /dev/shm by default), with a tenth to spare.
-fn window_room(bytes: usize, rank: usize) -> std::result::Result<(), String> {
+/// (`osc_sm_backing_directory`, /dev/shm by default), with a tenth to spare and 8 MB for each
+/// of the node's `ranks`: Open MPI's own segments there (4 MB a rank) fill as they are used.
+fn window_room(bytes: usize, ranks: usize, rank: usize) -> std::result::Result<(), String> {
     crate::fault::point("shared-rows", rank).map_err(|e| e.to_string())?;
     let dir = std::env::var("OMPI_MCA_osc_sm_backing_directory").unwrap_or("/dev/shm".into());
     let Ok(path) = std::ffi::CString::new(dir.clone()) else {
@@ -405,10 +406,11 @@ fn window_room(bytes: usize, rank: usize) -> std::result::Result<(), String> {
         }
         fs.f_bavail as u64 * fs.f_frsize as u64
     };
-    let needed = bytes as u64 + bytes as u64 / 10 + (1 << 20);
+    let needed = bytes as u64 + bytes as u64 / 10 + ranks as u64 * (8 << 20);
     if free < needed {
         return Err(format!(
-            "the item rows need {} MB of shared memory and {dir} has {} MB free",
+            "sharing the item rows ({} MB) needs {} MB free in {dir} (room for MPI's own segments included), and it has {} MB",
+            bytes >> 20,
             needed >> 20,
             free >> 20
         ));
