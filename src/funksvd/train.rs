@@ -419,6 +419,7 @@ impl ItemRows {
     /// For the log: how the rows are kept and what that costs per epoch.
     pub fn describe(self, ranks: usize, blocks: &ItemBlocks, factors: usize) -> String {
         let all = blocks.order.len() * (factors + 1);
+        let s = if ranks == 2 { "" } else { "s" };
         match self {
             ItemRows::Own => format!("one rank, no exchanges ({all} floats)"),
             ItemRows::Shared => format!(
@@ -426,7 +427,7 @@ impl ItemRows {
                 self.syncs_per_epoch(ranks)
             ),
             ItemRows::Passed => format!(
-                "passed round the ring, {} exchanges per epoch ({} block hand-overs between the steps, {} more to share the final rows), at most {} floats per rank each (all item rows: {all} floats)",
+                "passed round the ring, {} exchanges per epoch ({} block hand-over{s} between the steps, {} more to share the final rows), at most {} floats per rank each (all item rows: {all} floats)",
                 self.syncs_per_epoch(ranks),
                 ranks - 1,
                 ranks - 1,
