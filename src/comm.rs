@@ -287,11 +287,12 @@ impl Comm {
         self.allreduce_min_u64(&mut all_made);
         if all_made[0] == 0 {
             // Windows some ranks got stay mapped until the end: freeing them is collective.
-            log::warn!(
-                "rank {}: MPI could not map a shared-memory window of {} MB for the item rows; passing them as messages instead",
-                self.rank,
-                bytes >> 20
-            );
+            if leader || !made {
+                log::warn!(
+                    "MPI could not map a shared-memory window of {} MB for the item rows: the ranks pass them as messages instead",
+                    (init.len() * 4) >> 20
+                );
+            }
             return None;
         }
         let (Some(win), true) = (win, made) else {
