@@ -227,7 +227,8 @@ impl Comm {
         // Rank 0 of the node holds the whole window, one cache line more so the rows can start
         // on a line: the segment is mapped at a page boundary in every process, so the offset
         // that aligns it is the same everywhere.
-        let bytes = if leader { init.len() * 4 + 64 } else { 0 };
+        let window = init.len() * 4 + 64;
+        let bytes = if leader { window } else { 0 };
         let mut one_node = [u64::from(wanted && node.size() as usize == self.size)];
         self.allreduce_min_u64(&mut one_node);
         if one_node[0] == 0 {
@@ -279,9 +280,7 @@ impl Comm {
                     &mut base as *mut *mut f32 as *mut std::ffi::c_void,
                 )
             };
-            rc == ffi::MPI_SUCCESS as i32
-                && size as usize >= init.len() * 4 + 64
-                && base.align_offset(64) < 16
+            rc == ffi::MPI_SUCCESS as i32 && size as usize >= window && base.align_offset(64) < 16
         });
         let mut all_made = [u64::from(made)];
         self.allreduce_min_u64(&mut all_made);
@@ -290,7 +289,7 @@ impl Comm {
             if leader || !made {
                 log::warn!(
                     "MPI could not map a shared-memory window of {} MB for the item rows: the ranks pass them as messages instead",
-                    (init.len() * 4) >> 20
+                    window >> 20
                 );
             }
             return None;
