@@ -3,7 +3,7 @@
 
 Reads a generated Parquet clickstream (--data, events turned into ratings as funksvd does:
 weights, max per (user, item)) or an explicit-ratings CSV (--ratings, e.g. MovieLens), holds out
-the pairs funksvd holds out (its hash of integer ids and seed, src/funksvd/data.rs), then trains
+the pairs funksvd holds out (its hash of integer ids and seed, src/train/data.rs), then trains
 ONE system and prints one JSON line: seconds per epoch, rating updates per second, hold-out RMSE
 and MAE. One system per process, so `/usr/bin/time -v` measures its own peak memory.
 

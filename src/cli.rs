@@ -1,11 +1,11 @@
 //! Command-line interface: every flag of SPEC "Commands", with defaults and examples in --help.
 
+use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
 use clap::{Args, Parser, Subcommand};
 
 use crate::error::{Error, Result};
-use crate::features::{Aggregate, EventWeights, ValueRule, DEFAULT_EVENT_WEIGHTS};
-use crate::funksvd::Hyper;
-use crate::ingest::{Format, InputSpec};
+use crate::input::{Aggregate, EventWeights, Format, Input, InputSettings, DEFAULT_EVENT_WEIGHTS};
+use crate::mf::Hyper;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -15,9 +15,9 @@ use crate::ingest::{Format, InputSpec};
     long_about = "Distributed FunkSVD recommender training over MPI.\n\n\
         Run it under a launcher (mpirun, srun, an MPIJob) for N ranks, or alone for one. Every rank \
         reads its own slice of the dataset, ratings are routed to the rank that owns their user, each \
-        rank trains its users while blocks of item factors rotate between the ranks, and at the end \
-        of each epoch they go once more round the ring, leaving the item factors identical on \
-        every rank.",
+        rank trains its users while blocks of item factors rotate between the ranks (kept in \
+        memory the ranks of a node share, or passed round the ring between nodes), and every rank \
+        ends each epoch with the same item factors.",
     after_help = "Examples:\n  \
         mpirun -n 2 funksvd generate --out data/events --events 1000000\n  \
         mpirun -n 2 funksvd train --data data/events --model models/demo\n  \
@@ -72,34 +72,61 @@ pub struct InputArgs {
     /// Use this numeric column as an explicit rating (no event mapping).
     #[arg(long)]
     pub rating_col: Option<String>,
-    /// Column with the event time (kept for reference; not needed for training).
+    /// Column with the event time: recorded in model.json only; nothing reads it yet (a
+    /// time-based hold-out will).
     #[arg(long, default_value = "timestamp")]
     pub time_col: String,
     /// How repeated (user, item) values combine.
-    #[arg(long, value_enum, default_value_t = Aggregate::Max)]
+    #[arg(long, value_parser = aggregate_parser(), default_value = "max")]
     pub aggregate: Aggregate,
     /// Input format.
-    #[arg(long, value_enum, default_value_t = Format::Auto)]
+    #[arg(long, value_parser = format_parser(), default_value = "auto")]
     pub format: Format,
 }
 
 impl InputArgs {
-    pub fn spec(&self) -> Result<InputSpec> {
-        let (value_col, rule) = match &self.rating_col {
-            Some(col) => (col.clone(), ValueRule::Rating),
-            None => (
-                self.event_col.clone(),
-                ValueRule::Events(EventWeights::parse(&self.event_weights)?),
-            ),
-        };
-        Ok(InputSpec {
-            user_col: self.user_col.clone(),
-            item_col: self.item_col.clone(),
-            value_col,
-            rule,
-            format: self.format,
+    /// How to read the dataset; errors name the flag.
+    pub fn input(&self) -> Result<Input> {
+        Ok(Input {
+            settings: InputSettings {
+                format: self.format,
+                user_col: self.user_col.clone(),
+                item_col: self.item_col.clone(),
+                event_col: self.event_col.clone(),
+                rating_col: self.rating_col.clone(),
+                time_col: self.time_col.clone(),
+                aggregate: self.aggregate,
+            },
+            weights: EventWeights::parse(&self.event_weights)?,
         })
     }
+}
+
+/// `--aggregate`'s values, with their help.
+fn aggregate_parser() -> impl TypedValueParser<Value = Aggregate> {
+    PossibleValuesParser::new([
+        PossibleValue::new("max").help("The strongest signal: a purchase beats a view"),
+        PossibleValue::new("sum").help("Every event counts"),
+    ])
+    .map(|v| match v.as_str() {
+        "sum" => Aggregate::Sum,
+        _ => Aggregate::Max,
+    })
+}
+
+/// `--format`'s values, with their help.
+fn format_parser() -> impl TypedValueParser<Value = Format> {
+    PossibleValuesParser::new([
+        PossibleValue::new("auto")
+            .help("By file name: .parquet/.pq/.parq are Parquet, .csv/.tsv/.txt are CSV"),
+        PossibleValue::new("parquet"),
+        PossibleValue::new("csv"),
+    ])
+    .map(|v| match v.as_str() {
+        "parquet" => Format::Parquet,
+        "csv" => Format::Csv,
+        _ => Format::Auto,
+    })
 }
 
 #[derive(Args, Debug)]
@@ -113,28 +140,28 @@ pub struct TrainArgs {
     #[command(flatten)]
     pub input: InputArgs,
     /// Latent factors per user and item.
-    #[arg(long, default_value_t = 20)]
+    #[arg(long, default_value_t = Hyper::DEFAULT.factors)]
     pub factors: usize,
     /// Passes over the training ratings.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = Hyper::DEFAULT.epochs)]
     pub epochs: usize,
     /// SGD learning rate.
-    #[arg(long, default_value_t = 0.01, allow_negative_numbers = true)]
+    #[arg(long, default_value_t = Hyper::DEFAULT.lr, allow_negative_numbers = true)]
     pub lr: f32,
     /// L2 regularisation.
-    #[arg(long, default_value_t = 0.02, allow_negative_numbers = true)]
+    #[arg(long, default_value_t = Hyper::DEFAULT.reg, allow_negative_numbers = true)]
     pub reg: f32,
     /// Seed for initial factors, the hold-out split and the visiting order.
-    #[arg(long, default_value_t = 42)]
+    #[arg(long, default_value_t = Hyper::DEFAULT.seed)]
     pub seed: u64,
     /// Fraction of (user, item) pairs held out for evaluation (0 disables).
-    #[arg(long, default_value_t = 0.2, allow_negative_numbers = true)]
+    #[arg(long, default_value_t = Hyper::DEFAULT.holdout, allow_negative_numbers = true)]
     pub holdout: f64,
     /// Pure FunkSVD: no global mean, no biases.
     #[arg(long)]
     pub no_bias: bool,
-    /// Ignored (kept so existing job scripts run): ranks now pass item blocks to each other,
-    /// one exchange per rank per epoch, which needs no tuning.
+    /// No effect, with a warning (kept so job scripts written for the allreduce design still
+    /// run): the item blocks' rotation needs no tuning.
     #[arg(long, value_name = "N", hide = true)]
     pub syncs_per_epoch: Option<usize>,
     /// Save the full training state under the model prefix every N epochs (_checkpoints/).
@@ -175,9 +202,6 @@ impl TrainArgs {
                 self.holdout
             )));
         }
-        if self.syncs_per_epoch == Some(0) {
-            return Err(Error::usage("--syncs-per-epoch 0: must be at least 1"));
-        }
         if self.checkpoint_every == Some(0) {
             return Err(Error::usage("--checkpoint-every 0: must be at least 1"));
         }
@@ -188,7 +212,8 @@ impl TrainArgs {
             reg: self.reg,
             seed: self.seed,
             biased: !self.no_bias,
-            ..Hyper::default()
+            holdout: self.holdout,
+            ..Hyper::DEFAULT
         })
     }
 }
@@ -231,11 +256,39 @@ pub struct EvaluateArgs {
     #[arg(long)]
     pub rating_col: Option<String>,
     /// How repeated (user, item) values combine [default: as the model was trained].
-    #[arg(long, value_enum)]
+    #[arg(long, value_parser = aggregate_parser())]
     pub aggregate: Option<Aggregate>,
-    /// Input format [default: auto].
-    #[arg(long, value_enum)]
+    /// Input format [default: as the model was trained].
+    #[arg(long, value_parser = format_parser())]
     pub format: Option<Format>,
+}
+
+impl EvaluateArgs {
+    /// How to read the dataset: as `trained` was read, each flag given overriding its part.
+    pub fn input(&self, trained: Input) -> Result<Input> {
+        let Input {
+            settings: mut s,
+            mut weights,
+        } = trained;
+        let given = |flag: &Option<String>, field: &mut String| {
+            if let Some(v) = flag {
+                *field = v.clone();
+            }
+        };
+        given(&self.user_col, &mut s.user_col);
+        given(&self.event_col, &mut s.event_col);
+        s.item_col = self.item_col.clone().or(s.item_col);
+        s.rating_col = self.rating_col.clone().or(s.rating_col);
+        s.aggregate = self.aggregate.unwrap_or(s.aggregate);
+        s.format = self.format.unwrap_or(s.format);
+        if let Some(spec) = &self.event_weights {
+            weights = EventWeights::parse(spec)?;
+        }
+        Ok(Input {
+            settings: s,
+            weights,
+        })
+    }
 }
 
 #[derive(Args, Debug)]
@@ -309,5 +362,65 @@ impl GenerateArgs {
             return Err(Error::usage("--users/--items: at most 4294967295"));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn train(extra: &[&str]) -> TrainArgs {
+        let mut argv = vec!["funksvd", "train", "--data", "d", "--model", "m"];
+        argv.extend_from_slice(extra);
+        match Cli::try_parse_from(argv).unwrap().command {
+            Command::Train(args) => args,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn train_flags_default_to_the_model_cores_hyperparameters() {
+        assert_eq!(train(&[]).hyper().unwrap(), Hyper::DEFAULT);
+        let h = train(&["--holdout", "0.1", "--no-bias", "--factors", "7"])
+            .hyper()
+            .unwrap();
+        assert_eq!((h.holdout, h.biased, h.factors), (0.1, false, 7));
+    }
+
+    #[test]
+    fn syncs_per_epoch_is_accepted_and_does_nothing_whatever_its_value() {
+        for n in ["0", "1", "8"] {
+            let args = train(&["--syncs-per-epoch", n]);
+            assert_eq!(args.hyper().unwrap(), Hyper::DEFAULT, "{n}");
+        }
+    }
+
+    #[test]
+    fn input_flags_make_one_input_and_evaluate_overrides_its_parts() {
+        let args = train(&["--aggregate", "sum", "--format", "csv", "--item-col", "sku"]);
+        let input = args.input.input().unwrap();
+        assert_eq!(input.settings.aggregate, Aggregate::Sum);
+        assert_eq!(input.settings.format, Format::Csv);
+        assert_eq!(input.settings.item_col.as_deref(), Some("sku"));
+        let argv = [
+            "funksvd",
+            "evaluate",
+            "--model",
+            "m",
+            "--data",
+            "d",
+            "--aggregate",
+            "max",
+            "--event-weights",
+            "view=2",
+        ];
+        let Command::Evaluate(eval) = Cli::try_parse_from(argv).unwrap().command else {
+            panic!("not evaluate")
+        };
+        let read = eval.input(input.clone()).unwrap();
+        assert_eq!(read.settings.aggregate, Aggregate::Max);
+        assert_eq!(read.settings.item_col.as_deref(), Some("sku"), "kept");
+        assert_eq!(read.weights.to_spec(), "view=2");
+        assert!(Cli::try_parse_from(["funksvd", "train", "--aggregate", "mean"]).is_err());
     }
 }

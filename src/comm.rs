@@ -1,16 +1,20 @@
-//! The only code that calls MPI: rank and size, the collectives the pipeline needs, failure
-//! agreement and the abort path. Everything else works on plain Rust data.
+//! The only code that calls MPI: the world communicator as a `Collective`, the node's shared
+//! memory window, the panic hook that aborts the job, and the abort path. It knows nothing of
+//! the model: what the ranks share and when is the callers' policy.
+
+use std::ops::Range;
 
 use mpi::collective::SystemOperation;
-use mpi::datatype::{Partition, PartitionMut};
+use mpi::datatype::{Equivalence, Partition, PartitionMut};
 use mpi::ffi;
 use mpi::raw::AsRaw;
 use mpi::topology::{Communicator, SimpleCommunicator};
 use mpi::traits::*;
 
+use crate::collective::{Collective, Op, SharedFloats};
 use crate::error::{Error, Result};
 
-/// The world communicator of this job, with the operations the pipeline uses.
+/// The world communicator of this job.
 pub struct Comm {
     world: SimpleCommunicator,
     rank: usize,
@@ -24,105 +28,76 @@ impl Comm {
         Comm { world, rank, size }
     }
 
-    pub fn rank(&self) -> usize {
+    /// End every rank of the job now. Only for failures that cannot be agreed on.
+    pub fn abort(&self, code: i32) -> ! {
+        self.world.abort(code)
+    }
+
+    /// The host this rank runs on, as MPI names it.
+    pub fn processor_name(&self) -> String {
+        mpi::environment::processor_name().unwrap_or_else(|_| "unknown".into())
+    }
+
+    /// The MPI library's own name and version (its first line).
+    pub fn library_version(&self) -> String {
+        mpi::environment::library_version()
+            .unwrap_or_default()
+            .lines()
+            .next()
+            .unwrap_or("")
+            .split(',')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_string()
+    }
+
+    /// `values` combined over all ranks, in place: one reduction for every element type.
+    fn all_reduce<T: Equivalence + Copy>(&self, values: &mut [T], op: Op) {
+        let send = values.to_vec();
+        let op = match op {
+            Op::Sum => SystemOperation::sum(),
+            Op::Min => SystemOperation::min(),
+            Op::Max => SystemOperation::max(),
+        };
+        self.world.all_reduce_into(&send[..], values, op);
+    }
+}
+
+impl Collective for Comm {
+    fn rank(&self) -> usize {
         self.rank
     }
 
-    pub fn size(&self) -> usize {
+    fn size(&self) -> usize {
         self.size
     }
 
-    pub fn is_root(&self) -> bool {
-        self.rank == 0
-    }
-
-    /// Every rank learns whether any rank failed, before anyone enters the next collective.
-    ///
-    /// The lowest rank that failed on its own gets its error back (and prints it); every other rank
-    /// gets `PeerFailed` naming that rank and its exit code. So an error that every rank
-    /// hits alike (a bad flag, a missing column) is printed once, and an error of one rank is
-    /// printed by that rank; every rank exits with the same code.
-    pub fn agree<T>(&self, local: Result<T>) -> Result<T> {
-        // > 0: this rank's own failure; < 0: it already stopped for another rank's failure.
-        let my_code: i32 = match &local {
-            Ok(_) => 0,
-            Err(Error::PeerFailed { code, .. }) => -(*code).max(1),
-            Err(e) => e.exit_code().max(1),
-        };
+    fn gather_codes(&self, mine: i32) -> Vec<i32> {
         let mut codes = vec![0i32; self.size];
-        self.world.all_gather_into(&my_code, &mut codes[..]);
-        if let Some(origin) = codes.iter().position(|&c| c > 0) {
-            return if origin == self.rank {
-                local
-            } else {
-                Err(Error::PeerFailed {
-                    rank: origin,
-                    code: codes[origin],
-                })
-            };
-        }
-        match (local, codes.iter().position(|&c| c < 0)) {
-            (Ok(_), Some(r)) => Err(Error::PeerFailed {
-                rank: r,
-                code: -codes[r],
-            }),
-            (local, _) => local,
-        }
+        self.world.all_gather_into(&mine, &mut codes[..]);
+        codes
     }
 
-    /// Sum `send` over all ranks into `recv` (same length on every rank).
-    pub fn allreduce_sum_f32(&self, send: &[f32], recv: &mut [f32]) {
-        debug_assert_eq!(send.len(), recv.len());
-        self.world
-            .all_reduce_into(send, recv, SystemOperation::sum());
+    fn reduce_f32(&self, values: &mut [f32], op: Op) {
+        self.all_reduce(values, op)
     }
 
-    /// Send `send` to rank `dest` while receiving `recv.len()` floats from rank `source`.
-    pub fn sendrecv_f32(&self, send: &[f32], dest: usize, recv: &mut [f32], source: usize) {
+    fn reduce_f64(&self, values: &mut [f64], op: Op) {
+        self.all_reduce(values, op)
+    }
+
+    fn reduce_u64(&self, values: &mut [u64], op: Op) {
+        self.all_reduce(values, op)
+    }
+
+    fn sendrecv_f32(&self, send: &[f32], dest: usize, recv: &mut [f32], source: usize) {
         let dest = self.world.process_at_rank(dest as i32);
         let source = self.world.process_at_rank(source as i32);
         mpi::point_to_point::send_receive_into(send, &dest, recv, &source);
     }
 
-    /// Sum small f64 vectors over all ranks, in place (copies; for metrics, not for hot loops).
-    pub fn allreduce_sum_f64(&self, values: &mut [f64]) {
-        let send = values.to_vec();
-        self.world
-            .all_reduce_into(&send[..], values, SystemOperation::sum());
-    }
-
-    pub fn allreduce_sum_u64(&self, values: &mut [u64]) {
-        let send = values.to_vec();
-        self.world
-            .all_reduce_into(&send[..], values, SystemOperation::sum());
-    }
-
-    pub fn allreduce_max_u64(&self, values: &mut [u64]) {
-        let send = values.to_vec();
-        self.world
-            .all_reduce_into(&send[..], values, SystemOperation::max());
-    }
-
-    pub fn allreduce_min_u64(&self, values: &mut [u64]) {
-        let send = values.to_vec();
-        self.world
-            .all_reduce_into(&send[..], values, SystemOperation::min());
-    }
-
-    pub fn allreduce_min_f64(&self, values: &mut [f64]) {
-        let send = values.to_vec();
-        self.world
-            .all_reduce_into(&send[..], values, SystemOperation::min());
-    }
-
-    pub fn allreduce_max_f64(&self, values: &mut [f64]) {
-        let send = values.to_vec();
-        self.world
-            .all_reduce_into(&send[..], values, SystemOperation::max());
-    }
-
-    /// Broadcast a byte buffer from `root`; other ranks pass anything (ignored) and get root's.
-    pub fn broadcast_bytes(&self, root: usize, bytes: Vec<u8>) -> Result<Vec<u8>> {
+    fn broadcast_bytes(&self, root: usize, bytes: Vec<u8>) -> Result<Vec<u8>> {
         let root_proc = self.world.process_at_rank(root as i32);
         let mut len = bytes.len() as u64;
         root_proc.broadcast_into(&mut len);
@@ -138,8 +113,7 @@ impl Comm {
         Ok(buf)
     }
 
-    /// Every rank contributes a byte buffer; every rank gets all of them, in rank order.
-    pub fn allgather_bytes(&self, mine: &[u8]) -> Result<Vec<Vec<u8>>> {
+    fn allgather_bytes(&self, mine: &[u8]) -> Result<Vec<Vec<u8>>> {
         let mut lens = vec![0u64; self.size];
         self.world
             .all_gather_into(&(mine.len() as u64), &mut lens[..]);
@@ -153,18 +127,7 @@ impl Comm {
         Ok(split_by_lengths(all, &lens))
     }
 
-    /// Personalised exchange: `outgoing[r]` goes to rank r; returns what each rank sent to us.
-    pub fn alltoall_bytes(&self, outgoing: &[Vec<u8>]) -> Result<Vec<Vec<u8>>> {
-        assert_eq!(outgoing.len(), self.size);
-        let send_lens: Vec<u64> = outgoing.iter().map(|b| b.len() as u64).collect();
-        let (recv, recv_lens) = self.alltoall_flat(&outgoing.concat(), &send_lens)?;
-        Ok(split_by_lengths(recv, &recv_lens))
-    }
-
-    /// Personalised exchange of one buffer holding every destination's message back to back
-    /// (`send_lens[r]` bytes for rank r); returns what arrived, back to back in rank order, and
-    /// the length from each rank. No copies besides MPI's.
-    pub fn alltoall_flat(&self, send: &[u8], send_lens: &[u64]) -> Result<(Vec<u8>, Vec<u64>)> {
+    fn alltoall_flat(&self, send: &[u8], send_lens: &[u64]) -> Result<(Vec<u8>, Vec<u64>)> {
         assert_eq!(send_lens.len(), self.size);
         let mut recv_lens = vec![0u64; self.size];
         self.world.all_to_all_into(send_lens, &mut recv_lens[..]);
@@ -182,144 +145,34 @@ impl Comm {
         Ok((recv, recv_lens))
     }
 
-    /// Gather byte buffers on `root`, back to back in rank order, with each rank's length;
-    /// other ranks get `None`.
-    pub fn gather_flat(&self, root: usize, mine: &[u8]) -> Result<Option<(Vec<u8>, Vec<u64>)>> {
+    fn gather_flat(&self, root: usize, mine: &[u8]) -> Result<Option<(Vec<u8>, Vec<u64>)>> {
         let root_proc = self.world.process_at_rank(root as i32);
         let my_len = mine.len() as u64;
-        if self.rank == root {
-            let mut lens = vec![0u64; self.size];
-            root_proc.gather_into_root(&my_len, &mut lens[..]);
-            let (counts, displs) = counts_and_displs(&lens, "gather")?;
-            let total = lens.iter().map(|&l| l as usize).sum();
-            let mut all = receive_buffer(total);
-            {
-                let mut partition = PartitionMut::new(&mut all[..], counts, displs);
-                root_proc.gather_varcount_into_root(mine, &mut partition);
-            }
-            all.truncate(total);
-            Ok(Some((all, lens)))
-        } else {
+        if self.rank != root {
             root_proc.gather_into(&my_len);
             root_proc.gather_varcount_into(mine);
-            Ok(None)
+            return Ok(None);
         }
+        let mut lens = vec![0u64; self.size];
+        root_proc.gather_into_root(&my_len, &mut lens[..]);
+        let (counts, displs) = counts_and_displs(&lens, "gather")?;
+        let total = lens.iter().map(|&l| l as usize).sum();
+        let mut all = receive_buffer(total);
+        {
+            let mut partition = PartitionMut::new(&mut all[..], counts, displs);
+            root_proc.gather_varcount_into_root(mine, &mut partition);
+        }
+        all.truncate(total);
+        Ok(Some((all, lens)))
     }
 
-    pub fn barrier(&self) {
+    fn barrier(&self) {
         self.world.barrier();
     }
 
-    /// `init.len()` floats that every rank of the job maps and reads and writes in place,
-    /// holding `init` (the same on every rank), if all ranks run on one node: an MPI
-    /// shared-memory window, so ranks see each other's rows without copying them. `None` on
-    /// every rank alike when the ranks span several nodes, when there is one rank, when
-    /// `FUNKSVD_SHARED_ROWS=0` asks for messages, or when the window does not fit in shared
-    /// memory or MPI cannot map it.
-    pub fn node_floats(&self, init: &[f32]) -> Option<NodeFloats> {
-        let wanted = self.size > 1
-            && !matches!(
-                std::env::var("FUNKSVD_SHARED_ROWS").as_deref(),
-                Ok("0" | "off" | "false" | "no")
-            );
-        let node = self.world.split_shared(self.rank as i32);
-        let leader = node.rank() == 0;
-        // Rank 0 of the node holds the whole window, one cache line more so the rows can start
-        // on a line: the segment is mapped at a page boundary in every process, so the offset
-        // that aligns it is the same everywhere.
-        let window = init.len() * 4 + 64;
-        let bytes = if leader { window } else { 0 };
-        let mut one_node = [u64::from(wanted && node.size() as usize == self.size)];
-        self.allreduce_min_u64(&mut one_node);
-        if one_node[0] == 0 {
-            return None;
-        }
-        // Open MPI 4.1 leaves the other ranks waiting inside MPI_Win_allocate_shared when the
-        // leader's file does not fit: check the room first (containers' /dev/shm is often
-        // 64 MB), and every rank hears of it before anyone allocates.
-        let room = if leader {
-            window_room(bytes, node.size() as usize, self.rank)
-        } else {
-            Ok(())
-        };
-        if let Err(why) = &room {
-            log::warn!("{why}: the ranks pass the item rows as messages instead");
-        }
-        let mut all_room = [u64::from(room.is_ok())];
-        self.allreduce_min_u64(&mut all_room);
-        if all_room[0] == 0 {
-            return None;
-        }
-        let mut base: *mut f32 = std::ptr::null_mut();
-        // SAFETY: plain MPI calls on a valid communicator; MPI writes `win` and `base` before
-        // `win` is read (only after a successful allocation). ERRORS_RETURN on the node
-        // communicator makes a failed allocation return a code instead of ending the job.
-        let win = unsafe {
-            ffi::MPI_Comm_set_errhandler(node.as_raw(), ffi::RSMPI_ERRORS_RETURN);
-            let mut win = std::mem::MaybeUninit::<ffi::MPI_Win>::uninit();
-            let mut mine: *mut f32 = std::ptr::null_mut();
-            let rc = ffi::MPI_Win_allocate_shared(
-                bytes as ffi::MPI_Aint,
-                1,
-                ffi::RSMPI_INFO_NULL,
-                node.as_raw(),
-                &mut mine as *mut *mut f32 as *mut std::ffi::c_void,
-                win.as_mut_ptr(),
-            );
-            (rc == ffi::MPI_SUCCESS as i32).then(|| win.assume_init())
-        };
-        let made = win.is_some_and(|win| {
-            let (mut size, mut unit): (ffi::MPI_Aint, std::ffi::c_int) = (0, 0);
-            // SAFETY: a valid window; MPI writes the three outputs.
-            let rc = unsafe {
-                ffi::MPI_Win_shared_query(
-                    win,
-                    0,
-                    &mut size,
-                    &mut unit,
-                    &mut base as *mut *mut f32 as *mut std::ffi::c_void,
-                )
-            };
-            rc == ffi::MPI_SUCCESS as i32 && size as usize >= window && base.align_offset(64) < 16
-        });
-        let mut all_made = [u64::from(made)];
-        self.allreduce_min_u64(&mut all_made);
-        if all_made[0] == 0 {
-            // Windows some ranks got stay mapped until the end: freeing them is collective.
-            if leader || !made {
-                log::warn!(
-                    "MPI could not map a shared-memory window of {} MB for the item rows: the ranks pass them as messages instead",
-                    window >> 20
-                );
-            }
-            return None;
-        }
-        let (Some(win), true) = (win, made) else {
-            unreachable!("every rank made its window")
-        };
-        let floats = base.wrapping_add(base.align_offset(64));
-        // SAFETY: the window is valid on every rank; lock_all opens the passive-target epoch
-        // that `MPI_Win_sync` needs. The leader's window holds `init.len()` floats from the
-        // aligned start (one line of slack), and no other rank touches it before the sync.
-        unsafe {
-            ffi::MPI_Win_lock_all(ffi::MPI_MODE_NOCHECK as std::ffi::c_int, win);
-            if leader {
-                std::ptr::copy_nonoverlapping(init.as_ptr(), floats, init.len());
-            }
-        }
-        let shared = NodeFloats { win, node, floats };
-        crate::funksvd::params::Mapped::sync(&shared);
-        Some(shared)
-    }
-
-    /// End every rank of the job now. Only for failures that cannot be agreed on.
-    pub fn abort(&self, code: i32) -> ! {
-        self.world.abort(code)
-    }
-
-    /// The host this rank runs on, as MPI names it.
-    pub fn processor_name(&self) -> String {
-        mpi::environment::processor_name().unwrap_or_else(|_| "unknown".into())
+    fn node_floats(&self, init: &[f32], wanted: bool) -> Option<Box<dyn SharedFloats>> {
+        let window = NodeFloats::allocate(self, init, wanted)?;
+        Some(Box::new(window))
     }
 }
 
@@ -375,7 +228,7 @@ pub fn install_panic_hook(rank: usize) {
         // SAFETY: MPI is initialised (the hook is installed after init) and MPI_Abort may be
         // called from any state; it does not return.
         unsafe {
-            mpi::ffi::MPI_Abort(mpi::ffi::RSMPI_COMM_WORLD, 1);
+            ffi::MPI_Abort(ffi::RSMPI_COMM_WORLD, 1);
         }
         std::process::abort();
     }));
@@ -388,11 +241,132 @@ pub fn say(text: &str) {
     let _ = std::io::stderr().lock().write_all(text.as_bytes());
 }
 
+/// Floats in an MPI shared-memory window that every rank of the job maps. Dropping it frees
+/// the window: a collective call, so every rank drops it at the same point.
+pub struct NodeFloats {
+    win: ffi::MPI_Win,
+    node: SimpleCommunicator,
+    floats: *mut f32,
+    len: usize,
+}
+
+impl NodeFloats {
+    /// `init` in a window on the node, if every rank is on one node and `wanted` it, and the
+    /// window fits (see `window_room`) and MPI maps it; `None` on every rank alike otherwise.
+    fn allocate(comm: &Comm, init: &[f32], wanted: bool) -> Option<NodeFloats> {
+        let node = comm.world.split_shared(comm.rank as i32);
+        let leader = node.rank() == 0;
+        // Rank 0 of the node holds the whole window, one cache line more so the floats can
+        // start on a line: the segment is mapped at a page boundary in every process, so the
+        // offset that aligns it is the same everywhere.
+        let bytes = init.len() * 4 + 64;
+        let one_node = comm.size > 1 && wanted && node.size() as usize == comm.size;
+        if !all_ranks(comm, one_node) {
+            return None;
+        }
+        // Open MPI 4.1 leaves the other ranks waiting inside MPI_Win_allocate_shared when the
+        // leader's file does not fit: check the room first (containers' /dev/shm is often
+        // 64 MB), and every rank hears of it before anyone allocates.
+        let room = if leader {
+            window_room(bytes, node.size() as usize)
+        } else {
+            Ok(())
+        };
+        if let Err(why) = &room {
+            log::warn!("{why}: the ranks pass the item rows as messages instead");
+        }
+        if !all_ranks(comm, room.is_ok()) {
+            return None;
+        }
+        let mapped = map_window(&node, if leader { bytes } else { 0 }, bytes);
+        if !all_ranks(comm, mapped.is_some()) {
+            // Windows some ranks got stay mapped until the end: freeing them is collective.
+            if leader || mapped.is_none() {
+                log::warn!(
+                    "MPI could not map a shared-memory window of {} MB for the item rows: the ranks pass them as messages instead",
+                    bytes >> 20
+                );
+            }
+            return None;
+        }
+        let (win, base) = mapped?;
+        let floats = base.wrapping_add(base.align_offset(64));
+        // SAFETY: the window is valid on every rank; lock_all opens the passive-target epoch
+        // that `MPI_Win_sync` needs. The leader's window holds `init.len()` floats from the
+        // aligned start (one line of slack), and no other rank touches it before the sync.
+        unsafe {
+            ffi::MPI_Win_lock_all(ffi::MPI_MODE_NOCHECK as std::ffi::c_int, win);
+            if leader {
+                std::ptr::copy_nonoverlapping(init.as_ptr(), floats, init.len());
+            }
+        }
+        let shared = NodeFloats {
+            win,
+            node,
+            floats,
+            len: init.len(),
+        };
+        shared.sync();
+        Some(shared)
+    }
+}
+
+/// Whether `ok` holds on every rank.
+fn all_ranks(comm: &Comm, ok: bool) -> bool {
+    let mut all = [u64::from(ok)];
+    comm.reduce_u64(&mut all, Op::Min);
+    all[0] == 1
+}
+
+/// A shared-memory window with `own_bytes` on this rank (0 on all but the node's leader), and
+/// the leader's memory as this process maps it (its `window` bytes hold the floats and a cache
+/// line to align them on); `None` if MPI fails to make or query it.
+fn map_window(
+    node: &SimpleCommunicator,
+    own_bytes: usize,
+    window: usize,
+) -> Option<(ffi::MPI_Win, *mut f32)> {
+    // SAFETY: plain MPI calls on a valid communicator; MPI writes `win` before it is read
+    // (only after a successful allocation). ERRORS_RETURN on the node communicator makes a
+    // failed allocation return a code instead of ending the job.
+    let win = unsafe {
+        ffi::MPI_Comm_set_errhandler(node.as_raw(), ffi::RSMPI_ERRORS_RETURN);
+        let mut win = std::mem::MaybeUninit::<ffi::MPI_Win>::uninit();
+        let mut mine: *mut f32 = std::ptr::null_mut();
+        let rc = ffi::MPI_Win_allocate_shared(
+            own_bytes as ffi::MPI_Aint,
+            1,
+            ffi::RSMPI_INFO_NULL,
+            node.as_raw(),
+            &mut mine as *mut *mut f32 as *mut std::ffi::c_void,
+            win.as_mut_ptr(),
+        );
+        if rc != ffi::MPI_SUCCESS as i32 {
+            return None;
+        }
+        win.assume_init()
+    };
+    let (mut size, mut unit): (ffi::MPI_Aint, std::ffi::c_int) = (0, 0);
+    let mut base: *mut f32 = std::ptr::null_mut();
+    // SAFETY: a valid window; MPI writes the three outputs.
+    let rc = unsafe {
+        ffi::MPI_Win_shared_query(
+            win,
+            0,
+            &mut size,
+            &mut unit,
+            &mut base as *mut *mut f32 as *mut std::ffi::c_void,
+        )
+    };
+    let usable =
+        rc == ffi::MPI_SUCCESS as i32 && size as usize >= window && base.align_offset(64) < 16;
+    usable.then_some((win, base))
+}
+
 /// Whether a shared-memory window of `bytes` fits where Open MPI puts its file
 /// (`osc_sm_backing_directory`, /dev/shm by default), with a tenth to spare and 8 MB for each
 /// of the node's `ranks`: Open MPI's own segments there (4 MB a rank) fill as they are used.
-fn window_room(bytes: usize, ranks: usize, rank: usize) -> std::result::Result<(), String> {
-    crate::fault::point("shared-rows", rank).map_err(|e| e.to_string())?;
+fn window_room(bytes: usize, ranks: usize) -> std::result::Result<(), String> {
     let dir = std::env::var("OMPI_MCA_osc_sm_backing_directory").unwrap_or("/dev/shm".into());
     let Ok(path) = std::ffi::CString::new(dir.clone()) else {
         return Ok(());
@@ -418,21 +392,31 @@ fn window_room(bytes: usize, ranks: usize, rank: usize) -> std::result::Result<(
     Ok(())
 }
 
-/// Floats in an MPI shared-memory window that every rank of the job maps (`Comm::node_floats`).
-/// Dropping it frees the window: a collective call, so every rank drops it at the same point.
-pub struct NodeFloats {
-    win: ffi::MPI_Win,
-    node: SimpleCommunicator,
-    floats: *mut f32,
-}
+impl SharedFloats for NodeFloats {
+    fn len(&self) -> usize {
+        self.len
+    }
 
-impl crate::funksvd::params::Mapped for NodeFloats {
-    fn floats(&self) -> *mut f32 {
-        self.floats
+    /// # Safety
+    /// As `SharedFloats::part_mut` says.
+    unsafe fn part_mut(&mut self, range: Range<usize>) -> &mut [f32] {
+        assert!(range.start <= range.end && range.end <= self.len);
+        // SAFETY: inside the window (checked above), which holds `len` initialised floats
+        // while `self` lives; the caller keeps every other rank off `range`, and `&mut self`
+        // keeps this process's other references out.
+        unsafe { std::slice::from_raw_parts_mut(self.floats.add(range.start), range.len()) }
+    }
+
+    /// # Safety
+    /// As `SharedFloats::all` says.
+    unsafe fn all(&self) -> &[f32] {
+        // SAFETY: the window holds `len` initialised floats while `self` lives; the caller
+        // keeps every rank from writing while the slice lives.
+        unsafe { std::slice::from_raw_parts(self.floats, self.len) }
     }
 
     fn sync(&self) {
-        // SAFETY: the window is valid and locked (`node_floats`). The syncs on both sides of the
+        // SAFETY: the window is valid and locked (`allocate`). The syncs on both sides of the
         // barrier order this rank's memory accesses before and after it against everyone's.
         unsafe {
             ffi::MPI_Win_sync(self.win);
@@ -444,7 +428,7 @@ impl crate::funksvd::params::Mapped for NodeFloats {
 
 impl Drop for NodeFloats {
     fn drop(&mut self) {
-        // SAFETY: the window is valid and locked by `node_floats`; every rank drops it together.
+        // SAFETY: the window is valid and locked by `allocate`; every rank drops it together.
         unsafe {
             ffi::MPI_Win_unlock_all(self.win);
             ffi::MPI_Win_free(&mut self.win);

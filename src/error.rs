@@ -33,15 +33,6 @@ impl Error {
             Error::PeerFailed { code, .. } => *code,
         }
     }
-
-    /// Prefix the message with where it happened (a file, a phase), keeping the kind.
-    pub fn context(self, what: impl fmt::Display) -> Self {
-        match self {
-            Error::Usage(m) => Error::Usage(format!("{what}: {m}")),
-            Error::Runtime(m) => Error::Runtime(format!("{what}: {m}")),
-            peer => peer,
-        }
-    }
 }
 
 impl fmt::Display for Error {
@@ -56,20 +47,3 @@ impl fmt::Display for Error {
 }
 
 impl std::error::Error for Error {}
-
-/// Attach context to any fallible result, turning foreign errors into ours.
-pub trait Context<T> {
-    /// A runtime error (storage, I/O) with context.
-    fn runtime_ctx(self, what: impl FnOnce() -> String) -> Result<T>;
-    /// A bad-input error (the data or a flag is wrong) with context.
-    fn usage_ctx(self, what: impl FnOnce() -> String) -> Result<T>;
-}
-
-impl<T, E: fmt::Display> Context<T> for std::result::Result<T, E> {
-    fn runtime_ctx(self, what: impl FnOnce() -> String) -> Result<T> {
-        self.map_err(|e| Error::Runtime(format!("{}: {e}", what())))
-    }
-    fn usage_ctx(self, what: impl FnOnce() -> String) -> Result<T> {
-        self.map_err(|e| Error::Usage(format!("{}: {e}", what())))
-    }
-}

@@ -9,10 +9,12 @@
 //! (hash ranges of equal width left ranks 1.6-12% apart on 2 to 8 ranks). Both cuts depend on
 //! the ratings alone, never on which rank read which file.
 
-use crate::comm::Comm;
+use crate::collective::{Collective, CollectiveExt, Op};
 use crate::error::Result;
-use crate::features::{aggregate, Aggregate, LocalRatings, Triple};
+use crate::features::{aggregate, LocalRatings};
 use crate::ids::{Id, Interner};
+use crate::input::Aggregate;
+use crate::ratings::{OwnedRatings, Triple};
 use crate::wire::{Reader, Writer};
 
 /// Users are counted in 2^BUCKET_BITS buckets by the top bits of their hash: a cut between two
@@ -98,14 +100,6 @@ fn ratings_per_bucket(owned: &OwnedRatings) -> Vec<u64> {
         ratings[buckets[t.user as usize] as usize] += 1;
     }
     ratings
-}
-
-/// The ratings one rank owns after the exchange: its users sorted by id, the items they rated
-/// (in no particular order), and the aggregated triples sorted by (user, item index).
-pub struct OwnedRatings {
-    pub users: Vec<Id>,
-    pub items: Vec<Id>,
-    pub triples: Vec<Triple>,
 }
 
 /// What one rank sends in the exchange: the message for each destination rank, back to back
@@ -340,7 +334,7 @@ fn in_id_order(
 }
 
 /// Send every rating to its user's owner.
-pub fn route(comm: &Comm, local: LocalRatings, agg: Aggregate) -> Result<OwnedRatings> {
+pub fn route(comm: &dyn Collective, local: LocalRatings, agg: Aggregate) -> Result<OwnedRatings> {
     let started = std::time::Instant::now();
     if comm.size() == 1 {
         // The only rank owns every user: nothing to encode, send, decode or balance.
@@ -363,7 +357,7 @@ pub fn route(comm: &Comm, local: LocalRatings, agg: Aggregate) -> Result<OwnedRa
     drop(incoming);
     let decoded = started.elapsed().as_secs_f64();
     let mut ratings = ratings_per_bucket(&owned);
-    comm.allreduce_sum_u64(&mut ratings);
+    comm.reduce_u64(&mut ratings, Op::Sum);
     let owners = Owners::balance(&ratings, comm.size());
     let (owned, moved) = if owners == even {
         (owned, 0)
@@ -382,8 +376,12 @@ pub fn route(comm: &Comm, local: LocalRatings, agg: Aggregate) -> Result<OwnedRa
 /// Hand the users `owners` gives to another rank over to it, whole, and take in the ones it
 /// gives to this rank; returns the ratings and the count of users that left. Users and
 /// triples come out in the order `OwnedRatings` promises.
-fn move_users(comm: &Comm, owned: OwnedRatings, owners: &Owners) -> Result<(OwnedRatings, usize)> {
-    let (ranks, me) = (comm.size(), comm.rank() as u32);
+fn move_users(
+    comm: &dyn Collective,
+    owned: OwnedRatings,
+    owners: &Owners,
+) -> Result<(OwnedRatings, usize)> {
+    let me = comm.rank() as u32;
     let OwnedRatings {
         users,
         items,
@@ -394,23 +392,10 @@ fn move_users(comm: &Comm, owned: OwnedRatings, owners: &Owners) -> Result<(Owne
         .map(|u| owners.of(u.stable_hash()) as u32)
         .collect();
     let leave = |t: &Triple| dest[t.user as usize] != me;
-    // The leaving ratings, by destination, each destination's in user order (a stable sort).
-    let mut leaving: Vec<Triple> = triples.iter().filter(|t| leave(t)).copied().collect();
-    leaving.sort_by_key(|t| dest[t.user as usize]);
-    let mut w = Writer::new();
-    let mut lens = Vec::with_capacity(ranks);
-    let mut message = MessageWriter::new(items.len());
-    let mut at = 0;
-    for d in 0..ranks as u32 {
-        let start = w.buf.len();
-        let end = at + leaving[at..].partition_point(|t| dest[t.user as usize] <= d);
-        message.write(&mut w, &leaving[at..end], &items, |u| &users[u as usize]);
-        lens.push((w.buf.len() - start) as u64);
-        at = end;
-    }
-    drop(leaving);
+    let outgoing = encode_leaving(&triples, &dest, me, &users, &items, comm.size());
     triples.retain(|t| !leave(t));
-    let (incoming, lens) = comm.alltoall_flat(&w.finish(), &lens)?;
+    let (incoming, lens) = comm.alltoall_flat(&outgoing.bytes, &outgoing.lens)?;
+    drop(outgoing);
 
     let mut item_index = Interner::new();
     for id in &items {
@@ -427,14 +412,75 @@ fn move_users(comm: &Comm, owned: OwnedRatings, owners: &Owners) -> Result<(Owne
         &mut arrived,
     )?;
     drop(incoming);
-    // Number the staying and the arrived users in one id order (both lists are sorted).
-    let arrived_ids = arrivals.into_ids();
-    let mut by_id: Vec<u32> = (0..arrived_ids.len() as u32).collect();
-    by_id.sort_unstable_by(|&a, &b| arrived_ids[a as usize].cmp(&arrived_ids[b as usize]));
     let staying: Vec<u32> = (0..users.len() as u32)
         .filter(|&u| dest[u as usize] == me)
         .collect();
     let moved = users.len() - staying.len();
+    let merged = merge_users(
+        &users,
+        &staying,
+        arrivals.into_ids(),
+        &mut triples,
+        &mut arrived,
+    );
+    // The staying triples are still sorted (their users keep their order).
+    arrived.sort_unstable_by_key(|t| (t.user, t.item));
+    merge_sorted(&mut triples, &arrived);
+    Ok((
+        OwnedRatings {
+            users: merged,
+            items: item_index.into_ids(),
+            triples,
+        },
+        moved,
+    ))
+}
+
+/// The messages of the users leaving this rank (`dest[u] != me`), by destination, each
+/// destination's in user order.
+fn encode_leaving(
+    triples: &[Triple],
+    dest: &[u32],
+    me: u32,
+    users: &[Id],
+    items: &[Id],
+    ranks: usize,
+) -> Outgoing {
+    let mut leaving: Vec<Triple> = triples
+        .iter()
+        .filter(|t| dest[t.user as usize] != me)
+        .copied()
+        .collect();
+    // A stable sort: each destination's triples stay in user order.
+    leaving.sort_by_key(|t| dest[t.user as usize]);
+    let mut w = Writer::new();
+    let mut lens = Vec::with_capacity(ranks);
+    let mut message = MessageWriter::new(items.len());
+    let mut at = 0;
+    for d in 0..ranks as u32 {
+        let start = w.buf.len();
+        let end = at + leaving[at..].partition_point(|t| dest[t.user as usize] <= d);
+        message.write(&mut w, &leaving[at..end], items, |u| &users[u as usize]);
+        lens.push((w.buf.len() - start) as u64);
+        at = end;
+    }
+    Outgoing {
+        bytes: w.finish(),
+        lens,
+    }
+}
+
+/// The staying users (`users[staying[..]]`, in id order) and the arrived ones numbered in one
+/// id order, the triples of both renumbered to match; returns the merged ids.
+fn merge_users(
+    users: &[Id],
+    staying: &[u32],
+    arrived_ids: Vec<Id>,
+    staying_triples: &mut [Triple],
+    arrived_triples: &mut [Triple],
+) -> Vec<Id> {
+    let mut by_id: Vec<u32> = (0..arrived_ids.len() as u32).collect();
+    by_id.sort_unstable_by(|&a, &b| arrived_ids[a as usize].cmp(&arrived_ids[b as usize]));
     let mut number_staying = vec![u32::MAX; users.len()];
     let mut number_arrived = vec![0u32; arrived_ids.len()];
     let mut merged: Vec<Id> = Vec::with_capacity(staying.len() + by_id.len());
@@ -453,23 +499,13 @@ fn move_users(comm: &Comm, owned: OwnedRatings, owners: &Owners) -> Result<(Owne
             b += 1;
         }
     }
-    for t in &mut triples {
+    for t in staying_triples {
         t.user = number_staying[t.user as usize];
     }
-    for t in &mut arrived {
+    for t in arrived_triples {
         t.user = number_arrived[t.user as usize];
     }
-    // The staying triples are still sorted (their users keep their order).
-    arrived.sort_unstable_by_key(|t| (t.user, t.item));
-    merge_sorted(&mut triples, &arrived);
-    Ok((
-        OwnedRatings {
-            users: merged,
-            items: item_index.into_ids(),
-            triples,
-        },
-        moved,
-    ))
+    merged
 }
 
 /// Merge `from` into `into`, both sorted by (user, item) with no key in both, in place from
@@ -494,7 +530,7 @@ fn merge_sorted(into: &mut Vec<Triple>, from: &[Triple]) {
 }
 
 /// The union of every rank's `mine`, sorted: the global item vocabulary.
-pub fn agree_on_ids(comm: &Comm, mine: &[Id]) -> Result<Vec<Id>> {
+pub fn agree_on_ids(comm: &dyn Collective, mine: &[Id]) -> Result<Vec<Id>> {
     let mut w = Writer::new();
     w.u64(mine.len() as u64);
     for id in mine {
@@ -516,7 +552,8 @@ pub fn agree_on_ids(comm: &Comm, mine: &[Id]) -> Result<Vec<Id>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::features::{ColumnNames, EventWeights, ValueRule};
+    use crate::features::ColumnNames;
+    use crate::input::{EventWeights, ValueRule};
     use arrow::array::{Int64Array, StringArray};
 
     fn local(rows: &[(i64, &str, &str)]) -> LocalRatings {
@@ -524,7 +561,8 @@ mod tests {
         let users = Int64Array::from(rows.iter().map(|r| r.0).collect::<Vec<_>>());
         let items = StringArray::from(rows.iter().map(|r| r.1).collect::<Vec<_>>());
         let events = StringArray::from(rows.iter().map(|r| r.2).collect::<Vec<_>>());
-        let rule = ValueRule::Events(EventWeights::parse("view=1,cart=3,purchase=5").unwrap());
+        let weights = EventWeights::parse("view=1,cart=3,purchase=5").unwrap();
+        let rule = ValueRule::Events(&weights);
         let names = ColumnNames {
             file: "t",
             user: "u",

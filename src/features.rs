@@ -1,5 +1,5 @@
-//! Feature engineering, pure: event type -> rating weight (or an explicit rating column), skipped
-//! rows counted by reason, ids numbered, and (user, item) pairs aggregated.
+//! Feature engineering, pure: event type -> rating weight (or an explicit rating column, see
+//! `input`), skipped rows counted by reason, ids numbered, and (user, item) pairs aggregated.
 
 use std::collections::BTreeMap;
 
@@ -9,78 +9,8 @@ use arrow::datatypes::{DataType, Float32Type};
 
 use crate::error::{Error, Result};
 use crate::ids::Interner;
-
-/// Event type -> rating weight, from `--event-weights view=1,add_to_cart=3,purchase=5`.
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct EventWeights(pub Vec<(String, f32)>);
-
-pub const DEFAULT_EVENT_WEIGHTS: &str = "view=1,add_to_cart=3,purchase=5";
-
-impl EventWeights {
-    pub fn parse(spec: &str) -> Result<EventWeights> {
-        let bad = |why: String| Error::usage(format!("--event-weights {spec:?}: {why}"));
-        let mut pairs: Vec<(String, f32)> = Vec::new();
-        for part in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-            let (name, weight) = part
-                .split_once('=')
-                .ok_or_else(|| bad(format!("{part:?} is not EVENT=WEIGHT")))?;
-            let name = name.trim();
-            if name.is_empty() {
-                return Err(bad(format!("{part:?} has no event name")));
-            }
-            let weight: f32 = weight.trim().parse().map_err(|_| {
-                bad(format!(
-                    "weight {:?} of {name:?} is not a number",
-                    weight.trim()
-                ))
-            })?;
-            if !weight.is_finite() || weight <= 0.0 {
-                return Err(bad(format!("weight of {name:?} must be a positive number")));
-            }
-            if pairs.iter().any(|(n, _)| n == name) {
-                return Err(bad(format!("{name:?} appears twice")));
-            }
-            pairs.push((name.to_string(), weight));
-        }
-        if pairs.is_empty() {
-            return Err(bad("no event weights given".into()));
-        }
-        Ok(EventWeights(pairs))
-    }
-
-    #[inline]
-    pub fn weight(&self, event: &str) -> Option<f32> {
-        self.0.iter().find(|(n, _)| n == event).map(|(_, w)| *w)
-    }
-
-    pub fn to_spec(&self) -> String {
-        self.0
-            .iter()
-            .map(|(n, w)| format!("{n}={w}"))
-            .collect::<Vec<_>>()
-            .join(",")
-    }
-}
-
-/// How repeated (user, item) values combine.
-#[derive(
-    Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
-)]
-#[serde(rename_all = "lowercase")]
-pub enum Aggregate {
-    /// The strongest signal: a purchase beats a view.
-    Max,
-    /// Every event counts.
-    Sum,
-}
-
-/// Where a row's value comes from.
-#[derive(Clone, Debug)]
-pub enum ValueRule {
-    Events(EventWeights),
-    /// An explicit rating column.
-    Rating,
-}
+use crate::input::{Aggregate, EventWeights, ValueRule};
+use crate::ratings::{sort_by_user, Triple};
 
 /// Rows dropped while reading, by reason; logged once as job totals by rank 0.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -173,14 +103,6 @@ impl SkipCounts {
             parts.join("; ")
         ))
     }
-}
-
-/// A (user, item, value) triple with dense local indices.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct Triple {
-    pub user: u32,
-    pub item: u32,
-    pub value: f32,
 }
 
 /// What one rank extracted from its slice.
@@ -295,41 +217,34 @@ fn intern_column(
     column: &str,
 ) -> Result<()> {
     out.clear();
-    if let Some(dict) = array.as_any_dictionary_opt() {
-        let mut dict_ids = Vec::new();
-        intern_column(
-            dict.values().as_ref(),
-            interner,
-            &mut dict_ids,
-            file,
-            column,
-        )?;
-        let keys = dict.normalized_keys();
-        let valid = array.logical_nulls();
-        for (row, &k) in keys.iter().enumerate() {
-            let is_null = valid.as_ref().is_some_and(|n| n.is_null(row));
-            out.push(if is_null { NULL_ID } else { dict_ids[k] });
-        }
-        return Ok(());
+    let Some(dict) = array.as_any_dictionary_opt() else {
+        return intern_values(array, interner, out, file, column);
+    };
+    let mut dict_ids = Vec::new();
+    intern_values(
+        dict.values().as_ref(),
+        interner,
+        &mut dict_ids,
+        file,
+        column,
+    )?;
+    let keys = dict.normalized_keys();
+    let valid = array.logical_nulls();
+    for (row, &k) in keys.iter().enumerate() {
+        let is_null = valid.as_ref().is_some_and(|n| n.is_null(row));
+        out.push(if is_null { NULL_ID } else { dict_ids[k] });
     }
-    // How many rows ahead of the one being interned its table slot is prefetched.
-    const AHEAD: usize = 16;
-    macro_rules! ints {
-        ($t:ty) => {{
-            let a = array.as_primitive::<$t>();
-            let values = a.values();
-            for (row, v) in values.iter().enumerate() {
-                if let Some(&ahead) = values.get(row + AHEAD) {
-                    interner.prefetch_int(ahead as i64);
-                }
-                out.push(if a.is_null(row) {
-                    NULL_ID
-                } else {
-                    interner.intern_int(*v as i64)
-                });
-            }
-        }};
-    }
+    Ok(())
+}
+
+/// `intern_column` of a column that is not dictionary-encoded.
+fn intern_values(
+    array: &dyn Array,
+    interner: &mut Interner,
+    out: &mut Vec<u32>,
+    file: &str,
+    column: &str,
+) -> Result<()> {
     macro_rules! strings {
         ($a:expr) => {{
             let a = $a;
@@ -344,13 +259,13 @@ fn intern_column(
     }
     use arrow::datatypes::*;
     match array.data_type() {
-        DataType::Int8 => ints!(Int8Type),
-        DataType::Int16 => ints!(Int16Type),
-        DataType::Int32 => ints!(Int32Type),
-        DataType::Int64 => ints!(Int64Type),
-        DataType::UInt8 => ints!(UInt8Type),
-        DataType::UInt16 => ints!(UInt16Type),
-        DataType::UInt32 => ints!(UInt32Type),
+        DataType::Int8 => intern_ints::<Int8Type>(array, interner, out),
+        DataType::Int16 => intern_ints::<Int16Type>(array, interner, out),
+        DataType::Int32 => intern_ints::<Int32Type>(array, interner, out),
+        DataType::Int64 => intern_ints::<Int64Type>(array, interner, out),
+        DataType::UInt8 => intern_ints::<UInt8Type>(array, interner, out),
+        DataType::UInt16 => intern_ints::<UInt16Type>(array, interner, out),
+        DataType::UInt32 => intern_ints::<UInt32Type>(array, interner, out),
         DataType::UInt64 => {
             let a = array.as_primitive::<UInt64Type>();
             for (row, &v) in a.values().iter().enumerate() {
@@ -381,6 +296,28 @@ fn intern_column(
         }
     }
     Ok(())
+}
+
+/// Integer ids of a column of integers that fit in an i64.
+fn intern_ints<T>(array: &dyn Array, interner: &mut Interner, out: &mut Vec<u32>)
+where
+    T: arrow::datatypes::ArrowPrimitiveType,
+    T::Native: Into<i64>,
+{
+    // How many rows ahead of the one being interned its table slot is prefetched.
+    const AHEAD: usize = 16;
+    let a = array.as_primitive::<T>();
+    let values = a.values();
+    for (row, &v) in values.iter().enumerate() {
+        if let Some(&ahead) = values.get(row + AHEAD) {
+            interner.prefetch_int(ahead.into());
+        }
+        out.push(if a.is_null(row) {
+            NULL_ID
+        } else {
+            interner.intern_int(v.into())
+        });
+    }
 }
 
 fn event_weights_column(
@@ -537,54 +474,6 @@ fn strict_cast(
     cast_with_options(array, to, &options)
 }
 
-/// Sort `v` by `key`, where `key` orders by `user(x)` first: one in-place bucket pass on the
-/// user's high bits (American flag sort) spreads millions of ratings into buckets of a few
-/// thousand, each then sorted in cache. Several times faster than one comparison sort over
-/// everything, with no extra memory. Deterministic for a given input.
-pub fn sort_by_user<T: Copy>(v: &mut [T], user: impl Fn(&T) -> u32, key: impl Fn(&T) -> u64) {
-    const PER_BUCKET: usize = 2048;
-    if v.len() <= 4 * PER_BUCKET {
-        v.sort_unstable_by_key(key);
-        return;
-    }
-    // u32::MAX marks an unknown user (sorted last): it shares the last bucket.
-    let max_user = v
-        .iter()
-        .map(&user)
-        .filter(|&u| u != u32::MAX)
-        .max()
-        .unwrap_or(0);
-    let user_bits = 32 - max_user.leading_zeros();
-    let bucket_bits = (v.len() / PER_BUCKET).clamp(1, 1 << 16).ilog2();
-    let shift = user_bits.saturating_sub(bucket_bits);
-    let n_buckets = (max_user >> shift) as usize + 1;
-    let bucket = |x: &T| ((user(x) >> shift) as usize).min(n_buckets - 1);
-    let mut starts = vec![0usize; n_buckets + 1];
-    for x in v.iter() {
-        starts[bucket(x) + 1] += 1;
-    }
-    for b in 0..n_buckets {
-        starts[b + 1] += starts[b];
-    }
-    // Each bucket fills from its start; an element out of place is swapped into the next free
-    // slot of its own bucket, and whatever comes back is examined in turn.
-    let mut next = starts[..n_buckets].to_vec();
-    for b in 0..n_buckets {
-        while next[b] < starts[b + 1] {
-            let d = bucket(&v[next[b]]);
-            if d == b {
-                next[b] += 1;
-            } else {
-                v.swap(next[b], next[d]);
-                next[d] += 1;
-            }
-        }
-    }
-    for b in 0..n_buckets {
-        v[starts[b]..starts[b + 1]].sort_unstable_by_key(&key);
-    }
-}
-
 /// Sort triples by (user, item) and combine repeats with `agg`. Deterministic for a given input.
 pub fn aggregate(triples: &mut Vec<Triple>, agg: Aggregate) {
     sort_by_user(
@@ -627,32 +516,6 @@ mod tests {
     }
 
     #[test]
-    fn event_weights_parse_and_reject_malformed_specs() {
-        let w = EventWeights::parse(DEFAULT_EVENT_WEIGHTS).unwrap();
-        assert_eq!(w.weight("purchase"), Some(5.0));
-        assert_eq!(w.weight("cart"), None);
-        assert_eq!(
-            EventWeights::parse(" view = 1 , cart=2.5")
-                .unwrap()
-                .weight("cart"),
-            Some(2.5)
-        );
-        for bad in [
-            "",
-            "view",
-            "view=x",
-            "=3",
-            "view=1,view=2",
-            "view=-1",
-            "view=nan",
-        ] {
-            let e = EventWeights::parse(bad).unwrap_err();
-            assert_eq!(e.exit_code(), 2, "{bad}");
-            assert!(e.to_string().contains("--event-weights"), "{e}");
-        }
-    }
-
-    #[test]
     fn events_map_to_weights_and_unknown_or_null_rows_are_counted() {
         let mut local = LocalRatings::new();
         let users = Int64Array::from(vec![Some(1), Some(1), None, Some(2), Some(2), Some(3)]);
@@ -672,7 +535,8 @@ mod tests {
             Some("remove"),
             None,
         ]);
-        let rule = ValueRule::Events(EventWeights::parse(DEFAULT_EVENT_WEIGHTS).unwrap());
+        let weights = EventWeights::default();
+        let rule = ValueRule::Events(&weights);
         local
             .add_batch(&users, &items, &events, &rule, &names())
             .unwrap();
@@ -701,7 +565,8 @@ mod tests {
         )
         .unwrap();
         let items = Int64Array::from(vec![10, 10, 11, 12]);
-        let rule = ValueRule::Events(EventWeights::parse(DEFAULT_EVENT_WEIGHTS).unwrap());
+        let weights = EventWeights::default();
+        let rule = ValueRule::Events(&weights);
         let mut local = LocalRatings::new();
         local
             .add_batch(&dict_users, &items, &dict_events, &rule, &names())
@@ -753,31 +618,6 @@ mod tests {
                 .unwrap_err();
             assert_eq!(e.exit_code(), 2);
             assert!(e.to_string().contains("\"rating\""), "{e}");
-        }
-    }
-
-    #[test]
-    fn sort_by_user_sorts_large_and_small_inputs_like_a_plain_sort() {
-        let mut rng = crate::rng::Rng::new(3, 4);
-        for (n, users) in [(10, 5), (20_000, 3), (100_000, 70_000), (50_000, 1 << 31)] {
-            let v: Vec<Triple> = (0..n)
-                .map(|k| Triple {
-                    // Now and then an unknown user (u32::MAX), which sorts last.
-                    user: if k % 997 == 5 {
-                        u32::MAX
-                    } else {
-                        rng.below(users) as u32
-                    },
-                    item: rng.below(1000) as u32,
-                    value: 1.0,
-                })
-                .collect();
-            let key = |t: &Triple| ((t.user as u64) << 32) | t.item as u64;
-            let mut plain = v.clone();
-            plain.sort_by_key(key);
-            let mut fast = v;
-            sort_by_user(&mut fast, |t| t.user, key);
-            assert_eq!(fast, plain, "n={n}");
         }
     }
 

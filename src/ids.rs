@@ -159,7 +159,7 @@ impl IntTable {
     #[inline]
     fn prefetch(&self, key: i64) {
         if !self.slots.is_empty() {
-            crate::funksvd::kernel::prefetch_row(&self.slots, self.home(key), 1);
+            crate::prefetch::prefetch_row(&self.slots, self.home(key), 1);
         }
     }
 

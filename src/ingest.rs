@@ -18,41 +18,11 @@ use parquet::file::metadata::{ParquetMetaData, ParquetMetaDataReader};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::features::{ColumnNames, LocalRatings, ValueRule};
+use crate::features::{ColumnNames, LocalRatings};
+use crate::input::{Format, Input, ValueRule};
 use crate::plan::{SourceShape, Task};
 use crate::store::{FileRef, Location};
 use crate::wire::{Reader, Writer};
-
-/// Input file format, from `--format`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Format {
-    /// By file name: `.parquet`/`.pq`/`.parq` are Parquet, `.csv`/`.tsv`/`.txt` are CSV.
-    Auto,
-    Parquet,
-    Csv,
-}
-
-/// Which columns to read and what they mean.
-#[derive(Clone, Debug)]
-pub struct InputSpec {
-    pub user_col: String,
-    /// None: `product_id`, falling back to `item_id`.
-    pub item_col: Option<String>,
-    /// The event column, or the rating column with `ValueRule::Rating`.
-    pub value_col: String,
-    pub rule: ValueRule,
-    pub format: Format,
-}
-
-impl InputSpec {
-    fn value_flag(&self) -> &'static str {
-        match self.rule {
-            ValueRule::Events(_) => "--event-col",
-            ValueRule::Rating => "--rating-col",
-        }
-    }
-}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 enum Kind {
@@ -158,9 +128,9 @@ const DISCOVERY_CONCURRENCY: usize = 16;
 const FOOTER_GUESS: u64 = 64 * 1024;
 
 /// Rank 0: list the dataset, read every footer or CSV header, check the columns, plan `ranks`.
-pub fn discover(loc: &Location, spec: &InputSpec, ranks: usize) -> Result<Dataset> {
+pub fn discover(loc: &Location, input: &Input, ranks: usize) -> Result<Dataset> {
     let started = std::time::Instant::now();
-    let listed = loc.list_files()?;
+    let listed = loc.blocking().list_files()?;
     log::debug!(
         "listed {} files in {:.3}s",
         listed.len(),
@@ -174,11 +144,11 @@ pub fn discover(loc: &Location, spec: &InputSpec, ranks: usize) -> Result<Datase
     }
     let kinds = listed
         .iter()
-        .map(|f| kind_of(loc, f, spec.format))
+        .map(|f| kind_of(loc, f, input.settings.format))
         .collect::<Result<Vec<_>>>()?;
     let found: Vec<(SourceFile, Bytes)> = crate::store::block_on(
         futures::stream::iter(listed.into_iter().zip(kinds))
-            .map(|(file, kind)| describe_file(loc, spec, file, kind))
+            .map(|(file, kind)| describe_file(loc, input, file, kind))
             .buffered(DISCOVERY_CONCURRENCY)
             .try_collect(),
     )?;
@@ -222,7 +192,7 @@ fn kind_of(loc: &Location, file: &FileRef, format: Format) -> Result<Kind> {
 
 async fn describe_file(
     loc: &Location,
-    spec: &InputSpec,
+    input: &Input,
     file: FileRef,
     kind: Kind,
 ) -> Result<(SourceFile, Bytes)> {
@@ -240,7 +210,7 @@ async fn describe_file(
                 .iter()
                 .map(|f| f.name().to_string())
                 .collect();
-            let columns = resolve_columns(&names, spec, &shown, 0)?;
+            let columns = resolve_columns(&names, input, &shown, 0)?;
             let row_groups = meta
                 .row_groups()
                 .iter()
@@ -265,7 +235,7 @@ async fn describe_file(
                     csv_fields: 0,
                 }
             } else {
-                resolve_columns(&names, spec, &shown, names.len())?
+                resolve_columns(&names, input, &shown, names.len())?
             };
             let sf = SourceFile {
                 shape: SourceShape::Csv {
@@ -290,7 +260,7 @@ async fn fetch_footer(loc: &Location, file: &FileRef) -> Result<Bytes> {
     }
     let guess = FOOTER_GUESS.min(file.size);
     let tail = loc
-        .get_range_async(&file.key, file.size - guess..file.size)
+        .get_range(&file.key, file.size - guess..file.size)
         .await?;
     let n = tail.len();
     if &tail[n - 4..] != b"PAR1" {
@@ -307,7 +277,7 @@ async fn fetch_footer(loc: &Location, file: &FileRef) -> Result<Bytes> {
         return Ok(tail.slice(start..n - 8));
     }
     let start = file.size - 8 - meta_len;
-    loc.get_range_async(&file.key, start..file.size - 8).await
+    loc.get_range(&file.key, start..file.size - 8).await
 }
 
 /// The header fields and the offset where data starts.
@@ -318,7 +288,7 @@ async fn fetch_csv_header(loc: &Location, file: &FileRef) -> Result<(Vec<String>
     let mut len = 64 * 1024u64;
     loop {
         let upto = len.min(file.size);
-        let head = loc.get_range_async(&file.key, 0..upto).await?;
+        let head = loc.get_range(&file.key, 0..upto).await?;
         if let Some(nl) = head.iter().position(|&b| b == b'\n') {
             let line = String::from_utf8_lossy(&head[..nl]);
             return Ok((split_header(&line), nl as u64 + 1));
@@ -347,7 +317,7 @@ fn split_header(line: &str) -> Vec<String> {
 
 fn resolve_columns(
     names: &[String],
-    spec: &InputSpec,
+    input: &Input,
     shown: &str,
     csv_fields: usize,
 ) -> Result<Columns> {
@@ -363,8 +333,9 @@ fn resolve_columns(
             "{shown}: no column {col:?} (columns: {available}); name the right one with {flag}"
         ))
     };
-    let user = find(&spec.user_col).ok_or_else(|| missing(&spec.user_col, "--user-col"))?;
-    let item = match &spec.item_col {
+    let s = &input.settings;
+    let user = find(&s.user_col).ok_or_else(|| missing(&s.user_col, "--user-col"))?;
+    let item = match &s.item_col {
         Some(col) => (
             find(col).ok_or_else(|| missing(col, "--item-col"))?,
             col.clone(),
@@ -375,11 +346,12 @@ fn resolve_columns(
             (None, None) => return Err(missing("product_id", "--item-col")),
         },
     };
-    let value = find(&spec.value_col).ok_or_else(|| missing(&spec.value_col, spec.value_flag()))?;
+    let value_col = input.value_col();
+    let value = find(value_col).ok_or_else(|| missing(value_col, input.value_flag()))?;
     Ok(Columns {
-        user: (user, spec.user_col.clone()),
+        user: (user, s.user_col.clone()),
         item,
-        value: (value, spec.value_col.clone()),
+        value: (value, value_col.to_string()),
         csv_fields,
     })
 }
@@ -416,7 +388,7 @@ pub fn read_slice(
     loc: &Location,
     dataset: &Dataset,
     tasks: &[Task],
-    rule: &ValueRule,
+    rule: ValueRule,
     sink: &mut LocalRatings,
 ) -> Result<()> {
     let mut units = Vec::new();
@@ -455,7 +427,7 @@ pub fn read_slice(
             };
             for batch in batches {
                 let (u, i, v) = (batch.column(0), batch.column(1), batch.column(2));
-                sink.add_batch(u.as_ref(), i.as_ref(), v.as_ref(), rule, &names)?;
+                sink.add_batch(u.as_ref(), i.as_ref(), v.as_ref(), &rule, &names)?;
             }
         }
         Ok(())
@@ -588,7 +560,7 @@ impl AsyncFileReader for StoreFileReader {
     fn get_bytes(&mut self, range: Range<u64>) -> BoxFuture<'_, parquet::errors::Result<Bytes>> {
         async move {
             self.loc
-                .get_range_async(&self.key, range)
+                .get_range(&self.key, range)
                 .await
                 .map_err(|e| parquet::errors::ParquetError::External(Box::new(e)))
         }
@@ -601,7 +573,7 @@ impl AsyncFileReader for StoreFileReader {
     ) -> BoxFuture<'_, parquet::errors::Result<Vec<Bytes>>> {
         async move {
             self.loc
-                .get_ranges_async(&self.key, &ranges)
+                .get_ranges(&self.key, &ranges)
                 .await
                 .map_err(|e| parquet::errors::ParquetError::External(Box::new(e)))
         }
@@ -635,7 +607,7 @@ async fn fetch_lines(
         range.start - 1
     };
     let mut buf = loc
-        .get_range_async(key, from..range.end.min(size))
+        .get_range(key, from..range.end.min(size))
         .await?
         .to_vec();
     let skip = if range.start <= data_start {
@@ -650,9 +622,7 @@ async fn fetch_lines(
     let mut end = range.end.min(size);
     if skip < buf.len() {
         while end < size && buf.last() != Some(&b'\n') {
-            let more = loc
-                .get_range_async(key, end..(end + LINE_TAIL).min(size))
-                .await?;
+            let more = loc.get_range(key, end..(end + LINE_TAIL).min(size)).await?;
             match more.iter().position(|&b| b == b'\n') {
                 Some(nl) => {
                     buf.extend_from_slice(&more[..=nl]);
@@ -693,7 +663,7 @@ mod tests {
         let text = "h\naa\nbbb\nc\ndddd\n";
         std::fs::write(&path, text).unwrap();
         let loc = Location::parse(path.to_str().unwrap(), "--data").unwrap();
-        let key = loc.list_files().unwrap()[0].key.clone();
+        let key = loc.blocking().list_files().unwrap()[0].key.clone();
         let size = text.len() as u64;
         for cuts in [
             vec![2, 17],

@@ -1,12 +1,22 @@
 //! funksvd: distributed FunkSVD training over MPI, from clickstream data on local disk or S3.
 //!
 //! The binary (`src/main.rs`) is the product; this library exposes its pieces so that the
-//! integration tests can read models the way users do. The pipeline, in module order:
-//! `plan` (who reads what) -> `ingest` (read a slice) -> `features` (events to ratings) ->
-//! `exchange` (ratings to their user's rank) -> `funksvd` (train) -> `model_io` (save).
+//! integration tests, the examples and later commands can use them. The layers, bottom up
+//! (docs/DESIGN.md "Layers"; `tests/layout.rs` checks them):
+//!
+//! - plain data and helpers: `error`, `ids`, `rng`, `wire`, `metrics`, `prefetch`, `input`,
+//!   `ratings`, `fault`, `memory`;
+//! - the model core `mf` (parameters, kernel, prediction, `Model`, model and checkpoint
+//!   formats): no MPI, no async runtime, no command line, no storage;
+//! - the two leaves that talk to the outside: `comm` (MPI, behind the `collective::Collective`
+//!   trait) and `store` (local files and S3, async with a blocking shim);
+//! - the pipeline, in order: `plan` (who reads what) -> `ingest` (read a slice) -> `features`
+//!   (events to ratings) -> `exchange` (ratings to their user's rank) -> `train` (the trainer,
+//!   over a `Collective`) -> `model_io` (publish);
+//! - `cli` and `cmd`, the commands.
 //!
 //! ```
-//! use funksvd::funksvd::kernel::{sgd_step, Step, LANES};
+//! use funksvd::mf::kernel::{sgd_step, Step, LANES};
 //! // One SGD step on a user row and an item row, each [bias, factors..., zero padding]
 //! // (a whole number of LANES floats).
 //! let mut user = vec![0.0; LANES];
@@ -19,19 +29,24 @@
 
 pub mod cli;
 pub mod cmd;
+pub mod collective;
 pub mod comm;
 pub mod error;
 pub mod exchange;
 pub mod fault;
 pub mod features;
-pub mod funksvd;
 pub mod ids;
 pub mod ingest;
+pub mod input;
 pub mod memory;
 pub mod metrics;
+pub mod mf;
 pub mod model_io;
 pub mod pipeline;
 pub mod plan;
+pub mod prefetch;
+pub mod ratings;
 pub mod rng;
 pub mod store;
+pub mod train;
 pub mod wire;

@@ -1,20 +1,36 @@
-//! `funksvd`: parse arguments, start MPI once, run the command, map errors to exit codes.
+//! `funksvd`: parse arguments, start MPI for the commands that run as ranks, run the command,
+//! map errors to exit codes.
 
 use std::io::Write;
 
 use clap::Parser;
 use funksvd::cli::{Cli, Command};
+use funksvd::collective::Collective;
 use funksvd::comm::{install_panic_hook, say, Comm};
 use funksvd::error::Error;
 
 fn main() {
     let code = run();
-    // MPI is finalised by now (the universe was dropped inside `run`).
+    // MPI, if it was started, is finalised by now (the universe was dropped inside `run`).
     std::process::exit(code);
 }
 
 fn run() -> i32 {
     funksvd::memory::tune_allocator();
+    match Cli::try_parse() {
+        Err(e) => {
+            // Under a launcher every rank parsed the same arguments: rank 0 prints for them.
+            if launcher_rank().unwrap_or(0) == 0 {
+                let _ = e.print();
+            }
+            e.exit_code()
+        }
+        Ok(cli) => run_ranks(&cli.command),
+    }
+}
+
+/// Run a command as one rank of an MPI job (one rank alone without a launcher).
+fn run_ranks(command: &Command) -> i32 {
     let Some(universe) = mpi::initialize() else {
         eprintln!("funksvd: error: MPI could not be initialised");
         return 1;
@@ -22,32 +38,33 @@ fn run() -> i32 {
     let comm = Comm::new(universe.world());
     install_panic_hook(comm.rank());
     init_logging(comm.rank(), comm.size());
-
-    let code = match Cli::try_parse() {
-        Err(e) => {
-            // Every rank parsed the same arguments; one copy of the message is enough.
-            if comm.is_root() {
-                let _ = e.print();
-            }
-            e.exit_code()
-        }
-        Ok(cli) => {
-            let result = match &cli.command {
-                Command::Train(args) => funksvd::cmd::train::run(&comm, args),
-                Command::Evaluate(args) => funksvd::cmd::evaluate::run(&comm, args),
-                Command::Generate(args) => funksvd::cmd::generate::run(&comm, args),
-                Command::Verify(args) => funksvd::cmd::verify::run(&comm, args),
-            };
-            match result {
-                Ok(()) => 0,
-                Err(e) => report(&comm, &e),
-            }
-        }
+    let result = match command {
+        Command::Train(args) => funksvd::cmd::train::run(&comm, args),
+        Command::Evaluate(args) => funksvd::cmd::evaluate::run(&comm, args),
+        Command::Generate(args) => funksvd::cmd::generate::run(&comm, args),
+        Command::Verify(args) => funksvd::cmd::verify::run(&comm, args),
+    };
+    let code = match result {
+        Ok(()) => 0,
+        Err(e) => report(&comm, &e),
     };
     let _ = std::io::stdout().flush();
     drop(comm);
     drop(universe);
     code
+}
+
+/// This process's rank as the launcher announces it, before MPI starts (Open MPI, PMIx, MPICH's
+/// PMI, Slurm); `None` without a launcher.
+fn launcher_rank() -> Option<usize> {
+    [
+        "OMPI_COMM_WORLD_RANK",
+        "PMIX_RANK",
+        "PMI_RANK",
+        "SLURM_PROCID",
+    ]
+    .iter()
+    .find_map(|name| std::env::var(name).ok()?.parse().ok())
 }
 
 /// Print an error once: the failing rank prints its message, the others only their exit.

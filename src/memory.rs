@@ -12,15 +12,9 @@ const OWN_MAPPING_ABOVE: i32 = 4 << 20;
 /// threshold saves a little more and costs 0.1 s of page faults).
 pub fn tune_allocator() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    {
-        extern "C" {
-            fn mallopt(param: i32, value: i32) -> i32;
-        }
-        const M_MMAP_THRESHOLD: i32 = -3;
-        // SAFETY: mallopt only changes a setting of glibc's allocator; no pointers involved.
-        unsafe {
-            mallopt(M_MMAP_THRESHOLD, OWN_MAPPING_ABOVE);
-        }
+    // SAFETY: mallopt only changes a setting of glibc's allocator; no pointers involved.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, OWN_MAPPING_ABOVE);
     }
 }
 

@@ -3,12 +3,14 @@
 
 use std::time::Instant;
 
-use crate::comm::Comm;
+use crate::collective::{Collective, CollectiveExt, Op};
 use crate::error::Result;
-use crate::exchange::{self, OwnedRatings};
-use crate::features::{Aggregate, LocalRatings, SkipCounts};
-use crate::ingest::{self, Dataset, InputSpec};
-use crate::store::{self, Location, ReadStats};
+use crate::exchange;
+use crate::features::{LocalRatings, SkipCounts};
+use crate::ingest::{self, Dataset};
+use crate::input::Input;
+use crate::ratings::OwnedRatings;
+use crate::store::{Location, Reads};
 
 /// What reading the dataset cost, for logs and `model.json`.
 #[derive(Clone, Debug, Default)]
@@ -20,7 +22,7 @@ pub struct IngestReport {
     pub rows_read: u64,
     pub skipped: SkipCounts,
     /// Per rank (index = rank); filled on every rank.
-    pub read_per_rank: Vec<ReadStats>,
+    pub read_per_rank: Vec<Reads>,
     pub files: usize,
     pub bytes: u64,
     /// A hash of the dataset's files and sizes (what a checkpoint must match).
@@ -28,9 +30,9 @@ pub struct IngestReport {
 }
 
 /// Rank 0 plans and everyone gets the plan.
-pub fn plan(comm: &Comm, loc: &Location, spec: &InputSpec) -> Result<Dataset> {
+pub fn plan(comm: &dyn Collective, loc: &Location, input: &Input) -> Result<Dataset> {
     let planned = if comm.is_root() {
-        ingest::discover(loc, spec, comm.size()).and_then(|d| d.to_bytes())
+        ingest::discover(loc, input, comm.size()).and_then(|d| d.to_bytes())
     } else {
         Ok(Vec::new())
     };
@@ -42,14 +44,13 @@ pub fn plan(comm: &Comm, loc: &Location, spec: &InputSpec) -> Result<Dataset> {
 
 /// Plan, read this rank's slice, extract ratings, and route them to their owners.
 pub fn load_ratings(
-    comm: &Comm,
+    comm: &dyn Collective,
     loc: &Location,
-    spec: &InputSpec,
-    aggregate: Aggregate,
+    input: &Input,
 ) -> Result<(OwnedRatings, IngestReport)> {
     let mut report = IngestReport::default();
     let started = Instant::now();
-    let dataset = plan(comm, loc, spec)?;
+    let dataset = plan(comm, loc, input)?;
     report.plan_seconds = started.elapsed().as_secs_f64();
     report.files = dataset.file_count();
     report.dataset_fingerprint = dataset.fingerprint();
@@ -64,9 +65,30 @@ pub fn load_ratings(
             report.plan_seconds
         );
     }
-
+    let local = read(comm, loc, input, &dataset, &mut report)?;
     let started = Instant::now();
-    let before = store::read_stats();
+    let owned = comm.agree(exchange::route(comm, local, input.settings.aggregate))?;
+    report.exchange_seconds = started.elapsed().as_secs_f64();
+    log::debug!(
+        "rank {}: {} ratings after the exchange; peak memory {:.0} MB",
+        comm.rank(),
+        owned.triples.len(),
+        crate::memory::peak_rss_mb().unwrap_or(0.0)
+    );
+    Ok((owned, report))
+}
+
+/// Read this rank's slice of `dataset` into ratings, and add the job's totals (rows, skips,
+/// bytes and requests of every rank) to `report`.
+fn read(
+    comm: &dyn Collective,
+    loc: &Location,
+    input: &Input,
+    dataset: &Dataset,
+    report: &mut IngestReport,
+) -> Result<LocalRatings> {
+    let started = Instant::now();
+    let before = Reads::so_far();
     let mut local = LocalRatings::new();
     // Room for every row up front: growing by doubling would leave up to half of the largest
     // buffer of the run unused.
@@ -75,17 +97,13 @@ pub fn load_ratings(
         .reserve_exact(dataset.parquet_rows_of(comm.rank()) as usize);
     let read = ingest::read_slice(
         loc,
-        &dataset,
+        dataset,
         &dataset.slices[comm.rank()],
-        &spec.rule,
+        input.rule(),
         &mut local,
     );
     comm.agree(read)?;
-    let after = store::read_stats();
-    let mine = ReadStats {
-        bytes: after.bytes - before.bytes,
-        requests: after.requests - before.requests,
-    };
+    let mine = Reads::so_far().since(before);
     report.features_seconds = local.feature_seconds;
     report.read_seconds = started.elapsed().as_secs_f64() - local.feature_seconds;
     log::debug!(
@@ -96,10 +114,8 @@ pub fn load_ratings(
         mine.requests,
         crate::memory::peak_rss_mb().unwrap_or(0.0)
     );
-
-    // Job totals: rows, skips and reads of every rank.
     let mut counts = [local.rows_read];
-    comm.allreduce_sum_u64(&mut counts);
+    comm.reduce_u64(&mut counts, Op::Sum);
     report.rows_read = counts[0];
     for bytes in comm.allgather_bytes(&local.skipped.to_bytes())? {
         report.skipped.merge(&SkipCounts::from_bytes(&bytes)?);
@@ -107,37 +123,24 @@ pub fn load_ratings(
     let mut stats = vec![0u64; 2 * comm.size()];
     stats[2 * comm.rank()] = mine.bytes;
     stats[2 * comm.rank() + 1] = mine.requests;
-    comm.allreduce_sum_u64(&mut stats);
+    comm.reduce_u64(&mut stats, Op::Sum);
     report.read_per_rank = stats
         .chunks_exact(2)
-        .map(|c| ReadStats {
+        .map(|c| Reads {
             bytes: c[0],
             requests: c[1],
         })
         .collect();
     if comm.is_root() {
+        let seconds = report.read_seconds + report.features_seconds;
         log::info!(
-            "read: {} rows in {:.2}s ({:.1}M rows/s per rank)",
+            "read: {} rows in {seconds:.2}s ({:.1}M rows/s per rank)",
             report.rows_read,
-            report.read_seconds + report.features_seconds,
-            report.rows_read as f64
-                / comm.size() as f64
-                / (report.read_seconds + report.features_seconds).max(1e-9)
-                / 1e6
+            report.rows_read as f64 / comm.size() as f64 / seconds.max(1e-9) / 1e6
         );
         if let Some(line) = report.skipped.describe() {
             log::warn!("{line}");
         }
     }
-
-    let started = Instant::now();
-    let owned = comm.agree(exchange::route(comm, local, aggregate))?;
-    report.exchange_seconds = started.elapsed().as_secs_f64();
-    log::debug!(
-        "rank {}: {} ratings after the exchange; peak memory {:.0} MB",
-        comm.rank(),
-        owned.triples.len(),
-        crate::memory::peak_rss_mb().unwrap_or(0.0)
-    );
-    Ok((owned, report))
+    Ok(local)
 }

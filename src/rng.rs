@@ -17,14 +17,6 @@ impl Rng {
         }
     }
 
-    pub fn state(&self) -> u64 {
-        self.state
-    }
-
-    pub fn from_state(state: u64) -> Self {
-        Rng { state }
-    }
-
     #[inline]
     pub fn next_u64(&mut self) -> u64 {
         self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);

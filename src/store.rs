@@ -1,8 +1,11 @@
 //! The only code that talks to storage: URL parsing, listing, ranged reads and writes, for local
 //! paths (`/dir`, `file:///dir`) and S3/MinIO (`s3://bucket/prefix`), all through `object_store`.
 //!
-//! All I/O runs on one small tokio runtime owned by this module and is driven from the calling
-//! (main) thread with `block_on`, so MPI calls never share a thread with async code.
+//! The API is async (`Location`'s methods), for callers that run their own runtime (a server).
+//! The rank commands use the blocking shim (`Location::blocking`, `block_on`): it drives the
+//! I/O on one small tokio runtime owned by this module, from the calling (main) thread, so MPI
+//! calls never share a thread with async code. Called from inside a runtime, the shim refuses
+//! with an error instead of panicking.
 
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -30,17 +33,28 @@ const MULTIPART_CONCURRENCY: usize = 4;
 static BYTES_READ: AtomicU64 = AtomicU64::new(0);
 static READ_REQUESTS: AtomicU64 = AtomicU64::new(0);
 
-/// How much this process has read so far.
-#[derive(Clone, Copy, Debug, Default, serde::Serialize, serde::Deserialize, PartialEq)]
-pub struct ReadStats {
+/// How much this process has read.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Reads {
     pub bytes: u64,
     pub requests: u64,
 }
 
-pub fn read_stats() -> ReadStats {
-    ReadStats {
-        bytes: BYTES_READ.load(Ordering::Relaxed),
-        requests: READ_REQUESTS.load(Ordering::Relaxed),
+impl Reads {
+    /// What this process has read so far.
+    pub fn so_far() -> Reads {
+        Reads {
+            bytes: BYTES_READ.load(Ordering::Relaxed),
+            requests: READ_REQUESTS.load(Ordering::Relaxed),
+        }
+    }
+
+    /// What was read between `earlier` and `self`.
+    pub fn since(self, earlier: Reads) -> Reads {
+        Reads {
+            bytes: self.bytes - earlier.bytes,
+            requests: self.requests - earlier.requests,
+        }
     }
 }
 
@@ -59,8 +73,15 @@ fn runtime() -> &'static tokio::runtime::Runtime {
     })
 }
 
-/// Run a storage future to completion on the I/O runtime.
-pub fn block_on<F: std::future::Future>(future: F) -> F::Output {
+/// Run a storage future to completion on this module's runtime, from a thread that runs no
+/// runtime of its own (the rank commands' main thread); inside one, an error (tokio would
+/// panic): async callers use the async API.
+pub fn block_on<T>(future: impl std::future::Future<Output = Result<T>>) -> Result<T> {
+    if tokio::runtime::Handle::try_current().is_ok() {
+        return Err(Error::runtime(
+            "storage: a blocking call from inside an async runtime (use the async API)",
+        ));
+    }
     runtime().block_on(future)
 }
 
@@ -146,14 +167,15 @@ impl Location {
         p.to_string()
     }
 
-    pub fn object_store(&self) -> Arc<dyn ObjectStore> {
-        Arc::clone(&self.store)
+    /// The same operations, blocking (see the module documentation).
+    pub fn blocking(&self) -> Blocking<'_> {
+        Blocking(self)
     }
 
     /// The data files at this location: the object itself if it is one, else every object below
     /// it, skipping anything whose name (or a folder's) starts with `_` or `.`, sorted by key.
-    pub fn list_files(&self) -> Result<Vec<FileRef>> {
-        block_on(async {
+    pub async fn list_files(&self) -> Result<Vec<FileRef>> {
+        {
             let mut files: Vec<FileRef> = Vec::new();
             let mut listed_any = false;
             let mut listing = self.store.list(Some(&self.prefix));
@@ -198,15 +220,11 @@ impl Location {
             }
             files.sort_by(|a, b| a.key.cmp(&b.key));
             Ok(files)
-        })
+        }
     }
 
     /// Read `range` of object `key`.
-    pub fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes> {
-        block_on(self.get_range_async(key, range))
-    }
-
-    pub async fn get_range_async(&self, key: &str, range: Range<u64>) -> Result<Bytes> {
+    pub async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes> {
         let path = Path::from(key);
         let len = range.end - range.start;
         let bytes = self
@@ -219,7 +237,7 @@ impl Location {
     }
 
     /// Read several ranges of one object (adjacent ones may be merged into one request).
-    pub async fn get_ranges_async(&self, key: &str, ranges: &[Range<u64>]) -> Result<Vec<Bytes>> {
+    pub async fn get_ranges(&self, key: &str, ranges: &[Range<u64>]) -> Result<Vec<Bytes>> {
         let path = Path::from(key);
         let parts = self
             .store
@@ -232,8 +250,8 @@ impl Location {
     }
 
     /// Read a whole object.
-    pub fn get(&self, key: &str) -> Result<Bytes> {
-        block_on(async {
+    pub async fn get(&self, key: &str) -> Result<Bytes> {
+        {
             let path = Path::from(key);
             let result = self
                 .store
@@ -246,25 +264,23 @@ impl Location {
                 .map_err(|e| self.storage_error_key("read", key, e))?;
             count_read(bytes.len() as u64, 1);
             Ok(bytes)
-        })
+        }
     }
 
     /// Whether object `key` exists.
-    pub fn exists(&self, key: &str) -> Result<bool> {
-        block_on(async {
-            match self.store.head(&Path::from(key)).await {
-                Ok(_) => Ok(true),
-                Err(object_store::Error::NotFound { .. }) => Ok(false),
-                Err(e) => Err(self.storage_error_key("check", key, e)),
-            }
-        })
+    pub async fn exists(&self, key: &str) -> Result<bool> {
+        match self.store.head(&Path::from(key)).await {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Err(e) => Err(self.storage_error_key("check", key, e)),
+        }
     }
 
     /// Write a whole object atomically (a reader sees the old or the new content, never half).
     /// Large objects go up in parts (S3 multipart upload; on disk, a temporary file renamed).
-    pub fn put(&self, key: &str, bytes: Bytes) -> Result<()> {
+    pub async fn put(&self, key: &str, bytes: Bytes) -> Result<()> {
         let path = Path::from(key);
-        block_on(async {
+        {
             if bytes.len() <= MULTIPART_THRESHOLD {
                 self.store
                     .put(&path, PutPayload::from_bytes(bytes))
@@ -290,23 +306,22 @@ impl Location {
                 .await
                 .map_err(|e| self.storage_error_key("write", key, e))?;
             Ok(())
-        })
+        }
     }
 
-    pub fn delete(&self, key: &str) -> Result<()> {
-        block_on(async {
-            match self.store.delete(&Path::from(key)).await {
-                Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
-                Err(e) => Err(self.storage_error_key("delete", key, e)),
-            }
-        })
+    /// Delete object `key` (no error if it is not there).
+    pub async fn delete(&self, key: &str) -> Result<()> {
+        match self.store.delete(&Path::from(key)).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(self.storage_error_key("delete", key, e)),
+        }
     }
 
     /// Every object below the folder `name` of this location (hidden ones included), as
     /// (path relative to that folder, key) pairs; for bookkeeping folders such as `_versions`.
-    pub fn list_below(&self, name: &str) -> Result<Vec<(String, String)>> {
+    pub async fn list_below(&self, name: &str) -> Result<Vec<(String, String)>> {
         let folder = Path::from(self.child_key(name));
-        block_on(async {
+        {
             let listed: Vec<_> = match self.store.list(Some(&folder)).try_collect().await {
                 Ok(v) => v,
                 Err(object_store::Error::NotFound { .. }) => Vec::new(),
@@ -319,7 +334,7 @@ impl Location {
                 .filter(|k| k.len() > start)
                 .map(|k| (k[start..].to_string(), k))
                 .collect())
-        })
+        }
     }
 
     /// ` at endpoint http://...` for S3 locations, empty for local ones.
@@ -348,6 +363,39 @@ impl Location {
             }
             e => Error::runtime(format!("cannot {action} {what}{at}: {}", describe(&e))),
         }
+    }
+}
+
+/// `Location`'s operations for the rank commands: each blocks until done (see `block_on`).
+pub struct Blocking<'a>(&'a Location);
+
+impl Blocking<'_> {
+    pub fn list_files(&self) -> Result<Vec<FileRef>> {
+        block_on(self.0.list_files())
+    }
+
+    pub fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes> {
+        block_on(self.0.get_range(key, range))
+    }
+
+    pub fn get(&self, key: &str) -> Result<Bytes> {
+        block_on(self.0.get(key))
+    }
+
+    pub fn exists(&self, key: &str) -> Result<bool> {
+        block_on(self.0.exists(key))
+    }
+
+    pub fn put(&self, key: &str, bytes: Bytes) -> Result<()> {
+        block_on(self.0.put(key, bytes))
+    }
+
+    pub fn delete(&self, key: &str) -> Result<()> {
+        block_on(self.0.delete(key))
+    }
+
+    pub fn list_below(&self, name: &str) -> Result<Vec<(String, String)>> {
+        block_on(self.0.list_below(name))
     }
 }
 
@@ -522,7 +570,7 @@ mod tests {
         std::fs::write(dir.join(".b.csv.crc"), "").unwrap();
         std::fs::write(dir.join("_tmp/c.csv"), "").unwrap();
         let loc = Location::parse(dir.to_str().unwrap(), "--data").unwrap();
-        let files = loc.list_files().unwrap();
+        let files = loc.blocking().list_files().unwrap();
         let names: Vec<&str> = files
             .iter()
             .map(|f| f.key.rsplit('/').next().unwrap())
@@ -531,7 +579,7 @@ mod tests {
         assert_eq!(files[0].size, 2);
         // A single file is a dataset of one file.
         let one = Location::parse(dir.join("b.csv").to_str().unwrap(), "--data").unwrap();
-        assert_eq!(one.list_files().unwrap().len(), 1);
+        assert_eq!(one.blocking().list_files().unwrap().len(), 1);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
@@ -546,5 +594,22 @@ mod tests {
         let err = Location::parse("hdfs://x/y", "--data").unwrap_err();
         assert_eq!(err.exit_code(), 2);
         assert!(err.to_string().contains("--data"));
+    }
+
+    #[test]
+    fn the_blocking_shim_refuses_to_run_inside_a_runtime() {
+        let loc = Location::parse("/tmp", "--data").unwrap();
+        let inside = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(async { loc.blocking().exists("tmp/x") });
+        let err = inside.unwrap_err();
+        assert!(err.to_string().contains("use the async API"), "{err}");
+        // The async API works there.
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        assert!(!rt.block_on(loc.exists("tmp/funksvd-no-such-file")).unwrap());
     }
 }

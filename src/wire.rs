@@ -51,9 +51,6 @@ impl<'a> Reader<'a> {
     pub fn new(data: &'a [u8]) -> Self {
         Reader { data, at: 0 }
     }
-    pub fn is_done(&self) -> bool {
-        self.at >= self.data.len()
-    }
     fn take(&mut self, n: usize) -> Result<&'a [u8]> {
         if self.data.len() - self.at < n {
             return Err(Error::runtime("internal message truncated between ranks"));
@@ -121,7 +118,7 @@ mod tests {
         assert_eq!(r.i64().unwrap(), -3);
         assert_eq!(r.bytes().unwrap(), b"abc");
         assert_eq!(r.f32s().unwrap(), vec![1.5, -2.0]);
-        assert!(r.is_done());
+        assert!(r.u8().is_err(), "nothing left");
         let mut short = Reader::new(&buf[..5]);
         short.u32().unwrap();
         assert!(short.i64().is_err());

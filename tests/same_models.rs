@@ -153,8 +153,8 @@ fn models_are_bit_for_bit_those_the_fixture_keeps() {
         eprintln!("wrote {}", fixture.display());
         return;
     }
-    let expected = std::fs::read_to_string(&fixture)
-        .unwrap_or_else(|e| panic!("{}: {e}", fixture.display()));
+    let expected =
+        std::fs::read_to_string(&fixture).unwrap_or_else(|e| panic!("{}: {e}", fixture.display()));
     for got in &lines {
         let name = got.split(' ').next().unwrap();
         let want = expected

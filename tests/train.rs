@@ -107,7 +107,7 @@ fn holdout_rmse_for_2_3_4_8_ranks_is_within_half_a_percent_of_one_rank_on_genera
     let one = dir.join("m1");
     mpirun(1, &train_args(s(&data), s(&one), &[])).ok();
     let base = holdout_rmse(&one);
-    let counts = |m: &funksvd::model_io::Model| {
+    let counts = |m: &funksvd::mf::Model| {
         let t = &m.meta;
         (t.n_ratings, t.n_users, t.n_items, t.metrics.n_holdout)
     };
@@ -579,4 +579,60 @@ fn the_debug_log_says_where_each_rank_spends_each_epoch() {
             assert!(line.contains(" ms (waiting included), hold-out "), "{line}");
         }
     }
+}
+
+#[test]
+fn a_bad_flag_or_help_under_mpirun_is_printed_once_before_mpi_starts() {
+    let run = mpirun(2, &["train", "--data", "d", "--model", "m", "--bogus"]);
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert_eq!(
+        run.stderr.matches("unexpected argument '--bogus'").count(),
+        1,
+        "{}",
+        run.stderr
+    );
+    let mut help = mpirun(2, &["train", "--help"]).ok();
+    // mpirun may hand the ranks a terminal, and clap then colours the help.
+    help.stdout = without_colours(&help.stdout);
+    assert_eq!(help.stdout.matches("Usage:").count(), 1, "{}", help.stdout);
+    // --time-col says it is recorded only; --syncs-per-epoch is a hidden no-op.
+    assert!(
+        help.stdout.contains("recorded in model.json only"),
+        "{}",
+        help.stdout
+    );
+    assert!(!help.stdout.contains("syncs-per-epoch"), "{}", help.stdout);
+    // The defaults shown are the model core's.
+    let defaults = funksvd::mf::Hyper::DEFAULT;
+    for (flag, value) in [
+        ("--factors", defaults.factors.to_string()),
+        ("--lr", defaults.lr.to_string()),
+        ("--holdout", defaults.holdout.to_string()),
+    ] {
+        // The flag's own paragraph: from its line to the next flag's.
+        let paragraph: String = help
+            .stdout
+            .split("\n      --")
+            .find(|p| p.starts_with(&flag[2..]))
+            .unwrap_or_else(|| panic!("{flag} missing:\n{}", help.stdout))
+            .into();
+        assert!(
+            paragraph.contains(&format!("[default: {value}]")),
+            "{flag}: {paragraph}"
+        );
+    }
+}
+
+/// `text` without ANSI colour sequences (`ESC [ ... m`).
+fn without_colours(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            chars.by_ref().find(|&c| c == 'm');
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }

@@ -25,8 +25,6 @@ fn verify_passes_with_a_complete_table_for_1_2_and_4_ranks() {
         for check in [
             "allreduce correctness",
             "alltoall and allgather",
-            "allreduce latency",
-            "item block exchange",
             "shared item rows",
             "dataset readable from every rank",
             "model location writable",
@@ -36,6 +34,20 @@ fn verify_passes_with_a_complete_table_for_1_2_and_4_ranks() {
                     .any(|l| l.starts_with("ok") && l.contains(check)),
                 "{check} not ok:\n{out}"
             );
+        }
+        // Timings are figures, not checks: reported with their unit, never "ok".
+        for (figure, unit) in [
+            ("allreduce latency", " us "),
+            ("item block exchange", " ms "),
+        ] {
+            assert!(
+                out.lines()
+                    .any(|l| l.starts_with("  ") && l.contains(figure) && l.contains(unit)),
+                "{figure} not among the figures:\n{out}"
+            );
+            assert!(!out
+                .lines()
+                .any(|l| l.starts_with("ok") && l.contains(figure)));
         }
         assert!(out.contains("40 items x 24 floats"), "{out}");
         // One host: training will keep the item rows in memory the ranks share.
@@ -67,10 +79,22 @@ fn verify_json_is_one_document_with_every_rank_and_check() {
         .contains("MPI"));
     let checks = v["checks"].as_array().unwrap();
     assert!(checks.iter().all(|c| c["ok"] == true));
-    assert!(checks.iter().any(|c| c["detail"]
+    let figures = v["figures"].as_array().unwrap();
+    let exchange = figures
+        .iter()
+        .find(|f| f["name"] == "item block exchange")
+        .expect("the exchange timing");
+    assert!(exchange["value"].as_f64().unwrap() >= 0.0);
+    assert_eq!(exchange["unit"], "ms");
+    assert!(exchange["detail"]
         .as_str()
         .unwrap()
-        .contains("5000 items x 16 floats")));
+        .contains("5000 items x 16 floats"));
+    let latency = figures
+        .iter()
+        .find(|f| f["name"] == "allreduce latency")
+        .expect("the allreduce latency");
+    assert!(latency["value"].as_f64().unwrap() > 0.0);
 }
 
 #[test]

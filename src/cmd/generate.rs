@@ -15,7 +15,7 @@ use parquet::basic::Compression;
 use parquet::file::properties::WriterProperties;
 
 use crate::cli::{GenerateArgs, OutFormat};
-use crate::comm::Comm;
+use crate::collective::{Collective, CollectiveExt, Op};
 use crate::error::{Error, Result};
 use crate::rng::Rng;
 use crate::store::Location;
@@ -27,7 +27,7 @@ const SPAN_MICROS: i64 = 30 * 24 * 3600 * 1_000_000;
 const FIRST_USER_ID: i64 = 1;
 const FIRST_PRODUCT_ID: i64 = 1_000_000;
 
-pub fn run(comm: &Comm, args: &GenerateArgs) -> Result<()> {
+pub fn run(comm: &dyn Collective, args: &GenerateArgs) -> Result<()> {
     comm.agree(args.check())?;
     let out = comm.agree(Location::parse(&args.out, "--out"))?;
     let world = World::new(args);
@@ -44,11 +44,11 @@ pub fn run(comm: &Comm, args: &GenerateArgs) -> Result<()> {
                 ),
                 OutFormat::Csv => (format!("part-{f:05}.csv"), to_csv(&events)),
             };
-            out.put(&out.child_key(&name), bytes)
+            out.blocking().put(&out.child_key(&name), bytes)
         });
     comm.agree(result)?;
     let mut total = [written as u64];
-    comm.allreduce_sum_u64(&mut total);
+    comm.reduce_u64(&mut total, Op::Sum);
     if comm.is_root() {
         log::info!(
             "wrote {} events in {} {} files to {}",

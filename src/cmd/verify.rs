@@ -1,6 +1,7 @@
 //! `funksvd verify`: check the cluster the way training will use it, under the same launcher.
 //! Every rank reports its host, cores and memory; the collectives training uses are checked
-//! with known values and timed; storage is checked from every rank. Exit 0 only if all pass.
+//! with known values, and timed (figures, not checks: what is fast enough depends on the
+//! model); storage is checked from every rank. Exit 0 only if every check passes.
 
 use std::collections::BTreeMap;
 use std::time::Instant;
@@ -8,13 +9,16 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 
 use crate::cli::VerifyArgs;
+use crate::collective::{Collective, CollectiveExt, Op};
 use crate::comm::Comm;
 use crate::error::{Error, Result};
 use crate::exchange;
-use crate::features::{LocalRatings, ValueRule};
-use crate::funksvd::train::{exchanges_per_epoch, Rows};
-use crate::ingest::{self, Format, InputSpec};
+use crate::features::LocalRatings;
+use crate::ingest;
+use crate::input::{Aggregate, EventWeights, Format, Input, InputSettings};
+use crate::mf::params::padded_width;
 use crate::store::Location;
+use crate::train::item_rows::{exchanges_per_epoch, sharing_wanted};
 
 /// What one rank reports about itself.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -38,6 +42,15 @@ pub struct Check {
     pub detail: String,
 }
 
+/// One measurement: reported, not judged.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Figure {
+    pub name: String,
+    pub value: f64,
+    pub unit: String,
+    pub detail: String,
+}
+
 #[derive(Serialize)]
 struct Report<'a> {
     ok: bool,
@@ -45,6 +58,7 @@ struct Report<'a> {
     hosts: BTreeMap<String, usize>,
     rank_info: &'a [RankInfo],
     checks: &'a [Check],
+    figures: &'a [Figure],
 }
 
 pub fn run(comm: &Comm, args: &VerifyArgs) -> Result<()> {
@@ -52,36 +66,17 @@ pub fn run(comm: &Comm, args: &VerifyArgs) -> Result<()> {
     let infos = gather_infos(comm)?;
     checks.push(collectives_check(comm)?);
     checks.push(alltoall_check(comm)?);
-    let latency = time_allreduce(comm, 1, 200);
-    checks.push(Check {
-        name: "allreduce latency".into(),
-        ok: true,
-        detail: format!("{:.1} us for 1 float (mean of 200)", latency * 1e6),
-    });
-    let mut items = args.items;
-    let mut item_source = "the --items default".to_string();
+    let mut items = (args.items, "the --items default".to_string());
     if let Some(data) = &args.data {
         let (check, found) = data_check(comm, data)?;
         checks.push(check);
         if let Some(n) = found {
-            items = n.max(1);
-            item_source = format!("the items of {data}");
+            items = (n.max(1), format!("the items of {data}"));
         }
     }
-    // As training sends them: padded rows.
-    let width = crate::funksvd::params::padded_width(args.factors);
-    let floats = items * width;
-    let seconds = time_epoch_exchange(comm, floats, 10);
-    let mb = floats as f64 * 4.0 / 1e6;
-    checks.push(Check {
-        name: "item block exchange".into(),
-        ok: seconds.is_finite(),
-        detail: format!(
-            "one epoch's exchanges of {mb:.1} MB of item rows ({items} items x {width} floats, from {item_source}: {} block hand-overs) in {:.2} ms",
-            exchanges_per_epoch(comm.size()),
-            seconds * 1e3,
-        ),
-    });
+    // As training keeps them: padded rows.
+    let floats = items.0 * padded_width(args.factors);
+    let figures = timings(comm, args.factors, items);
     // Ranks per host (every rank has every rank's info).
     let mut hosts: BTreeMap<String, usize> = BTreeMap::new();
     for info in &infos {
@@ -101,13 +96,17 @@ pub fn run(comm: &Comm, args: &VerifyArgs) -> Result<()> {
                 hosts,
                 rank_info: &infos,
                 checks: &checks,
+                figures: &figures,
             };
             println!(
                 "{}",
                 serde_json::to_string_pretty(&report).unwrap_or_default()
             );
         } else {
-            print!("{}", render_table(&infos, &hosts, &checks, all_ok));
+            print!(
+                "{}",
+                render_table(&infos, &hosts, &checks, &figures, all_ok)
+            );
         }
     }
     if all_ok {
@@ -126,6 +125,31 @@ pub fn run(comm: &Comm, args: &VerifyArgs) -> Result<()> {
     }
 }
 
+/// The allreduce latency, and one epoch's item block exchanges at the model's size (`items`:
+/// how many, and where that number comes from) when passed round the ring.
+fn timings(comm: &Comm, factors: usize, (items, source): (usize, String)) -> Vec<Figure> {
+    let width = padded_width(factors);
+    let floats = items * width;
+    let mb = floats as f64 * 4.0 / 1e6;
+    vec![
+        Figure {
+            name: "allreduce latency".into(),
+            value: time_allreduce(comm, 1, 200) * 1e6,
+            unit: "us".into(),
+            detail: "one allreduce of 1 float, the slowest rank's mean of 200".into(),
+        },
+        Figure {
+            name: "item block exchange".into(),
+            value: time_epoch_exchange(comm, floats, 10) * 1e3,
+            unit: "ms".into(),
+            detail: format!(
+                "one epoch's exchanges of {mb:.1} MB of item rows when passed round the ring ({items} items x {width} floats, from {source}: {} block hand-overs)",
+                exchanges_per_epoch(comm.size()),
+            ),
+        },
+    ]
+}
+
 fn gather_infos(comm: &Comm) -> Result<Vec<RankInfo>> {
     let (total, available) = meminfo();
     let mine = RankInfo {
@@ -138,16 +162,7 @@ fn gather_infos(comm: &Comm) -> Result<Vec<RankInfo>> {
         memory_total_mb: total / 1024,
         memory_available_mb: available / 1024,
         memory_limit_mb: cgroup_memory_limit().map(|b| b >> 20),
-        mpi_library: mpi::environment::library_version()
-            .unwrap_or_default()
-            .lines()
-            .next()
-            .unwrap_or("")
-            .split(',')
-            .next()
-            .unwrap_or("")
-            .trim()
-            .to_string(),
+        mpi_library: comm.library_version(),
     };
     let bytes = serde_json::to_vec(&mine).map_err(|e| Error::runtime(e.to_string()))?;
     comm.allgather_bytes(&bytes)?
@@ -187,17 +202,18 @@ fn collectives_check(comm: &Comm) -> Result<Check> {
     let len = 1000;
     let send: Vec<f32> = (0..len).map(|i| (r + 1) as f32 * (i % 7) as f32).collect();
     let mut recv = vec![0.0f32; len];
-    comm.allreduce_sum_f32(&send, &mut recv);
+    recv.copy_from_slice(&send);
+    comm.reduce_f32(&mut recv, Op::Sum);
     let ranks_sum = (n * (n + 1) / 2) as f32;
     let f32_ok = recv
         .iter()
         .enumerate()
         .all(|(i, &v)| v == ranks_sum * (i % 7) as f32);
     let mut f64s = [r as f64 + 0.5];
-    comm.allreduce_sum_f64(&mut f64s);
+    comm.reduce_f64(&mut f64s, Op::Sum);
     let f64_ok = f64s[0] == (n * (n - 1) / 2) as f64 + 0.5 * n as f64;
     let mut u64s = [1u64 << 40, r as u64];
-    comm.allreduce_sum_u64(&mut u64s);
+    comm.reduce_u64(&mut u64s, Op::Sum);
     let u64_ok = u64s == [(n as u64) << 40, (n * (n - 1) / 2) as u64];
     let ok = f32_ok && f64_ok && u64_ok;
     Ok(Check {
@@ -218,18 +234,27 @@ fn alltoall_check(comm: &Comm) -> Result<Check> {
     let n = comm.size();
     let r = comm.rank();
     let outgoing: Vec<Vec<u8>> = (0..n).map(|to| format!("{r}->{to}").into_bytes()).collect();
-    let incoming = comm.alltoall_bytes(&outgoing)?;
+    let lens: Vec<u64> = outgoing.iter().map(|m| m.len() as u64).collect();
+    let (flat, from) = comm.alltoall_flat(&outgoing.concat(), &lens)?;
+    let mut at = 0;
+    let incoming: Vec<&[u8]> = from
+        .iter()
+        .map(|&len| {
+            at += len as usize;
+            &flat[at - len as usize..at]
+        })
+        .collect();
     let a2a_ok = incoming
         .iter()
         .enumerate()
-        .all(|(from, b)| b == format!("{from}->{r}").as_bytes());
+        .all(|(from, b)| *b == format!("{from}->{r}").as_bytes());
     let gathered = comm.allgather_bytes(format!("rank{r}").as_bytes())?;
     let ag_ok = gathered
         .iter()
         .enumerate()
         .all(|(i, b)| b == format!("rank{i}").as_bytes());
     let mut oks = [(a2a_ok && ag_ok) as u64];
-    comm.allreduce_sum_u64(&mut oks);
+    comm.reduce_u64(&mut oks, Op::Sum);
     let ok = oks[0] == n as u64;
     Ok(Check {
         name: "alltoall and allgather".into(),
@@ -244,16 +269,15 @@ fn alltoall_check(comm: &Comm) -> Result<Check> {
 
 /// Mean seconds of one allreduce of `floats` f32 over `repeats` runs (after one warm-up).
 fn time_allreduce(comm: &Comm, floats: usize, repeats: usize) -> f64 {
-    let send = vec![1.0f32; floats];
-    let mut recv = vec![0.0f32; floats];
-    comm.allreduce_sum_f32(&send, &mut recv);
+    let mut values = vec![1.0f32; floats];
+    comm.reduce_f32(&mut values, Op::Sum);
     comm.barrier();
     let started = Instant::now();
     for _ in 0..repeats {
-        comm.allreduce_sum_f32(&send, &mut recv);
+        comm.reduce_f32(&mut values, Op::Sum);
     }
     let mut t = [started.elapsed().as_secs_f64() / repeats as f64];
-    comm.allreduce_max_f64(&mut t);
+    comm.reduce_f64(&mut t, Op::Max);
     t[0]
 }
 
@@ -278,7 +302,7 @@ fn time_epoch_exchange(comm: &Comm, floats: usize, repeats: usize) -> f64 {
         epoch();
     }
     let mut t = [started.elapsed().as_secs_f64() / repeats as f64];
-    comm.allreduce_max_f64(&mut t);
+    comm.reduce_f64(&mut t, Op::Max);
     t[0]
 }
 
@@ -296,7 +320,8 @@ fn shared_rows_check(comm: &Comm, floats: usize, hosts: usize) -> Check {
         return check(true, "one rank: nothing to share".into());
     }
     let floats = floats.max(ranks);
-    let Some(window) = comm.node_floats(&vec![0.0; floats]) else {
+    let wanted = sharing_wanted(comm.rank());
+    let Some(mut window) = comm.node_floats(&vec![0.0; floats], wanted) else {
         let why = if hosts > 1 {
             format!("the ranks are on {hosts} hosts")
         } else {
@@ -307,13 +332,16 @@ fn shared_rows_check(comm: &Comm, floats: usize, hosts: usize) -> Check {
             format!("not used ({why}): training passes the item rows as messages"),
         );
     };
-    let mut rows = Rows::mapped(Box::new(window), floats);
     let slot = |r: usize| r * (floats / ranks);
-    rows.as_mut_slice()[slot(comm.rank())] = comm.rank() as f32 + 1.0;
-    rows.sync();
-    let seen = (0..ranks).all(|r| rows.as_slice()[slot(r)] == r as f32 + 1.0);
+    let mine = slot(comm.rank());
+    // SAFETY: each rank writes only its own slot, and reads only after the sync.
+    unsafe { window.part_mut(mine..mine + 1)[0] = comm.rank() as f32 + 1.0 };
+    window.sync();
+    // SAFETY: every rank wrote before the sync and writes no more.
+    let all = unsafe { window.all() };
+    let seen = (0..ranks).all(|r| all[slot(r)] == r as f32 + 1.0);
     let mut all_seen = [u64::from(seen)];
-    comm.allreduce_min_u64(&mut all_seen);
+    comm.reduce_u64(&mut all_seen, Op::Min);
     let mb = floats as f64 * 4.0 / 1e6;
     if all_seen[0] == 1 {
         check(
@@ -333,17 +361,17 @@ fn shared_rows_check(comm: &Comm, floats: usize, hosts: usize) -> Check {
 fn data_check(comm: &Comm, data: &str) -> Result<(Check, Option<usize>)> {
     let mine: Result<usize> = (|| {
         let loc = Location::parse(data, "--data")?;
-        let files = loc.list_files()?;
+        let files = loc.blocking().list_files()?;
         let first = files
             .first()
             .ok_or_else(|| Error::usage(format!("--data {data}: no data files there")))?;
         if first.size > 0 {
-            loc.get_range(&first.key, 0..1)?;
+            loc.blocking().get_range(&first.key, 0..1)?;
         }
         Ok(files.len())
     })();
     let mut status = [mine.is_ok() as u64];
-    comm.allreduce_sum_u64(&mut status);
+    comm.reduce_u64(&mut status, Op::Sum);
     let reasons = comm.allgather_bytes(
         mine.as_ref()
             .err()
@@ -381,22 +409,26 @@ fn data_check(comm: &Comm, data: &str) -> Result<(Check, Option<usize>)> {
 
 fn count_items(comm: &Comm, data: &str) -> Result<usize> {
     let loc = Location::parse(data, "--data")?;
-    let spec = InputSpec {
-        user_col: "user_id".into(),
-        item_col: None,
-        value_col: "event_type".into(),
-        rule: ValueRule::Events(crate::features::EventWeights::parse(
-            crate::features::DEFAULT_EVENT_WEIGHTS,
-        )?),
-        format: Format::Auto,
+    // The default columns and events.
+    let input = Input {
+        settings: InputSettings {
+            format: Format::Auto,
+            user_col: "user_id".into(),
+            item_col: None,
+            event_col: "event_type".into(),
+            rating_col: None,
+            time_col: "timestamp".into(),
+            aggregate: Aggregate::Max,
+        },
+        weights: EventWeights::default(),
     };
-    let dataset = crate::pipeline::plan(comm, &loc, &spec)?;
+    let dataset = crate::pipeline::plan(comm, &loc, &input)?;
     let mut local = LocalRatings::new();
     let read = ingest::read_slice(
         &loc,
         &dataset,
         &dataset.slices[comm.rank()],
-        &spec.rule,
+        input.rule(),
         &mut local,
     );
     comm.agree(read)?;
@@ -409,9 +441,10 @@ fn model_check(comm: &Comm, model: &str) -> Result<Check> {
         (|| {
             let loc = Location::parse(model, "--model")?;
             let key = loc.child_key(&format!("_funksvd-verify-{}", std::process::id()));
-            loc.put(&key, bytes::Bytes::from_static(b"funksvd verify probe"))?;
-            let back = loc.get(&key)?;
-            loc.delete(&key)?;
+            let io = loc.blocking();
+            io.put(&key, bytes::Bytes::from_static(b"funksvd verify probe"))?;
+            let back = io.get(&key)?;
+            io.delete(&key)?;
             if &back[..] != b"funksvd verify probe" {
                 return Err(Error::runtime("the probe object read back different bytes"));
             }
@@ -428,7 +461,7 @@ fn model_check(comm: &Comm, model: &str) -> Result<Check> {
         .map(|e| e.to_string())
         .unwrap_or_default();
     let mut status = [result.is_ok() as u64];
-    comm.allreduce_sum_u64(&mut status);
+    comm.reduce_u64(&mut status, Op::Sum);
     let ok = status[0] == comm.size() as u64;
     Ok(Check {
         name: "model location writable".into(),
@@ -441,6 +474,7 @@ fn render_table(
     infos: &[RankInfo],
     hosts: &BTreeMap<String, usize>,
     checks: &[Check],
+    figures: &[Figure],
     ok: bool,
 ) -> String {
     use std::fmt::Write;
@@ -488,6 +522,15 @@ fn render_table(
             if c.ok { "ok" } else { "FAILED" },
             c.name,
             c.detail
+        );
+    }
+    let _ = writeln!(out);
+    let _ = writeln!(out, "figures (measured, not judged):");
+    for f in figures {
+        let _ = writeln!(
+            out,
+            "  {:<34} {:>9.2} {:<3} {}",
+            f.name, f.value, f.unit, f.detail
         );
     }
     let _ = writeln!(out);

@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use funksvd::model_io::{self, Model};
+use funksvd::mf::Model;
+use funksvd::model_io;
 use funksvd::store::Location;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_funksvd");
@@ -165,7 +166,7 @@ pub fn shared_data(relative: &str) -> Option<PathBuf> {
 }
 
 pub fn load_model(dir: &Path) -> Model {
-    model_io::load(&Location::parse(s(dir), "--model").unwrap()).unwrap()
+    model_io::load_blocking(&Location::parse(s(dir), "--model").unwrap()).unwrap()
 }
 
 /// Generate a small dataset with `funksvd generate`.

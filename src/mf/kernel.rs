@@ -1,5 +1,5 @@
 //! The numeric kernel: one SGD step of biased FunkSVD over two parameter rows, and prediction.
-//! Pure functions over `&mut [f32]`; scheduling lives in `train`.
+//! Pure functions over `&mut [f32]`; scheduling lives in the trainer (`train`).
 //!
 //! Training rows are padded: `[bias, f_0, ..., f_{k-1}, 0, ...]`, a whole number of `LANES`
 //! floats (see `params`). The kernel runs every lane through the same arithmetic (the padding
@@ -44,7 +44,7 @@ fn sum_lanes(acc: [f32; LANES]) -> f32 {
 /// `bias_u + bias_i + <p_u, q_i>` of two padded rows of the same width.
 #[inline(always)]
 pub fn score(user: &[f32], item: &[f32]) -> f32 {
-    Portable::score(user, item)
+    Portable.score(user, item)
 }
 
 /// How the kernel does its arithmetic: `Portable` (plain Rust, any CPU) or `Avx` (x86-64 AVX
@@ -56,19 +56,23 @@ pub fn score(user: &[f32], item: &[f32]) -> f32 {
 /// The order: the products of chunks 0, 2, 4, ... are summed lane by lane in one accumulator,
 /// those of chunks 1, 3, ... in another (two short chains instead of one long one), the two
 /// added, then the eight lanes pairwise (`sum_lanes`).
-pub trait Sums {
+///
+/// A value of the type is needed to call the kernel: `Portable` is free, an `Avx` comes only
+/// from `Avx::detect` on a CPU that has AVX2.
+pub trait Sums: Copy {
     /// `bias_u + bias_i + <p_u, q_i>` of two padded rows of the same width.
-    fn score(user: &[f32], item: &[f32]) -> f32;
+    fn score(self, user: &[f32], item: &[f32]) -> f32;
     /// One SGD step (see `sgd_step`).
-    fn step(user: &mut [f32], item: &mut [f32], target: f32, step: Step) -> f32;
+    fn step(self, user: &mut [f32], item: &mut [f32], target: f32, step: Step) -> f32;
 }
 
 /// The kernel in plain Rust.
+#[derive(Clone, Copy, Debug)]
 pub struct Portable;
 
 impl Sums for Portable {
     #[inline(always)]
-    fn score(user: &[f32], item: &[f32]) -> f32 {
+    fn score(self, user: &[f32], item: &[f32]) -> f32 {
         let n = user.len().min(item.len()) / LANES * LANES;
         let (user, item) = (&user[..n], &item[..n]);
         let mut acc = [[0.0f32; LANES]; 2];
@@ -100,11 +104,11 @@ impl Sums for Portable {
     }
 
     #[inline(always)]
-    fn step(user: &mut [f32], item: &mut [f32], target: f32, step: Step) -> f32 {
+    fn step(self, user: &mut [f32], item: &mut [f32], target: f32, step: Step) -> f32 {
         let n = user.len().min(item.len()) / LANES * LANES;
         let (user, item) = (&mut user[..n], &mut item[..n]);
         let (bu, bi) = (user[0], item[0]);
-        let err = target - Self::score(user, item);
+        let err = target - self.score(user, item);
         let (lr, reg) = (step.lr, step.reg);
         let g = lr * err;
         let keep = 1.0 - lr * reg;
@@ -147,14 +151,22 @@ fn new_biases(bu: f32, bi: f32, err: f32, step: Step) -> (f32, f32) {
     }
 }
 
-/// The kernel with AVX intrinsics. Only for code compiled with AVX enabled that runs after
-/// `is_x86_feature_detected!("avx2")` (`train`'s `*_avx2` functions): elsewhere the intrinsics
-/// would not be inlined, and on a CPU without AVX they would fault.
+/// The kernel with AVX intrinsics; a value of it is the proof that the CPU has AVX2
+/// (`Avx::detect`), so its safe methods never run an instruction the CPU lacks. Fast only inside
+/// code compiled with AVX enabled (the trainer's `*_avx2` functions): elsewhere the intrinsics
+/// are not inlined.
 #[cfg(target_arch = "x86_64")]
-pub(crate) struct Avx;
+#[derive(Clone, Copy, Debug)]
+pub struct Avx(());
 
 #[cfg(target_arch = "x86_64")]
 impl Avx {
+    /// The AVX kernel, if this CPU has AVX2.
+    #[inline(always)]
+    pub fn detect() -> Option<Avx> {
+        std::arch::is_x86_feature_detected!("avx2").then_some(Avx(()))
+    }
+
     /// The widest row `step` keeps in registers, in chunks (wider rows: `Portable`).
     const MAX_CHUNKS: usize = 16;
 
@@ -207,13 +219,13 @@ impl Avx {
 #[cfg(target_arch = "x86_64")]
 impl Sums for Avx {
     #[inline(always)]
-    fn score(user: &[f32], item: &[f32]) -> f32 {
+    fn score(self, user: &[f32], item: &[f32]) -> f32 {
         use std::arch::x86_64::*;
         let chunks = user.len().min(item.len()) / LANES;
         if chunks > Self::MAX_CHUNKS {
-            return Portable::score(user, item);
+            return Portable.score(user, item);
         }
-        // SAFETY: AVX is available (see the type's documentation); both slices have
+        // SAFETY: AVX is available (`self` exists: see `Avx::detect`); both slices have
         // chunks * LANES floats, and chunks > 0 (rows are never empty).
         let dot = unsafe {
             let mut p = [_mm256_setzero_ps(); Self::MAX_CHUNKS];
@@ -226,15 +238,15 @@ impl Sums for Avx {
     }
 
     #[inline(always)]
-    fn step(user: &mut [f32], item: &mut [f32], target: f32, step: Step) -> f32 {
+    fn step(self, user: &mut [f32], item: &mut [f32], target: f32, step: Step) -> f32 {
         use std::arch::x86_64::*;
         let chunks = user.len().min(item.len()) / LANES;
         if chunks > Self::MAX_CHUNKS {
-            return Portable::step(user, item, target, step);
+            return Portable.step(user, item, target, step);
         }
         let (bu, bi) = (user[0], item[0]);
         let (up, ip) = (user.as_mut_ptr(), item.as_mut_ptr());
-        // SAFETY: AVX is available (see the type's documentation); every load and store is of
+        // SAFETY: AVX is available (`self` exists: see `Avx::detect`); every load and store is of
         // LANES floats at c * LANES < chunks * LANES, inside both slices, which do not overlap
         // (two `&mut`).
         unsafe {
@@ -280,28 +292,6 @@ impl Sums for Avx {
     }
 }
 
-/// Hint the CPU to load `rows[start..start + len]` into cache (a no-op where unsupported).
-/// Any element type: only the addresses matter.
-#[inline(always)]
-pub fn prefetch_row<T>(rows: &[T], start: usize, len: usize) {
-    #[cfg(target_arch = "x86_64")]
-    if start + len <= rows.len() && len > 0 {
-        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-        // Elements per 64-byte cache line; a row may straddle a line boundary.
-        let per_line = (64 / std::mem::size_of::<T>().max(1)).max(1);
-        let mut at = start;
-        while at < start + len {
-            // SAFETY: `at` is inside `rows` (checked above); prefetch never faults anyway.
-            unsafe { _mm_prefetch::<_MM_HINT_T0>(rows.as_ptr().add(at) as *const i8) };
-            at += per_line;
-        }
-        // SAFETY: as above; the last element of the row.
-        unsafe { _mm_prefetch::<_MM_HINT_T0>(rows.as_ptr().add(start + len - 1) as *const i8) };
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = (rows, start, len);
-}
-
 /// Hyperparameters the step needs.
 #[derive(Clone, Copy, Debug)]
 pub struct Step {
@@ -315,7 +305,7 @@ pub struct Step {
 /// update.
 #[inline(always)]
 pub fn sgd_step(user: &mut [f32], item: &mut [f32], target: f32, step: Step) -> f32 {
-    Portable::step(user, item, target, step)
+    Portable.step(user, item, target, step)
 }
 
 /// A prediction from two rows (either may be unknown), clipped to the rating range.
@@ -434,10 +424,10 @@ mod tests {
     #[cfg(target_arch = "x86_64")]
     #[test]
     fn the_avx_kernel_gives_the_bits_of_the_portable_one() {
-        if !std::arch::is_x86_feature_detected!("avx2") {
+        let Some(avx) = Avx::detect() else {
             eprintln!("skipped: this CPU has no AVX2");
             return;
-        }
+        };
         for k in [1, 7, 8, 20, 33, 100] {
             for biased in [true, false] {
                 let (mut u, mut i) = rows(k, 3 + k as u64);
@@ -449,12 +439,12 @@ mod tests {
                 };
                 for s in 0..50 {
                     assert_eq!(
-                        Avx::score(&u, &i).to_bits(),
-                        Portable::score(&u2, &i2).to_bits()
+                        avx.score(&u, &i).to_bits(),
+                        Portable.score(&u2, &i2).to_bits()
                     );
                     let target = 1.0 + (s % 7) as f32 * 0.5;
-                    let e = Avx::step(&mut u, &mut i, target, step);
-                    let e2 = Portable::step(&mut u2, &mut i2, target, step);
+                    let e = avx.step(&mut u, &mut i, target, step);
+                    let e2 = Portable.step(&mut u2, &mut i2, target, step);
                     assert_eq!(e.to_bits(), e2.to_bits(), "k={k} step {s}");
                 }
                 assert_eq!((u, i), (u2, i2), "k={k}");

@@ -9,120 +9,64 @@ use crate::ids::Id;
 use crate::rng::Rng;
 
 use super::kernel::LANES;
-use super::train::Hyper;
+use super::Hyper;
 
 /// One cache line of floats; a `Vec` of these is a 64-byte aligned float buffer.
 #[derive(Clone, Copy, Debug, Default)]
 #[repr(C, align(64))]
 struct Line([f32; 16]);
 
-/// Memory another owner maps into this process, where the rows of every rank of a node live
-/// (an MPI shared-memory window, see `Comm::node_floats`): each rank reads and writes them in
-/// place, and `sync` orders those accesses between the ranks.
-pub trait Mapped {
-    /// The mapping's first float, 64-byte aligned; the mapping outlives `self`'s borrows.
-    fn floats(&self) -> *mut f32;
-    /// Return once every rank sharing the memory got here; the writes each made before are then
-    /// seen by all.
-    fn sync(&self);
-}
-
-/// A 64-byte aligned buffer of `n_rows` rows of `width` floats: this process's own, or mapped
-/// in from memory the ranks of a node share.
+/// A 64-byte aligned buffer of `len` floats, zeros to start with: rows of `width` floats each.
+#[derive(Clone)]
 pub struct Rows {
-    store: Store,
+    lines: Vec<Line>,
     len: usize,
 }
 
-enum Store {
-    Own(Vec<Line>),
-    Mapped(Box<dyn Mapped>),
-}
-
 impl Rows {
-    fn zeros(len: usize) -> Rows {
+    pub fn zeros(len: usize) -> Rows {
         Rows {
-            store: Store::Own(vec![Line::default(); len.div_ceil(16)]),
+            lines: vec![Line::default(); len.div_ceil(16)],
             len,
         }
     }
 
-    /// `len` floats of `mapped`, which already holds the rows.
-    pub fn mapped(mapped: Box<dyn Mapped>, len: usize) -> Rows {
-        assert_eq!(
-            mapped.floats() as usize % 64,
-            0,
-            "mapped rows 64-byte aligned"
-        );
-        Rows {
-            store: Store::Mapped(mapped),
-            len,
-        }
+    /// A copy of `floats`, aligned.
+    pub fn copy_of(floats: &[f32]) -> Rows {
+        let mut rows = Rows::zeros(floats.len());
+        rows.as_mut_slice().copy_from_slice(floats);
+        rows
     }
 
-    /// Whether the rows live in memory shared by the ranks of a node.
-    pub fn is_mapped(&self) -> bool {
-        matches!(self.store, Store::Mapped(_))
+    pub fn len(&self) -> usize {
+        self.len
     }
 
-    /// For mapped rows, wait for every rank sharing them (see `Mapped::sync`); no-op otherwise.
-    pub fn sync(&self) {
-        if let Store::Mapped(m) = &self.store {
-            m.sync();
-        }
-    }
-
-    /// The same rows in this process's own memory (the mapping, if any, is dropped by the caller).
-    pub fn to_own(&self) -> Rows {
-        let mut own = Rows::zeros(self.len);
-        own.as_mut_slice().copy_from_slice(self.as_slice());
-        own
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
     }
 
     pub fn as_slice(&self) -> &[f32] {
-        match &self.store {
-            // SAFETY: `Line` is `repr(C)` over 16 f32 with no padding (64 bytes, align 64), so
-            // the lines are `16 * lines.len() >= len` contiguous, initialised f32.
-            Store::Own(lines) => unsafe {
-                std::slice::from_raw_parts(lines.as_ptr() as *const f32, self.len)
-            },
-            // SAFETY: a mapping holds at least `len` initialised floats (`Rows::mapped`) while
-            // it lives; other processes write only the rows `sync` keeps apart from this one's.
-            Store::Mapped(m) => unsafe { std::slice::from_raw_parts(m.floats(), self.len) },
-        }
+        // SAFETY: `Line` is `repr(C)` over 16 f32 with no padding (64 bytes, align 64), so the
+        // lines are `16 * lines.len() >= len` contiguous, initialised f32.
+        unsafe { std::slice::from_raw_parts(self.lines.as_ptr() as *const f32, self.len) }
     }
 
     pub fn as_mut_slice(&mut self) -> &mut [f32] {
-        match &mut self.store {
-            // SAFETY: as in `as_slice`, and `&mut self` makes the borrow unique.
-            Store::Own(lines) => unsafe {
-                std::slice::from_raw_parts_mut(lines.as_mut_ptr() as *mut f32, self.len)
-            },
-            // SAFETY: as in `as_slice`; in this process `&mut self` makes the borrow unique.
-            Store::Mapped(m) => unsafe { std::slice::from_raw_parts_mut(m.floats(), self.len) },
-        }
-    }
-}
-
-impl Clone for Rows {
-    /// A copy in this process's own memory.
-    fn clone(&self) -> Rows {
-        self.to_own()
-    }
-}
-
-impl std::fmt::Debug for Rows {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Rows")
-            .field("len", &self.len)
-            .field("mapped", &self.is_mapped())
-            .finish()
+        // SAFETY: as in `as_slice`, and `&mut self` makes the borrow unique.
+        unsafe { std::slice::from_raw_parts_mut(self.lines.as_mut_ptr() as *mut f32, self.len) }
     }
 }
 
 impl PartialEq for Rows {
     fn eq(&self, other: &Rows) -> bool {
         self.as_slice() == other.as_slice()
+    }
+}
+
+impl std::fmt::Debug for Rows {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Rows").field("len", &self.len).finish()
     }
 }
 
@@ -194,14 +138,24 @@ impl Params {
         self.items.len / self.width
     }
 
+    /// The rows to read.
+    pub fn view(&self) -> ParamsRef<'_> {
+        ParamsRef {
+            factors: self.factors,
+            width: self.width,
+            users: self.users.as_slice(),
+            items: self.items.as_slice(),
+        }
+    }
+
     /// User u's `[bias, factors...]`.
     pub fn user(&self, u: usize) -> &[f32] {
-        &self.users.as_slice()[u * self.width..u * self.width + self.factors + 1]
+        self.view().user(u)
     }
 
     /// Item i's `[bias, factors...]`.
     pub fn item(&self, i: usize) -> &[f32] {
-        &self.items.as_slice()[i * self.width..i * self.width + self.factors + 1]
+        self.view().item(i)
     }
 
     /// The user rows packed, `factors + 1` floats each.
@@ -215,7 +169,30 @@ impl Params {
     }
 }
 
-fn pack(rows: &[f32], width: usize, keep: usize) -> Vec<f32> {
+/// Parameters to read, wherever the rows live (this process's memory, or memory the ranks of a
+/// node share): padded rows of `width` floats.
+#[derive(Clone, Copy, Debug)]
+pub struct ParamsRef<'a> {
+    pub factors: usize,
+    pub width: usize,
+    pub users: &'a [f32],
+    pub items: &'a [f32],
+}
+
+impl<'a> ParamsRef<'a> {
+    /// User u's `[bias, factors...]`.
+    pub fn user(&self, u: usize) -> &'a [f32] {
+        &self.users[u * self.width..u * self.width + self.factors + 1]
+    }
+
+    /// Item i's `[bias, factors...]`.
+    pub fn item(&self, i: usize) -> &'a [f32] {
+        &self.items[i * self.width..i * self.width + self.factors + 1]
+    }
+}
+
+/// Padded rows of `width` floats packed to their first `keep` floats each.
+pub fn pack(rows: &[f32], width: usize, keep: usize) -> Vec<f32> {
     let mut out = Vec::with_capacity(rows.len() / width * keep);
     for row in rows.chunks_exact(width) {
         out.extend_from_slice(&row[..keep]);

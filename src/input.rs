@@ -1,0 +1,243 @@
+//! How a dataset's rows become ratings: the file format, the columns, the value rule (event
+//! weights, or an explicit rating column) and how a pair's repeated values combine. Plain data:
+//! the command line builds it once, `ingest` and `features` read by it, and model.json records
+//! it (`input`, `event_weights`) so that `evaluate` reads other data the way the model was
+//! trained.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+pub const DEFAULT_EVENT_WEIGHTS: &str = "view=1,add_to_cart=3,purchase=5";
+
+/// Event type -> rating weight, from `--event-weights view=1,add_to_cart=3,purchase=5`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EventWeights(pub Vec<(String, f32)>);
+
+impl EventWeights {
+    pub fn parse(spec: &str) -> Result<EventWeights> {
+        let bad = |why: String| Error::usage(format!("--event-weights {spec:?}: {why}"));
+        let mut pairs: Vec<(String, f32)> = Vec::new();
+        for part in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let (name, weight) = part
+                .split_once('=')
+                .ok_or_else(|| bad(format!("{part:?} is not EVENT=WEIGHT")))?;
+            let name = name.trim();
+            if name.is_empty() {
+                return Err(bad(format!("{part:?} has no event name")));
+            }
+            let weight: f32 = weight.trim().parse().map_err(|_| {
+                bad(format!(
+                    "weight {:?} of {name:?} is not a number",
+                    weight.trim()
+                ))
+            })?;
+            if !weight.is_finite() || weight <= 0.0 {
+                return Err(bad(format!("weight of {name:?} must be a positive number")));
+            }
+            if pairs.iter().any(|(n, _)| n == name) {
+                return Err(bad(format!("{name:?} appears twice")));
+            }
+            pairs.push((name.to_string(), weight));
+        }
+        if pairs.is_empty() {
+            return Err(bad("no event weights given".into()));
+        }
+        Ok(EventWeights(pairs))
+    }
+
+    #[inline]
+    pub fn weight(&self, event: &str) -> Option<f32> {
+        self.0.iter().find(|(n, _)| n == event).map(|(_, w)| *w)
+    }
+
+    /// As `--event-weights` spells them.
+    pub fn to_spec(&self) -> String {
+        self.0
+            .iter()
+            .map(|(n, w)| format!("{n}={w}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// As model.json records them (`event_weights`).
+    pub fn to_map(&self) -> BTreeMap<String, f32> {
+        self.0.iter().cloned().collect()
+    }
+
+    pub fn from_map(map: &BTreeMap<String, f32>) -> EventWeights {
+        EventWeights(map.iter().map(|(k, &v)| (k.clone(), v)).collect())
+    }
+}
+
+impl Default for EventWeights {
+    fn default() -> Self {
+        EventWeights::parse(DEFAULT_EVENT_WEIGHTS).expect("the default weights parse")
+    }
+}
+
+/// How a (user, item) pair's repeated values combine (`--aggregate`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Aggregate {
+    /// The strongest signal: a purchase beats a view.
+    Max,
+    /// Every event counts.
+    Sum,
+}
+
+/// Input file format (`--format`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    /// By file name: `.parquet`/`.pq`/`.parq` are Parquet, `.csv`/`.tsv`/`.txt` are CSV.
+    Auto,
+    Parquet,
+    Csv,
+}
+
+/// Where a row's value comes from.
+#[derive(Clone, Copy, Debug)]
+pub enum ValueRule<'a> {
+    Events(&'a EventWeights),
+    /// An explicit rating column.
+    Rating,
+}
+
+/// The columns, the format and the aggregation: model.json's `input` (beside the dataset URL).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct InputSettings {
+    pub format: Format,
+    pub user_col: String,
+    /// None: `product_id`, falling back to `item_id`.
+    pub item_col: Option<String>,
+    pub event_col: String,
+    /// An explicit rating column: no event mapping.
+    pub rating_col: Option<String>,
+    /// Recorded only: no command reads the event time yet.
+    pub time_col: String,
+    pub aggregate: Aggregate,
+}
+
+/// Everything reading a dataset needs.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Input {
+    pub settings: InputSettings,
+    /// Used unless `settings.rating_col` names a rating column.
+    pub weights: EventWeights,
+}
+
+impl Input {
+    pub fn rule(&self) -> ValueRule<'_> {
+        match self.settings.rating_col {
+            Some(_) => ValueRule::Rating,
+            None => ValueRule::Events(&self.weights),
+        }
+    }
+
+    /// The column the value comes from: the rating column, else the event column.
+    pub fn value_col(&self) -> &str {
+        self.settings
+            .rating_col
+            .as_deref()
+            .unwrap_or(&self.settings.event_col)
+    }
+
+    /// The flag that names the value column.
+    pub fn value_flag(&self) -> &'static str {
+        match self.rule() {
+            ValueRule::Events(_) => "--event-col",
+            ValueRule::Rating => "--rating-col",
+        }
+    }
+
+    /// The weights as model.json records them: none for a rating column.
+    pub fn recorded_weights(&self) -> Option<BTreeMap<String, f32>> {
+        match self.rule() {
+            ValueRule::Events(w) => Some(w.to_map()),
+            ValueRule::Rating => None,
+        }
+    }
+
+    /// Every setting that changes what is read, as one line (for a checkpoint's fingerprint).
+    pub fn describe(&self) -> String {
+        let s = &self.settings;
+        format!(
+            "{}|{:?}|{}|{:?}|{}|{:?}|{:?}",
+            s.user_col,
+            s.item_col,
+            s.event_col,
+            s.rating_col,
+            self.weights.to_spec(),
+            s.aggregate,
+            s.format
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_weights_parse_and_reject_malformed_specs() {
+        let w = EventWeights::parse(DEFAULT_EVENT_WEIGHTS).unwrap();
+        assert_eq!(w.weight("purchase"), Some(5.0));
+        assert_eq!(w.weight("cart"), None);
+        assert_eq!(w.to_spec(), DEFAULT_EVENT_WEIGHTS);
+        assert_eq!(
+            EventWeights::from_map(&w.to_map()).weight("view"),
+            Some(1.0)
+        );
+        assert_eq!(
+            EventWeights::parse(" view = 1 , cart=2.5")
+                .unwrap()
+                .weight("cart"),
+            Some(2.5)
+        );
+        for bad in [
+            "",
+            "view",
+            "view=x",
+            "=3",
+            "view=1,view=2",
+            "view=-1",
+            "view=nan",
+        ] {
+            let e = EventWeights::parse(bad).unwrap_err();
+            assert_eq!(e.exit_code(), 2, "{bad}");
+            assert!(e.to_string().contains("--event-weights"), "{e}");
+        }
+    }
+
+    #[test]
+    fn a_rating_column_replaces_the_event_weights() {
+        let mut input = Input {
+            settings: InputSettings {
+                format: Format::Auto,
+                user_col: "user_id".into(),
+                item_col: None,
+                event_col: "event_type".into(),
+                rating_col: None,
+                time_col: "timestamp".into(),
+                aggregate: Aggregate::Max,
+            },
+            weights: EventWeights::default(),
+        };
+        assert!(matches!(input.rule(), ValueRule::Events(_)));
+        assert_eq!(
+            (input.value_col(), input.value_flag()),
+            ("event_type", "--event-col")
+        );
+        assert!(input.recorded_weights().is_some());
+        input.settings.rating_col = Some("rating".into());
+        assert!(matches!(input.rule(), ValueRule::Rating));
+        assert_eq!(
+            (input.value_col(), input.value_flag()),
+            ("rating", "--rating-col")
+        );
+        assert_eq!(input.recorded_weights(), None);
+    }
+}

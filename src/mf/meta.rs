@@ -1,0 +1,176 @@
+//! `model.json`: what a published model says about itself (SPEC "The model"). Plain data, read
+//! and written by `serde`; where the files live and how they are published is `model_io`'s.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::input::{EventWeights, Input, InputSettings};
+
+use super::Hyper;
+
+pub const FORMAT: &str = "funksvd-model";
+pub const VERSION: u32 = 1;
+pub const MODEL_JSON: &str = "model.json";
+pub const USERS_FILE: &str = "users.parquet";
+pub const ITEMS_FILE: &str = "items.parquet";
+
+/// One epoch's numbers, as logged and saved in `model.json`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EpochStats {
+    pub epoch: usize,
+    /// RMSE of the predictions made during the epoch's SGD pass (before each update).
+    pub train_rmse: f64,
+    /// RMSE on the hold-out pairs after the epoch (None without a hold-out).
+    pub holdout_rmse: Option<f64>,
+    pub seconds: f64,
+    /// Of `seconds`, the time this rank spent passing item blocks to the others (the messages,
+    /// the read of the received rows, and waiting for slower ranks).
+    #[serde(default)]
+    pub sync_seconds: f64,
+    /// Ratings processed per second by the whole job.
+    pub ratings_per_second: f64,
+}
+
+/// The dataset and how it was read, so `evaluate` can read another dataset the same way.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct InputRecord {
+    pub data: String,
+    #[serde(flatten)]
+    pub settings: InputSettings,
+    /// The hold-out fraction, as `hyperparameters.holdout` (where version 1 files before it
+    /// kept it alone).
+    pub holdout: f64,
+}
+
+/// Bytes and requests one rank read from storage.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct ReadStats {
+    pub bytes: u64,
+    pub requests: u64,
+}
+
+/// Seconds per phase, and what each rank read.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct Phases {
+    pub plan: f64,
+    pub read: f64,
+    pub features: f64,
+    pub exchange: f64,
+    pub train: f64,
+    pub save: f64,
+    /// Bytes and requests each rank read from storage (index = rank).
+    pub read_per_rank: Vec<ReadStats>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Training {
+    pub ranks: usize,
+    pub epochs: usize,
+    pub seconds: f64,
+    pub seconds_per_epoch: f64,
+    /// Where the ranks kept the item rows: "own" (one rank), "shared" (memory all ranks of one
+    /// node map) or "passed" (round the ring).
+    #[serde(default)]
+    pub item_rows: String,
+    /// Synchronisations of the item rows per epoch: for "passed", R - 1 block hand-overs
+    /// between the steps and R - 1 to share the final rows; for "shared", R + 1 barriers; 0
+    /// on one rank.
+    pub syncs_per_epoch: usize,
+    /// Floats one rank sends per synchronisation at most (for "passed", its largest item group,
+    /// rows as stored: `padded_width(factors)` floats per item; never more than the item rows,
+    /// items x (factors + 1), from 2 ranks on; 0 otherwise).
+    #[serde(alias = "allreduce_floats")]
+    pub floats_per_sync: usize,
+    pub rows_read: u64,
+    pub rows_skipped: u64,
+    pub phases: Phases,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Metrics {
+    /// RMSE of the final model on the training pairs (what `evaluate --split train` reports).
+    pub train_rmse: f64,
+    pub train_mae: f64,
+    pub holdout_rmse: Option<f64>,
+    pub holdout_mae: Option<f64>,
+    pub n_holdout: u64,
+    pub history: Vec<EpochStats>,
+}
+
+/// `model.json`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ModelMeta {
+    pub format: String,
+    pub version: u32,
+    pub factors: usize,
+    pub biased: bool,
+    pub global_mean: f32,
+    /// Predictions are clipped to [min, max] of the training ratings.
+    pub rating_min: f32,
+    pub rating_max: f32,
+    pub n_users: u64,
+    pub n_items: u64,
+    pub n_ratings: u64,
+    pub hyperparameters: Hyper,
+    /// Event type -> weight; null when trained on an explicit rating column.
+    pub event_weights: Option<BTreeMap<String, f32>>,
+    pub input: InputRecord,
+    pub training: Training,
+    pub metrics: Metrics,
+    /// The tables of this model, relative to the model prefix (`_versions/<id>/...`); the
+    /// top-level `users.parquet`/`items.parquet` are copies of them.
+    pub files: BTreeMap<String, String>,
+    pub created_by: String,
+}
+
+impl ModelMeta {
+    /// `model.json`'s bytes read back (`shown` names the file in messages): refused if it is
+    /// not a funksvd model or newer than this funksvd.
+    pub fn from_json(bytes: &[u8], shown: &str) -> Result<ModelMeta> {
+        let mut meta: ModelMeta = serde_json::from_slice(bytes)
+            .map_err(|e| Error::usage(format!("{shown}: not a funksvd model.json ({e})")))?;
+        if meta.format != FORMAT {
+            return Err(Error::usage(format!(
+                "{shown}: format is {:?}, not {FORMAT:?}",
+                meta.format
+            )));
+        }
+        if meta.version > VERSION {
+            return Err(Error::usage(format!(
+                "{shown}: model version {} is newer than this funksvd understands ({VERSION})",
+                meta.version
+            )));
+        }
+        // Files written before `hyperparameters.holdout` keep the fraction in `input` only.
+        meta.hyperparameters.holdout = meta.input.holdout;
+        Ok(meta)
+    }
+
+    pub fn to_json(&self) -> Result<Vec<u8>> {
+        serde_json::to_vec_pretty(self)
+            .map_err(|e| Error::runtime(format!("cannot encode {MODEL_JSON}: {e}")))
+    }
+
+    /// How the model's dataset was read (the default weights where it had a rating column).
+    pub fn input(&self) -> Input {
+        Input {
+            settings: self.input.settings.clone(),
+            weights: self
+                .event_weights
+                .as_ref()
+                .map(EventWeights::from_map)
+                .unwrap_or_default(),
+        }
+    }
+
+    /// The table of `name` (`users` or `items`) relative to the model prefix: the version
+    /// folder's, else (a model published before versions) the top-level one.
+    pub fn table(&self, name: &str) -> String {
+        self.files
+            .get(name)
+            .cloned()
+            .unwrap_or_else(|| format!("{name}.parquet"))
+    }
+}

@@ -1,0 +1,193 @@
+//! A model's two tables as Parquet: `users.parquet` and `items.parquet`, one row per user /
+//! item with its id (`user_id` / `item_id`, int64, or string when any id is a string), `bias`
+//! (f32) and `factors` (a fixed-size list of f32), readable by pyarrow, pandas, polars, DuckDB.
+
+use std::sync::Arc;
+
+use arrow::array::{
+    Array, ArrayRef, AsArray, FixedSizeListArray, Float32Array, Int64Array, RecordBatch,
+    StringArray,
+};
+use arrow::datatypes::{DataType, Field, Float32Type, Int64Type, Schema};
+use bytes::Bytes;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::arrow::ArrowWriter;
+use parquet::basic::Compression;
+use parquet::file::properties::WriterProperties;
+
+use crate::error::{Error, Result};
+use crate::ids::Id;
+
+/// A model's two tables, encoded.
+pub struct Tables {
+    pub users: Bytes,
+    pub items: Bytes,
+}
+
+pub fn encode_tables(
+    factors: usize,
+    user_ids: &[Id],
+    user_rows: &[f32],
+    item_ids: &[Id],
+    item_rows: &[f32],
+) -> Result<Tables> {
+    Ok(Tables {
+        users: rows_to_parquet("user_id", user_ids, user_rows, factors)?,
+        items: rows_to_parquet("item_id", item_ids, item_rows, factors)?,
+    })
+}
+
+/// Encode rows as a Parquet file: `{id_col}`, `bias`, `factors` (fixed-size list of f32).
+pub fn rows_to_parquet(id_col: &str, ids: &[Id], rows: &[f32], factors: usize) -> Result<Bytes> {
+    let stride = factors + 1;
+    let int_ids = ids.iter().all(|id| matches!(id, Id::Int(_)));
+    let id_type = if int_ids {
+        DataType::Int64
+    } else {
+        DataType::Utf8
+    };
+    let item_field = Arc::new(Field::new("item", DataType::Float32, false));
+    let schema = Arc::new(Schema::new(vec![
+        Field::new(id_col, id_type, false),
+        Field::new("bias", DataType::Float32, false),
+        Field::new(
+            "factors",
+            DataType::FixedSizeList(item_field.clone(), factors as i32),
+            false,
+        ),
+    ]));
+    // Trained floats never repeat and do not compress: dictionary encoding and compression
+    // would only cost time and memory (the writer keeps a dictionary of every value it tries).
+    // One row group per batch of ROWS_PER_GROUP: the writer holds one at a time.
+    const ROWS_PER_GROUP: usize = 1 << 16;
+    let props = WriterProperties::builder()
+        .set_dictionary_enabled(false)
+        .set_compression(Compression::UNCOMPRESSED)
+        .set_max_row_group_row_count(Some(ROWS_PER_GROUP))
+        .set_created_by(format!("funksvd {}", env!("CARGO_PKG_VERSION")))
+        .build();
+    let failed = |e: &dyn std::fmt::Display| Error::runtime(format!("cannot write Parquet: {e}"));
+    // About the file's size, so the buffer is not grown by doubling.
+    let mut buf = Vec::with_capacity(rows.len() * 4 + ids.len() * 16 + (1 << 16));
+    let mut writer =
+        ArrowWriter::try_new(&mut buf, schema.clone(), Some(props)).map_err(|e| failed(&e))?;
+    for (ids, rows) in ids
+        .chunks(ROWS_PER_GROUP)
+        .zip(rows.chunks(ROWS_PER_GROUP * stride))
+    {
+        let id_array: ArrayRef = if int_ids {
+            Arc::new(Int64Array::from_iter_values(ids.iter().map(
+                |id| match id {
+                    Id::Int(v) => *v,
+                    Id::Str(_) => 0,
+                },
+            )))
+        } else {
+            Arc::new(StringArray::from_iter_values(
+                ids.iter().map(|id| id.to_string()),
+            ))
+        };
+        let bias = Float32Array::from_iter_values(rows.chunks_exact(stride).map(|r| r[0]));
+        let flat = Float32Array::from_iter_values(
+            rows.chunks_exact(stride)
+                .flat_map(|r| r[1..].iter().copied()),
+        );
+        let factors_array =
+            FixedSizeListArray::try_new(item_field.clone(), factors as i32, Arc::new(flat), None)
+                .map_err(|e| Error::runtime(format!("cannot build the factors column: {e}")))?;
+        let batch = RecordBatch::try_new(
+            schema.clone(),
+            vec![id_array, Arc::new(bias), Arc::new(factors_array)],
+        )
+        .map_err(|e| Error::runtime(format!("cannot build the {id_col} table: {e}")))?;
+        writer.write(&batch).map_err(|e| failed(&e))?;
+    }
+    writer.close().map_err(|e| failed(&e))?;
+    Ok(Bytes::from(buf))
+}
+
+/// Decode a rows file written by `rows_to_parquet`.
+pub fn parquet_to_rows(
+    bytes: Bytes,
+    id_col: &str,
+    factors: usize,
+    shown: &str,
+) -> Result<(Vec<Id>, Vec<f32>)> {
+    let bad = |why: String| Error::usage(format!("{shown}: not a funksvd model file ({why})"));
+    let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)
+        .map_err(|e| bad(e.to_string()))?
+        .build()
+        .map_err(|e| bad(e.to_string()))?;
+    let mut ids = Vec::new();
+    let mut rows = Vec::new();
+    for batch in reader {
+        let batch = batch.map_err(|e| bad(e.to_string()))?;
+        let col = |name: &str| {
+            batch
+                .column_by_name(name)
+                .cloned()
+                .ok_or_else(|| bad(format!("no column {name:?}")))
+        };
+        let id = col(id_col)?;
+        match id.data_type() {
+            DataType::Int64 => ids.extend(
+                id.as_primitive::<Int64Type>()
+                    .values()
+                    .iter()
+                    .map(|&v| Id::Int(v)),
+            ),
+            DataType::Utf8 => ids.extend(
+                id.as_string::<i32>()
+                    .iter()
+                    .map(|s| Id::from_str_value(s.unwrap_or(""))),
+            ),
+            t => return Err(bad(format!("column {id_col:?} has type {t}"))),
+        }
+        let bias = col("bias")?;
+        let bias = bias
+            .as_primitive_opt::<Float32Type>()
+            .ok_or_else(|| bad("bias is not f32".into()))?;
+        let fac = col("factors")?;
+        let fac = fac
+            .as_fixed_size_list_opt()
+            .ok_or_else(|| bad("factors is not a fixed-size list".into()))?;
+        if fac.value_length() as usize != factors {
+            return Err(bad(format!(
+                "factors has length {}, model.json says {factors}",
+                fac.value_length()
+            )));
+        }
+        let values = fac
+            .values()
+            .as_primitive_opt::<Float32Type>()
+            .ok_or_else(|| bad("factors are not f32".into()))?;
+        let values = values.values();
+        let offset = fac.offset() * factors;
+        for r in 0..batch.num_rows() {
+            rows.push(bias.value(r));
+            rows.extend_from_slice(&values[offset + r * factors..offset + (r + 1) * factors]);
+        }
+    }
+    Ok((ids, rows))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rows_round_trip_through_parquet_with_int_and_string_ids() {
+        let rows: Vec<f32> = (0..9).map(|v| v as f32 * 0.5).collect();
+        for ids in [
+            vec![Id::Int(5), Id::Int(-1), Id::Int(9)],
+            vec![Id::Int(5), Id::Str("b".into()), Id::Int(9)],
+        ] {
+            let bytes = rows_to_parquet("user_id", &ids, &rows, 2).unwrap();
+            let (back_ids, back_rows) = parquet_to_rows(bytes, "user_id", 2, "t").unwrap();
+            assert_eq!(back_ids, ids);
+            assert_eq!(back_rows, rows);
+        }
+        let bytes = rows_to_parquet("user_id", &[Id::Int(1)], &[0.0, 1.0, 2.0], 2).unwrap();
+        assert!(parquet_to_rows(bytes, "user_id", 3, "t").is_err());
+    }
+}
