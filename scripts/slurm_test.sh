@@ -45,7 +45,24 @@ runuser -u munge -- munged --socket="$top/munge/munge.socket" --key-file="$top/m
   --pid-file="$top/munge/munged.pid" --log-file="$top/munge/munged.log" --seed-file="$top/munge/munged.seed"
 
 host=$(hostname -s)
-port=$((20000 + RANDOM % 20000))
+# Two free ports below Linux's ephemeral range (32768+), where other programs' connections
+# could already hold one (a run saw slurmd fail with "Address already in use").
+free_pair() {
+  python3 - <<'PY'
+import random, socket
+for _ in range(200):
+    port = random.randrange(20000, 32000)
+    try:
+        for p in (port, port + 1):
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", p))
+        print(port)
+        break
+    except OSError:
+        pass
+PY
+}
+port=$(free_pair)
 export SLURM_CONF="$top/slurm.conf"
 cat > "$SLURM_CONF" <<CONF
 ClusterName=funksvd-test
