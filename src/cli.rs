@@ -4,7 +4,10 @@ use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
 use clap::{Args, Parser, Subcommand};
 
 use crate::error::{Error, Result};
-use crate::input::{Aggregate, EventWeights, Format, Input, InputSettings, DEFAULT_EVENT_WEIGHTS};
+use crate::input::{
+    Aggregate, EventWeights, Format, Input, InputSettings, DEFAULT_EVENT_COL,
+    DEFAULT_EVENT_WEIGHTS, DEFAULT_TIME_COL, DEFAULT_USER_COL,
+};
 use crate::mf::Hyper;
 
 #[derive(Parser, Debug)]
@@ -58,13 +61,13 @@ pub enum Command {
 #[derive(Args, Debug, Clone)]
 pub struct InputArgs {
     /// Column with the user id (integer or string).
-    #[arg(long, default_value = "user_id")]
+    #[arg(long, default_value = DEFAULT_USER_COL)]
     pub user_col: String,
     /// Column with the item id [default: product_id, falling back to item_id].
     #[arg(long)]
     pub item_col: Option<String>,
     /// Column with the event type (view, add_to_cart, ...).
-    #[arg(long, default_value = "event_type")]
+    #[arg(long, default_value = DEFAULT_EVENT_COL)]
     pub event_col: String,
     /// Event type -> rating weight; other event types are skipped and counted.
     #[arg(long, default_value = DEFAULT_EVENT_WEIGHTS)]
@@ -74,7 +77,7 @@ pub struct InputArgs {
     pub rating_col: Option<String>,
     /// Column with the event time: recorded in model.json only; nothing reads it yet (a
     /// time-based hold-out will).
-    #[arg(long, default_value = "timestamp")]
+    #[arg(long, default_value = DEFAULT_TIME_COL)]
     pub time_col: String,
     /// How repeated (user, item) values combine.
     #[arg(long, value_parser = aggregate_parser(), default_value = "max")]
@@ -379,8 +382,9 @@ mod tests {
     }
 
     #[test]
-    fn train_flags_default_to_the_model_cores_hyperparameters() {
+    fn train_flags_default_to_the_model_cores_hyperparameters_and_the_default_input() {
         assert_eq!(train(&[]).hyper().unwrap(), Hyper::DEFAULT);
+        assert_eq!(train(&[]).input.input().unwrap(), Input::default());
         let h = train(&["--holdout", "0.1", "--no-bias", "--factors", "7"])
             .hyper()
             .unwrap();

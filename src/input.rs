@@ -11,6 +11,9 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 
 pub const DEFAULT_EVENT_WEIGHTS: &str = "view=1,add_to_cart=3,purchase=5";
+pub const DEFAULT_USER_COL: &str = "user_id";
+pub const DEFAULT_EVENT_COL: &str = "event_type";
+pub const DEFAULT_TIME_COL: &str = "timestamp";
 
 /// Event type -> rating weight, from `--event-weights view=1,add_to_cart=3,purchase=5`.
 #[derive(Clone, Debug, PartialEq)]
@@ -121,8 +124,23 @@ pub struct InputSettings {
     pub aggregate: Aggregate,
 }
 
+impl Default for InputSettings {
+    /// The default columns (`--user-col` and the others without a flag), by file name.
+    fn default() -> Self {
+        InputSettings {
+            format: Format::Auto,
+            user_col: DEFAULT_USER_COL.into(),
+            item_col: None,
+            event_col: DEFAULT_EVENT_COL.into(),
+            rating_col: None,
+            time_col: DEFAULT_TIME_COL.into(),
+            aggregate: Aggregate::Max,
+        }
+    }
+}
+
 /// Everything reading a dataset needs.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct Input {
     pub settings: InputSettings,
     /// Used unless `settings.rating_col` names a rating column.
@@ -214,18 +232,7 @@ mod tests {
 
     #[test]
     fn a_rating_column_replaces_the_event_weights() {
-        let mut input = Input {
-            settings: InputSettings {
-                format: Format::Auto,
-                user_col: "user_id".into(),
-                item_col: None,
-                event_col: "event_type".into(),
-                rating_col: None,
-                time_col: "timestamp".into(),
-                aggregate: Aggregate::Max,
-            },
-            weights: EventWeights::default(),
-        };
+        let mut input = Input::default();
         assert!(matches!(input.rule(), ValueRule::Events(_)));
         assert_eq!(
             (input.value_col(), input.value_flag()),

@@ -15,7 +15,7 @@ use crate::error::{Error, Result};
 use crate::exchange;
 use crate::features::LocalRatings;
 use crate::ingest;
-use crate::input::{Aggregate, EventWeights, Format, Input, InputSettings};
+use crate::input::Input;
 use crate::mf::params::padded_width;
 use crate::store::Location;
 use crate::train::item_rows::{exchanges_per_epoch, sharing_wanted};
@@ -410,18 +410,7 @@ fn data_check(comm: &Comm, data: &str) -> Result<(Check, Option<usize>)> {
 fn count_items(comm: &Comm, data: &str) -> Result<usize> {
     let loc = Location::parse(data, "--data")?;
     // The default columns and events.
-    let input = Input {
-        settings: InputSettings {
-            format: Format::Auto,
-            user_col: "user_id".into(),
-            item_col: None,
-            event_col: "event_type".into(),
-            rating_col: None,
-            time_col: "timestamp".into(),
-            aggregate: Aggregate::Max,
-        },
-        weights: EventWeights::default(),
-    };
+    let input = Input::default();
     let dataset = crate::pipeline::plan(comm, &loc, &input)?;
     let mut local = LocalRatings::new();
     let read = ingest::read_slice(
