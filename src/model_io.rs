@@ -217,6 +217,75 @@ mod tests {
         out
     }
 
+    /// A model of `n` users and items whose rows are `[0, u, 1]` / `[0, 1, i]`, published.
+    fn published(loc: &Location, n: usize, seed: u64) -> ModelMeta {
+        let ids: Vec<crate::ids::Id> = (0..n as i64).map(crate::ids::Id::Int).collect();
+        let rows = |k: usize| -> Vec<f32> {
+            (0..n)
+                .flat_map(|x| [0.0, x as f32 * k as f32, 1.0])
+                .collect()
+        };
+        let tables = crate::mf::tables::encode_tables(2, &ids, &rows(1), &ids, &rows(2)).unwrap();
+        let mut meta: ModelMeta = serde_json::from_value(serde_json::json!({
+            "format": "funksvd-model", "version": 1, "factors": 2, "biased": false,
+            "global_mean": 0.0, "rating_min": 0.0, "rating_max": 100.0,
+            "n_users": n, "n_items": n, "n_ratings": 0,
+            "hyperparameters": {"factors": 2, "epochs": 1, "lr": 0.01, "reg": 0.02,
+                                "seed": seed, "biased": false, "init_std": 0.1},
+            "event_weights": null,
+            "input": {"data": "d", "format": "auto", "user_col": "u", "item_col": null,
+                      "event_col": "e", "rating_col": "r", "time_col": "t",
+                      "aggregate": "max", "holdout": 0.1},
+            "training": {"ranks": 1, "epochs": 1, "seconds": 0.0, "seconds_per_epoch": 0.0,
+                         "syncs_per_epoch": 0, "floats_per_sync": 0, "rows_read": 0,
+                         "rows_skipped": 0, "phases": {"plan": 0.0, "read": 0.0,
+                         "features": 0.0, "exchange": 0.0, "train": 0.0, "save": 0.0,
+                         "read_per_rank": []}},
+            "metrics": {"train_rmse": 0.0, "train_mae": 0.0, "holdout_rmse": null,
+                        "holdout_mae": null, "n_holdout": 0, "history": []},
+            "files": {}, "created_by": "test"
+        }))
+        .unwrap();
+        publish(loc, &mut meta, tables, |_| {}).unwrap();
+        meta
+    }
+
+    #[test]
+    fn a_published_model_loads_from_async_code_and_from_the_rank_commands_alike() {
+        let (dir, loc) = folder("load");
+        let err = load_blocking(&loc).err().unwrap();
+        assert!(err.to_string().contains("no model there"), "{err}");
+        for seed in 1..=3 {
+            published(&loc, 5, seed);
+        }
+        // The current and the previous versions stay.
+        assert_eq!(
+            std::fs::read_dir(dir.join(VERSIONS_DIR)).unwrap().count(),
+            2
+        );
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let from_async = runtime.block_on(load(&loc)).unwrap();
+        let from_ranks = load_blocking(&loc).unwrap();
+        assert_eq!(from_async.meta, from_ranks.meta);
+        assert_eq!(from_async.meta.hyperparameters.seed, 3);
+        assert_eq!(
+            from_async.meta.hyperparameters.holdout, 0.1,
+            "from input.holdout"
+        );
+        assert_eq!(from_async.item_rows, from_ranks.item_rows);
+        // User 4 scores item i as 4 * 2i + 1: the highest items first, item 3 left out.
+        let top: Vec<u32> = from_async
+            .top_n(4, 3, &[3])
+            .iter()
+            .map(|s| s.item)
+            .collect();
+        assert_eq!(top, vec![4, 2, 1]);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
     #[test]
     fn the_newest_complete_entries_are_kept_and_older_ones_deleted() {
         let (dir, loc) = folder("retention");
