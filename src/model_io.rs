@@ -217,7 +217,7 @@ mod tests {
         out
     }
 
-    /// A model of `n` users and items whose rows are `[0, u, 1]` / `[0, 1, i]`, published.
+    /// A model of `n` users and items whose rows are `[0, u, 1]` / `[0, 2i, 1]`, published.
     fn published(loc: &Location, n: usize, seed: u64) -> ModelMeta {
         let ids: Vec<crate::ids::Id> = (0..n as i64).map(crate::ids::Id::Int).collect();
         let rows = |k: usize| -> Vec<f32> {
@@ -226,26 +226,10 @@ mod tests {
                 .collect()
         };
         let tables = crate::mf::tables::encode_tables(2, &ids, &rows(1), &ids, &rows(2)).unwrap();
-        let mut meta: ModelMeta = serde_json::from_value(serde_json::json!({
-            "format": "funksvd-model", "version": 1, "factors": 2, "biased": false,
-            "global_mean": 0.0, "rating_min": 0.0, "rating_max": 100.0,
-            "n_users": n, "n_items": n, "n_ratings": 0,
-            "hyperparameters": {"factors": 2, "epochs": 1, "lr": 0.01, "reg": 0.02,
-                                "seed": seed, "biased": false, "init_std": 0.1},
-            "event_weights": null,
-            "input": {"data": "d", "format": "auto", "user_col": "u", "item_col": null,
-                      "event_col": "e", "rating_col": "r", "time_col": "t",
-                      "aggregate": "max", "holdout": 0.1},
-            "training": {"ranks": 1, "epochs": 1, "seconds": 0.0, "seconds_per_epoch": 0.0,
-                         "syncs_per_epoch": 0, "floats_per_sync": 0, "rows_read": 0,
-                         "rows_skipped": 0, "phases": {"plan": 0.0, "read": 0.0,
-                         "features": 0.0, "exchange": 0.0, "train": 0.0, "save": 0.0,
-                         "read_per_rank": []}},
-            "metrics": {"train_rmse": 0.0, "train_mae": 0.0, "holdout_rmse": null,
-                        "holdout_mae": null, "n_holdout": 0, "history": []},
-            "files": {}, "created_by": "test"
-        }))
-        .unwrap();
+        let mut meta = ModelMeta::for_tests(n as u64, n as u64, false);
+        meta.hyperparameters.seed = seed;
+        meta.input.holdout = 0.1;
+        meta.rating_max = 100.0;
         publish(loc, &mut meta, tables, |_| {}).unwrap();
         meta
     }

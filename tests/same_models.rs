@@ -104,23 +104,7 @@ fn line(name: &str, model: &Path) -> String {
 
 #[test]
 fn models_are_bit_for_bit_those_the_fixture_keeps() {
-    let dir = temp_dir("same-models");
-    let data = dir.join("data");
-    generate(
-        &data,
-        &[
-            "--users",
-            "700",
-            "--items",
-            "250",
-            "--events",
-            "40000",
-            "--files",
-            "3",
-            "--row-group-size",
-            "6000",
-        ],
-    );
+    let (dir, data) = generated_in_groups("same-models", 700, 250, 40000, 3, Some(6000));
     let mut lines: Vec<String> = Vec::new();
     for (n, case) in GENERATED.iter().enumerate() {
         let model = dir.join(format!("m{n}"));

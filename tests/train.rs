@@ -31,23 +31,7 @@ fn ml_args<'a>(data: &'a str, model: &'a str) -> Vec<&'a str> {
 
 #[test]
 fn same_rank_count_twice_gives_bit_identical_model_files() {
-    let dir = temp_dir("determinism");
-    let data = dir.join("data");
-    generate(
-        &data,
-        &[
-            "--users",
-            "800",
-            "--items",
-            "300",
-            "--events",
-            "60000",
-            "--files",
-            "3",
-            "--row-group-size",
-            "5000",
-        ],
-    );
+    let (dir, data) = generated_in_groups("determinism", 800, 300, 60000, 3, Some(5000));
     for ranks in [2, 3] {
         let a = dir.join(format!("a{ranks}"));
         let b = dir.join(format!("b{ranks}"));
@@ -87,23 +71,7 @@ fn holdout_rmse_for_2_3_4_8_ranks_is_within_half_a_percent_of_one_rank_on_moviel
 
 #[test]
 fn holdout_rmse_for_2_3_4_8_ranks_is_within_half_a_percent_of_one_rank_on_generated_data() {
-    let dir = temp_dir("ranks-gen");
-    let data = dir.join("data");
-    generate(
-        &data,
-        &[
-            "--users",
-            "3000",
-            "--items",
-            "1000",
-            "--events",
-            "400000",
-            "--files",
-            "4",
-            "--row-group-size",
-            "20000",
-        ],
-    );
+    let (dir, data) = generated_in_groups("ranks-gen", 3000, 1000, 400000, 4, Some(20000));
     let one = dir.join("m1");
     mpirun(1, &train_args(s(&data), s(&one), &[])).ok();
     let base = holdout_rmse(&one);

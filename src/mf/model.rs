@@ -242,26 +242,7 @@ mod tests {
 
     /// A model of 2 users and 4 items with 2 factors, and its model.json.
     fn model(biased: bool) -> Model {
-        let meta: ModelMeta = serde_json::from_value(serde_json::json!({
-            "format": "funksvd-model", "version": 1, "factors": 2, "biased": biased,
-            "global_mean": 3.0, "rating_min": 1.0, "rating_max": 5.0,
-            "n_users": 2, "n_items": 4, "n_ratings": 8,
-            "hyperparameters": {"factors": 2, "epochs": 1, "lr": 0.01, "reg": 0.02, "seed": 1,
-                                "biased": biased, "init_std": 0.1},
-            "event_weights": null,
-            "input": {"data": "d", "format": "auto", "user_col": "u", "item_col": null,
-                      "event_col": "e", "rating_col": "r", "time_col": "t",
-                      "aggregate": "max", "holdout": 0.2},
-            "training": {"ranks": 1, "epochs": 1, "seconds": 0.0, "seconds_per_epoch": 0.0,
-                         "syncs_per_epoch": 0, "floats_per_sync": 0, "rows_read": 0,
-                         "rows_skipped": 0, "phases": {"plan": 0.0, "read": 0.0,
-                         "features": 0.0, "exchange": 0.0, "train": 0.0, "save": 0.0,
-                         "read_per_rank": []}},
-            "metrics": {"train_rmse": 0.0, "train_mae": 0.0, "holdout_rmse": null,
-                        "holdout_mae": null, "n_holdout": 0, "history": []},
-            "files": {}, "created_by": "test"
-        }))
-        .unwrap();
+        let meta = ModelMeta::for_tests(2, 4, biased);
         let users = [Id::Int(10), Id::Str("anna".into())];
         let user_rows = vec![0.5, 1.0, 0.0, /* anna */ -0.5, 0.0, 1.0];
         let items = [Id::Int(1), Id::Int(2), Id::Int(3), Id::Int(4)];

@@ -192,20 +192,36 @@ pub fn generated(
     events: u32,
     files: u32,
 ) -> (PathBuf, PathBuf) {
+    generated_in_groups(name, users, items, events, files, None)
+}
+
+/// `generated`, with `row_group` rows per Parquet row group (generate's default without).
+pub fn generated_in_groups(
+    name: &str,
+    users: u32,
+    items: u32,
+    events: u32,
+    files: u32,
+    row_group: Option<u32>,
+) -> (PathBuf, PathBuf) {
     let dir = temp_dir(name);
     let data = dir.join("data");
-    let (users, items, events, files) = (
-        users.to_string(),
-        items.to_string(),
-        events.to_string(),
-        files.to_string(),
-    );
-    generate(
-        &data,
-        &[
-            "--users", &users, "--items", &items, "--events", &events, "--files", &files,
-        ],
-    );
+    let numbers = [users, items, events, files].map(|n| n.to_string());
+    let mut args = vec![
+        "--users",
+        &numbers[0],
+        "--items",
+        &numbers[1],
+        "--events",
+        &numbers[2],
+        "--files",
+        &numbers[3],
+    ];
+    let rows = row_group.map(|n| n.to_string());
+    if let Some(rows) = &rows {
+        args.extend(["--row-group-size", rows.as_str()]);
+    }
+    generate(&data, &args);
     (dir, data)
 }
 
