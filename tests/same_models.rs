@@ -114,19 +114,7 @@ fn models_are_bit_for_bit_those_the_fixture_keeps() {
     }
     if let Some(ratings) = shared_data("ml-latest-small/ratings.csv") {
         let model = dir.join("ml");
-        let args = train_args(
-            s(&ratings),
-            s(&model),
-            &[
-                "--rating-col",
-                "rating",
-                "--user-col",
-                "userId",
-                "--item-col",
-                "movieId",
-            ],
-        );
-        mpirun(2, &args).ok();
+        mpirun(2, &ml_args(s(&ratings), s(&model))).ok();
         lines.push(line("movielens-2-ranks", &model));
     }
     lines.dedup();

@@ -14,21 +14,6 @@ fn holdout_rmse(model: &std::path::Path) -> f64 {
         .expect("a hold-out RMSE")
 }
 
-fn ml_args<'a>(data: &'a str, model: &'a str) -> Vec<&'a str> {
-    train_args(
-        data,
-        model,
-        &[
-            "--rating-col",
-            "rating",
-            "--user-col",
-            "userId",
-            "--item-col",
-            "movieId",
-        ],
-    )
-}
-
 #[test]
 fn same_rank_count_twice_gives_bit_identical_model_files() {
     let (dir, data) = generated_in_groups("determinism", 800, 300, 60000, 3, Some(5000));

@@ -131,6 +131,22 @@ pub fn train_args<'a>(data: &'a str, model: &'a str, extra: &[&'a str]) -> Vec<&
     args
 }
 
+/// `train` on MovieLens' ratings.csv (explicit ratings, its column names).
+pub fn ml_args<'a>(data: &'a str, model: &'a str) -> Vec<&'a str> {
+    train_args(
+        data,
+        model,
+        &[
+            "--rating-col",
+            "rating",
+            "--user-col",
+            "userId",
+            "--item-col",
+            "movieId",
+        ],
+    )
+}
+
 pub fn temp_dir(name: &str) -> PathBuf {
     let dir =
         PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("{name}-{}", std::process::id()));
