@@ -90,6 +90,25 @@ pub trait CollectiveExt: Collective {
         let codes = self.gather_codes(failure_code(&local));
         settle(local, &codes, self.rank())
     }
+
+    /// Personalised exchange of separate messages: `outgoing[r]` goes to rank r; returns what
+    /// each rank sent to this one (`alltoall_flat` for messages already in one buffer).
+    fn alltoall_bytes(&self, outgoing: &[Vec<u8>]) -> Result<Vec<Vec<u8>>> {
+        let lens: Vec<u64> = outgoing.iter().map(|m| m.len() as u64).collect();
+        let (all, from) = self.alltoall_flat(&outgoing.concat(), &lens)?;
+        Ok(split_by_lengths(&all, &from))
+    }
+}
+
+/// Back-to-back messages of `lens` bytes each, apart.
+pub(crate) fn split_by_lengths(all: &[u8], lens: &[u64]) -> Vec<Vec<u8>> {
+    let mut at = 0usize;
+    lens.iter()
+        .map(|&len| {
+            at += len as usize;
+            all[at - len as usize..at].to_vec()
+        })
+        .collect()
 }
 
 impl<C: Collective + ?Sized> CollectiveExt for C {}

@@ -11,7 +11,7 @@ use mpi::raw::AsRaw;
 use mpi::topology::{Communicator, SimpleCommunicator};
 use mpi::traits::*;
 
-use crate::collective::{Collective, Op, SharedFloats};
+use crate::collective::{split_by_lengths, Collective, Op, SharedFloats};
 use crate::error::{Error, Result};
 
 /// The world communicator of this job.
@@ -124,7 +124,7 @@ impl Collective for Comm {
             let mut partition = PartitionMut::new(&mut all[..], counts, displs);
             self.world.all_gather_varcount_into(mine, &mut partition);
         }
-        Ok(split_by_lengths(all, &lens))
+        Ok(split_by_lengths(&all, &lens))
     }
 
     fn alltoall_flat(&self, send: &[u8], send_lens: &[u64]) -> Result<(Vec<u8>, Vec<u64>)> {
@@ -200,16 +200,6 @@ fn counts_and_displs(lens: &[u64], what: &str) -> Result<(Vec<i32>, Vec<i32>)> {
 /// send buffer's, and MPI rejects a receive buffer that aliases the send buffer.
 fn receive_buffer(len: usize) -> Vec<u8> {
     vec![0u8; len + 1]
-}
-
-fn split_by_lengths(all: Vec<u8>, lens: &[u64]) -> Vec<Vec<u8>> {
-    let mut out = Vec::with_capacity(lens.len());
-    let mut at = 0usize;
-    for &l in lens {
-        out.push(all[at..at + l as usize].to_vec());
-        at += l as usize;
-    }
-    out
 }
 
 /// Make a panic on one rank end the whole job instead of leaving the others in a collective:

@@ -424,11 +424,7 @@ fn gather_users(
     for id in user_ids {
         id.write(&mut w);
     }
-    w.f32s(&crate::mf::params::pack(
-        params.users,
-        params.width,
-        params.factors + 1,
-    ));
+    w.f32s(&params.users_packed());
     let Some((all, lens)) = comm.gather_flat(0, &w.finish())? else {
         return Ok(None);
     };

@@ -234,20 +234,11 @@ fn alltoall_check(comm: &Comm) -> Result<Check> {
     let n = comm.size();
     let r = comm.rank();
     let outgoing: Vec<Vec<u8>> = (0..n).map(|to| format!("{r}->{to}").into_bytes()).collect();
-    let lens: Vec<u64> = outgoing.iter().map(|m| m.len() as u64).collect();
-    let (flat, from) = comm.alltoall_flat(&outgoing.concat(), &lens)?;
-    let mut at = 0;
-    let incoming: Vec<&[u8]> = from
-        .iter()
-        .map(|&len| {
-            at += len as usize;
-            &flat[at - len as usize..at]
-        })
-        .collect();
+    let incoming = comm.alltoall_bytes(&outgoing)?;
     let a2a_ok = incoming
         .iter()
         .enumerate()
-        .all(|(from, b)| *b == format!("{from}->{r}").as_bytes());
+        .all(|(from, b)| b == format!("{from}->{r}").as_bytes());
     let gathered = comm.allgather_bytes(format!("rank{r}").as_bytes())?;
     let ag_ok = gathered
         .iter()

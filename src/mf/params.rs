@@ -160,12 +160,12 @@ impl Params {
 
     /// The user rows packed, `factors + 1` floats each.
     pub fn users_packed(&self) -> Vec<f32> {
-        pack(self.users.as_slice(), self.width, self.factors + 1)
+        self.view().users_packed()
     }
 
     /// The item rows packed, `factors + 1` floats each.
     pub fn items_packed(&self) -> Vec<f32> {
-        pack(self.items.as_slice(), self.width, self.factors + 1)
+        self.view().items_packed()
     }
 }
 
@@ -189,10 +189,20 @@ impl<'a> ParamsRef<'a> {
     pub fn item(&self, i: usize) -> &'a [f32] {
         &self.items[i * self.width..i * self.width + self.factors + 1]
     }
+
+    /// The user rows packed, `factors + 1` floats each.
+    pub fn users_packed(&self) -> Vec<f32> {
+        pack(self.users, self.width, self.factors + 1)
+    }
+
+    /// The item rows packed, `factors + 1` floats each (in their row order).
+    pub fn items_packed(&self) -> Vec<f32> {
+        pack(self.items, self.width, self.factors + 1)
+    }
 }
 
 /// Padded rows of `width` floats packed to their first `keep` floats each.
-pub fn pack(rows: &[f32], width: usize, keep: usize) -> Vec<f32> {
+fn pack(rows: &[f32], width: usize, keep: usize) -> Vec<f32> {
     let mut out = Vec::with_capacity(rows.len() / width * keep);
     for row in rows.chunks_exact(width) {
         out.extend_from_slice(&row[..keep]);

@@ -34,7 +34,7 @@ impl Checkpoints<'_> {
                 epoch,
                 self.user_ids,
                 stride,
-                &progress.users_packed(),
+                &progress.params.users_packed(),
             );
             model_io::save_checkpoint_rows(
                 self.loc,
@@ -42,7 +42,7 @@ impl Checkpoints<'_> {
                 users,
             )?;
             if comm.is_root() {
-                let items = checkpoint::encode_item_rows(stride, &progress.items_packed());
+                let items = checkpoint::encode_item_rows(stride, &progress.params.items_packed());
                 model_io::save_checkpoint_rows(self.loc, &checkpoint::items_file(epoch), items)?;
             }
             crate::fault::point("checkpoint", comm.rank())

@@ -45,7 +45,6 @@ use crate::collective::{Collective, CollectiveExt, Op};
 use crate::error::{Error, Result};
 use crate::ids::Id;
 use crate::mf::kernel::Step;
-use crate::mf::params::pack;
 use crate::mf::{EpochStats, Globals, Hyper, Params, ParamsRef, Rows};
 use crate::rng::Rng;
 
@@ -77,20 +76,6 @@ pub struct Progress<'a> {
     pub epoch: usize,
     pub history: &'a [EpochStats],
     pub params: ParamsRef<'a>,
-}
-
-impl Progress<'_> {
-    /// The user rows packed, `factors + 1` floats each.
-    pub fn users_packed(&self) -> Vec<f32> {
-        let p = self.params;
-        pack(p.users, p.width, p.factors + 1)
-    }
-
-    /// The item rows packed, `factors + 1` floats each, in training-row order.
-    pub fn items_packed(&self) -> Vec<f32> {
-        let p = self.params;
-        pack(p.items, p.width, p.factors + 1)
-    }
 }
 
 /// What a rank trains: its data and how every rank numbers and groups the items.
