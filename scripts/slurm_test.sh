@@ -135,7 +135,25 @@ loose_credentials_are_refused() {
   chmod 600 "$FUNKSVD_ENV_FILE"
   return $refused
 }
+# The time limit near: Slurm signals the batch shell (--signal=B:TERM@120), which passes SIGTERM
+# to srun and srun to every rank. scancel --batch --signal=TERM does the same now.
+preempted_job_checkpoints_and_resumes() {
+  local id out epoch
+  id=$(sbatch --parsable --ntasks-per-node=2 --mem-per-cpu=500M -o "$top/work/preempt-%j.out" \
+    "$repo/slurm/train.sbatch" --data "$top/work/data" --model "$top/work/model-p" --epochs 100000)
+  out="$top/work/preempt-$id.out"
+  for _ in $(seq 600); do grep -q "epoch 5/100000" "$out" 2>/dev/null && break; sleep 0.1; done
+  scancel --batch --signal=TERM "$id"
+  for _ in $(seq 600); do [ -n "$(squeue -h -j "$id" 2>/dev/null)" ] || break; sleep 0.1; done
+  epoch=$(sed -n 's/.*interrupted (SIGTERM) after epoch \([0-9]*\) of 100000.*/\1/p' "$out")
+  [ -n "$epoch" ] || { cat "$out"; return 1; }
+  sbatch --wait --ntasks-per-node=2 --mem-per-cpu=500M -o "$top/work/resumed-%j.out" \
+    "$repo/slurm/train.sbatch" --data "$top/work/data" --model "$top/work/model-p" \
+    --epochs $((epoch + 1)) --resume >/dev/null || { cat "$top"/work/resumed-*.out; return 1; }
+  grep -q "resuming after epoch $epoch" "$top"/work/resumed-*.out
+}
 check "sbatch --wait train.sbatch with 2 tasks leaves a 2-rank model" train_ok
+check "SIGTERM before the time limit checkpoints; --resume finishes the job" preempted_job_checkpoints_and_resumes
 check "a failing rank makes sbatch --wait exit non-zero" failing_rank_fails_the_job
 check "sbatch --wait verify.sbatch passes" verify_ok
 check "a credentials file readable by others is refused" loose_credentials_are_refused

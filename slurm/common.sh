@@ -34,12 +34,15 @@ if [ -z "$bin" ] || [ ! -x "$bin" ]; then
 fi
 
 # Run `funksvd COMMAND ARGS...` on every task of the allocation. The batch shell gets SIGTERM
-# 120 s before the time limit (--signal=B:TERM@120) and passes it on to the ranks.
+# 120 s before the time limit (--signal=B:TERM@120) and passes it on to the ranks themselves
+# (scancel --signal signals the job's steps): each finishes its epoch, they checkpoint and exit
+# 143; `--resume` continues. (srun, sent SIGTERM, would kill the ranks at once.)
 run_ranks() {
   echo "funksvd: job ${SLURM_JOB_ID:-?}: ${SLURM_NTASKS:-?} ranks on ${SLURM_JOB_NUM_NODES:-?} nodes ($bin $1)"
   srun --mpi=pmix --kill-on-bad-exit=1 "$bin" "$@" &
   local pid=$! status
-  trap 'echo "funksvd: time limit near, stopping the ranks" >&2; kill -TERM "$pid" 2>/dev/null' TERM
+  trap 'echo "funksvd: time limit near, stopping the ranks at the end of their epoch" >&2
+        scancel --signal=TERM "${SLURM_JOB_ID:-0}" 2>/dev/null || kill -TERM "$pid" 2>/dev/null' TERM
   while true; do
     set +e
     wait "$pid"

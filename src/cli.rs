@@ -5,7 +5,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::error::{Error, Result};
 use crate::input::{
-    Aggregate, EventWeights, Format, Input, InputSettings, DEFAULT_EVENT_COL,
+    parse_delimiter, Aggregate, EventWeights, Format, Input, InputSettings, DEFAULT_EVENT_COL,
     DEFAULT_EVENT_WEIGHTS, DEFAULT_TIME_COL, DEFAULT_USER_COL,
 };
 use crate::mf::Hyper;
@@ -85,6 +85,9 @@ pub struct InputArgs {
     /// Input format.
     #[arg(long, value_parser = format_parser(), default_value = "auto")]
     pub format: Format,
+    /// CSV field separator: one character, or `tab` [default: a tab for .tsv files, else a comma].
+    #[arg(long, value_parser = delimiter_parser())]
+    pub delimiter: Option<char>,
 }
 
 impl InputArgs {
@@ -99,6 +102,7 @@ impl InputArgs {
                 rating_col: self.rating_col.clone(),
                 time_col: self.time_col.clone(),
                 aggregate: self.aggregate,
+                delimiter: self.delimiter,
             },
             weights: EventWeights::parse(&self.event_weights)?,
         })
@@ -117,11 +121,17 @@ fn aggregate_parser() -> impl TypedValueParser<Value = Aggregate> {
     })
 }
 
+/// `--delimiter`: checked by `input::parse_delimiter`.
+fn delimiter_parser() -> impl TypedValueParser<Value = char> {
+    clap::builder::NonEmptyStringValueParser::new()
+        .try_map(|text| parse_delimiter(&text).map_err(|e| e.to_string()))
+}
+
 /// `--format`'s values, with their help.
 fn format_parser() -> impl TypedValueParser<Value = Format> {
     PossibleValuesParser::new([
         PossibleValue::new("auto")
-            .help("By file name: .parquet/.pq/.parq are Parquet, .csv/.tsv/.txt are CSV"),
+            .help("By file name: .parquet/.pq/.parq are Parquet, .csv/.tsv/.txt are CSV (.tsv tab-separated)"),
         PossibleValue::new("parquet"),
         PossibleValue::new("csv"),
     ])
@@ -131,6 +141,10 @@ fn format_parser() -> impl TypedValueParser<Value = Format> {
         _ => Format::Auto,
     })
 }
+
+/// Most epochs one run may ask for: model.json and each checkpoint record every epoch's figures
+/// (about 100 bytes each), and SGD on any real dataset has long converged.
+pub const MAX_EPOCHS: usize = 100_000;
 
 #[derive(Args, Debug)]
 pub struct TrainArgs {
@@ -184,8 +198,11 @@ impl TrainArgs {
                 self.factors
             )));
         }
-        if self.epochs == 0 {
-            return Err(Error::usage("--epochs 0: must be at least 1"));
+        if self.epochs == 0 || self.epochs > MAX_EPOCHS {
+            return Err(Error::usage(format!(
+                "--epochs {}: must be between 1 and {MAX_EPOCHS}",
+                self.epochs
+            )));
         }
         if !(self.lr.is_finite() && self.lr > 0.0) {
             return Err(Error::usage(format!(
@@ -264,6 +281,9 @@ pub struct EvaluateArgs {
     /// Input format [default: as the model was trained].
     #[arg(long, value_parser = format_parser())]
     pub format: Option<Format>,
+    /// CSV field separator [default: as the model was trained].
+    #[arg(long, value_parser = delimiter_parser())]
+    pub delimiter: Option<char>,
 }
 
 impl EvaluateArgs {
@@ -284,6 +304,7 @@ impl EvaluateArgs {
         s.rating_col = self.rating_col.clone().or(s.rating_col);
         s.aggregate = self.aggregate.unwrap_or(s.aggregate);
         s.format = self.format.unwrap_or(s.format);
+        s.delimiter = self.delimiter.or(s.delimiter);
         if let Some(spec) = &self.event_weights {
             weights = EventWeights::parse(spec)?;
         }
@@ -313,11 +334,35 @@ pub struct VerifyArgs {
     pub items: usize,
 }
 
+impl VerifyArgs {
+    /// The bandwidth test's model size, in a range that fits in memory.
+    pub fn check(&self) -> Result<()> {
+        if self.factors == 0 || self.factors > 4096 {
+            return Err(Error::usage(format!(
+                "--factors {}: must be between 1 and 4096",
+                self.factors
+            )));
+        }
+        // Each rank holds the test's item rows about twice.
+        let bytes = self.items as u64 * (self.factors as u64 + 8) * 4;
+        if self.items == 0 || bytes > 4 << 30 {
+            return Err(Error::usage(format!(
+                "--items {} x --factors {}: the bandwidth test's item rows must be between 1 item and 4 GiB",
+                self.items, self.factors
+            )));
+        }
+        Ok(())
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum OutFormat {
     Parquet,
     Csv,
 }
+
+/// Events `generate` builds in memory for one file (about 1 GB with its encoding).
+const MAX_EVENTS_PER_FILE: usize = 20_000_000;
 
 #[derive(Args, Debug)]
 pub struct GenerateArgs {
@@ -346,6 +391,10 @@ pub struct GenerateArgs {
     pub seed: u64,
     #[arg(long, value_enum, default_value_t = OutFormat::Parquet)]
     pub format: OutFormat,
+    /// Replace the files of an earlier generation in --out (an --out holding data is refused
+    /// without it, so that two generations never mix).
+    #[arg(long)]
+    pub overwrite: bool,
 }
 
 impl GenerateArgs {
@@ -361,8 +410,27 @@ impl GenerateArgs {
                 return Err(Error::usage(format!("{flag} 0: must be at least 1")));
             }
         }
-        if self.users > u32::MAX as usize || self.items > u32::MAX as usize {
-            return Err(Error::usage("--users/--items: at most 4294967295"));
+        // Ranges that fit in memory: the hidden vectors (users and items x latent floats) and one
+        // file's events (24 bytes each, plus its encoding) are held at once.
+        for (flag, v, most) in [
+            ("--users", self.users, 50_000_000),
+            ("--items", self.items, 50_000_000),
+            ("--latent", self.latent, 64),
+            ("--files", self.files, 100_000),
+            ("--row-group-size", self.row_group_size, 10_000_000),
+        ] {
+            if v > most {
+                return Err(Error::usage(format!("{flag} {v}: at most {most}")));
+            }
+        }
+        let per_file = self.events.div_ceil(self.files);
+        if per_file > MAX_EVENTS_PER_FILE {
+            return Err(Error::usage(format!(
+                "--events {} over --files {}: {per_file} events per file, at most {MAX_EVENTS_PER_FILE} (a file is built in memory); give --files {} or more",
+                self.events,
+                self.files,
+                self.events.div_ceil(MAX_EVENTS_PER_FILE)
+            )));
         }
         Ok(())
     }

@@ -12,6 +12,9 @@ pub enum Error {
     Runtime(String),
     /// Another rank failed; that rank has printed its own message. Carries the exit code it chose.
     PeerFailed { rank: usize, code: i32 },
+    /// Every rank stopped on SIGTERM or SIGINT, after saving what can be resumed; rank 0 has
+    /// logged how to continue. Exit code 128 + the signal (143, 130), as a shell reports it.
+    Interrupted { signal: i32 },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -31,6 +34,7 @@ impl Error {
             Error::Usage(_) => 2,
             Error::Runtime(_) => 1,
             Error::PeerFailed { code, .. } => *code,
+            Error::Interrupted { signal } => 128 + signal,
         }
     }
 }
@@ -42,6 +46,7 @@ impl fmt::Display for Error {
             Error::PeerFailed { rank, code } => {
                 write!(f, "stopping: rank {rank} failed (exit code {code})")
             }
+            Error::Interrupted { signal } => write!(f, "interrupted by signal {signal}"),
         }
     }
 }

@@ -1,6 +1,7 @@
 //! Fault injection for the failure tests: `FUNKSVD_FAULT=POINT@RANK:KIND` makes rank RANK fail
-//! at the named point, with KIND `panic` (a bug) or `error` (a runtime error). Unset, a point
-//! costs one environment lookup per call site visit, outside the hot loops.
+//! at the named point, with KIND `panic` (a bug) or `error` (a runtime error), or pause there
+//! with KIND `delay-MS` (to order concurrent jobs in a test). Unset, a point costs one
+//! environment lookup per call site visit, outside the hot loops.
 
 use crate::error::{Error, Result};
 
@@ -12,6 +13,11 @@ pub fn point(name: &str, rank: usize) -> Result<()> {
     match parse(&spec) {
         Some((point, r, kind)) if point == name && r == rank => match kind {
             "panic" => panic!("injected fault at {name} (FUNKSVD_FAULT)"),
+            _ if kind.starts_with("delay-") => {
+                let ms = kind["delay-".len()..].parse().unwrap_or(0);
+                std::thread::sleep(std::time::Duration::from_millis(ms));
+                Ok(())
+            }
             _ => Err(Error::runtime(format!(
                 "injected fault at {name} (FUNKSVD_FAULT)"
             ))),

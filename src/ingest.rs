@@ -38,6 +38,8 @@ struct Columns {
     value: (usize, String),
     /// CSV only: how many fields the header has.
     csv_fields: usize,
+    /// CSV only: the field separator.
+    delimiter: u8,
 }
 
 /// One data file, as every rank needs to know it.
@@ -157,12 +159,51 @@ pub fn discover(loc: &Location, input: &Input, ranks: usize) -> Result<Dataset> 
         started.elapsed().as_secs_f64()
     );
     let (files, footers): (Vec<SourceFile>, Vec<Bytes>) = found.into_iter().unzip();
+    same_item_column(loc, &files)?;
     let shapes: Vec<SourceShape> = files.iter().map(|f| f.shape.clone()).collect();
     let slices = crate::plan::assign(&shapes, ranks);
     Ok(Dataset {
         files,
         footers,
         slices,
+    })
+}
+
+/// Without `--item-col`, each file's item column is `product_id`, else `item_id`: the files of
+/// one dataset must agree, or its items would be two vocabularies under one name.
+fn same_item_column(loc: &Location, files: &[SourceFile]) -> Result<()> {
+    let mut first_with: BTreeMap<&str, &SourceFile> = BTreeMap::new();
+    for f in files.iter().filter(|f| !f.columns.item.1.is_empty()) {
+        first_with.entry(f.columns.item.1.as_str()).or_insert(f);
+    }
+    if first_with.len() < 2 {
+        return Ok(());
+    }
+    let each: Vec<String> = first_with
+        .iter()
+        .map(|(col, f)| format!("{} has {col:?}", loc.display_key(&f.file.key)))
+        .collect();
+    Err(Error::usage(format!(
+        "the files disagree on the item column ({}); give every file one item column name, or name it with --item-col",
+        each.join(", ")
+    )))
+}
+
+impl Dataset {
+    /// The item column the files use (they agree: see `same_item_column`).
+    pub fn item_col(&self) -> Option<&str> {
+        self.files
+            .iter()
+            .map(|f| f.columns.item.1.as_str())
+            .find(|c| !c.is_empty())
+    }
+}
+
+/// The field separator of a CSV file: `--delimiter`, else a tab for `.tsv` names, else a comma.
+fn delimiter_of(file: &FileRef, given: Option<u8>) -> u8 {
+    given.unwrap_or_else(|| match file.key.to_ascii_lowercase().ends_with(".tsv") {
+        true => b'\t',
+        false => b',',
     })
 }
 
@@ -225,7 +266,8 @@ async fn describe_file(
             Ok((sf, footer))
         }
         Kind::Csv => {
-            let (names, data_start) = fetch_csv_header(loc, &file).await?;
+            let delimiter = delimiter_of(&file, input.settings.delimiter.map(|c| c as u8));
+            let (names, data_start) = fetch_csv_header(loc, &file, delimiter).await?;
             let columns = if file.size == 0 {
                 // An empty file has no header and no rows: nothing to resolve.
                 Columns {
@@ -233,9 +275,13 @@ async fn describe_file(
                     item: (0, String::new()),
                     value: (0, String::new()),
                     csv_fields: 0,
+                    delimiter,
                 }
             } else {
-                resolve_columns(&names, input, &shown, names.len())?
+                Columns {
+                    delimiter,
+                    ..resolve_columns(&names, input, &shown, names.len())?
+                }
             };
             let sf = SourceFile {
                 shape: SourceShape::Csv {
@@ -281,7 +327,11 @@ async fn fetch_footer(loc: &Location, file: &FileRef) -> Result<Bytes> {
 }
 
 /// The header fields and the offset where data starts.
-async fn fetch_csv_header(loc: &Location, file: &FileRef) -> Result<(Vec<String>, u64)> {
+async fn fetch_csv_header(
+    loc: &Location,
+    file: &FileRef,
+    delimiter: u8,
+) -> Result<(Vec<String>, u64)> {
     if file.size == 0 {
         return Ok((Vec::new(), 0));
     }
@@ -289,13 +339,19 @@ async fn fetch_csv_header(loc: &Location, file: &FileRef) -> Result<(Vec<String>
     loop {
         let upto = len.min(file.size);
         let head = loc.get_range(&file.key, 0..upto).await?;
+        if head.starts_with(b"PAR1") {
+            return Err(Error::usage(format!(
+                "{}: this is a Parquet file (it starts with PAR1), read as CSV because of --format csv; drop --format or give --format parquet",
+                loc.display_key(&file.key)
+            )));
+        }
         if let Some(nl) = head.iter().position(|&b| b == b'\n') {
             let line = String::from_utf8_lossy(&head[..nl]);
-            return Ok((split_header(&line), nl as u64 + 1));
+            return Ok((split_header(&line, delimiter), nl as u64 + 1));
         }
         if upto == file.size {
             let line = String::from_utf8_lossy(&head);
-            return Ok((split_header(&line), file.size));
+            return Ok((split_header(&line, delimiter), file.size));
         }
         if len >= 16 << 20 {
             return Err(Error::usage(format!(
@@ -307,10 +363,10 @@ async fn fetch_csv_header(loc: &Location, file: &FileRef) -> Result<(Vec<String>
     }
 }
 
-fn split_header(line: &str) -> Vec<String> {
+fn split_header(line: &str, delimiter: u8) -> Vec<String> {
     let line = line.strip_suffix('\r').unwrap_or(line);
     let line = line.strip_prefix('\u{feff}').unwrap_or(line);
-    line.split(',')
+    line.split(delimiter as char)
         .map(|f| f.trim().trim_matches('"').to_string())
         .collect()
 }
@@ -323,16 +379,37 @@ fn resolve_columns(
 ) -> Result<Columns> {
     let find = |name: &str| names.iter().position(|n| n == name);
     let missing = |col: &str, flag: &str| {
+        // Names as text a terminal shows (a binary file's "header" is not).
         let available = names
             .iter()
             .take(30)
-            .cloned()
+            .map(|n| match n.chars().any(char::is_control) || n.len() > 64 {
+                true => format!("{:?}", n.chars().take(64).collect::<String>()),
+                false => n.clone(),
+            })
             .collect::<Vec<_>>()
             .join(", ");
+        let hint = match names.len() == 1 && (names[0].contains('\t') || names[0].contains(';')) {
+            true => " (one column: is the separator not a comma? give --delimiter)",
+            false => "",
+        };
         Error::usage(format!(
-            "{shown}: no column {col:?} (columns: {available}); name the right one with {flag}"
+            "{shown}: no column {col:?} (columns: {available}){hint}; name the right one with {flag}"
         ))
     };
+    let used = [
+        Some(input.settings.user_col.as_str()),
+        input.settings.item_col.as_deref(),
+        Some(input.value_col()),
+    ];
+    for name in used.into_iter().flatten() {
+        let copies = names.iter().filter(|n| *n == name).count();
+        if copies > 1 {
+            return Err(Error::usage(format!(
+                "{shown}: column {name:?} appears {copies} times; rename the copies so each column name is unique"
+            )));
+        }
+    }
     let s = &input.settings;
     let user = find(&s.user_col).ok_or_else(|| missing(&s.user_col, "--user-col"))?;
     let item = match &s.item_col {
@@ -341,6 +418,11 @@ fn resolve_columns(
             col.clone(),
         ),
         None => match (find("product_id"), find("item_id")) {
+            (Some(_), _) if names.iter().filter(|n| *n == "product_id").count() > 1 => {
+                return Err(Error::usage(format!(
+                    "{shown}: column \"product_id\" appears more than once; rename the copies so each column name is unique"
+                )))
+            }
             (Some(i), _) => (i, "product_id".into()),
             (None, Some(i)) => (i, "item_id".into()),
             (None, None) => return Err(missing("product_id", "--item-col")),
@@ -353,6 +435,7 @@ fn resolve_columns(
         item,
         value: (value, value_col.to_string()),
         csv_fields,
+        delimiter: b',',
     })
 }
 
@@ -505,7 +588,8 @@ async fn load_unit(
                 )));
             };
             let text = fetch_lines(loc, &source.file.key, data_start, size, range).await?;
-            parse_csv(text, c.csv_fields, [c.user.0, c.item.0, c.value.0], &shown)?
+            let columns = [c.user.0, c.item.0, c.value.0];
+            parse_csv(text, c.csv_fields, columns, c.delimiter, &shown)?
         }
     };
     Ok((file, batches))
@@ -516,6 +600,7 @@ fn parse_csv(
     text: Bytes,
     fields: usize,
     columns: [usize; 3],
+    delimiter: u8,
     shown: &str,
 ) -> Result<Vec<RecordBatch>> {
     if text.is_empty() {
@@ -529,6 +614,7 @@ fn parse_csv(
     // The projection yields the columns in the order asked: user, item, value.
     arrow::csv::ReaderBuilder::new(schema)
         .with_header(false)
+        .with_delimiter(delimiter)
         .with_batch_size(BATCH_ROWS)
         .with_projection(columns.to_vec())
         .build(std::io::Cursor::new(text))
@@ -650,9 +736,10 @@ mod tests {
     #[test]
     fn header_fields_are_trimmed_and_unquoted() {
         assert_eq!(
-            split_header("\u{feff}userId,\"movieId\", rating,timestamp\r"),
+            split_header("\u{feff}userId,\"movieId\", rating,timestamp\r", b','),
             vec!["userId", "movieId", "rating", "timestamp"]
         );
+        assert_eq!(split_header("a\tb", b'\t'), vec!["a", "b"]);
     }
 
     #[test]

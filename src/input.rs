@@ -73,12 +73,93 @@ impl EventWeights {
     pub fn from_map(map: &BTreeMap<String, f32>) -> EventWeights {
         EventWeights(map.iter().map(|(k, &v)| (k.clone(), v)).collect())
     }
+
+    /// What to do about rows skipped for event types not in this table (`unknown`, the types
+    /// with their row counts): advice for the log, and whether it is worth a warning. Removals
+    /// (`remove_from_cart`) are no interest signal: noted, not warned about. Another shop's
+    /// name for a weighted type (REES46's `cart`) gets the exact `--event-weights` that counts it.
+    pub fn advice(&self, unknown: &BTreeMap<String, u64>) -> Option<(String, bool)> {
+        if unknown.is_empty() {
+            return None;
+        }
+        if unknown.keys().all(|name| is_removal(name)) {
+            return Some(("removals are no interest signal".into(), false));
+        }
+        let mut added = self.clone();
+        let mut meant = Vec::new();
+        for name in unknown.keys() {
+            let ours = SYNONYMS.iter().find(|(other, _)| other == name);
+            if let Some((weight, ours)) = ours.and_then(|(_, o)| Some((self.weight(o)?, o))) {
+                added.0.push((name.to_string(), weight));
+                meant.push(format!("{name:?} as {ours}"));
+            }
+        }
+        let advice = match meant.is_empty() {
+            true => "to count them, add them to --event-weights with a weight each".to_string(),
+            false => format!(
+                "to count {}, run with --event-weights {}",
+                meant.join(" and "),
+                added.to_spec()
+            ),
+        };
+        Some((advice, true))
+    }
+}
+
+/// Event types that say a shopper lost interest; no weight table should count them.
+const REMOVALS: &[&str] = &[
+    "remove_from_cart",
+    "removefromcart",
+    "remove-from-cart",
+    "remove_from_wishlist",
+    "cart_remove",
+];
+
+/// Other shops' names for the default event types (REES46 says `cart`, RetailRocket
+/// `addtocart` and `transaction`).
+const SYNONYMS: &[(&str, &str)] = &[
+    ("cart", "add_to_cart"),
+    ("addtocart", "add_to_cart"),
+    ("add-to-cart", "add_to_cart"),
+    ("add_to_basket", "add_to_cart"),
+    ("transaction", "purchase"),
+    ("buy", "purchase"),
+    ("order", "purchase"),
+    ("checkout", "purchase"),
+    ("click", "view"),
+    ("page_view", "view"),
+    ("pageview", "view"),
+    ("detail", "view"),
+];
+
+fn is_removal(event: &str) -> bool {
+    REMOVALS.contains(&event.to_ascii_lowercase().as_str())
 }
 
 impl Default for EventWeights {
     fn default() -> Self {
         EventWeights::parse(DEFAULT_EVENT_WEIGHTS).expect("the default weights parse")
     }
+}
+
+/// `--delimiter`: one ASCII character, or `tab` (also `\t`).
+pub fn parse_delimiter(text: &str) -> Result<char> {
+    let c = match text {
+        "tab" | "\\t" | "\t" => '\t',
+        _ => {
+            let mut chars = text.chars();
+            match (chars.next(), chars.next()) {
+                (Some(c), None) => c,
+                _ => '\0',
+            }
+        }
+    };
+    if !c.is_ascii() || c == '\0' || c == '"' || c == '\n' || c == '\r' {
+        return Err(Error::usage(format!(
+            "--delimiter {text:?}: must be one ASCII character other than a quote or a line break (or `tab`)"
+        )));
+    }
+    Ok(c)
 }
 
 /// How a (user, item) pair's repeated values combine (`--aggregate`).
@@ -122,6 +203,9 @@ pub struct InputSettings {
     /// Recorded only: no command reads the event time yet.
     pub time_col: String,
     pub aggregate: Aggregate,
+    /// CSV field separator (ASCII); None: a tab for `.tsv` files, else a comma.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delimiter: Option<char>,
 }
 
 impl Default for InputSettings {
@@ -135,6 +219,7 @@ impl Default for InputSettings {
             rating_col: None,
             time_col: DEFAULT_TIME_COL.into(),
             aggregate: Aggregate::Max,
+            delimiter: None,
         }
     }
 }
@@ -183,14 +268,16 @@ impl Input {
     pub fn describe(&self) -> String {
         let s = &self.settings;
         format!(
-            "{}|{:?}|{}|{:?}|{}|{:?}|{:?}",
+            "{}|{:?}|{}|{:?}|{}|{:?}|{:?}{}",
             s.user_col,
             s.item_col,
             s.event_col,
             s.rating_col,
             self.weights.to_spec(),
             s.aggregate,
-            s.format
+            s.format,
+            // Absent unless given, so checkpoints of earlier versions still fit.
+            s.delimiter.map(|d| format!("|{d:?}")).unwrap_or_default()
         )
     }
 }
@@ -227,6 +314,41 @@ mod tests {
             let e = EventWeights::parse(bad).unwrap_err();
             assert_eq!(e.exit_code(), 2, "{bad}");
             assert!(e.to_string().contains("--event-weights"), "{e}");
+        }
+    }
+
+    #[test]
+    fn skipped_event_types_get_the_exact_flag_and_removals_no_warning() {
+        let w = EventWeights::default();
+        let counts = |names: &[&str]| -> BTreeMap<String, u64> {
+            names.iter().map(|&k| (k.to_string(), 1)).collect()
+        };
+        assert_eq!(w.advice(&counts(&[])), None);
+        let (_, warn) = w.advice(&counts(&["remove_from_cart"])).unwrap();
+        assert!(!warn);
+        let (line, warn) = w.advice(&counts(&["cart", "remove_from_cart"])).unwrap();
+        assert!(warn);
+        assert_eq!(
+            line,
+            "to count \"cart\" as add_to_cart, run with --event-weights view=1,add_to_cart=3,purchase=5,cart=3"
+        );
+        let (line, warn) = w.advice(&counts(&["wishlist"])).unwrap();
+        assert!(
+            warn && line.contains("add them to --event-weights"),
+            "{line}"
+        );
+    }
+
+    #[test]
+    fn delimiters_are_one_ascii_character_or_tab() {
+        assert_eq!(parse_delimiter("tab").unwrap(), '\t');
+        assert_eq!(parse_delimiter("\\t").unwrap(), '\t');
+        assert_eq!(parse_delimiter(";").unwrap(), ';');
+        for bad in ["", ";;", "\"", "é"] {
+            assert!(parse_delimiter(bad)
+                .unwrap_err()
+                .to_string()
+                .contains("--delimiter"));
         }
     }
 

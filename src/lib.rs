@@ -5,7 +5,7 @@
 //! (docs/DESIGN.md "Layers"; `tests/layout.rs` checks them):
 //!
 //! - plain data and helpers: `error`, `ids`, `rng`, `wire`, `metrics`, `prefetch`, `input`,
-//!   `ratings`, `fault`, `memory`;
+//!   `ratings`, `fault`, `memory`, `interrupt`;
 //! - the model core `mf` (parameters, kernel, prediction, `Model`, model and checkpoint
 //!   formats): no MPI, no async runtime, no command line, no storage;
 //! - the two leaves that talk to the outside: `comm` (MPI, behind the `collective::Collective`
@@ -38,6 +38,7 @@ pub mod features;
 pub mod ids;
 pub mod ingest;
 pub mod input;
+pub mod interrupt;
 pub mod memory;
 pub mod metrics;
 pub mod mf;

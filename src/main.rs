@@ -73,6 +73,8 @@ fn report(comm: &Comm, e: &Error) -> i32 {
         Error::PeerFailed { rank, .. } => {
             log::debug!("rank {}: stopping because rank {rank} failed", comm.rank());
         }
+        // Rank 0 has said what happened and how to go on.
+        Error::Interrupted { .. } => {}
         _ if comm.size() > 1 => say(&format!("funksvd: error (rank {}): {e}\n", comm.rank())),
         _ => say(&format!("funksvd: error: {e}\n")),
     }

@@ -1,5 +1,6 @@
-//! The process's memory: peak resident size for the logs, and the allocator setting that
-//! keeps it low (memory per input event is a target of the benchmark).
+//! The process's memory: peak resident size for the logs, what the host has free (to refuse a
+//! model that cannot fit before allocating it), and the allocator setting that keeps it low
+//! (memory per input event is a target of the benchmark).
 
 /// Buffers above this size get their own mapping from glibc's allocator, returned to the
 /// operating system as soon as they are freed.
@@ -24,4 +25,13 @@ pub fn peak_rss_mb() -> Option<f64> {
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb / 1024.0)
+}
+
+/// Memory the host can still give without swapping, in bytes (MemAvailable; None where /proc is
+/// missing).
+pub fn available_bytes() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
 }

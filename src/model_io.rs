@@ -10,56 +10,174 @@ use crate::mf::checkpoint::{self, CheckpointMeta, CHECKPOINTS_DIR};
 use crate::mf::meta::{ModelMeta, ITEMS_FILE, MODEL_JSON, USERS_FILE};
 use crate::mf::tables::Tables;
 use crate::mf::Model;
-use crate::store::{block_on, Location};
+use crate::store::{block_on, Location, Tag};
 
 /// Where a model's versions live below its prefix (the `_` hides them from dataset listings).
 pub const VERSIONS_DIR: &str = "_versions";
-/// The current version and the one before it (a reader may have just read the old model.json).
-const VERSIONS_KEPT: usize = 2;
 /// Complete checkpoints kept: the newest and the one before it.
 const CHECKPOINTS_KEPT: usize = 2;
 
-/// Publish a model so that no reader ever sees half of it, and a failure at any step leaves
-/// the previous model readable (S3 has no rename, so one PUT is the only atomic switch):
+/// What a job found at its model location when it started: the `model.json` (by its tag) its
+/// publication will replace, and the version folder that model lives in.
+#[derive(Clone, Debug, Default)]
+pub struct Found {
+    tag: Option<Tag>,
+    version: Option<String>,
+}
+
+/// Before a job reads any data (rank 0): check that the model location takes writes, and note
+/// which model is there, so that the publication replaces that model and no other.
+pub fn prepare_publish(loc: &Location, flag: &str) -> Result<Found> {
+    let io = loc.blocking();
+    io.probe_write(&format!("{VERSIONS_DIR}/.probe-{}", new_version_id()), flag)?;
+    let Some((json, tag)) = io.get_tagged(&loc.child_key(MODEL_JSON))? else {
+        return Ok(Found::default());
+    };
+    // An unreadable model.json is replaced like any other; only its version folder is unknown.
+    let version = ModelMeta::from_json(&json, MODEL_JSON)
+        .ok()
+        .and_then(|meta| version_of(&meta));
+    Ok(Found {
+        tag: Some(tag),
+        version,
+    })
+}
+
+/// Publish a model so that no reader ever sees half of it, a failure at any step leaves the
+/// previous model readable, and two jobs publishing to one location never leave a mix (S3 has
+/// no rename, so one conditional PUT is the switch):
 ///
 /// 1. the tables go to a new version folder `_versions/<id>/` (nothing is overwritten);
-/// 2. `model.json`, naming that folder's files in `files`, replaces the old one in one PUT;
-/// 3. the top-level `users.parquet` and `items.parquet` are refreshed as copies of the new
-///    version, for readers that open them directly;
-/// 4. versions older than the previous one are deleted.
+/// 2. `model.json`, naming that folder's files in `files`, replaces the one `found` saw, in one
+///    PUT that only succeeds if `model.json` is still that one: if another job published since
+///    this one started, this publication is refused (and its folder deleted);
+/// 3. the top-level `users.parquet` and `items.parquet` are refreshed as copies of the version
+///    `model.json` names (see `refresh_copies`);
+/// 4. the other version folders go, except the one `found` saw (a reader may have just read
+///    the old model.json), the one `model.json` names now, and newer ones (another job may be
+///    writing one).
 ///
 /// `finish` fills in the last fields of `meta` (timings) just before the switch.
 pub fn publish(
     loc: &Location,
+    found: &Found,
     meta: &mut ModelMeta,
     tables: Tables,
     finish: impl FnOnce(&mut ModelMeta),
 ) -> Result<()> {
     let io = loc.blocking();
     let version = new_version_id();
-    let users_key = format!("{VERSIONS_DIR}/{version}/{USERS_FILE}");
-    let items_key = format!("{VERSIONS_DIR}/{version}/{ITEMS_FILE}");
-    io.put(&loc.child_key(&users_key), tables.users.clone())?;
-    crate::fault::point("publish-tables", 0)?;
-    io.put(&loc.child_key(&items_key), tables.items.clone())?;
-    meta.files = [("users", &users_key), ("items", &items_key)]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    finish(meta);
-    crate::fault::point("publish-switch", 0)?;
-    io.put(&loc.child_key(MODEL_JSON), Bytes::from(meta.to_json()?))?;
+    let written = write_version(loc, &version, &tables).and_then(|()| {
+        meta.files = [("users", USERS_FILE), ("items", ITEMS_FILE)]
+            .into_iter()
+            .map(|(k, file)| (k.to_string(), format!("{VERSIONS_DIR}/{version}/{file}")))
+            .collect();
+        finish(meta);
+        crate::fault::point("publish-switch", 0)?;
+        io.put_if(
+            &loc.child_key(MODEL_JSON),
+            Bytes::from(meta.to_json()?),
+            found.tag.as_ref(),
+        )
+    });
+    match written {
+        Ok(true) => {}
+        Ok(false) => {
+            delete_version(loc, &version);
+            return Err(Error::runtime(format!(
+                "another job published a model to {} since this one started; this run's model was not published (the other job's stands; run this one again to replace it)",
+                loc.url()
+            )));
+        }
+        Err(e) => {
+            delete_version(loc, &version);
+            return Err(e);
+        }
+    }
     // Published. What follows only tidies up; a failure here is reported, the model stands.
     crate::fault::point("publish-copies", 0)?;
-    io.put(&loc.child_key(USERS_FILE), tables.users)?;
-    io.put(&loc.child_key(ITEMS_FILE), tables.items)?;
-    keep_newest(
-        loc,
-        VERSIONS_DIR,
-        VERSIONS_KEPT,
-        |rel| rel.split('/').next().map(str::to_string),
-        |_| true,
-    )
+    let current = refresh_copies(loc, meta, &tables)?;
+    let keep = [
+        Some(version.as_str()),
+        found.version.as_deref(),
+        current.as_deref(),
+    ];
+    for (rel, key) in io.list_below(VERSIONS_DIR)? {
+        let Some(entry) = rel.split('/').next().filter(|e| is_version_id(e)) else {
+            continue;
+        };
+        if entry < version.as_str() && !keep.contains(&Some(entry)) {
+            io.delete(&key)?;
+        }
+    }
+    Ok(())
+}
+
+/// Step 1 of `publish`.
+fn write_version(loc: &Location, version: &str, tables: &Tables) -> Result<()> {
+    let io = loc.blocking();
+    let key = |file: &str| loc.child_key(&format!("{VERSIONS_DIR}/{version}/{file}"));
+    io.put(&key(USERS_FILE), tables.users.clone())?;
+    crate::fault::point("publish-tables", 0)?;
+    io.put(&key(ITEMS_FILE), tables.items.clone())
+}
+
+/// A refused or failed publication's folder, deleted as far as storage lets us (the next
+/// publication deletes what is left).
+fn delete_version(loc: &Location, version: &str) {
+    let io = loc.blocking();
+    let folder = format!("{VERSIONS_DIR}/{version}");
+    for (_, key) in io.list_below(&folder).unwrap_or_default() {
+        if let Err(e) = io.delete(&key) {
+            log::warn!("{e}");
+        }
+    }
+}
+
+/// Make the top-level tables copies of the version `model.json` names, even when another job
+/// publishes meanwhile: copy what it names, then check that it still names that; if not, copy
+/// again. The last copy of each table is then made by a job that saw `model.json` unchanged
+/// after making it, so both tables come from the version it names (a later publication's copies
+/// come after its switch, hence after ours). Returns the version `model.json` names now.
+fn refresh_copies(loc: &Location, ours: &ModelMeta, tables: &Tables) -> Result<Option<String>> {
+    const ROUNDS: usize = 20;
+    let io = loc.blocking();
+    let json_key = loc.child_key(MODEL_JSON);
+    for _ in 0..ROUNDS {
+        let Some((json, tag)) = io.get_tagged(&json_key)? else {
+            return Ok(None);
+        };
+        let current = ModelMeta::from_json(&json, &loc.display_key(&json_key))?;
+        let copied = if current.files == ours.files {
+            io.put(&loc.child_key(USERS_FILE), tables.users.clone())
+                .and_then(|()| io.put(&loc.child_key(ITEMS_FILE), tables.items.clone()))
+        } else {
+            // A newer publication: copy its tables (gone if a newer one still replaced it).
+            [("users", USERS_FILE), ("items", ITEMS_FILE)]
+                .into_iter()
+                .try_for_each(|(table, file)| {
+                    let bytes = io.get(&loc.child_key(&current.table(table)))?;
+                    io.put(&loc.child_key(file), bytes)
+                })
+        };
+        if copied.is_ok() && io.tag(&json_key)? == Some(tag) {
+            return Ok(version_of(&current));
+        }
+    }
+    Err(Error::runtime(format!(
+        "the model at {} is published, but model.json kept changing while its users.parquet and items.parquet were copied to the top level; read the tables model.json names",
+        loc.url()
+    )))
+}
+
+/// The version folder a model's tables are in (`None`: tables at the top level, version 1).
+fn version_of(meta: &ModelMeta) -> Option<String> {
+    let users = meta.files.get("users")?;
+    let rest = users.strip_prefix(VERSIONS_DIR)?.strip_prefix('/')?;
+    rest.split('/')
+        .next()
+        .filter(|v| is_version_id(v))
+        .map(str::to_string)
 }
 
 /// Time-ordered and unique: seconds and nanoseconds since the epoch, and the process id.
@@ -73,6 +191,11 @@ fn new_version_id() -> String {
         now.subsec_nanos(),
         std::process::id()
     )
+}
+
+/// Whether `name` is a version folder's name (not a probe, not something a person put there).
+fn is_version_id(name: &str) -> bool {
+    name.len() > 21 && name.starts_with('v') && name[1..21].bytes().all(|b| b.is_ascii_digit())
 }
 
 /// Delete every object below `folder` that belongs to an entry (a model version, a checkpoint)
@@ -230,7 +353,8 @@ mod tests {
         meta.hyperparameters.seed = seed;
         meta.input.holdout = 0.1;
         meta.rating_max = 100.0;
-        publish(loc, &mut meta, tables, |_| {}).unwrap();
+        let found = prepare_publish(loc, "--model").unwrap();
+        publish(loc, &found, &mut meta, tables, |_| {}).unwrap();
         meta
     }
 

@@ -8,7 +8,7 @@ use crate::error::Result;
 use crate::exchange;
 use crate::features::{LocalRatings, SkipCounts};
 use crate::ingest::{self, Dataset};
-use crate::input::Input;
+use crate::input::{Input, ValueRule};
 use crate::ratings::OwnedRatings;
 use crate::store::{Location, Reads};
 
@@ -27,6 +27,8 @@ pub struct IngestReport {
     pub bytes: u64,
     /// A hash of the dataset's files and sizes (what a checkpoint must match).
     pub dataset_fingerprint: String,
+    /// The item column the files have (`--item-col`, or the one found without it).
+    pub item_col: Option<String>,
 }
 
 /// Rank 0 plans and everyone gets the plan.
@@ -55,6 +57,7 @@ pub fn load_ratings(
     report.files = dataset.file_count();
     report.dataset_fingerprint = dataset.fingerprint();
     report.bytes = dataset.total_bytes();
+    report.item_col = dataset.item_col().map(str::to_string);
     if comm.is_root() {
         log::info!(
             "plan: {} files, {} row groups, {:.1} MB over {} ranks ({:.2}s)",
@@ -138,9 +141,25 @@ fn read(
             report.rows_read,
             report.rows_read as f64 / comm.size() as f64 / seconds.max(1e-9) / 1e6
         );
-        if let Some(line) = report.skipped.describe() {
-            log::warn!("{line}");
-        }
+        log_skipped(&report.skipped, input);
     }
     Ok(local)
+}
+
+/// The rows skipped, with what to do about them: a warning, unless only removal events
+/// (`remove_from_cart`, no interest signal) were skipped.
+fn log_skipped(skipped: &SkipCounts, input: &Input) {
+    let Some(line) = skipped.describe() else {
+        return;
+    };
+    let advice = match input.rule() {
+        ValueRule::Events(weights) => weights.advice(&skipped.unknown_events),
+        ValueRule::Rating => None,
+    };
+    let only_events = skipped.total() == skipped.unknown_events.values().sum::<u64>();
+    match advice {
+        Some((advice, false)) if only_events => log::info!("{line}; {advice}"),
+        Some((advice, _)) => log::warn!("{line}; {advice}"),
+        None => log::warn!("{line}"),
+    }
 }

@@ -18,7 +18,8 @@ use object_store::aws::AmazonS3Builder;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
 use object_store::{
-    ClientOptions, ObjectStore, ObjectStoreExt, PutPayload, RetryConfig, WriteMultipart,
+    ClientOptions, ObjectStore, ObjectStoreExt, PutMode, PutPayload, RetryConfig, UpdateVersion,
+    WriteMultipart,
 };
 
 use crate::error::{Error, Result};
@@ -104,6 +105,8 @@ pub struct Location {
     display_root: String,
     /// Where an S3 location's server is, for error messages (never the credentials).
     endpoint: Option<String>,
+    /// A folder inside this location that listings leave out (a model inside its dataset).
+    skip: Option<Path>,
 }
 
 impl std::fmt::Debug for Location {
@@ -142,6 +145,7 @@ impl Location {
             url: url.to_string(),
             display_root: "/".into(),
             endpoint: None,
+            skip: None,
         })
     }
 
@@ -165,6 +169,23 @@ impl Location {
             p = p.join(part);
         }
         p.to_string()
+    }
+
+    /// Whether `inner` is this location or a folder inside it (same store, same bucket).
+    pub fn holds(&self, inner: &Location) -> bool {
+        self.display_root == inner.display_root
+            && self.endpoint == inner.endpoint
+            && inner.prefix.prefix_match(&self.prefix).is_some()
+    }
+
+    /// Leave the folder `inner` out of this location's listings, if it is inside it (a model
+    /// written into its own dataset's folder is not data). Returns whether it was.
+    pub fn skip_folder(&mut self, inner: &Location) -> bool {
+        let inside = self.holds(inner) && inner.prefix != self.prefix;
+        if inside {
+            self.skip = Some(inner.prefix.clone());
+        }
+        inside
     }
 
     /// The same operations, blocking (see the module documentation).
@@ -195,11 +216,16 @@ impl Location {
                     Err(e) => return Err(self.storage_error("list", e)),
                 };
                 listed_any = true;
-                let hidden = meta
-                    .location
-                    .prefix_match(&self.prefix)
-                    .map(|mut parts| parts.any(|p| is_hidden(p.as_ref())))
-                    .unwrap_or(true);
+                let skipped = self
+                    .skip
+                    .as_ref()
+                    .is_some_and(|skip| meta.location.prefix_match(skip).is_some());
+                let hidden = skipped
+                    || meta
+                        .location
+                        .prefix_match(&self.prefix)
+                        .map(|mut parts| parts.any(|p| is_hidden(p.as_ref())))
+                        .unwrap_or(true);
                 if !hidden {
                     files.push(FileRef {
                         key: meta.location.to_string(),
@@ -309,6 +335,111 @@ impl Location {
         }
     }
 
+    /// Read a whole object and the tag that names this content of it (`None`: no such object).
+    pub async fn get_tagged(&self, key: &str) -> Result<Option<(Bytes, Tag)>> {
+        let result = match self.store.get(&Path::from(key)).await {
+            Ok(r) => r,
+            Err(object_store::Error::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(self.storage_error_key("read", key, e)),
+        };
+        let tag = Tag::of(&result.meta);
+        let bytes = result
+            .bytes()
+            .await
+            .map_err(|e| self.storage_error_key("read", key, e))?;
+        count_read(bytes.len() as u64, 1);
+        Ok(Some((bytes, tag)))
+    }
+
+    /// The tag of object `key` as it is now (`None`: no such object).
+    pub async fn tag(&self, key: &str) -> Result<Option<Tag>> {
+        match self.store.head(&Path::from(key)).await {
+            Ok(meta) => Ok(Some(Tag::of(&meta))),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(self.storage_error_key("check", key, e)),
+        }
+    }
+
+    /// Replace object `key` (small: one request) only if it is still as `expected` said
+    /// (`None`: only if there is no such object): `Ok(false)` if another writer changed it
+    /// first, and nothing was written. On S3 the server decides (`If-Match`,
+    /// `If-None-Match`); on disk the writers of one file take turns through a lock the
+    /// kernel releases when a process dies (`flock` on a hidden `.<name>.lock` beside it).
+    pub async fn put_if(&self, key: &str, bytes: Bytes, expected: Option<&Tag>) -> Result<bool> {
+        let path = Path::from(key);
+        if self.is_s3() {
+            let mode = match expected {
+                None => PutMode::Create,
+                Some(tag) => PutMode::Update(UpdateVersion {
+                    e_tag: tag.e_tag.clone(),
+                    version: tag.version.clone(),
+                }),
+            };
+            let put = self
+                .store
+                .put_opts(&path, PutPayload::from_bytes(bytes), mode.into())
+                .await;
+            return match put {
+                Ok(_) => Ok(true),
+                Err(object_store::Error::Precondition { .. })
+                | Err(object_store::Error::AlreadyExists { .. }) => Ok(false),
+                Err(e) => Err(self.storage_error_key("write", key, e)),
+            };
+        }
+        let _turn = local_lock(key).map_err(|e| {
+            Error::runtime(format!(
+                "cannot lock {} for writing: {e}",
+                self.display_key(key)
+            ))
+        })?;
+        if self.tag(key).await?.as_ref() != expected {
+            return Ok(false);
+        }
+        self.store
+            .put(&path, PutPayload::from_bytes(bytes))
+            .await
+            .map_err(|e| self.storage_error_key("write", key, e))?;
+        Ok(true)
+    }
+
+    /// Check that objects can be written (and deleted) here, before a long job relies on it:
+    /// writes and deletes the hidden object `name`. Errors name `flag`; a local path that
+    /// refuses (permissions, a file where a folder should be) is a usage error.
+    pub async fn probe_write(&self, name: &str, flag: &str) -> Result<()> {
+        let key = self.child_key(name);
+        let path = Path::from(key.as_str());
+        let refused = |e: object_store::Error| {
+            // On disk a refusal is the path's (permissions, a file in the way); on S3 as for
+            // every other request (credentials, bucket, endpoint: exit 1).
+            let usage = !self.is_s3()
+                && matches!(
+                    e,
+                    object_store::Error::PermissionDenied { .. }
+                        | object_store::Error::Unauthenticated { .. }
+                        | object_store::Error::NotFound { .. }
+                        | object_store::Error::Generic { .. }
+                );
+            let text = format!(
+                "{flag} {}: cannot write there{}: {}",
+                self.url,
+                self.at_endpoint(),
+                describe(&e)
+            );
+            match usage {
+                true => Error::usage(text),
+                false => Error::runtime(text),
+            }
+        };
+        self.store
+            .put(&path, PutPayload::from_static(b"funksvd write probe"))
+            .await
+            .map_err(refused)?;
+        match self.store.delete(&path).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(refused(e)),
+        }
+    }
+
     /// Delete object `key` (no error if it is not there).
     pub async fn delete(&self, key: &str) -> Result<()> {
         match self.store.delete(&Path::from(key)).await {
@@ -394,9 +525,62 @@ impl Blocking<'_> {
         block_on(self.0.delete(key))
     }
 
+    pub fn get_tagged(&self, key: &str) -> Result<Option<(Bytes, Tag)>> {
+        block_on(self.0.get_tagged(key))
+    }
+
+    pub fn tag(&self, key: &str) -> Result<Option<Tag>> {
+        block_on(self.0.tag(key))
+    }
+
+    pub fn put_if(&self, key: &str, bytes: Bytes, expected: Option<&Tag>) -> Result<bool> {
+        block_on(self.0.put_if(key, bytes, expected))
+    }
+
+    pub fn probe_write(&self, name: &str, flag: &str) -> Result<()> {
+        block_on(self.0.probe_write(name, flag))
+    }
+
     pub fn list_below(&self, name: &str) -> Result<Vec<(String, String)>> {
         block_on(self.0.list_below(name))
     }
+}
+
+/// What one content of an object was: its entity tag and, where the store keeps versions, its
+/// version (compared by `Location::put_if`).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Tag {
+    e_tag: Option<String>,
+    version: Option<String>,
+}
+
+impl Tag {
+    fn of(meta: &object_store::ObjectMeta) -> Tag {
+        Tag {
+            e_tag: meta.e_tag.clone(),
+            version: meta.version.clone(),
+        }
+    }
+}
+
+/// Hold the lock of local object `key` (a file `/key`) until the returned file is dropped.
+fn local_lock(key: &str) -> std::io::Result<std::fs::File> {
+    use std::os::fd::AsRawFd;
+    let target = std::path::PathBuf::from(format!("/{key}"));
+    let (Some(dir), Some(name)) = (target.parent(), target.file_name()) else {
+        return Err(std::io::Error::other("not a file path"));
+    };
+    std::fs::create_dir_all(dir)?;
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join(format!(".{}.lock", name.to_string_lossy())))?;
+    // SAFETY: flock on a descriptor this function owns; the lock goes with the descriptor.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(file)
 }
 
 /// Resolve `.` and `..` without touching the file system (the path may not exist yet).
@@ -455,6 +639,9 @@ fn describe(e: &object_store::Error) -> String {
         _ if text.contains("Connection refused") || text.contains("tcp connect error") => {
             Some("cannot connect to the endpoint (is the server up, is AWS_ENDPOINT_URL right?)")
         }
+        _ if text.contains("timed out") || text.contains("timeout") => Some(
+            "the endpoint did not answer in time (FUNKSVD_S3_TIMEOUT sets the seconds to wait, default 10)",
+        ),
         _ => None,
     };
     match (hint, code) {
@@ -465,9 +652,76 @@ fn describe(e: &object_store::Error) -> String {
 }
 
 fn env_first(names: &[&str]) -> Option<String> {
-    names
-        .iter()
-        .find_map(|n| std::env::var(n).ok().filter(|v| !v.is_empty()))
+    env_named(names).map(|(_, v)| v)
+}
+
+/// The first of `names` that is set and not empty, and its value.
+fn env_named<'n>(names: &[&'n str]) -> Option<(&'n str, String)> {
+    names.iter().find_map(|&n| {
+        std::env::var(n)
+            .ok()
+            .filter(|v| !v.is_empty())
+            .map(|v| (n, v))
+    })
+}
+
+/// Seconds an S3 request may wait for the next bytes (and a request with its retries may last)
+/// before it fails, `FUNKSVD_S3_TIMEOUT` [10]: an endpoint that takes connections and never
+/// answers fails in seconds, naming itself, and a large transfer that keeps moving is never cut.
+pub const S3_TIMEOUT_VAR: &str = "FUNKSVD_S3_TIMEOUT";
+const S3_TIMEOUT_DEFAULT: f64 = 10.0;
+
+fn s3_timeout() -> Result<Duration> {
+    let Some(text) = env_first(&[S3_TIMEOUT_VAR]) else {
+        return Ok(Duration::from_secs_f64(S3_TIMEOUT_DEFAULT));
+    };
+    match text.trim().parse::<f64>() {
+        Ok(seconds) if seconds > 0.0 && seconds <= 3600.0 => Ok(Duration::from_secs_f64(seconds)),
+        _ => Err(Error::usage(format!(
+            "{S3_TIMEOUT_VAR}={text}: must be a number of seconds above 0 and at most 3600"
+        ))),
+    }
+}
+
+/// The S3 endpoint from the environment, checked (`None`: AWS itself). MinIO deployments often
+/// give `host:port` only: that means `http://host:port`.
+fn s3_endpoint() -> Result<Option<String>> {
+    let Some((name, value)) = env_named(&["AWS_ENDPOINT_URL", "AWS_ENDPOINT", "MINIO_ENDPOINT"])
+    else {
+        return Ok(None);
+    };
+    let url = match value.contains("://") {
+        true => value.clone(),
+        false => format!("http://{value}"),
+    };
+    let bad = |why: &str| {
+        Err(Error::usage(format!(
+            "{name}={value}: {why} (expected http://host:port or https://host)"
+        )))
+    };
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return bad("not a URL");
+    };
+    if scheme != "http" && scheme != "https" {
+        return bad("the scheme must be http or https");
+    }
+    let authority = rest.split('/').next().unwrap_or("");
+    let (host, port) = match authority.rsplit_once(':') {
+        // `[::1]` is a host without a port.
+        Some((h, p)) if !authority.ends_with(']') => (h, Some(p)),
+        _ => (authority, None),
+    };
+    let host_ok = !host.is_empty()
+        && host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-._[]:".contains(c));
+    if !host_ok || url.chars().any(char::is_whitespace) {
+        return bad("not a URL");
+    }
+    if port.is_some_and(|p| p.parse::<u16>().is_err()) {
+        return bad("the port is not a number from 0 to 65535");
+    }
+    Ok(Some(url))
 }
 
 fn s3_location(url: &str, rest: &str, flag: &str) -> Result<Location> {
@@ -499,6 +753,7 @@ fn s3_location(url: &str, rest: &str, flag: &str) -> Result<Location> {
             )))
         }
     };
+    let timeout = s3_timeout()?;
     builder = builder
         .with_bucket_name(bucket)
         .with_region(region)
@@ -510,21 +765,17 @@ fn s3_location(url: &str, rest: &str, flag: &str) -> Result<Location> {
                 base: 2.0,
             },
             max_retries: 3,
-            retry_timeout: Duration::from_secs(15),
+            // No retry starts after this: a dead endpoint fails after about one timeout.
+            retry_timeout: timeout,
         })
         .with_client_options(
             ClientOptions::new()
-                .with_connect_timeout(Duration::from_secs(5))
-                .with_timeout(Duration::from_secs(120)),
+                .with_connect_timeout(timeout.min(Duration::from_secs(5)))
+                // Silence (no bytes for this long) fails a request; a long transfer does not.
+                .with_read_timeout(timeout)
+                .with_timeout(Duration::from_secs(3600)),
         );
-    let endpoint = env_first(&["AWS_ENDPOINT_URL", "AWS_ENDPOINT", "MINIO_ENDPOINT"]).map(|e| {
-        if e.contains("://") {
-            e
-        } else {
-            // MinIO deployments often give host:port only.
-            format!("http://{e}")
-        }
-    });
+    let endpoint = s3_endpoint()?;
     if let Some(endpoint) = &endpoint {
         builder = builder
             .with_allow_http(endpoint.starts_with("http://"))
@@ -544,6 +795,7 @@ fn s3_location(url: &str, rest: &str, flag: &str) -> Result<Location> {
         url: url.to_string(),
         display_root: format!("s3://{bucket}/"),
         endpoint: Some(endpoint.unwrap_or_else(|| "AWS S3".into())),
+        skip: None,
     })
 }
 
@@ -577,6 +829,21 @@ mod tests {
             .collect();
         assert_eq!(names, vec!["b.csv", "a.csv"]);
         assert_eq!(files[0].size, 2);
+        // A folder inside is left out on request (a model inside its dataset).
+        let mut data = Location::parse(dir.to_str().unwrap(), "--data").unwrap();
+        let inner = Location::parse(dir.join("date=2026-11-01").to_str().unwrap(), "--model");
+        assert!(data.skip_folder(&inner.unwrap()));
+        let left: Vec<String> = data
+            .blocking()
+            .list_files()
+            .unwrap()
+            .into_iter()
+            .map(|f| f.key)
+            .collect();
+        assert!(left.len() == 1 && left[0].ends_with("/b.csv"), "{left:?}");
+        assert!(!data.skip_folder(&loc), "the same folder is not inside");
+        let elsewhere = Location::parse("/elsewhere", "--model").unwrap();
+        assert!(!data.skip_folder(&elsewhere));
         // A single file is a dataset of one file.
         let one = Location::parse(dir.join("b.csv").to_str().unwrap(), "--data").unwrap();
         assert_eq!(one.blocking().list_files().unwrap().len(), 1);
@@ -587,6 +854,81 @@ mod tests {
     fn relative_and_dotted_paths_resolve() {
         let loc = Location::parse("/a/b/../c/./d", "--data").unwrap();
         assert_eq!(loc.child_key("x"), "a/c/d/x");
+    }
+
+    #[test]
+    fn endpoints_and_timeouts_from_the_environment_are_checked() {
+        // One test sets the variables, so no other test sees them half set.
+        let with = |name: &str, value: &str, f: &dyn Fn()| {
+            std::env::set_var(name, value);
+            f();
+            std::env::remove_var(name);
+        };
+        with("MINIO_ENDPOINT", "minio:9000", &|| {
+            assert_eq!(s3_endpoint().unwrap().as_deref(), Some("http://minio:9000"))
+        });
+        with("AWS_ENDPOINT_URL", "https://s3.example.com/", &|| {
+            assert_eq!(
+                s3_endpoint().unwrap().as_deref(),
+                Some("https://s3.example.com/")
+            )
+        });
+        for bad in [
+            "not a url",
+            "ftp://x",
+            "http://",
+            "http://host:port",
+            "http://h:99999",
+        ] {
+            with("AWS_ENDPOINT_URL", bad, &|| {
+                let err = s3_endpoint().unwrap_err();
+                assert_eq!(err.exit_code(), 2);
+                assert!(err.to_string().starts_with("AWS_ENDPOINT_URL="), "{err}");
+            });
+        }
+        assert_eq!(s3_timeout().unwrap(), Duration::from_secs(10));
+        with(S3_TIMEOUT_VAR, "2.5", &|| {
+            assert_eq!(s3_timeout().unwrap(), Duration::from_millis(2500))
+        });
+        for bad in ["0", "-1", "soon", "1e9"] {
+            with(S3_TIMEOUT_VAR, bad, &|| {
+                let err = s3_timeout().unwrap_err();
+                assert!(err.to_string().contains(S3_TIMEOUT_VAR), "{err}");
+            });
+        }
+    }
+
+    #[test]
+    fn a_conditional_write_on_disk_succeeds_only_over_what_the_writer_saw() {
+        let dir = std::env::temp_dir().join(format!("funksvd-put-if-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let loc = Location::parse(dir.to_str().unwrap(), "--model").unwrap();
+        let io = loc.blocking();
+        let key = loc.child_key("model.json");
+        let put = |text: &'static str, expected: Option<&Tag>| {
+            io.put_if(&key, Bytes::from_static(text.as_bytes()), expected)
+                .unwrap()
+        };
+        assert!(put("first", None), "absent, as expected");
+        assert!(!put("second", None), "no longer absent");
+        let (bytes, seen) = io.get_tagged(&key).unwrap().unwrap();
+        assert_eq!(&bytes[..], b"first");
+        assert!(put("third", Some(&seen)));
+        assert!(!put("fourth", Some(&seen)), "changed since it was seen");
+        assert_eq!(&io.get(&key).unwrap()[..], b"third");
+        assert_eq!(io.tag(&loc.child_key("none")).unwrap(), None);
+        // The probe writes and deletes; a file where the folder should be is refused as usage.
+        io.probe_write("_versions/.probe", "--model").unwrap();
+        assert!(!dir.join("_versions/.probe").exists());
+        let blocked =
+            Location::parse(dir.join("model.json/x").to_str().unwrap(), "--model").unwrap();
+        let err = blocked
+            .blocking()
+            .probe_write(".probe", "--model")
+            .unwrap_err();
+        assert_eq!(err.exit_code(), 2, "{err}");
+        assert!(err.to_string().contains("cannot write there"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

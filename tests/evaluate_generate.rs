@@ -54,9 +54,9 @@ fn evaluate_on_the_training_split_agrees_with_the_train_rmse_in_model_json() {
     }
 }
 
-#[test]
-fn evaluate_counts_unknown_users_and_items_and_falls_back_to_biases() {
-    let dir = temp_dir("evaluate-unknown");
+/// A folder holding a model trained on 5 events of 3 users and 2 items (nothing held out).
+fn tiny_model(name: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+    let dir = temp_dir(name);
     let train_csv = dir.join("train.csv");
     std::fs::write(&train_csv, "user_id,product_id,event_type\n1,10,view\n1,11,purchase\n2,10,purchase\n2,11,view\n3,11,view\n").unwrap();
     let model = dir.join("model");
@@ -65,6 +65,12 @@ fn evaluate_counts_unknown_users_and_items_and_falls_back_to_biases() {
         &train_args(s(&train_csv), s(&model), &["--holdout", "0"]),
     )
     .ok();
+    (dir, model)
+}
+
+#[test]
+fn evaluate_counts_unknown_users_and_items_and_falls_back_to_biases() {
+    let (dir, model) = tiny_model("evaluate-unknown");
     let test_csv = dir.join("test.csv");
     std::fs::write(
         &test_csv,
@@ -83,6 +89,92 @@ fn evaluate_counts_unknown_users_and_items_and_falls_back_to_biases() {
     assert_eq!(out["n_unknown_items"], 2);
     assert_eq!(out["n_fallback_predictions"], 3);
     assert!(out["fallback"].as_str().unwrap().contains("bias"));
+}
+
+#[test]
+fn evaluate_warns_when_the_figure_is_only_the_fallback_or_the_split_is_of_other_data() {
+    let (dir, model) = tiny_model("evaluate-strangers");
+    let strangers = dir.join("strangers.csv");
+    std::fs::write(
+        &strangers,
+        "user_id,product_id,event_type\n7,10,view\n8,11,view\n9,10,purchase\n",
+    )
+    .unwrap();
+    let run = mpirun(
+        2,
+        &["evaluate", "--model", s(&model), "--data", s(&strangers)],
+    )
+    .ok();
+    assert!(
+        run.stderr
+            .contains("every scored pair has a user or item the model does not know"),
+        "{}",
+        run.stderr
+    );
+    let out = json(&run);
+    assert_eq!(out["n_known_pairs"], 0);
+    assert!(out["rmse_known_pairs"].is_null());
+    // --split train on data the model did not train on: said, and the unknown pairs left out.
+    let run = mpirun(
+        2,
+        &[
+            "evaluate",
+            "--model",
+            s(&model),
+            "--data",
+            s(&strangers),
+            "--split",
+            "train",
+        ],
+    )
+    .ok();
+    assert!(
+        run.stderr.contains("the model never saw this data's pairs"),
+        "{}",
+        run.stderr
+    );
+    let out = json(&run);
+    assert_eq!(out["n_scored"], 0);
+    assert_eq!(out["n_skipped_unknown_for_train_split"], 3);
+}
+
+#[test]
+fn generate_refuses_a_folder_with_data_and_overwrite_replaces_its_own_generation() {
+    let dir = temp_dir("generate-overwrite");
+    let out = dir.join("events");
+    let gen = |files: &str, extra: &[&str]| {
+        let mut args = vec![
+            "generate",
+            "--out",
+            s(&out),
+            "--events",
+            "4000",
+            "--files",
+            files,
+        ];
+        args.extend_from_slice(extra);
+        mpirun(2, &args)
+    };
+    gen("4", &[]).ok();
+    let run = gen("2", &[]);
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert!(run.stderr.contains("--overwrite"), "{}", run.stderr);
+    assert_eq!(
+        std::fs::read_dir(&out).unwrap().count(),
+        4,
+        "nothing touched"
+    );
+    gen("2", &["--overwrite"]).ok();
+    let mut names: Vec<String> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        ["part-00000.parquet", "part-00001.parquet"],
+        "one generation"
+    );
 }
 
 #[test]

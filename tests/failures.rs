@@ -34,6 +34,15 @@ fn train(data: &Path, model: &Path, extra: &[&str]) -> Vec<String> {
     v
 }
 
+/// Test credentials and `extra` NAME=VALUE settings, as the leading arguments of a case.
+fn s3_env(extra: &[&str]) -> Vec<String> {
+    ["AWS_ACCESS_KEY_ID=k", "AWS_SECRET_ACCESS_KEY=s"]
+        .iter()
+        .chain(extra)
+        .map(|a| a.to_string())
+        .collect()
+}
+
 fn csv(dir: &Path, name: &str, text: &[u8]) -> std::path::PathBuf {
     let data = dir.join("data");
     std::fs::create_dir_all(&data).unwrap();
@@ -305,8 +314,143 @@ fn cases() -> Vec<Case> {
         Case {
             name: "--epochs 0",
             code: 2,
-            says: "--epochs 0: must be at least 1",
+            says: "--epochs 0: must be between 1 and 100000",
             args: |d| train(&d.join("data"), &d.join("m"), &["--epochs", "0"]),
+        },
+        Case {
+            name: "--epochs 1000000000 (more than memory could record)",
+            code: 2,
+            says: "--epochs 1000000000: must be between 1 and 100000",
+            args: |d| train(&d.join("data"), &d.join("m"), &["--epochs", "1000000000"]),
+        },
+        Case {
+            name: "verify --items too many for memory",
+            code: 2,
+            says: "the bandwidth test's item rows must be between 1 item and 4 GiB",
+            args: |_| {
+                ["verify", "--items", "1000000000"]
+                    .map(String::from)
+                    .to_vec()
+            },
+        },
+        Case {
+            name: "generate --events too many for one file",
+            code: 2,
+            says: "give --files 50 or more",
+            args: |d| {
+                [
+                    "generate",
+                    "--out",
+                    s(&d.join("g")),
+                    "--events",
+                    "1000000000",
+                    "--files",
+                    "2",
+                ]
+                .map(String::from)
+                .to_vec()
+            },
+        },
+        Case {
+            name: "AWS_ENDPOINT_URL that is not a URL",
+            code: 2,
+            says: "AWS_ENDPOINT_URL=not a url: not a URL",
+            args: |_| {
+                let mut args = s3_env(&["AWS_ENDPOINT_URL=not a url"]);
+                args.extend(train(Path::new("s3://b/data"), Path::new("s3://b/m"), &[]));
+                args
+            },
+        },
+        Case {
+            name: "FUNKSVD_S3_TIMEOUT that is not a number of seconds",
+            code: 2,
+            says: "FUNKSVD_S3_TIMEOUT=soon: must be a number of seconds",
+            args: |_| {
+                let mut args = s3_env(&[
+                    "AWS_ENDPOINT_URL=http://127.0.0.1:9",
+                    "FUNKSVD_S3_TIMEOUT=soon",
+                ]);
+                args.extend(train(Path::new("s3://b/data"), Path::new("s3://b/m"), &[]));
+                args
+            },
+        },
+        Case {
+            name: "a column name that appears twice",
+            code: 2,
+            says: "column \"user_id\" appears 2 times",
+            args: |d| {
+                let data = csv(
+                    d,
+                    "a.csv",
+                    b"user_id,product_id,event_type,user_id\n1,2,view,3\n",
+                );
+                train(&data, &d.join("m"), &[])
+            },
+        },
+        Case {
+            name: "files that disagree on the item column",
+            code: 2,
+            says: "the files disagree on the item column",
+            args: |d| {
+                csv(d, "a.csv", b"user_id,product_id,event_type\n1,2,view\n");
+                let data = csv(d, "b.csv", b"user_id,item_id,event_type\n1,2,view\n");
+                train(&data, &d.join("m"), &[])
+            },
+        },
+        Case {
+            name: "--format csv on a Parquet file",
+            code: 2,
+            says: "this is a Parquet file (it starts with PAR1)",
+            args: |d| {
+                let data = d.join("data");
+                std::fs::create_dir_all(&data).unwrap();
+                std::fs::write(data.join("a.parquet"), good_parquet(100)).unwrap();
+                train(&data, &d.join("m"), &["--format", "csv"])
+            },
+        },
+        Case {
+            name: "a --delimiter that is not one character",
+            code: 2,
+            says: "must be one ASCII character",
+            args: |d| train(&d.join("data"), &d.join("m"), &["--delimiter", ";;"]),
+        },
+        Case {
+            name: "--data and --model the same folder",
+            code: 2,
+            says: "are the same folder",
+            args: |d| {
+                let data = csv(d, "a.csv", b"user_id,product_id,event_type\n1,2,view\n");
+                train(&data, &data, &[])
+            },
+        },
+        Case {
+            name: "generate into a folder that holds data",
+            code: 2,
+            says: "add --overwrite to replace an earlier generation",
+            args: |d| {
+                let data = csv(d, "a.csv", b"user_id,product_id,event_type\n1,2,view\n");
+                ["generate", "--out", s(&data), "--events", "1000"]
+                    .map(String::from)
+                    .to_vec()
+            },
+        },
+        Case {
+            name: "generate --overwrite over files it did not write",
+            code: 2,
+            says: "was not written by funksvd generate",
+            args: |d| {
+                let data = csv(d, "a.csv", b"user_id,product_id,event_type\n1,2,view\n");
+                [
+                    "generate",
+                    "--out",
+                    s(&data),
+                    "--events",
+                    "1000",
+                    "--overwrite",
+                ]
+                .map(String::from)
+                .to_vec()
+            },
         },
         Case {
             name: "malformed --event-weights",
@@ -356,13 +500,13 @@ fn cases() -> Vec<Case> {
                     "a.csv",
                     b"user_id,product_id,event_type\n1,2,view\n2,3,purchase\n",
                 );
-                train(&data, &data, &["--resume", "--holdout", "0"])
+                train(&data, &d.join("m"), &["--resume", "--holdout", "0"])
             },
         },
         Case {
             name: "a model location that cannot be written",
-            code: 1,
-            says: "cannot write",
+            code: 2,
+            says: "--model /proc/funksvd-cannot-write-here: cannot write there",
             args: |d| {
                 let data = csv(
                     d,
@@ -394,16 +538,12 @@ fn every_failure_exits_with_its_code_and_names_the_culprit_on_two_ranks() {
     for (n, case) in cases().iter().enumerate() {
         let dir = temp_dir(&format!("failure-{n}"));
         let mut args = (case.args)(&dir);
-        let env: Vec<(String, String)> = if args[0].contains('=') {
-            let (k, v) = args
-                .remove(0)
-                .split_once('=')
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .unwrap();
-            vec![(k, v)]
-        } else {
-            vec![]
-        };
+        // Leading NAME=VALUE arguments are the environment of the run.
+        let mut env: Vec<(String, String)> = Vec::new();
+        while let Some((k, v)) = args[0].split_once('=').filter(|(k, _)| !k.starts_with('-')) {
+            env.push((k.to_string(), v.to_string()));
+            args.remove(0);
+        }
         let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         let argv: Vec<&str> = args.iter().map(String::as_str).collect();
         let run = mpirun_env(2, &argv, &env);

@@ -1,5 +1,6 @@
-//! Checkpoints and `--resume`: a run killed mid-training ends every rank fast, leaves the previous
-//! model intact, and resumes to the same model, bit for bit, as an uninterrupted run.
+//! Checkpoints and `--resume`: a run killed or stopped by a signal mid-training ends every rank
+//! fast, leaves the previous model intact, and resumes to the same model, bit for bit, as an
+//! uninterrupted run.
 
 mod common;
 
@@ -168,5 +169,81 @@ fn a_rank_killed_mid_training_ends_the_job_fast_and_resume_finishes_it() {
     assert!(
         same_model_files(&model, &whole),
         "the resumed model differs from the uninterrupted one"
+    );
+}
+
+#[test]
+fn sigterm_checkpoints_at_the_end_of_the_epoch_and_resume_gives_the_same_model() {
+    let (dir, data) = generated("sigterm", 300, 100, 10000, 2);
+    let model = dir.join("model");
+    // A previous model that must survive the interruption.
+    mpirun(2, &train_args(s(&data), s(&model), &["--epochs", "2"])).ok();
+    let before = file_bytes(&model.join("model.json"));
+    let long = train_args(s(&data), s(&model), &["--epochs", "100000"]);
+
+    let mut run = Streaming::start(2, &long, &[]);
+    run.wait_for("epoch 5/100000");
+    assert_eq!(run.signal_ranks("TERM"), 2, "two ranks signalled");
+    let status = run.wait_exit(Duration::from_secs(30));
+    assert_eq!(status.code(), Some(143), "{}", run.log);
+    let said = run
+        .log
+        .lines()
+        .find(|l| l.contains("interrupted (SIGTERM) after epoch"))
+        .unwrap_or_else(|| panic!("no interruption line:\n{}", run.log));
+    assert!(
+        said.contains("of 100000; run the same command with --resume to continue"),
+        "{said}"
+    );
+    let epoch: usize = said
+        .split("after epoch ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap();
+    assert!(
+        run.log
+            .contains(&format!("checkpoint after epoch {epoch} saved")),
+        "no checkpoint although --checkpoint-every was not given:\n{}",
+        run.log
+    );
+    assert!(
+        file_bytes(&model.join("model.json")) == before,
+        "the previous model changed"
+    );
+
+    // Resumed to a few more epochs: the same model as a run of that many epochs at once.
+    let total = (epoch + 2).to_string();
+    let resumed = train_args(s(&data), s(&model), &["--epochs", &total, "--resume"]);
+    let out = mpirun(2, &resumed).ok();
+    assert!(
+        out.stderr
+            .contains(&format!("resuming after epoch {epoch}")),
+        "{}",
+        out.stderr
+    );
+    let whole = dir.join("whole");
+    mpirun(2, &train_args(s(&data), s(&whole), &["--epochs", &total])).ok();
+    assert!(
+        same_model_files(&model, &whole),
+        "the resumed model differs from the uninterrupted one"
+    );
+
+    // Fewer epochs than the checkpoint: refused, not a silent republication.
+    let fewer = train_args(s(&data), s(&model), &["--epochs", "1", "--resume"]);
+    let out = mpirun(2, &fewer);
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(out.stderr.contains("give --epochs"), "{}", out.stderr);
+
+    // SIGINT (Ctrl-C) stops the same way, with 130.
+    let mut run = Streaming::start(2, &long, &[]);
+    run.wait_for("epoch 5/100000");
+    run.signal_ranks("INT");
+    let status = run.wait_exit(Duration::from_secs(30));
+    assert_eq!(status.code(), Some(130), "{}", run.log);
+    assert!(
+        run.log.contains("interrupted (SIGINT) after epoch"),
+        "{}",
+        run.log
     );
 }

@@ -154,8 +154,12 @@ fn wrong_secret_key_fails_every_rank_fast_and_never_prints_a_secret() {
         "took {:?}",
         started.elapsed()
     );
+    // The model location is checked first, before any data is read.
     assert!(
-        run.stderr.contains("s3://shop/events") && run.stderr.contains(&server.endpoint()),
+        run.stderr
+            .contains("--model s3://shop/model: cannot write there")
+            && run.stderr.contains(&server.endpoint())
+            && run.stderr.contains("the secret key is wrong"),
         "{}",
         run.stderr
     );
@@ -420,4 +424,40 @@ fn on_s3_a_failed_save_keeps_the_previous_model_and_resume_continues_a_stopped_r
         !json.contains(S3_SECRET_KEY) && !json.contains(S3_ACCESS_KEY),
         "credentials in model.json"
     );
+}
+
+#[test]
+fn an_endpoint_that_never_answers_fails_in_seconds_naming_it() {
+    // Takes connections and never says a word (a hung proxy, a firewall that swallows).
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for conn in listener.incoming() {
+            held.push(conn);
+        }
+    });
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let env = [
+        ("AWS_ENDPOINT_URL", endpoint.clone()),
+        ("AWS_ACCESS_KEY_ID", S3_ACCESS_KEY.to_string()),
+        ("AWS_SECRET_ACCESS_KEY", S3_SECRET_KEY.to_string()),
+        ("FUNKSVD_S3_TIMEOUT", "1".to_string()),
+    ];
+    let started = Instant::now();
+    let run = mpirun_with(
+        2,
+        &train_args("s3://shop/events", "s3://shop/model", &[]),
+        &env,
+    );
+    let took = started.elapsed();
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(
+        run.stderr.contains(&endpoint) && run.stderr.contains("did not answer in time"),
+        "{}",
+        run.stderr
+    );
+    // One timeout (and no retry after it) plus MPI's start and end; 120 s before.
+    assert!(took < Duration::from_secs(20), "took {took:?}");
+    assert_no_secret(&run);
 }

@@ -1,6 +1,7 @@
 //! The Slurm batch scripts, for real: scripts/slurm_test.sh starts a one-node Slurm (state in a
 //! temporary folder), submits slurm/train.sbatch and slurm/verify.sbatch with `sbatch --wait`,
-//! and stops the daemons afterwards.
+//! stops a training the way a time limit does (SIGTERM to the batch shell) and resumes it, and
+//! stops the daemons afterwards.
 
 mod common;
 
@@ -26,7 +27,7 @@ fn slurm_batch_scripts_train_verify_and_fail_properly_on_a_one_node_cluster() {
     let run = run_command(cmd);
     assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
     assert!(
-        run.stdout.contains("slurm: 4 passed, 0 failed"),
+        run.stdout.contains("slurm: 5 passed, 0 failed"),
         "{}",
         run.stdout
     );

@@ -122,6 +122,13 @@ fn rees46_clickstream_trains_with_its_cart_event_and_event_time_column() {
     let default_model = dir.join("default");
     let run = mpirun(2, &train_args(s(&events), s(&default_model), &[])).ok();
     assert!(run.stderr.contains("\"cart\" x165"), "{}", run.stderr);
+    // ... with the exact flag that counts it.
+    assert!(
+        run.stderr
+            .contains("run with --event-weights view=1,add_to_cart=3,purchase=5,cart=3"),
+        "{}",
+        run.stderr
+    );
     assert_eq!(load_model(&default_model).meta.training.rows_skipped, 165);
 }
 
@@ -588,4 +595,110 @@ fn without_colours(text: &str) -> String {
         }
     }
     out
+}
+
+#[test]
+fn a_long_run_logs_at_most_fifty_epoch_lines_and_its_figures_say_what_they_measure() {
+    let (dir, data) = generated("log-lines", 300, 100, 10000, 2);
+    let model = dir.join("model");
+    let run = mpirun(2, &train_args(s(&data), s(&model), &["--epochs", "777"])).ok();
+    let epoch_lines: Vec<&str> = run
+        .stderr
+        .lines()
+        .filter(|l| l.contains("] epoch "))
+        .collect();
+    assert!(
+        (21..=51).contains(&epoch_lines.len()),
+        "{} epoch lines",
+        epoch_lines.len()
+    );
+    assert!(epoch_lines.last().unwrap().contains("epoch 777/777"));
+    assert!(epoch_lines[0].contains("train RMSE") && epoch_lines[0].contains("(during the epoch)"));
+    let last = run
+        .stderr
+        .lines()
+        .find(|l| l.contains("final model: train RMSE"))
+        .unwrap_or_else(|| panic!("no final line:\n{}", run.stderr));
+    assert!(
+        last.contains("after the last epoch") && last.contains("of predicting the training mean"),
+        "{last}"
+    );
+    let m = load_model(&model);
+    assert_eq!(
+        m.meta.metrics.history.len(),
+        777,
+        "model.json keeps every epoch"
+    );
+    let baseline = m.meta.metrics.baseline_holdout_rmse.unwrap();
+    assert!(last.contains(&format!("{baseline:.4}")), "{last}");
+}
+
+#[test]
+fn a_model_location_that_refuses_writes_fails_before_any_data_is_read() {
+    let (dir, data) = generated("unwritable", 300, 100, 10000, 2);
+    // A file where the model's folder should be.
+    let blocked = dir.join("blocked");
+    std::fs::write(&blocked, "not a folder").unwrap();
+    let run = mpirun(2, &train_args(s(&data), s(&blocked.join("model")), &[]));
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert!(run.stderr.contains("--model") && run.stderr.contains("cannot write there"));
+    assert!(
+        !run.stderr.contains("] read: "),
+        "data was read first:\n{}",
+        run.stderr
+    );
+}
+
+#[test]
+fn a_model_inside_its_dataset_folder_and_tab_separated_files_just_work() {
+    let dir = temp_dir("inside");
+    let data = dir.join("events");
+    std::fs::create_dir_all(&data).unwrap();
+    let mut tsv = String::from("user_id\tproduct_id\tevent_type\n");
+    for i in 0..600 {
+        tsv.push_str(&format!(
+            "{}\t{}\t{}\n",
+            i % 40,
+            i % 25,
+            ["view", "purchase"][i % 2]
+        ));
+    }
+    std::fs::write(data.join("a.tsv"), &tsv).unwrap();
+    // The same rows with semicolons, named .csv: --delimiter says so.
+    std::fs::write(dir.join("b.csv"), tsv.replace('\t', ";")).unwrap();
+    let model = data.join("model");
+    for _ in 0..2 {
+        let run = mpirun(2, &train_args(s(&data), s(&model), &["--epochs", "2"])).ok();
+        assert!(!run.stderr.contains("users.parquet"), "{}", run.stderr);
+    }
+    let m = load_model(&model);
+    assert_eq!(
+        m.meta.training.rows_read, 600,
+        "the model's own files were not read"
+    );
+    assert_eq!(
+        m.meta.input.settings.item_col.as_deref(),
+        Some("product_id")
+    );
+    let other = dir.join("semicolons");
+    mpirun(
+        2,
+        &train_args(
+            s(&dir.join("b.csv")),
+            s(&other),
+            &["--epochs", "2", "--delimiter", ";"],
+        ),
+    )
+    .ok();
+    assert!(
+        file_bytes(&other.join("users.parquet")) == file_bytes(&model.join("users.parquet")),
+        "the same rows, the same model"
+    );
+    // Without --delimiter the one-column header gets a hint.
+    let run = mpirun(
+        2,
+        &train_args(s(&dir.join("b.csv")), s(&dir.join("x")), &[]),
+    );
+    assert_eq!(run.code, 2);
+    assert!(run.stderr.contains("give --delimiter"), "{}", run.stderr);
 }

@@ -6,45 +6,35 @@ use crate::error::Result;
 use crate::exchange;
 use crate::ids::Id;
 use crate::metrics::ErrorSums;
+use crate::mf::meta::ModelMeta;
+use crate::mf::Model;
 use crate::model_io;
 use crate::pipeline;
+use crate::ratings::OwnedRatings;
 use crate::store::Location;
 use crate::train::data::is_held_out;
 
 pub fn run(comm: &dyn Collective, args: &EvaluateArgs) -> Result<()> {
     let model_loc = comm.agree(Location::parse(&args.model, "--model"))?;
-    let data_loc = comm.agree(Location::parse(&args.data, "--data"))?;
+    let mut data_loc = comm.agree(Location::parse(&args.data, "--data"))?;
+    // A model kept inside its dataset's folder is not data.
+    data_loc.skip_folder(&model_loc);
     // Every rank needs the item rows and its users' rows; the model is small next to the data.
     let model = comm.agree(model_io::load_blocking(&model_loc))?;
     let input = comm.agree(args.input(model.meta.input()))?;
     let (owned, _report) = pipeline::load_ratings(comm, &data_loc, &input)?;
 
-    let hyper = &model.meta.hyperparameters;
-    let mut errors = ErrorSums::default();
-    let mut unknown = [0.0f64; 3]; // pairs with an unknown user, an unknown item, either
-    let mut user_unknown = vec![false; owned.users.len()];
-    let mut item_unknown = vec![false; owned.items.len()];
-    for t in &owned.triples {
-        let (uid, iid) = (&owned.users[t.user as usize], &owned.items[t.item as usize]);
-        let wanted = match args.split {
-            Split::All => true,
-            Split::Train => !is_held_out(uid, iid, hyper.seed, hyper.holdout),
-            Split::Holdout => is_held_out(uid, iid, hyper.seed, hyper.holdout),
-        };
-        if !wanted {
-            continue;
-        }
-        let (u, i) = (model.user(uid), model.item(iid));
-        user_unknown[t.user as usize] |= u.is_none();
-        item_unknown[t.item as usize] |= i.is_none();
-        errors.add(t.value, model.predict(u, i));
-        unknown[0] += u.is_none() as u8 as f64;
-        unknown[1] += i.is_none() as u8 as f64;
-        unknown[2] += (u.is_none() || i.is_none()) as u8 as f64;
-    }
-    let mut sums = [errors.to_array(), unknown].concat();
+    let Scores {
+        errors,
+        known,
+        unknown,
+        user_unknown,
+        item_unknown,
+    } = score(&model, &owned, args.split);
+    let mut sums = [&errors.to_array()[..], &unknown, &known.to_array()].concat();
     comm.reduce_f64(&mut sums, Op::Sum);
     let errors = ErrorSums::from_slice(&sums[..3]);
+    let known = ErrorSums::from_slice(&sums[7..]);
     // Users live on one rank each, so their counts add up; items may repeat across ranks.
     let mut unknown_users = [user_unknown.iter().filter(|&&b| b).count() as u64];
     comm.reduce_u64(&mut unknown_users, Op::Sum);
@@ -58,6 +48,7 @@ pub fn run(comm: &dyn Collective, args: &EvaluateArgs) -> Result<()> {
     let unknown_items = exchange::agree_on_ids(comm, &unknown_item_ids)?.len();
 
     if comm.is_root() {
+        warn_about(args, &model.meta, errors.n, sums[5], sums[6]);
         let report = serde_json::json!({
             "model": args.model,
             "data": args.data,
@@ -70,6 +61,9 @@ pub fn run(comm: &dyn Collective, args: &EvaluateArgs) -> Result<()> {
             "n_pairs_unknown_user": sums[3] as u64,
             "n_pairs_unknown_item": sums[4] as u64,
             "n_fallback_predictions": sums[5] as u64,
+            "rmse_known_pairs": known.rmse(),
+            "n_known_pairs": known.n as u64,
+            "n_skipped_unknown_for_train_split": sums[6] as u64,
             "fallback": "a pair with an unknown user or item is predicted from the global mean plus the known bias",
             "ranks": comm.size(),
         });
@@ -79,4 +73,92 @@ pub fn run(comm: &dyn Collective, args: &EvaluateArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Say so when the figures do not measure what the user likely thinks they do.
+fn warn_about(args: &EvaluateArgs, meta: &ModelMeta, scored: f64, fallback: f64, skipped: f64) {
+    let other_data = meta.input.data != args.data;
+    match args.split {
+        Split::Train | Split::Holdout if other_data => log::warn!(
+            "--split {}: the model trained on {}, not on {}: the split picks pairs by the model's seed and hold-out fraction, but the model never saw this data's pairs",
+            format!("{:?}", args.split).to_lowercase(),
+            meta.input.data,
+            args.data
+        ),
+        Split::Holdout if meta.hyperparameters.holdout == 0.0 => log::warn!(
+            "--split holdout: the model held nothing out (trained with --holdout 0); nothing to score"
+        ),
+        _ => {}
+    }
+    if skipped > 0.0 {
+        log::warn!(
+            "--split train: {} pairs have a user or item the model does not know, so it never trained on them: left out",
+            skipped as u64
+        );
+    }
+    if scored > 0.0 && fallback == scored {
+        log::warn!(
+            "every scored pair has a user or item the model does not know: the RMSE measures only the fallback (global mean plus the known bias), not the model; is --data the kind of data the model was trained on (same ids)?"
+        );
+    } else if fallback > 0.5 * scored {
+        log::warn!(
+            "{:.0}% of the scored pairs have a user or item the model does not know and get the fallback prediction; rmse_known_pairs is the model's own figure",
+            100.0 * fallback / scored
+        );
+    }
+}
+
+/// This rank's sums over the pairs of `split`.
+struct Scores {
+    errors: ErrorSums,
+    /// Pairs of known users and items only: what the model itself predicts.
+    known: ErrorSums,
+    /// Pairs with an unknown user, an unknown item, either; and those left out of the training
+    /// split for it (the model cannot have trained on a pair it does not know).
+    unknown: [f64; 4],
+    /// By this rank's user and item numbers: whether the model does not know them.
+    user_unknown: Vec<bool>,
+    item_unknown: Vec<bool>,
+}
+
+fn score(model: &Model, owned: &OwnedRatings, split: Split) -> Scores {
+    let hyper = &model.meta.hyperparameters;
+    let mut errors = ErrorSums::default();
+    let mut known = ErrorSums::default();
+    let mut unknown = [0.0f64; 4];
+    let mut user_unknown = vec![false; owned.users.len()];
+    let mut item_unknown = vec![false; owned.items.len()];
+    for t in &owned.triples {
+        let (uid, iid) = (&owned.users[t.user as usize], &owned.items[t.item as usize]);
+        let wanted = match split {
+            Split::All => true,
+            Split::Train => !is_held_out(uid, iid, hyper.seed, hyper.holdout),
+            Split::Holdout => is_held_out(uid, iid, hyper.seed, hyper.holdout),
+        };
+        if !wanted {
+            continue;
+        }
+        let (u, i) = (model.user(uid), model.item(iid));
+        user_unknown[t.user as usize] |= u.is_none();
+        item_unknown[t.item as usize] |= i.is_none();
+        if split == Split::Train && (u.is_none() || i.is_none()) {
+            unknown[3] += 1.0;
+            continue;
+        }
+        let predicted = model.predict(u, i);
+        errors.add(t.value, predicted);
+        if u.is_some() && i.is_some() {
+            known.add(t.value, predicted);
+        }
+        unknown[0] += u.is_none() as u8 as f64;
+        unknown[1] += i.is_none() as u8 as f64;
+        unknown[2] += (u.is_none() || i.is_none()) as u8 as f64;
+    }
+    Scores {
+        errors,
+        known,
+        unknown,
+        user_unknown,
+        item_unknown,
+    }
 }

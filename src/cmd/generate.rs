@@ -30,6 +30,11 @@ const FIRST_PRODUCT_ID: i64 = 1_000_000;
 pub fn run(comm: &dyn Collective, args: &GenerateArgs) -> Result<()> {
     comm.agree(args.check())?;
     let out = comm.agree(Location::parse(&args.out, "--out"))?;
+    // Two generations never mix: an earlier one is replaced whole, or not touched.
+    comm.agree(match comm.is_root() {
+        true => clear(&out, args.overwrite),
+        false => Ok(()),
+    })?;
     let world = World::new(args);
     let mut written = 0usize;
     let result = (comm.rank()..args.files)
@@ -61,6 +66,47 @@ pub fn run(comm: &dyn Collective, args: &GenerateArgs) -> Result<()> {
             args.out
         );
     }
+    Ok(())
+}
+
+/// Rank 0: refuse a folder that holds data files, unless `overwrite`, and then delete the
+/// files an earlier `generate` wrote (and only those: anything else there is refused).
+fn clear(out: &Location, overwrite: bool) -> Result<()> {
+    let files = out.blocking().list_files()?;
+    let Some(first) = files.first() else {
+        return Ok(());
+    };
+    let shown = out.display_key(&first.key);
+    if !overwrite {
+        return Err(Error::usage(format!(
+            "--out {}: already holds {} data files ({shown}, ...); choose an empty folder, or add --overwrite to replace an earlier generation",
+            out.url(),
+            files.len()
+        )));
+    }
+    let ours = |key: &str| {
+        let name = key.rsplit('/').next().unwrap_or("");
+        let stem = name
+            .strip_suffix(".parquet")
+            .or_else(|| name.strip_suffix(".csv"))
+            .and_then(|n| n.strip_prefix("part-"));
+        stem.is_some_and(|n| n.len() == 5 && n.bytes().all(|b| b.is_ascii_digit()))
+    };
+    if let Some(other) = files.iter().find(|f| !ours(&f.key)) {
+        return Err(Error::usage(format!(
+            "--out {} --overwrite: {} was not written by funksvd generate; it is not deleted: choose another folder",
+            out.url(),
+            out.display_key(&other.key)
+        )));
+    }
+    for f in &files {
+        out.blocking().delete(&f.key)?;
+    }
+    log::info!(
+        "--overwrite: deleted the {} files of an earlier generation in {}",
+        files.len(),
+        out.url()
+    );
     Ok(())
 }
 
@@ -289,6 +335,7 @@ mod tests {
             latent: 4,
             seed: 7,
             format: OutFormat::Parquet,
+            overwrite: false,
         }
     }
 

@@ -8,15 +8,17 @@ use crate::cli::TrainArgs;
 use crate::collective::{Collective, CollectiveExt, Op};
 use crate::error::{Error, Result};
 use crate::ids::Id;
-use crate::input::Input;
+use crate::input::{Input, InputSettings};
+use crate::interrupt;
 use crate::metrics::ErrorSums;
 use crate::mf::checkpoint::{item_order, Run};
 use crate::mf::meta::{
     InputRecord, Metrics, ModelMeta, Phases, ReadStats, Training, FORMAT, VERSION,
 };
+use crate::mf::params::padded_width;
 use crate::mf::tables::encode_tables;
 use crate::mf::{Globals, Hyper, Params, ParamsRef};
-use crate::model_io;
+use crate::model_io::{self, Found};
 use crate::pipeline::{self, IngestReport};
 use crate::store::Location;
 use crate::train::checkpoint::Checkpoints;
@@ -35,13 +37,21 @@ struct Settings {
 
 pub fn run(comm: &dyn Collective, args: &TrainArgs) -> Result<()> {
     let job_started = Instant::now();
+    interrupt::catch();
     let settings = comm.agree(settings(args))?;
     if let (Some(n), true) = (args.syncs_per_epoch, comm.is_root()) {
         log::warn!(
             "--syncs-per-epoch {n} is ignored: ranks hand item blocks to each other at each step, which needs no tuning"
         );
     }
+    // Before any data is read: a model location that refuses writes fails now, not after hours
+    // of training; and the model there now is the one this job's publication may replace.
+    let found = comm.agree(match comm.is_root() {
+        true => model_io::prepare_publish(&settings.model, "--model"),
+        false => Ok(Found::default()),
+    })?;
     let (owned, report) = pipeline::load_ratings(comm, &settings.data, &settings.input)?;
+    stop_if_interrupted(comm)?;
     let started = Instant::now();
     let prepared = prepare(comm, owned, &settings.hyper)?;
     let totals = agree_totals(comm, &prepared.data, &report)?;
@@ -53,6 +63,12 @@ pub fn run(comm: &dyn Collective, args: &TrainArgs) -> Result<()> {
         crate::memory::peak_rss_mb().unwrap_or(0.0)
     );
     log_set_up(comm, &prepared, &totals);
+    comm.agree(fits_in_memory(
+        comm,
+        &prepared,
+        &totals,
+        settings.hyper.factors,
+    ))?;
 
     let started = Instant::now();
     let (state, item_rows) = train(comm, args, &settings, &prepared, &report, totals.globals)?;
@@ -77,9 +93,13 @@ pub fn run(comm: &dyn Collective, args: &TrainArgs) -> Result<()> {
         train_seconds,
     ];
     comm.reduce_f64(&mut phases, Op::Max);
+    if comm.is_root() {
+        log_final(&metrics);
+    }
     let save = Save {
         args,
         settings: &settings,
+        found: &found,
         report: &report,
         totals: &totals,
         metrics,
@@ -97,12 +117,39 @@ pub fn run(comm: &dyn Collective, args: &TrainArgs) -> Result<()> {
     Ok(())
 }
 
+/// A signal during reading ends the job once the data is in (every rank at once): nothing to
+/// checkpoint yet.
+fn stop_if_interrupted(comm: &dyn Collective) -> Result<()> {
+    match interrupt::agreed(comm) {
+        Some(signal) => Err(interrupt::stopped(
+            comm,
+            signal,
+            "before training began: nothing was saved; run the same command again",
+        )),
+        None => Ok(()),
+    }
+}
+
 fn settings(args: &TrainArgs) -> Result<Settings> {
+    let model = Location::parse(&args.model, "--model")?;
+    let mut data = Location::parse(&args.data, "--data")?;
+    if model.holds(&data) && data.holds(&model) {
+        return Err(Error::usage(format!(
+            "--data and --model are the same folder ({}): the model's own tables would be read as data; give the model a folder of its own",
+            args.model
+        )));
+    }
+    if data.skip_folder(&model) {
+        log::debug!(
+            "--model {} is inside --data: its files are left out of the dataset",
+            args.model
+        );
+    }
     Ok(Settings {
         hyper: args.hyper()?,
         input: args.input.input()?,
-        data: Location::parse(&args.data, "--data")?,
-        model: Location::parse(&args.model, "--model")?,
+        data,
+        model,
     })
 }
 
@@ -150,6 +197,32 @@ fn agree_totals(comm: &dyn Collective, data: &RankData, report: &IngestReport) -
         n_ratings: sums[1] as u64,
         n_holdout: sums[2] as u64,
     })
+}
+
+/// Refuse a model this rank's host cannot hold before allocating it: the rows of its users and
+/// of every item, twice (training, and the copy a checkpoint or the save makes), and on rank 0
+/// every user's row once more (the model's table is assembled there).
+fn fits_in_memory(
+    comm: &dyn Collective,
+    prepared: &Prepared,
+    totals: &Totals,
+    factors: usize,
+) -> Result<()> {
+    let width = padded_width(factors);
+    let rows = prepared.data.ratings.n_users() + prepared.item_ids.len();
+    let mut bytes = 2 * rows as u64 * width as u64 * 4;
+    if comm.is_root() {
+        bytes += totals.n_users * (factors as u64 + 1) * 4;
+    }
+    match crate::memory::available_bytes() {
+        Some(free) if bytes > free => Err(Error::usage(format!(
+            "--factors {factors}: rank {}'s part of the model needs {:.1} GB ({rows} users and items x {width} floats, and a copy to save them), more than the {:.1} GB free on its host; lower --factors or run on more hosts",
+            comm.rank(),
+            bytes as f64 / 1e9,
+            free as f64 / 1e9
+        ))),
+        _ => Ok(()),
+    }
 }
 
 /// What the job trains on, and how evenly the users' spread left the work (a step waits for
@@ -217,16 +290,38 @@ fn train(
         globals,
     };
     let trained = fit(comm, &job, start, |progress| {
-        if comm.is_root() {
-            log_epoch(progress, hyper.epochs);
+        let (epoch, epochs) = (progress.epoch, hyper.epochs);
+        // A signal after the last epoch changes nothing: the model is about to be published.
+        let signal = interrupt::agreed(comm).filter(|_| epoch < epochs);
+        if comm.is_root() && (shows_epoch(epoch, epochs) || signal.is_some()) {
+            log_epoch(progress, epochs);
         }
-        match args.checkpoint_every {
-            Some(every) if progress.epoch % every == 0 => checkpoints.save(comm, progress),
-            _ => Ok(()),
+        let every = args.checkpoint_every.is_some_and(|n| epoch % n == 0);
+        if every || signal.is_some() {
+            checkpoints.save(comm, progress)?;
+        }
+        match signal {
+            Some(signal) => Err(interrupt::stopped(
+                comm,
+                signal,
+                &format!("after epoch {epoch} of {epochs}; run the same command with --resume to continue"),
+            )),
+            None => Ok(()),
         }
     });
     // Divergence is seen by every rank at once (the sums are allreduced).
     comm.agree(trained)
+}
+
+/// Epoch lines a person can read: every epoch up to `ALWAYS_SHOWN`, then about
+/// `SHOWN_AFTER` more evenly spaced, and always the last.
+fn shows_epoch(epoch: usize, epochs: usize) -> bool {
+    const ALWAYS_SHOWN: usize = 20;
+    const SHOWN_AFTER: usize = 30;
+    let every = (epochs.saturating_sub(ALWAYS_SHOWN))
+        .div_ceil(SHOWN_AFTER)
+        .max(1);
+    epoch <= ALWAYS_SHOWN || epoch == epochs || (epoch - ALWAYS_SHOWN) % every == 0
 }
 
 fn log_epoch(progress: &Progress, epochs: usize) {
@@ -238,13 +333,36 @@ fn log_epoch(progress: &Progress, epochs: usize) {
         .map(|h| format!("{h:.4}"))
         .unwrap_or_else(|| "-".into());
     log::info!(
-        "epoch {}/{epochs}: train RMSE {:.4}, hold-out RMSE {hold}, {:.3}s (sync {:.3}s), {:.2}M ratings/s",
+        "epoch {}/{epochs}: train RMSE {:.4} (during the epoch), hold-out RMSE {hold}, {:.3}s (sync {:.3}s), {:.2}M ratings/s",
         s.epoch,
         s.train_rmse,
         s.seconds,
         s.sync_seconds,
         s.ratings_per_second / 1e6
     );
+}
+
+/// The final figures, each saying what it measures, beside the bar the model must clear.
+fn log_final(m: &Metrics) {
+    let train = format!(
+        "final model: train RMSE {:.4} (after the last epoch; the epoch lines measure it during each epoch)",
+        m.train_rmse
+    );
+    let (Some(model), Some(baseline)) = (m.holdout_rmse, m.baseline_holdout_rmse) else {
+        log::info!("{train}; no hold-out pairs (--holdout 0)");
+        return;
+    };
+    let change = (model / baseline - 1.0) * 100.0;
+    let side = if change < 0.0 { "below" } else { "above" };
+    log::info!(
+        "{train}, hold-out RMSE {model:.4} ({:.1}% {side} the {baseline:.4} of predicting the training mean)",
+        change.abs()
+    );
+    if model >= baseline {
+        log::warn!(
+            "the model does not beat predicting the training mean on the hold-out pairs: try more --epochs, another --lr or a larger --reg"
+        );
+    }
 }
 
 /// The final model's errors on the training and the hold-out pairs, job-wide.
@@ -256,21 +374,28 @@ fn final_metrics(
     globals: Globals,
 ) -> Metrics {
     let params = state.params.view();
-    let mut errors = [0.0f64; 6];
+    let mut baseline = ErrorSums::default();
+    for h in &data.holdout {
+        baseline.add(h.value, globals.global_mean);
+    }
+    let mut errors = [0.0f64; 9];
     errors[..3]
         .copy_from_slice(&train_errors(&data.ratings, params, hyper.biased, globals).to_array());
-    errors[3..]
+    errors[3..6]
         .copy_from_slice(&holdout_errors(&data.holdout, params, hyper.biased, globals).to_array());
+    errors[6..].copy_from_slice(&baseline.to_array());
     comm.reduce_f64(&mut errors, Op::Sum);
-    let (train, hold) = (
+    let (train, hold, baseline) = (
         ErrorSums::from_slice(&errors[..3]),
-        ErrorSums::from_slice(&errors[3..]),
+        ErrorSums::from_slice(&errors[3..6]),
+        ErrorSums::from_slice(&errors[6..]),
     );
     Metrics {
         train_rmse: train.rmse().unwrap_or(f64::NAN),
         train_mae: train.mae().unwrap_or(f64::NAN),
         holdout_rmse: hold.rmse(),
         holdout_mae: hold.mae(),
+        baseline_holdout_rmse: baseline.rmse(),
         n_holdout: hold.n as u64,
         history: state.history.clone(),
     }
@@ -280,6 +405,8 @@ fn final_metrics(
 struct Save<'a> {
     args: &'a TrainArgs,
     settings: &'a Settings,
+    /// The model this job found at `--model` when it started: the one it may replace.
+    found: &'a Found,
     report: &'a IngestReport,
     totals: &'a Totals,
     metrics: Metrics,
@@ -333,10 +460,16 @@ impl Save<'_> {
             sorted_items,
             &item_rows,
         )?;
-        model_io::publish(&self.settings.model, &mut meta, tables, |meta| {
-            meta.training.phases.save = started.elapsed().as_secs_f64();
-            meta.training.seconds = self.job_started.elapsed().as_secs_f64();
-        })?;
+        model_io::publish(
+            &self.settings.model,
+            self.found,
+            &mut meta,
+            tables,
+            |meta| {
+                meta.training.phases.save = started.elapsed().as_secs_f64();
+                meta.training.seconds = self.job_started.elapsed().as_secs_f64();
+            },
+        )?;
         self.log_saved(&meta);
         Ok(())
     }
@@ -361,7 +494,11 @@ impl Save<'_> {
             event_weights: input.recorded_weights(),
             input: InputRecord {
                 data: self.args.data.clone(),
-                settings: input.settings.clone(),
+                settings: InputSettings {
+                    // The column found, so `evaluate` reads other data the same way.
+                    item_col: report.item_col.clone().or(input.settings.item_col.clone()),
+                    ..input.settings.clone()
+                },
                 holdout: hyper.holdout,
             },
             training: Training {
@@ -474,4 +611,31 @@ fn run_fingerprint(report: &IngestReport, args: &TrainArgs, input: &Input) -> St
         args.holdout
     );
     format!("{:016x}", crate::ids::hash_str(&text))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::shows_epoch;
+
+    #[test]
+    fn the_log_shows_every_early_epoch_then_about_thirty_more_and_always_the_last() {
+        let shown = |epochs: usize| {
+            (1..=epochs)
+                .filter(|&e| shows_epoch(e, epochs))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(shown(10), (1..=10).collect::<Vec<_>>());
+        assert_eq!(shown(20).len(), 20);
+        for epochs in [21, 49, 50, 51, 77, 1000, 100_000] {
+            let lines = shown(epochs);
+            assert!(lines.len() <= 51, "{epochs}: {}", lines.len());
+            assert!(lines.len() >= 21.min(epochs), "{epochs}");
+            assert_eq!(lines.last(), Some(&epochs), "{epochs}");
+            assert_eq!(&lines[..20], &(1..=20).collect::<Vec<_>>()[..]);
+        }
+        // Evenly spaced after the first twenty.
+        let lines = shown(320);
+        let gaps: Vec<usize> = lines[20..].windows(2).map(|w| w[1] - w[0]).collect();
+        assert!(gaps.iter().all(|&g| g == 10), "{gaps:?}");
+    }
 }

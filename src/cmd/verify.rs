@@ -62,6 +62,7 @@ struct Report<'a> {
 }
 
 pub fn run(comm: &Comm, args: &VerifyArgs) -> Result<()> {
+    comm.agree(args.check())?;
     let mut checks = Vec::new();
     let infos = gather_infos(comm)?;
     checks.push(collectives_check(comm)?);

@@ -83,6 +83,12 @@ impl CheckpointMeta {
                 self.ranks, run.ranks, self.ranks
             )));
         }
+        if epoch > run.hyper.epochs {
+            return Err(Error::usage(format!(
+                "--resume --epochs {}: the checkpoint is already after epoch {epoch}; give --epochs {epoch} or more (the total to reach, not the epochs to add)",
+                run.hyper.epochs
+            )));
+        }
         if self.fingerprint != run.fingerprint {
             return Err(Error::usage(format!(
                 "--resume: the checkpoint after epoch {epoch} was made with other data or input flags (the files, their sizes or the column/event flags differ)"
@@ -257,6 +263,29 @@ mod tests {
             ..made.clone()
         };
         meta.fits(&longer, "x").unwrap();
+        // As many: nothing to train, the model is published again (a publication interrupted).
+        let same = Run {
+            hyper: Hyper {
+                epochs: 4,
+                ..made.hyper.clone()
+            },
+            ..made.clone()
+        };
+        meta.fits(&same, "x").unwrap();
+        let fewer = refusal(
+            &meta,
+            &Run {
+                hyper: Hyper {
+                    epochs: 3,
+                    ..made.hyper.clone()
+                },
+                ..made.clone()
+            },
+        );
+        assert!(
+            fewer.contains("--resume --epochs 3") && fewer.contains("--epochs 4 or more"),
+            "{fewer}"
+        );
         let other = |f: &dyn Fn(&mut Run)| {
             let mut r = made.clone();
             f(&mut r);

@@ -95,6 +95,10 @@ pub struct Metrics {
     pub train_mae: f64,
     pub holdout_rmse: Option<f64>,
     pub holdout_mae: Option<f64>,
+    /// Hold-out RMSE of the trivial model that predicts the training mean for every pair: the
+    /// bar the model must clear (absent in files written before it was recorded).
+    #[serde(default)]
+    pub baseline_holdout_rmse: Option<f64>,
     pub n_holdout: u64,
     pub history: Vec<EpochStats>,
 }

@@ -111,7 +111,7 @@ pub fn fit(
     } = start.unwrap_or_else(|| TrainState {
         epoch: 0,
         params: Params::init(&job.data.ratings.user_ids, job.item_ids, hyper),
-        history: Vec::with_capacity(hyper.epochs),
+        history: Vec::new(),
     });
     let Params {
         factors,

@@ -403,6 +403,25 @@ impl Streaming {
         }
     }
 
+    /// Send `signal` (`TERM`, `INT`, `KILL`) to every rank (the children of mpirun; not to
+    /// mpirun itself), as Slurm and Kubernetes signal a job's processes.
+    pub fn signal_ranks(&self, signal: &str) -> usize {
+        let out = Command::new("pgrep")
+            .args(["-P", &self.child.id().to_string()])
+            .output()
+            .expect("pgrep");
+        let pids: Vec<String> = String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .map(String::from)
+            .collect();
+        for pid in &pids {
+            let _ = Command::new("kill")
+                .args([format!("-{signal}"), pid.clone()])
+                .status();
+        }
+        pids.len()
+    }
+
     /// Block until a stderr line contains `needle` (panics after a minute).
     pub fn wait_for(&mut self, needle: &str) {
         loop {
