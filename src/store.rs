@@ -375,6 +375,7 @@ impl Location {
                     version: tag.version.clone(),
                 }),
             };
+            let bytes_again = bytes.clone();
             let put = self
                 .store
                 .put_opts(&path, PutPayload::from_bytes(bytes), mode.into())
@@ -383,6 +384,16 @@ impl Location {
                 Ok(_) => Ok(true),
                 Err(object_store::Error::Precondition { .. })
                 | Err(object_store::Error::AlreadyExists { .. }) => Ok(false),
+                // An S3 server without conditional writes (AWS before 2024, old MinIO, some
+                // others answer 501): publish as before, saying what is not protected.
+                Err(e) if not_implemented(&e) => {
+                    log::warn!(
+                        "the S3 server{} does not support conditional writes (If-Match, If-None-Match): {} is written without them, so two jobs publishing there at once would not be detected",
+                        self.at_endpoint(),
+                        self.display_key(key)
+                    );
+                    self.put(key, bytes_again).await.map(|()| true)
+                }
                 Err(e) => Err(self.storage_error_key("write", key, e)),
             };
         }
@@ -607,17 +618,7 @@ pub fn is_hidden(name: &str) -> bool {
 /// object_store errors, led by what a user can act on; never includes credentials (object_store
 /// does not put them in messages).
 fn describe(e: &object_store::Error) -> String {
-    // The source chain is where the useful part (HTTP status, connection refused) lives.
-    let mut parts = vec![e.to_string()];
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        let t = s.to_string();
-        if !parts.iter().any(|p| p.contains(&t)) {
-            parts.push(t);
-        }
-        source = s.source();
-    }
-    let text = parts.join(": ");
+    let text = chain_text(e);
     let code = text
         .split_once("<Code>")
         .and_then(|(_, rest)| rest.split_once("</Code>"))
@@ -649,6 +650,27 @@ fn describe(e: &object_store::Error) -> String {
         (Some(hint), None) => format!("{hint}; {details}"),
         (None, _) => details,
     }
+}
+
+/// The error and its sources, each once: the source chain is where the useful part (HTTP status,
+/// S3 error code, connection refused) lives.
+fn chain_text(e: &object_store::Error) -> String {
+    let mut parts = vec![e.to_string()];
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        let t = s.to_string();
+        if !parts.iter().any(|p| p.contains(&t)) {
+            parts.push(t);
+        }
+        source = s.source();
+    }
+    parts.join(": ")
+}
+
+/// The server does not implement what the request asked (HTTP 501, S3 `NotImplemented`).
+fn not_implemented(e: &object_store::Error) -> bool {
+    let text = chain_text(e);
+    text.contains("501 Not Implemented") || text.contains("<Code>NotImplemented</Code>")
 }
 
 fn env_first(names: &[&str]) -> Option<String> {

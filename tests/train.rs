@@ -623,6 +623,13 @@ fn a_long_run_logs_at_most_fifty_epoch_lines_and_its_figures_say_what_they_measu
         last.contains("after the last epoch") && last.contains("of predicting the training mean"),
         "{last}"
     );
+    // generate's data has removals: noted, not warned about.
+    assert!(
+        run.stderr.contains("\"remove_from_cart\" x"),
+        "{}",
+        run.stderr
+    );
+    assert!(!run.stderr.contains("warn] skipped"), "{}", run.stderr);
     let m = load_model(&model);
     assert_eq!(
         m.meta.metrics.history.len(),

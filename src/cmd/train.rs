@@ -38,12 +38,7 @@ struct Settings {
 pub fn run(comm: &dyn Collective, args: &TrainArgs) -> Result<()> {
     let job_started = Instant::now();
     interrupt::catch();
-    let settings = comm.agree(settings(args))?;
-    if let (Some(n), true) = (args.syncs_per_epoch, comm.is_root()) {
-        log::warn!(
-            "--syncs-per-epoch {n} is ignored: ranks hand item blocks to each other at each step, which needs no tuning"
-        );
-    }
+    let settings = comm.agree(settings(comm, args))?;
     // Before any data is read: a model location that refuses writes fails now, not after hours
     // of training; and the model there now is the one this job's publication may replace.
     let found = comm.agree(match comm.is_root() {
@@ -130,7 +125,12 @@ fn stop_if_interrupted(comm: &dyn Collective) -> Result<()> {
     }
 }
 
-fn settings(args: &TrainArgs) -> Result<Settings> {
+fn settings(comm: &dyn Collective, args: &TrainArgs) -> Result<Settings> {
+    if let (Some(n), true) = (args.syncs_per_epoch, comm.is_root()) {
+        log::warn!(
+            "--syncs-per-epoch {n} is ignored: ranks hand item blocks to each other at each step, which needs no tuning"
+        );
+    }
     let model = Location::parse(&args.model, "--model")?;
     let mut data = Location::parse(&args.data, "--data")?;
     if model.holds(&data) && data.holds(&model) {
