@@ -1,5 +1,6 @@
 //! The model core: hyperparameters, the rows training holds, the SGD kernel and prediction,
-//! model.json and the model's tables, a loaded `Model` (predict, scores, top-N, similar items)
+//! model.json and the model's tables, a loaded `Model` (predict, scores, top-N, similar items;
+//! `topn`: top-N for blocks of users by matrix products)
 //! and the checkpoint format. No MPI, no async runtime, no command line, no storage: `serve`,
 //! `recommend` and the tests use it directly, the trainer (`train`) runs it over a collective,
 //! and `model_io` moves its bytes to and from storage. `tests/layout.rs` keeps it so.
@@ -11,6 +12,7 @@ pub mod meta;
 pub mod model;
 pub mod params;
 pub mod tables;
+pub mod topn;
 
 pub use hyper::Hyper;
 pub use meta::{EpochStats, ModelMeta};

@@ -187,23 +187,45 @@ impl Model {
 /// The `n` best of (score, item) pairs, best first (ties: lower item first), keeping no more
 /// than `n` of them at a time.
 fn best(scored: impl Iterator<Item = (f32, u32)>, n: usize) -> Vec<Scored> {
-    if n == 0 {
-        return Vec::new();
-    }
-    // A min-heap of the best so far: its top is the worst of them, the one to beat.
-    let mut heap: BinaryHeap<Worst> = BinaryHeap::with_capacity(n + 1);
+    let mut best = Best::new(n);
     for (score, item) in scored {
-        let candidate = Worst(Scored { item, score });
-        if heap.len() < n {
-            heap.push(candidate);
-        } else if heap.peek().is_some_and(|w| candidate < *w) {
-            heap.pop();
-            heap.push(candidate);
+        best.offer(score, item);
+    }
+    best.into_sorted()
+}
+
+/// The `n` best scored items seen so far (a bounded selection: never more than `n` kept).
+pub(crate) struct Best {
+    n: usize,
+    /// A min-heap of the best so far: its top is the worst of them, the one to beat.
+    heap: BinaryHeap<Worst>,
+}
+
+impl Best {
+    pub(crate) fn new(n: usize) -> Best {
+        Best {
+            n,
+            heap: BinaryHeap::with_capacity(n + 1),
         }
     }
-    let mut out: Vec<Scored> = heap.into_iter().map(|w| w.0).collect();
-    out.sort_by_key(|s| Worst(*s));
-    out
+
+    #[inline]
+    pub(crate) fn offer(&mut self, score: f32, item: u32) {
+        let candidate = Worst(Scored { item, score });
+        if self.heap.len() < self.n {
+            self.heap.push(candidate);
+        } else if self.heap.peek().is_some_and(|w| candidate < *w) {
+            self.heap.pop();
+            self.heap.push(candidate);
+        }
+    }
+
+    /// Best first; equal scores, the lower item first.
+    pub(crate) fn into_sorted(self) -> Vec<Scored> {
+        let mut out: Vec<Scored> = self.heap.into_iter().map(|w| w.0).collect();
+        out.sort_by_key(|s| Worst(*s));
+        out
+    }
 }
 
 /// Orders `Scored` so that the worse one is greater: a lower score, or at equal scores the
