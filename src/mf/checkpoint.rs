@@ -254,34 +254,18 @@ mod tests {
         let made = run();
         let meta = CheckpointMeta::new(&made, 4, &[]);
         meta.fits(&made, "x").unwrap();
-        // More epochs: a run may train on.
-        let longer = Run {
+        let with_epochs = |epochs: usize| Run {
             hyper: Hyper {
-                epochs: 30,
+                epochs,
                 ..made.hyper.clone()
             },
             ..made.clone()
         };
-        meta.fits(&longer, "x").unwrap();
-        // As many: nothing to train, the model is published again (a publication interrupted).
-        let same = Run {
-            hyper: Hyper {
-                epochs: 4,
-                ..made.hyper.clone()
-            },
-            ..made.clone()
-        };
-        meta.fits(&same, "x").unwrap();
-        let fewer = refusal(
-            &meta,
-            &Run {
-                hyper: Hyper {
-                    epochs: 3,
-                    ..made.hyper.clone()
-                },
-                ..made.clone()
-            },
-        );
+        // More epochs: a run may train on; as many: nothing to train, the model is published
+        // again (a publication interrupted); fewer: refused.
+        meta.fits(&with_epochs(30), "x").unwrap();
+        meta.fits(&with_epochs(4), "x").unwrap();
+        let fewer = refusal(&meta, &with_epochs(3));
         assert!(
             fewer.contains("--resume --epochs 3") && fewer.contains("--epochs 4 or more"),
             "{fewer}"
