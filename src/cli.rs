@@ -249,6 +249,17 @@ pub enum Split {
     Holdout,
 }
 
+impl Split {
+    /// As the flag spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Split::All => "all",
+            Split::Train => "train",
+            Split::Holdout => "holdout",
+        }
+    }
+}
+
 #[derive(Args, Debug)]
 pub struct EvaluateArgs {
     /// The model to score (a prefix holding model.json).

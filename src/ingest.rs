@@ -397,19 +397,6 @@ fn resolve_columns(
             "{shown}: no column {col:?} (columns: {available}){hint}; name the right one with {flag}"
         ))
     };
-    let used = [
-        Some(input.settings.user_col.as_str()),
-        input.settings.item_col.as_deref(),
-        Some(input.value_col()),
-    ];
-    for name in used.into_iter().flatten() {
-        let copies = names.iter().filter(|n| *n == name).count();
-        if copies > 1 {
-            return Err(Error::usage(format!(
-                "{shown}: column {name:?} appears {copies} times; rename the copies so each column name is unique"
-            )));
-        }
-    }
     let s = &input.settings;
     let user = find(&s.user_col).ok_or_else(|| missing(&s.user_col, "--user-col"))?;
     let item = match &s.item_col {
@@ -418,11 +405,6 @@ fn resolve_columns(
             col.clone(),
         ),
         None => match (find("product_id"), find("item_id")) {
-            (Some(_), _) if names.iter().filter(|n| *n == "product_id").count() > 1 => {
-                return Err(Error::usage(format!(
-                    "{shown}: column \"product_id\" appears more than once; rename the copies so each column name is unique"
-                )))
-            }
             (Some(i), _) => (i, "product_id".into()),
             (None, Some(i)) => (i, "item_id".into()),
             (None, None) => return Err(missing("product_id", "--item-col")),
@@ -430,6 +412,15 @@ fn resolve_columns(
     };
     let value_col = input.value_col();
     let value = find(value_col).ok_or_else(|| missing(value_col, input.value_flag()))?;
+    // `find` takes the first of equal names: a second one would be ignored without a word.
+    for name in [s.user_col.as_str(), item.1.as_str(), value_col] {
+        let copies = names.iter().filter(|n| *n == name).count();
+        if copies > 1 {
+            return Err(Error::usage(format!(
+                "{shown}: column {name:?} appears {copies} times; rename the copies so each column name is unique"
+            )));
+        }
+    }
     Ok(Columns {
         user: (user, s.user_col.clone()),
         item,

@@ -52,7 +52,7 @@ pub fn run(comm: &dyn Collective, args: &EvaluateArgs) -> Result<()> {
         let report = serde_json::json!({
             "model": args.model,
             "data": args.data,
-            "split": format!("{:?}", args.split).to_lowercase(),
+            "split": args.split.name(),
             "rmse": errors.rmse(),
             "mae": errors.mae(),
             "n_scored": errors.n as u64,
@@ -81,7 +81,7 @@ fn warn_about(args: &EvaluateArgs, meta: &ModelMeta, scored: f64, fallback: f64,
     match args.split {
         Split::Train | Split::Holdout if other_data => log::warn!(
             "--split {}: the model trained on {}, not on {}: the split picks pairs by the model's seed and hold-out fraction, but the model never saw this data's pairs",
-            format!("{:?}", args.split).to_lowercase(),
+            args.split.name(),
             meta.input.data,
             args.data
         ),
