@@ -45,6 +45,14 @@ pub enum Command {
         funksvd evaluate --model models/demo --data data/events\n  \
         mpirun -n 2 funksvd evaluate --model models/demo --data data/events --split holdout")]
     Evaluate(EvaluateArgs),
+    /// Top-N items for every user (or the most similar items of every item), distributed.
+    #[command(after_help = "Examples:\n  \
+        mpirun -n 2 funksvd recommend --model models/demo --out recs/demo --top 20 --data data/events\n  \
+        mpirun -n 2 funksvd recommend --model models/demo --out recs/some --top 10 --users users.csv --data data/events\n  \
+        mpirun -n 2 funksvd recommend --model models/demo --out recs/similar --top 20 --similar-items\n\n\
+        Output: OUT/part-RRRRR.parquet (one per rank; user_id, rank, item_id, score, source), then\n\
+        OUT/_SUCCESS (a JSON manifest) written last: no _SUCCESS, no finished output.")]
+    Recommend(RecommendArgs),
     /// Check the cluster: ranks, hosts, cores, memory, collectives, storage. Exit 0 if all is well.
     #[command(after_help = "Examples:\n  \
         mpirun -n 4 funksvd verify\n  \
@@ -271,6 +279,14 @@ pub struct EvaluateArgs {
     /// Which pairs to score, using the model's seed and hold-out fraction.
     #[arg(long, value_enum, default_value_t = Split::All)]
     pub split: Split,
+    #[command(flatten)]
+    pub input: TrainedInputArgs,
+}
+
+/// How the model's training read its data, each flag given overriding its part (`evaluate`,
+/// `recommend`: read a dataset the way the model was trained).
+#[derive(Args, Debug, Clone, Default)]
+pub struct TrainedInputArgs {
     /// Column with the user id [default: as the model was trained].
     #[arg(long)]
     pub user_col: Option<String>,
@@ -297,7 +313,7 @@ pub struct EvaluateArgs {
     pub delimiter: Option<char>,
 }
 
-impl EvaluateArgs {
+impl TrainedInputArgs {
     /// How to read the dataset: as `trained` was read, each flag given overriding its part.
     pub fn input(&self, trained: Input) -> Result<Input> {
         let Input {
@@ -323,6 +339,62 @@ impl EvaluateArgs {
             settings: s,
             weights,
         })
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct RecommendArgs {
+    /// The model (a prefix holding model.json).
+    #[arg(long)]
+    pub model: String,
+    /// Where to write the recommendations: a folder (local or s3://) that is new, empty, or holds
+    /// an earlier run's output (replaced).
+    #[arg(long)]
+    pub out: String,
+    /// Items per user (or per item with --similar-items); more than the model's items: all of them.
+    #[arg(long)]
+    pub top: usize,
+    /// The interactions to leave out of each user's list (the items they already have), read
+    /// as the model was trained; also the popularity for users the model does not know.
+    #[arg(long)]
+    pub data: Option<String>,
+    /// Only these users: a file or prefix (Parquet or CSV) with a column of ids, named as the
+    /// model's user column or the only column. Users the model does not know get the most
+    /// popular items (source = "popular").
+    #[arg(long)]
+    pub users: Option<String>,
+    /// Recommend items a user already interacted with too (with --data).
+    #[arg(long)]
+    pub include_seen: bool,
+    /// For every item, the items most similar to it (cosine of their factors) instead.
+    #[arg(long)]
+    pub similar_items: bool,
+    #[command(flatten)]
+    pub input: TrainedInputArgs,
+}
+
+impl RecommendArgs {
+    /// The flags that cannot go together, or a `--top` that asks for nothing.
+    pub fn check(&self) -> Result<()> {
+        if self.top == 0 {
+            return Err(Error::usage(
+                "--top 0: give the number of items per list, 1 or more",
+            ));
+        }
+        if self.similar_items {
+            for (given, flag) in [
+                (self.users.is_some(), "--users"),
+                (self.data.is_some(), "--data"),
+                (self.include_seen, "--include-seen"),
+            ] {
+                if given {
+                    return Err(Error::usage(format!(
+                        "{flag} does not go with --similar-items (item lists are for every item, and leave out only the item itself)"
+                    )));
+                }
+            }
+        }
+        Ok(())
     }
 }
 
@@ -500,7 +572,7 @@ mod tests {
         let Command::Evaluate(eval) = Cli::try_parse_from(argv).unwrap().command else {
             panic!("not evaluate")
         };
-        let read = eval.input(input.clone()).unwrap();
+        let read = eval.input.input(input.clone()).unwrap();
         assert_eq!(read.settings.aggregate, Aggregate::Max);
         assert_eq!(read.settings.item_col.as_deref(), Some("sku"), "kept");
         assert_eq!(read.weights.to_spec(), "view=2");

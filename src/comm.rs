@@ -122,7 +122,8 @@ impl Collective for Comm {
         let mut all = receive_buffer(total);
         {
             let mut partition = PartitionMut::new(&mut all[..], counts, displs);
-            self.world.all_gather_varcount_into(mine, &mut partition);
+            self.world
+                .all_gather_varcount_into(not_in_place(mine), &mut partition);
         }
         Ok(split_by_lengths(&all, &lens))
     }
@@ -136,7 +137,7 @@ impl Collective for Comm {
         let total = recv_lens.iter().map(|&l| l as usize).sum();
         let mut recv = receive_buffer(total);
         {
-            let send_part = Partition::new(send, send_counts, send_displs);
+            let send_part = Partition::new(not_in_place(send), send_counts, send_displs);
             let mut recv_part = PartitionMut::new(&mut recv[..], recv_counts, recv_displs);
             self.world
                 .all_to_all_varcount_into(&send_part, &mut recv_part);
@@ -150,7 +151,7 @@ impl Collective for Comm {
         let my_len = mine.len() as u64;
         if self.rank != root {
             root_proc.gather_into(&my_len);
-            root_proc.gather_varcount_into(mine);
+            root_proc.gather_varcount_into(not_in_place(mine));
             return Ok(None);
         }
         let mut lens = vec![0u64; self.size];
@@ -160,7 +161,7 @@ impl Collective for Comm {
         let mut all = receive_buffer(total);
         {
             let mut partition = PartitionMut::new(&mut all[..], counts, displs);
-            root_proc.gather_varcount_into_root(mine, &mut partition);
+            root_proc.gather_varcount_into_root(not_in_place(mine), &mut partition);
         }
         all.truncate(total);
         Ok(Some((all, lens)))
@@ -194,6 +195,18 @@ fn counts_and_displs(lens: &[u64], what: &str) -> Result<(Vec<i32>, Vec<i32>)> {
         at += c;
     }
     Ok((counts, displs))
+}
+
+/// An empty send buffer with a real address. An empty slice's pointer is dangling: for bytes it
+/// is 1, which is how Open MPI spells `MPI_IN_PLACE`, so a rank with nothing to send would take
+/// part in another algorithm than the others and the collective would hang (found by a
+/// `recommend` run where one rank had no seen items to route).
+fn not_in_place(send: &[u8]) -> &[u8] {
+    static NOTHING: [u8; 1] = [0];
+    match send.is_empty() {
+        true => &NOTHING[..0],
+        false => send,
+    }
 }
 
 /// A receive buffer of `len` bytes plus one: an empty Vec's dangling pointer can equal an empty

@@ -209,7 +209,7 @@ pub struct ColumnNames<'a> {
 
 /// Ids of one column into `out` (NULL_ID for nulls). Dictionary columns are decoded once per
 /// dictionary entry, not once per row.
-fn intern_column(
+pub(crate) fn intern_column(
     array: &dyn Array,
     interner: &mut Interner,
     out: &mut Vec<u32>,

@@ -25,7 +25,7 @@ use crate::store::{FileRef, Location};
 use crate::wire::{Reader, Writer};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-enum Kind {
+pub(crate) enum Kind {
     Parquet,
     Csv,
 }
@@ -200,14 +200,14 @@ impl Dataset {
 }
 
 /// The field separator of a CSV file: `--delimiter`, else a tab for `.tsv` names, else a comma.
-fn delimiter_of(file: &FileRef, given: Option<u8>) -> u8 {
+pub(crate) fn delimiter_of(file: &FileRef, given: Option<u8>) -> u8 {
     given.unwrap_or_else(|| match file.key.to_ascii_lowercase().ends_with(".tsv") {
         true => b'\t',
         false => b',',
     })
 }
 
-fn kind_of(loc: &Location, file: &FileRef, format: Format) -> Result<Kind> {
+pub(crate) fn kind_of(loc: &Location, file: &FileRef, format: Format) -> Result<Kind> {
     match format {
         Format::Parquet => Ok(Kind::Parquet),
         Format::Csv => Ok(Kind::Csv),
@@ -363,7 +363,7 @@ async fn fetch_csv_header(
     }
 }
 
-fn split_header(line: &str, delimiter: u8) -> Vec<String> {
+pub(crate) fn split_header(line: &str, delimiter: u8) -> Vec<String> {
     let line = line.strip_suffix('\r').unwrap_or(line);
     let line = line.strip_prefix('\u{feff}').unwrap_or(line);
     line.split(delimiter as char)

@@ -41,6 +41,7 @@ fn run_ranks(command: &Command) -> i32 {
     let result = match command {
         Command::Train(args) => funksvd::cmd::train::run(&comm, args),
         Command::Evaluate(args) => funksvd::cmd::evaluate::run(&comm, args),
+        Command::Recommend(args) => funksvd::cmd::recommend::run(&comm, args),
         Command::Generate(args) => funksvd::cmd::generate::run(&comm, args),
         Command::Verify(args) => funksvd::cmd::verify::run(&comm, args),
     };

@@ -557,6 +557,114 @@ impl Blocking<'_> {
     }
 }
 
+/// An object written as a stream (`std::io::Write`, for encoders such as Parquet's writer) and
+/// made visible whole by `finish`: up to `MULTIPART_THRESHOLD` bytes it is one put; beyond, the
+/// bytes go up in parts as they come (S3 multipart upload; on disk a staging file renamed at
+/// the end), so memory stays bounded whatever the object's size. Dropped unfinished, the upload
+/// is abandoned: nothing appears under the key.
+pub struct ObjectWriter<'a> {
+    loc: &'a Location,
+    key: String,
+    buffer: Vec<u8>,
+    upload: Option<WriteMultipart>,
+    /// Bytes accepted so far.
+    written: u64,
+}
+
+impl Location {
+    /// A writer of object `key` (see `ObjectWriter`); blocking, for the rank commands.
+    pub fn writer(&self, key: &str) -> ObjectWriter<'_> {
+        ObjectWriter {
+            loc: self,
+            key: key.to_string(),
+            buffer: Vec::new(),
+            upload: None,
+            written: 0,
+        }
+    }
+}
+
+impl ObjectWriter<'_> {
+    /// Bytes accepted so far.
+    pub fn written(&self) -> u64 {
+        self.written
+    }
+
+    /// Send the buffered bytes on as parts of the upload (started on the first call).
+    fn ship(&mut self) -> Result<()> {
+        let (loc, key) = (self.loc, self.key.as_str());
+        let upload = &mut self.upload;
+        let buffer = &mut self.buffer;
+        block_on(async move {
+            if upload.is_none() {
+                let started = loc
+                    .store
+                    .put_multipart(&Path::from(key))
+                    .await
+                    .map_err(|e| loc.storage_error_key("write", key, e))?;
+                *upload = Some(WriteMultipart::new_with_chunk_size(
+                    started,
+                    MULTIPART_PART_SIZE,
+                ));
+            }
+            let writer = upload.as_mut().expect("started above");
+            writer
+                .wait_for_capacity(MULTIPART_CONCURRENCY)
+                .await
+                .map_err(|e| loc.storage_error_key("write", key, e))?;
+            writer.write(buffer);
+            buffer.clear();
+            Ok(())
+        })
+    }
+
+    /// Make the object visible, whole.
+    pub fn finish(mut self) -> Result<()> {
+        let (loc, key) = (self.loc, self.key.clone());
+        let buffer = std::mem::take(&mut self.buffer);
+        match self.upload.take() {
+            None => block_on(loc.put(&key, buffer.into())),
+            Some(mut writer) => block_on(async move {
+                writer.write(&buffer);
+                writer
+                    .finish()
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| loc.storage_error_key("write", &key, e))
+            }),
+        }
+    }
+}
+
+impl std::io::Write for ObjectWriter<'_> {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.buffer.extend_from_slice(bytes);
+        self.written += bytes.len() as u64;
+        if self.buffer.len() >= MULTIPART_THRESHOLD {
+            self.ship().map_err(std::io::Error::other)?;
+        }
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for ObjectWriter<'_> {
+    fn drop(&mut self) {
+        if let Some(writer) = self.upload.take() {
+            // Best effort: an upload left open is removed by the store's own cleanup rules.
+            let _ = block_on(async {
+                writer
+                    .abort()
+                    .await
+                    .map_err(|e| Error::runtime(e.to_string()))
+            });
+        }
+    }
+}
+
 /// What one content of an object was: its entity tag and, where the store keeps versions, its
 /// version (compared by `Location::put_if`).
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

@@ -51,6 +51,10 @@ impl<'a> Reader<'a> {
     pub fn new(data: &'a [u8]) -> Self {
         Reader { data, at: 0 }
     }
+    /// Whether everything has been read.
+    pub fn is_empty(&self) -> bool {
+        self.at == self.data.len()
+    }
     fn take(&mut self, n: usize) -> Result<&'a [u8]> {
         if self.data.len() - self.at < n {
             return Err(Error::runtime("internal message truncated between ranks"));

@@ -21,7 +21,7 @@ pub fn run(comm: &dyn Collective, args: &EvaluateArgs) -> Result<()> {
     data_loc.skip_folder(&model_loc);
     // Every rank needs the item rows and its users' rows; the model is small next to the data.
     let model = comm.agree(model_io::load_blocking(&model_loc))?;
-    let input = comm.agree(args.input(model.meta.input()))?;
+    let input = comm.agree(args.input.input(model.meta.input()))?;
     let (owned, _report) = pipeline::load_ratings(comm, &data_loc, &input)?;
 
     let Scores {

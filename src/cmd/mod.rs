@@ -2,5 +2,6 @@
 
 pub mod evaluate;
 pub mod generate;
+pub mod recommend;
 pub mod train;
 pub mod verify;

@@ -11,7 +11,7 @@
 //! (every score is summed over the factors in the same order).
 
 use ndarray::linalg::general_mat_mul;
-use ndarray::{s, Array2, ArrayView2, ShapeBuilder};
+use ndarray::{s, Array2, ArrayView1, ArrayView2, ShapeBuilder};
 
 use super::model::{Best, Model, Scored};
 
@@ -43,50 +43,97 @@ impl Model {
     ) -> Vec<Vec<Scored>> {
         let k = self.meta.factors;
         let biased = self.meta.biased;
-        // The block's factors, gathered into one dense matrix (users are anywhere in the model).
-        let mut users = Array2::<f32>::zeros((block.len(), k));
-        let mut offsets = Vec::with_capacity(block.len());
-        for (j, &u) in block.iter().enumerate() {
-            let row = self.user_row(u as usize);
-            users.row_mut(j).assign(
-                &ArrayView2::from_shape((1, k), &row[1..])
-                    .expect("a row")
-                    .row(0),
-            );
-            offsets.push(if biased {
-                self.meta.global_mean + row[0]
-            } else {
-                0.0
-            });
-        }
-        let items = self.item_factors();
-        let n_items = self.item_ids.len();
-        let mut best: Vec<Best> = block.iter().map(|_| Best::new(n)).collect();
+        let users = self.gather(&self.user_rows, block);
+        let offsets: Vec<f32> = block
+            .iter()
+            .map(|&u| match biased {
+                true => self.meta.global_mean + self.user_row(u as usize)[0],
+                false => 0.0,
+            })
+            .collect();
         // Each user's next excluded item to pass (the tiles go up the item indices).
         let mut next_skip = vec![0usize; block.len()];
-        let mut scores = Array2::<f32>::zeros((block.len(), ITEM_TILE.min(n_items.max(1))));
+        self.best_per_row(&users, n, |j, item, product| {
+            let skip = exclude(j);
+            let cursor = &mut next_skip[j];
+            while *cursor < skip.len() && skip[*cursor] < item {
+                *cursor += 1;
+            }
+            if skip.get(*cursor) == Some(&item) {
+                return None;
+            }
+            let bias = match biased {
+                true => self.item_rows[item as usize * (k + 1)],
+                false => 0.0,
+            };
+            Some(offsets[j] + bias + product)
+        })
+    }
+
+    /// For each of `items` (item indices), the `n` items most similar to it by the cosine of
+    /// their factors (biases left out), most similar first (equal: the lower index first), the
+    /// item itself left out: `Model::similar` for many items, by blocks of GEMMs. An item whose
+    /// factors are all zero has cosine 0 with every item.
+    pub fn similar_many(&self, items: &[u32], n: usize) -> Vec<Vec<Scored>> {
+        let norms: Vec<f32> = self
+            .item_factors()
+            .rows()
+            .into_iter()
+            .map(|r| r.dot(&r).sqrt())
+            .collect();
+        let mut out = Vec::with_capacity(items.len());
+        for block in items.chunks(USER_BLOCK) {
+            let left = self.gather(&self.item_rows, block);
+            out.extend(self.best_per_row(&left, n, |j, item, product| {
+                let target = block[j];
+                if item == target {
+                    return None;
+                }
+                let denominator = norms[target as usize] * norms[item as usize];
+                Some(match denominator > 0.0 {
+                    true => product / denominator,
+                    false => 0.0,
+                })
+            }));
+        }
+        out
+    }
+
+    /// The factors of rows `which` of `rows` (`[bias, factors...]` each), as one dense matrix.
+    fn gather(&self, rows: &[f32], which: &[u32]) -> Array2<f32> {
+        let stride = self.stride();
+        let mut m = Array2::<f32>::zeros((which.len(), self.meta.factors));
+        for (j, &r) in which.iter().enumerate() {
+            let row = &rows[r as usize * stride + 1..(r as usize + 1) * stride];
+            m.row_mut(j).assign(&ArrayView1::from(row));
+        }
+        m
+    }
+
+    /// Row j of `left` against every item, a tile of items at a time (one GEMM each): `score(j,
+    /// item, product)` turns each dot product into a score, or `None` to leave the item out;
+    /// row j keeps its `n` best.
+    fn best_per_row(
+        &self,
+        left: &Array2<f32>,
+        n: usize,
+        mut score: impl FnMut(usize, u32, f32) -> Option<f32>,
+    ) -> Vec<Vec<Scored>> {
+        let items = self.item_factors();
+        let n_items = self.item_ids.len();
+        let mut best: Vec<Best> = (0..left.nrows()).map(|_| Best::new(n)).collect();
+        let mut scores = Array2::<f32>::zeros((left.nrows(), ITEM_TILE.min(n_items.max(1))));
         for start in (0..n_items).step_by(ITEM_TILE) {
             let end = (start + ITEM_TILE).min(n_items);
             let tile = items.slice(s![start..end, ..]);
             let mut c = scores.slice_mut(s![.., ..end - start]);
-            general_mat_mul(1.0, &users, &tile.t(), 0.0, &mut c);
+            general_mat_mul(1.0, left, &tile.t(), 0.0, &mut c);
             for (j, row) in c.rows().into_iter().enumerate() {
-                let skip = exclude(j);
-                let cursor = &mut next_skip[j];
                 for (t, &product) in row.iter().enumerate() {
                     let item = (start + t) as u32;
-                    while *cursor < skip.len() && skip[*cursor] < item {
-                        *cursor += 1;
+                    if let Some(value) = score(j, item, product) {
+                        best[j].offer(value, item);
                     }
-                    if skip.get(*cursor) == Some(&item) {
-                        continue;
-                    }
-                    let bias = if biased {
-                        self.item_rows[item as usize * (k + 1)]
-                    } else {
-                        0.0
-                    };
-                    best[j].offer(offsets[j] + bias + product, item);
                 }
             }
         }
@@ -111,7 +158,7 @@ impl Model {
 mod tests {
     use crate::ids::Id;
     use crate::mf::meta::ModelMeta;
-    use crate::mf::Model;
+    use crate::mf::{Model, Scored};
     use crate::rng::Rng;
 
     /// A random model of `users` x `items` with `k` factors.
@@ -189,6 +236,32 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn similar_many_equals_the_one_item_cosines() {
+        let mut m = random_model(3, 5000, 6, true);
+        // An item with no direction: cosine 0 with everything, and nothing near it.
+        let k = m.meta.factors;
+        m.item_rows[17 * (k + 1) + 1..18 * (k + 1)].fill(0.0);
+        let items: Vec<u32> = vec![0, 17, 4999, 70, 2048];
+        let got = m.similar_many(&items, 15);
+        for (j, &i) in items.iter().enumerate() {
+            let want = m.similar(i as usize, 15);
+            assert_eq!(got[j].len(), 15);
+            assert!(got[j].iter().all(|s| s.item != i), "item {i} itself");
+            for (g, w) in got[j].iter().zip(&want) {
+                assert!((g.score - w.score).abs() < 1e-5, "item {i}: {g:?} vs {w:?}");
+            }
+            let close = want
+                .windows(2)
+                .any(|w| (w[0].score - w[1].score).abs() < 1e-5);
+            if !close {
+                let ids = |v: &[Scored]| v.iter().map(|s| s.item).collect::<Vec<_>>();
+                assert_eq!(ids(&got[j]), ids(&want), "item {i}");
+            }
+        }
+        assert!(got[1].iter().all(|s| s.score == 0.0));
     }
 
     #[test]

@@ -1,0 +1,318 @@
+//! `funksvd recommend`: the top N items of every user (or of the users asked for), or the most
+//! similar items of every item, distributed: each rank takes an equal, contiguous share of the
+//! sorted users, scores them against every item in blocks (one GEMM per block of users and tile
+//! of items, see `mf::topn`), and writes its part; rank 0 writes the manifest last.
+
+use std::borrow::Cow;
+use std::time::Instant;
+
+use crate::cli::RecommendArgs;
+use crate::collective::{Collective, CollectiveExt, Op};
+use crate::error::{Error, Result};
+use crate::exchange;
+use crate::id_list;
+use crate::ids::Id;
+use crate::mf::{Model, Scored};
+use crate::model_io;
+use crate::output;
+use crate::pipeline;
+use crate::recommend::{
+    all_ints, popular_for, popularity_order, route_seen, share, ListColumns, ListWriter, Source,
+};
+use crate::store::Location;
+
+/// Users (or items) whose lists are built and written at a time: bounds the memory of the
+/// lists, whatever the share.
+const CHUNK: usize = 4096;
+
+/// What a run produced, for the log and the manifest (summed over the ranks).
+#[derive(Default)]
+struct Produced {
+    /// Lists from the model, lists from popularity, rows written.
+    counts: [u64; 3],
+    /// Each rank's part: rows and bytes.
+    parts: Vec<(u64, u64)>,
+}
+
+pub fn run(comm: &dyn Collective, args: &RecommendArgs) -> Result<()> {
+    let started = Instant::now();
+    comm.agree(args.check())?;
+    let model_loc = comm.agree(Location::parse(&args.model, "--model"))?;
+    let out = comm.agree(Location::parse(&args.out, "--out"))?;
+    comm.agree(Location::parse(&args.out, "--out").and_then(|o| {
+        match o.holds(&model_loc) || model_loc.holds(&o) {
+            true => Err(Error::usage(format!(
+                "--out {}: the model's folder, or inside it or around it; give another folder",
+                args.out
+            ))),
+            false => Ok(()),
+        }
+    }))?;
+    // Before the work: a folder that cannot take the output fails now.
+    comm.agree(match comm.is_root() {
+        true => output::clear(&out, "--out"),
+        false => Ok(()),
+    })?;
+    let model = comm.agree(model_io::load_blocking(&model_loc))?;
+    let top = clamp_top(comm, args.top, &model);
+    let produced = match args.similar_items {
+        true => similar_items(comm, &model, &out, top)?,
+        false => user_lists(comm, args, &model, &out, top)?,
+    };
+    if comm.is_root() {
+        let seconds = started.elapsed().as_secs_f64();
+        let [from_model, popular, rows] = produced.counts;
+        let lists = from_model + popular;
+        let what = if args.similar_items { "items" } else { "users" };
+        log::info!(
+            "recommend: {lists} {what} ({from_model} scored by the model, {popular} given popular items), top {top}: {rows} rows in {seconds:.2}s ({:.0} {what}/s, {:.3e} scores/s)",
+            lists as f64 / seconds,
+            from_model as f64 * model.item_ids.len() as f64 / seconds
+        );
+        let manifest = serde_json::json!({
+            "format": "funksvd-recommendations",
+            "kind": if args.similar_items { "similar-items" } else { "users" },
+            "model": args.model,
+            "model_tables": model.meta.files,
+            "data": args.data,
+            "users": args.users,
+            "top": top,
+            "seen_items_excluded": args.data.is_some() && !args.include_seen,
+            "lists": lists,
+            "lists_from_model": from_model,
+            "lists_popular": popular,
+            "rows": rows,
+            "parts": produced.parts.iter().enumerate().map(|(r, (rows, bytes))| serde_json::json!({
+                "name": output::part_name(r), "rows": rows, "bytes": bytes,
+            })).collect::<Vec<_>>(),
+            "ranks": comm.size(),
+            "seconds": seconds,
+        });
+        output::finish(&out, &manifest)?;
+    }
+    Ok(())
+}
+
+/// `--top` above the model's items gives every item: said once, not refused.
+fn clamp_top(comm: &dyn Collective, top: usize, model: &Model) -> usize {
+    let items = model.item_ids.len();
+    if top > items && comm.is_root() {
+        log::warn!(
+            "--top {top}: the model knows {items} items; each list has at most {items} (fewer once the seen items are left out)"
+        );
+    }
+    top.min(items)
+}
+
+/// Every user's (or `--users`') list, each rank its share.
+fn user_lists(
+    comm: &dyn Collective,
+    args: &RecommendArgs,
+    model: &Model,
+    out: &Location,
+    top: usize,
+) -> Result<Produced> {
+    let targets = targets(comm, args, model)?;
+    let mine = share(targets.len(), comm.size(), comm.rank());
+    let (seen, counts) = match &args.data {
+        Some(data) => {
+            let (seen, counts) = seen_and_counts(comm, args, model, &targets, data)?;
+            (seen, Some(counts))
+        }
+        None => (vec![Vec::new(); mine.len()], None),
+    };
+    let unknown = targets[mine.clone()]
+        .iter()
+        .filter(|id| model.user(id).is_none())
+        .count();
+    let mut missing = [unknown as u64];
+    comm.reduce_u64(&mut missing, Op::Sum);
+    let counts = comm.agree(match (counts, missing[0]) {
+        (Some(c), _) => Ok(c),
+        (None, 0) => Ok(Vec::new()),
+        (None, n) => Err(Error::usage(format!(
+            "--users: {n} of the users are not in the model, and their popular items come from the interactions: give --data"
+        ))),
+    })?;
+    let order = popularity_order(&counts);
+    let int_ids = [all_ints(&targets), all_ints(&model.item_ids)];
+    let columns = ListColumns {
+        key: "user_id",
+        value: "item_id",
+        with_source: true,
+    };
+    let key = out.child_key(&output::part_name(comm.rank()));
+    let written = (|| {
+        let mut writer = ListWriter::new(out.writer(&key), columns, int_ids)?;
+        let mut made = [0u64; 2];
+        for start in (mine.start..mine.end).step_by(CHUNK) {
+            let chunk = start..(start + CHUNK).min(mine.end);
+            let lists = chunk_lists(
+                model,
+                &targets[chunk.clone()],
+                &seen[chunk.start - mine.start..chunk.end - mine.start],
+                top,
+                args.include_seen,
+                (&order, &counts),
+            );
+            made[0] += lists.iter().filter(|l| l.1 == Source::Model).count() as u64;
+            made[1] += lists.iter().filter(|l| l.1 == Source::Popular).count() as u64;
+            let rows: Vec<(&Id, &[Scored], Source)> = chunk
+                .clone()
+                .zip(&lists)
+                .map(|(p, (list, source))| (&targets[p], list.as_slice(), *source))
+                .collect();
+            writer.add(&rows, &model.item_ids)?;
+        }
+        crate::fault::point("recommend-part", comm.rank())?;
+        let (rows, bytes) = writer.finish()?;
+        Ok::<_, Error>(([made[0], made[1], rows], bytes))
+    })();
+    produced(comm, comm.agree(written)?)
+}
+
+/// The lists of one chunk of target users, in order: the model's top N for the users it knows
+/// (without their seen items unless `include_seen`), popular items for the others.
+fn chunk_lists(
+    model: &Model,
+    users: &[Id],
+    seen: &[Vec<u32>],
+    top: usize,
+    include_seen: bool,
+    (order, counts): (&[u32], &[u64]),
+) -> Vec<(Vec<Scored>, Source)> {
+    let known: Vec<(usize, u32)> = users
+        .iter()
+        .enumerate()
+        .filter_map(|(j, id)| model.user(id).map(|u| (j, u as u32)))
+        .collect();
+    let indices: Vec<u32> = known.iter().map(|&(_, u)| u).collect();
+    let exclude: Vec<&[u32]> = match include_seen {
+        true => Vec::new(),
+        false => known.iter().map(|&(j, _)| seen[j].as_slice()).collect(),
+    };
+    let mut scored = model.top_n_many(&indices, top, &exclude).into_iter();
+    let mut next_known = known.iter().map(|&(j, _)| j).peekable();
+    (0..users.len())
+        .map(|j| match next_known.peek() == Some(&j) {
+            true => {
+                next_known.next();
+                (scored.next().unwrap_or_default(), Source::Model)
+            }
+            false => {
+                let skip: &[u32] = if include_seen { &[] } else { &seen[j] };
+                (popular_for(order, counts, skip, top), Source::Popular)
+            }
+        })
+        .collect()
+}
+
+/// The users to recommend for, sorted: `--users`' ids (rank 0 reads them, everyone gets them),
+/// or every user of the model.
+fn targets<'m>(
+    comm: &dyn Collective,
+    args: &RecommendArgs,
+    model: &'m Model,
+) -> Result<Cow<'m, [Id]>> {
+    let Some(users) = &args.users else {
+        return Ok(Cow::Borrowed(&model.user_ids));
+    };
+    let input = comm.agree(args.input.input(model.meta.input()))?;
+    let read = match comm.is_root() {
+        true => Location::parse(users, "--users").and_then(|loc| {
+            let s = &input.settings;
+            id_list::read_ids(&loc, &s.user_col, s.format, s.delimiter, "--users")
+        }),
+        false => Ok(Vec::new()),
+    };
+    let mine = comm.agree(read)?;
+    let all = exchange::agree_on_ids(comm, &mine)?;
+    if comm.is_root() {
+        let known = all.iter().filter(|id| model.user(id).is_some()).count();
+        log::info!(
+            "--users: {} users, {known} known to the model, {} not (they get popular items)",
+            all.len(),
+            all.len() - known
+        );
+    }
+    Ok(Cow::Owned(all))
+}
+
+/// From `--data`, read as the model was trained: the items each of this rank's target users
+/// already has (the model's item indices, sorted), and every item's interactions (distinct
+/// users) over the whole job, for popularity.
+fn seen_and_counts(
+    comm: &dyn Collective,
+    args: &RecommendArgs,
+    model: &Model,
+    targets: &[Id],
+    data: &str,
+) -> Result<(Vec<Vec<u32>>, Vec<u64>)> {
+    let mut data_loc = comm.agree(Location::parse(data, "--data"))?;
+    if let Ok(model_loc) = Location::parse(&args.model, "--model") {
+        data_loc.skip_folder(&model_loc);
+    }
+    let input = comm.agree(args.input.input(model.meta.input()))?;
+    let (owned, _report) = pipeline::load_ratings(comm, &data_loc, &input)?;
+    let item_index: Vec<u32> = owned
+        .items
+        .iter()
+        .map(|id| model.item(id).map_or(u32::MAX, |i| i as u32))
+        .collect();
+    let mut counts = vec![0u64; model.item_ids.len()];
+    for t in &owned.triples {
+        if let Some(&i) = item_index.get(t.item as usize).filter(|&&i| i != u32::MAX) {
+            counts[i as usize] += 1;
+        }
+    }
+    comm.reduce_u64(&mut counts, Op::Sum);
+    let seen = route_seen(comm, &owned, &item_index, targets)?;
+    Ok((seen, counts))
+}
+
+/// Every item's most similar items, each rank its share of the items.
+fn similar_items(
+    comm: &dyn Collective,
+    model: &Model,
+    out: &Location,
+    top: usize,
+) -> Result<Produced> {
+    let mine = share(model.item_ids.len(), comm.size(), comm.rank());
+    let int_ids = all_ints(&model.item_ids);
+    let columns = ListColumns {
+        key: "item_id",
+        value: "similar_item_id",
+        with_source: false,
+    };
+    let key = out.child_key(&output::part_name(comm.rank()));
+    let written = (|| {
+        let mut writer = ListWriter::new(out.writer(&key), columns, [int_ids, int_ids])?;
+        for start in (mine.start..mine.end).step_by(CHUNK) {
+            let items: Vec<u32> = (start as u32..(start + CHUNK).min(mine.end) as u32).collect();
+            let lists = model.similar_many(&items, top);
+            let rows: Vec<(&Id, &[Scored], Source)> = items
+                .iter()
+                .zip(&lists)
+                .map(|(&i, list)| (&model.item_ids[i as usize], list.as_slice(), Source::Model))
+                .collect();
+            writer.add(&rows, &model.item_ids)?;
+        }
+        let (rows, bytes) = writer.finish()?;
+        Ok::<_, Error>(([mine.len() as u64, 0, rows], bytes))
+    })();
+    produced(comm, comm.agree(written)?)
+}
+
+/// The job's totals from each rank's `(counts, part bytes)`.
+fn produced(comm: &dyn Collective, (counts, bytes): ([u64; 3], u64)) -> Result<Produced> {
+    let mut totals = counts;
+    comm.reduce_u64(&mut totals, Op::Sum);
+    let mut parts = vec![0u64; 2 * comm.size()];
+    parts[2 * comm.rank()] = counts[2];
+    parts[2 * comm.rank() + 1] = bytes;
+    comm.reduce_u64(&mut parts, Op::Sum);
+    Ok(Produced {
+        counts: totals,
+        parts: parts.chunks_exact(2).map(|c| (c[0], c[1])).collect(),
+    })
+}

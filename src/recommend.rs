@@ -1,0 +1,299 @@
+//! The parts of `recommend` that are not its flow: which rank answers for which users (equal
+//! shares of a sorted list), the seen items routed to that rank, the popularity order for users
+//! the model does not know, and the lists as Parquet rows.
+
+use std::ops::Range;
+use std::sync::Arc;
+
+use arrow::array::{ArrayRef, Float32Array, Int32Array, Int64Array, RecordBatch, StringArray};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use parquet::arrow::ArrowWriter;
+use parquet::basic::Compression;
+use parquet::file::properties::WriterProperties;
+
+use crate::collective::{Collective, CollectiveExt};
+use crate::error::{Error, Result};
+use crate::ids::Id;
+use crate::mf::Scored;
+use crate::ratings::OwnedRatings;
+use crate::store::ObjectWriter;
+use crate::wire::{Reader, Writer};
+
+/// Rank `rank`'s share of `n` sorted targets: a contiguous range, the shares about equal. The
+/// parts, read in rank order, list the targets in id order whatever the rank count.
+pub fn share(n: usize, ranks: usize, rank: usize) -> Range<usize> {
+    n * rank / ranks..n * (rank + 1) / ranks
+}
+
+/// The rank whose `share` holds position `p`.
+pub fn owner_of(p: usize, n: usize, ranks: usize) -> usize {
+    // The last rank whose share starts at or before p.
+    (0..ranks)
+        .rev()
+        .find(|&r| n * r / ranks <= p && p < n * (r + 1) / ranks)
+        .unwrap_or(0)
+}
+
+/// Marks an item the model does not know.
+const UNKNOWN: u32 = u32::MAX;
+
+/// Each of `targets`' users' items in `owned` (this rank's users after the exchange), as the
+/// model's item indices (`item_index[i]` for `owned.items[i]`, UNKNOWN if the model lacks it),
+/// delivered to the rank whose share holds the user: returns the lists of this rank's share,
+/// by position in the share, each sorted ascending.
+pub fn route_seen(
+    comm: &dyn Collective,
+    owned: &OwnedRatings,
+    item_index: &[u32],
+    targets: &[Id],
+) -> Result<Vec<Vec<u32>>> {
+    let ranks = comm.size();
+    let mut outgoing: Vec<Writer> = (0..ranks).map(|_| Writer::new()).collect();
+    let mut items: Vec<u32> = Vec::new();
+    let mut at = 0;
+    while at < owned.triples.len() {
+        let user = owned.triples[at].user;
+        let end = at + owned.triples[at..].partition_point(|t| t.user == user);
+        if let Ok(p) = targets.binary_search(&owned.users[user as usize]) {
+            items.clear();
+            items.extend(
+                owned.triples[at..end]
+                    .iter()
+                    .map(|t| item_index[t.item as usize])
+                    .filter(|&i| i != UNKNOWN),
+            );
+            items.sort_unstable();
+            items.dedup();
+            let w = &mut outgoing[owner_of(p, targets.len(), ranks)];
+            w.u64(p as u64);
+            w.u32(items.len() as u32);
+            for &i in &items {
+                w.u32(i);
+            }
+        }
+        at = end;
+    }
+    let messages: Vec<Vec<u8>> = outgoing.into_iter().map(Writer::finish).collect();
+    let incoming = comm.alltoall_bytes(&messages)?;
+    drop(messages);
+    let mine = share(targets.len(), ranks, comm.rank());
+    let decoded = decode_seen(&incoming, &mine);
+    comm.agree(decoded)
+}
+
+fn decode_seen(incoming: &[Vec<u8>], mine: &Range<usize>) -> Result<Vec<Vec<u32>>> {
+    let mut seen = vec![Vec::new(); mine.len()];
+    for message in incoming {
+        let mut r = Reader::new(message);
+        while !r.is_empty() {
+            let p = r.u64()? as usize;
+            let n = r.u32()? as usize;
+            if !mine.contains(&p) {
+                return Err(Error::runtime(format!(
+                    "recommend: seen items of user {p} arrived at the rank of users {mine:?}"
+                )));
+            }
+            let list = &mut seen[p - mine.start];
+            for _ in 0..n {
+                list.push(r.u32()?);
+            }
+        }
+    }
+    Ok(seen)
+}
+
+/// The model's items by popularity (`counts[i]`: interactions with item i), most popular first,
+/// equal counts by item index; items without interactions are left out.
+pub fn popularity_order(counts: &[u64]) -> Vec<u32> {
+    let mut order: Vec<u32> = (0..counts.len() as u32)
+        .filter(|&i| counts[i as usize] > 0)
+        .collect();
+    order.sort_by_key(|&i| (std::cmp::Reverse(counts[i as usize]), i));
+    order
+}
+
+/// The `n` most popular items not in `seen` (sorted ascending), scored by their counts.
+pub fn popular_for(order: &[u32], counts: &[u64], seen: &[u32], n: usize) -> Vec<Scored> {
+    order
+        .iter()
+        .filter(|i| seen.binary_search(i).is_err())
+        .take(n)
+        .map(|&item| Scored {
+            item,
+            score: counts[item as usize] as f32,
+        })
+        .collect()
+}
+
+/// Where a list came from: the model's scores, or popularity (a user the model does not know).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Source {
+    Model,
+    Popular,
+}
+
+/// The names of a lists table's columns: whose list, what is listed, and whether a `source`
+/// column says where each list came from.
+pub struct ListColumns {
+    pub key: &'static str,
+    pub value: &'static str,
+    pub with_source: bool,
+}
+
+/// Recommendation lists as Parquet rows, one row per entry: `{key}`, `rank` (1..), `{value}`,
+/// `score` (f32) and, for users, `source`. Ids are int64 when every id of their kind is an
+/// integer, else strings (as in the model's tables), the same in every rank's part.
+pub struct ListWriter<'a> {
+    writer: ArrowWriter<ObjectWriter<'a>>,
+    schema: SchemaRef,
+    columns: ListColumns,
+    /// Whether the keys and values are written as int64.
+    ints: [bool; 2],
+    rows: u64,
+}
+
+impl<'a> ListWriter<'a> {
+    pub fn new(out: ObjectWriter<'a>, columns: ListColumns, ints: [bool; 2]) -> Result<Self> {
+        let id_type = |int: bool| match int {
+            true => DataType::Int64,
+            false => DataType::Utf8,
+        };
+        let mut fields = vec![
+            Field::new(columns.key, id_type(ints[0]), false),
+            Field::new("rank", DataType::Int32, false),
+            Field::new(columns.value, id_type(ints[1]), false),
+            Field::new("score", DataType::Float32, false),
+        ];
+        if columns.with_source {
+            fields.push(Field::new("source", DataType::Utf8, false));
+        }
+        let schema = Arc::new(Schema::new(fields));
+        let props = WriterProperties::builder()
+            .set_compression(Compression::SNAPPY)
+            .set_max_row_group_row_count(Some(1 << 20))
+            .set_created_by(format!("funksvd {}", env!("CARGO_PKG_VERSION")))
+            .build();
+        let writer =
+            ArrowWriter::try_new(out, schema.clone(), Some(props)).map_err(|e| failed(&e))?;
+        Ok(ListWriter {
+            writer,
+            schema,
+            columns,
+            ints,
+            rows: 0,
+        })
+    }
+
+    /// Add lists: `(key id, its list, source)`; `values[i]` is the id of item i.
+    pub fn add(&mut self, lists: &[(&Id, &[Scored], Source)], values: &[Id]) -> Result<()> {
+        let rows: usize = lists.iter().map(|l| l.1.len()).sum();
+        if rows == 0 {
+            return Ok(());
+        }
+        let keys = lists
+            .iter()
+            .flat_map(|(id, list, _)| std::iter::repeat_n(*id, list.len()));
+        let entries = || lists.iter().flat_map(|(_, list, _)| list.iter());
+        let ranks = Int32Array::from_iter_values(
+            lists.iter().flat_map(|(_, list, _)| 1..=list.len() as i32),
+        );
+        let value_ids = entries().map(|s| &values[s.item as usize]);
+        let mut columns: Vec<ArrayRef> = vec![
+            id_array(keys, self.ints[0]),
+            Arc::new(ranks),
+            id_array(value_ids, self.ints[1]),
+            Arc::new(Float32Array::from_iter_values(entries().map(|s| s.score))),
+        ];
+        if self.columns.with_source {
+            let names = lists.iter().flat_map(|(_, list, source)| {
+                let name = match source {
+                    Source::Model => "model",
+                    Source::Popular => "popular",
+                };
+                std::iter::repeat_n(name, list.len())
+            });
+            columns.push(Arc::new(StringArray::from_iter_values(names)));
+        }
+        let batch = RecordBatch::try_new(self.schema.clone(), columns)
+            .map_err(|e| Error::runtime(format!("cannot build a batch of lists: {e}")))?;
+        self.writer.write(&batch).map_err(|e| failed(&e))?;
+        self.rows += rows as u64;
+        Ok(())
+    }
+
+    /// Close the Parquet file and make the object visible; returns its rows and bytes.
+    pub fn finish(self) -> Result<(u64, u64)> {
+        let rows = self.rows;
+        let out = self.writer.into_inner().map_err(|e| failed(&e))?;
+        let bytes = out.written();
+        out.finish()?;
+        Ok((rows, bytes))
+    }
+}
+
+fn failed(e: &dyn std::fmt::Display) -> Error {
+    Error::runtime(format!("cannot write Parquet: {e}"))
+}
+
+/// Ids as an int64 column (`int`: every id is an integer) or a string column.
+fn id_array<'a>(ids: impl Iterator<Item = &'a Id>, int: bool) -> ArrayRef {
+    match int {
+        true => Arc::new(Int64Array::from_iter_values(ids.map(|id| match id {
+            Id::Int(v) => *v,
+            Id::Str(_) => 0,
+        }))),
+        false => Arc::new(StringArray::from_iter_values(ids.map(|id| id.to_string()))),
+    }
+}
+
+/// Whether every id is an integer (the id column is then int64).
+pub fn all_ints(ids: &[Id]) -> bool {
+    ids.iter().all(|id| matches!(id, Id::Int(_)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shares_are_contiguous_about_equal_and_owned_by_one_rank() {
+        for (n, ranks) in [(10, 3), (0, 2), (2, 4), (1000, 8), (7, 1)] {
+            let mut next = 0;
+            for r in 0..ranks {
+                let s = share(n, ranks, r);
+                assert_eq!(s.start, next);
+                assert!(s.len() <= n / ranks + 1);
+                for p in s.clone() {
+                    assert_eq!(owner_of(p, n, ranks), r, "n {n} ranks {ranks} p {p}");
+                }
+                next = s.end;
+            }
+            assert_eq!(next, n);
+        }
+    }
+
+    #[test]
+    fn popular_items_come_by_count_then_index_without_the_seen_ones() {
+        let counts = [3, 0, 5, 3, 1];
+        let order = popularity_order(&counts);
+        assert_eq!(order, vec![2, 0, 3, 4]);
+        let items = |v: Vec<Scored>| v.iter().map(|s| s.item).collect::<Vec<_>>();
+        assert_eq!(items(popular_for(&order, &counts, &[], 2)), vec![2, 0]);
+        assert_eq!(items(popular_for(&order, &counts, &[0, 2], 5)), vec![3, 4]);
+        assert_eq!(popular_for(&order, &counts, &[], 1)[0].score, 5.0);
+    }
+
+    #[test]
+    fn seen_lists_decode_into_the_share_and_refuse_a_stranger() {
+        let mut w = Writer::new();
+        for (p, items) in [(11u64, vec![1u32, 4]), (10, vec![])] {
+            w.u64(p);
+            w.u32(items.len() as u32);
+            items.iter().for_each(|&i| w.u32(i));
+        }
+        let message = w.finish();
+        let seen = decode_seen(std::slice::from_ref(&message), &(10..12)).unwrap();
+        assert_eq!(seen, vec![vec![], vec![1, 4]]);
+        assert!(decode_seen(&[message], &(10..11)).is_err());
+    }
+}

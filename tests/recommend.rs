@@ -1,0 +1,402 @@
+//! `funksvd recommend` under mpirun: the lists equal a naive reference (score every item, sort),
+//! are the same on every rank count, never hold a seen item; unknown users get popular items;
+//! similar items are the nearest by cosine; the output folder's rules.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use arrow::array::{Array, AsArray};
+use arrow::datatypes::{Float32Type, Int32Type, Int64Type};
+use common::*;
+use funksvd::mf::Model;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+
+/// One output row: key id (as text), rank, listed id (as text), score, source.
+#[derive(Clone, Debug, PartialEq)]
+struct Row {
+    key: String,
+    rank: i32,
+    value: String,
+    score: f32,
+    source: String,
+}
+
+/// Every row of an output folder, parts in name order; panics if `_SUCCESS` is missing.
+fn read_output(out: &Path) -> Vec<Row> {
+    assert!(out.join("_SUCCESS").exists(), "no _SUCCESS in {out:?}");
+    let mut parts: Vec<PathBuf> = std::fs::read_dir(out)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "parquet"))
+        .collect();
+    parts.sort();
+    let text = |a: &dyn Array, r: usize| match a.data_type() {
+        arrow::datatypes::DataType::Int64 => a.as_primitive::<Int64Type>().value(r).to_string(),
+        _ => a.as_string::<i32>().value(r).to_string(),
+    };
+    let mut rows = Vec::new();
+    for part in parts {
+        let file = std::fs::File::open(&part).unwrap();
+        for batch in ParquetRecordBatchReaderBuilder::try_new(file)
+            .unwrap()
+            .build()
+            .unwrap()
+        {
+            let b = batch.unwrap();
+            for r in 0..b.num_rows() {
+                rows.push(Row {
+                    key: text(b.column(0).as_ref(), r),
+                    rank: b.column(1).as_primitive::<Int32Type>().value(r),
+                    value: text(b.column(2).as_ref(), r),
+                    score: b.column(3).as_primitive::<Float32Type>().value(r),
+                    source: match b.num_columns() {
+                        5 => b.column(4).as_string::<i32>().value(r).to_string(),
+                        _ => String::new(),
+                    },
+                });
+            }
+        }
+    }
+    rows
+}
+
+/// A ratings CSV of `users` x `items` with about `per_user` ratings each (deterministic), and
+/// the pairs in it.
+fn ratings_csv(path: &Path, users: u64, items: u64, per_user: u64) -> BTreeSet<(u64, u64)> {
+    let mut text = String::from("user,item,rating\n");
+    let mut pairs = BTreeSet::new();
+    for u in 0..users {
+        for j in 0..per_user {
+            let i = (u * 7 + j * j * 13 + (u * j) % 11) % items;
+            if pairs.insert((u, i)) {
+                let rating = 1 + (u + 2 * i) % 5;
+                text.push_str(&format!("{u},{i},{rating}\n"));
+            }
+        }
+    }
+    std::fs::write(path, text).unwrap();
+    pairs
+}
+
+const COLUMNS: [&str; 6] = [
+    "--rating-col",
+    "rating",
+    "--user-col",
+    "user",
+    "--item-col",
+    "item",
+];
+
+/// A folder with ratings.csv and a model trained on it: (folder, csv, model, pairs).
+fn trained(name: &str) -> (PathBuf, PathBuf, PathBuf, BTreeSet<(u64, u64)>) {
+    let dir = temp_dir(name);
+    let csv = dir.join("ratings.csv");
+    let pairs = ratings_csv(&csv, 300, 150, 25);
+    let model = dir.join("model");
+    let mut args = train_args(s(&csv), s(&model), &["--epochs", "8"]);
+    args.extend_from_slice(&COLUMNS);
+    mpirun(2, &args).ok();
+    (dir, csv, model, pairs)
+}
+
+/// The naive reference: every item scored in f64, the excluded ones left out, sorted (equal
+/// scores: the lower item first), the first `n`.
+fn naive(m: &Model, user: &str, n: usize, exclude: &BTreeSet<u64>) -> Vec<(String, f64)> {
+    let u = m.user(&funksvd::ids::Id::from_str_value(user)).unwrap();
+    let row = m.user_row(u);
+    let mut all: Vec<(usize, f64)> = (0..m.item_ids.len())
+        .filter(|&i| !exclude.contains(&m.item_ids[i].to_string().parse::<u64>().unwrap()))
+        .map(|i| {
+            let item = m.item_row(i);
+            let dot: f64 = row[1..]
+                .iter()
+                .zip(&item[1..])
+                .map(|(a, b)| *a as f64 * *b as f64)
+                .sum();
+            let offset = match m.meta.biased {
+                true => m.meta.global_mean as f64 + row[0] as f64 + item[0] as f64,
+                false => 0.0,
+            };
+            (i, offset + dot)
+        })
+        .collect();
+    all.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    all.truncate(n);
+    all.into_iter()
+        .map(|(i, score)| (m.item_ids[i].to_string(), score))
+        .collect()
+}
+
+/// Rows grouped by key, in rank order.
+fn lists(rows: &[Row]) -> BTreeMap<String, Vec<Row>> {
+    let mut by: BTreeMap<String, Vec<Row>> = BTreeMap::new();
+    for r in rows {
+        by.entry(r.key.clone()).or_default().push(r.clone());
+    }
+    by
+}
+
+/// `got` matches the reference: same scores (f32 against f64), same items unless two
+/// reference scores are too close for f32 to order them alike.
+fn assert_matches(got: &[Row], want: &[(String, f64)], what: &str) {
+    assert_eq!(got.len(), want.len(), "{what}: list length");
+    for (k, (g, w)) in got.iter().zip(want).enumerate() {
+        assert_eq!(g.rank, k as i32 + 1, "{what}: ranks count from 1");
+        assert!(
+            (g.score as f64 - w.1).abs() < 1e-4,
+            "{what}: {g:?} vs {w:?}"
+        );
+    }
+    let close = want.windows(2).any(|w| (w[0].1 - w[1].1).abs() < 1e-4);
+    if !close {
+        let items: Vec<&str> = got.iter().map(|r| r.value.as_str()).collect();
+        let expected: Vec<&str> = want.iter().map(|w| w.0.as_str()).collect();
+        assert_eq!(items, expected, "{what}");
+    }
+}
+
+#[test]
+fn every_users_top_n_equals_the_naive_reference_on_1_2_and_3_ranks() {
+    let (dir, csv, model_dir, pairs) = trained("recommend-naive");
+    let model = load_model(&model_dir);
+    let mut seen: BTreeMap<u64, BTreeSet<u64>> = BTreeMap::new();
+    for &(u, i) in &pairs {
+        seen.entry(u).or_default().insert(i);
+    }
+    let mut outputs = Vec::new();
+    for ranks in [1, 2, 3] {
+        let out = dir.join(format!("recs-{ranks}"));
+        let mut args = vec![
+            "recommend",
+            "--model",
+            s(&model_dir),
+            "--out",
+            s(&out),
+            "--top",
+            "10",
+            "--data",
+            s(&csv),
+        ];
+        args.extend_from_slice(&COLUMNS[2..]);
+        let run = mpirun(ranks, &args).ok();
+        assert!(run.stderr.contains("recommend: "), "{}", run.stderr);
+        let manifest: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(out.join("_SUCCESS")).unwrap()).unwrap();
+        assert_eq!(manifest["parts"].as_array().unwrap().len(), ranks);
+        assert_eq!(manifest["seen_items_excluded"], true);
+        outputs.push(read_output(&out));
+    }
+    let rows = &outputs[0];
+    assert_eq!(rows.len(), model.user_ids.len() * 10, "10 per user");
+    for other in &outputs[1..] {
+        // Bit for bit, in the same order: the parts in rank order list the users in id order.
+        assert_eq!(other.len(), rows.len());
+        for (a, b) in rows.iter().zip(other) {
+            assert_eq!((&a.key, a.rank, &a.value), (&b.key, b.rank, &b.value));
+            assert_eq!(a.score.to_bits(), b.score.to_bits(), "{a:?} vs {b:?}");
+        }
+    }
+    let keys: Vec<i64> = rows.iter().map(|r| r.key.parse().unwrap()).collect();
+    assert!(keys.windows(2).all(|w| w[0] <= w[1]), "users in id order");
+    for (user, list) in lists(rows) {
+        let u: u64 = user.parse().unwrap();
+        let exclude = &seen[&u];
+        for r in &list {
+            assert_eq!(r.source, "model");
+            assert!(
+                !exclude.contains(&r.value.parse().unwrap()),
+                "user {user} got seen item {}",
+                r.value
+            );
+        }
+        assert_matches(&list, &naive(&model, &user, 10, exclude), &user);
+    }
+}
+
+#[test]
+fn unknown_users_get_popular_items_and_include_seen_lets_seen_items_back() {
+    let (dir, csv, model_dir, pairs) = trained("recommend-users");
+    let model = load_model(&model_dir);
+    let users = dir.join("users.csv");
+    // Known users 5 and 17 (17 twice), and two ids the model does not know.
+    std::fs::write(&users, "user\n17\n5\nnobody\n17\n100000\n").unwrap();
+    let out = dir.join("recs");
+    let mut args = vec![
+        "recommend",
+        "--model",
+        s(&model_dir),
+        "--out",
+        s(&out),
+        "--top",
+        "5",
+        "--data",
+        s(&csv),
+        "--users",
+        s(&users),
+    ];
+    args.extend_from_slice(&COLUMNS[2..]);
+    mpirun(2, &args).ok();
+    let by_user = lists(&read_output(&out));
+    assert_eq!(
+        by_user.keys().collect::<Vec<_>>(),
+        vec!["100000", "17", "5", "nobody"],
+        "each user once (ids as strings: one is a string)"
+    );
+    // Popularity: interactions (users) per item in the data.
+    let mut count: BTreeMap<u64, u64> = BTreeMap::new();
+    for &(_, i) in &pairs {
+        *count.entry(i).or_default() += 1;
+    }
+    let mut popular: Vec<(u64, u64)> = count.into_iter().collect();
+    popular.sort_by_key(|&(i, c)| (std::cmp::Reverse(c), i));
+    for unknown in ["100000", "nobody"] {
+        let list = &by_user[unknown];
+        assert!(list.iter().all(|r| r.source == "popular"), "{list:?}");
+        let items: Vec<String> = list.iter().map(|r| r.value.clone()).collect();
+        let want: Vec<String> = popular[..5].iter().map(|p| p.0.to_string()).collect();
+        assert_eq!(items, want, "{unknown}");
+        assert_eq!(list[0].score, popular[0].1 as f32, "scored by interactions");
+    }
+    for known in ["5", "17"] {
+        assert!(by_user[known].iter().all(|r| r.source == "model"));
+    }
+    // --include-seen: the model's own top 5, seen or not.
+    args.push("--include-seen");
+    mpirun(3, &args).ok();
+    let by_user = lists(&read_output(&out));
+    let want = naive(&model, "5", 5, &BTreeSet::new());
+    assert_matches(&by_user["5"], &want, "user 5 with --include-seen");
+    let seen_5: BTreeSet<u64> = pairs.iter().filter(|p| p.0 == 5).map(|p| p.1).collect();
+    let without = naive(&model, "5", 5, &seen_5);
+    assert_ne!(
+        want, without,
+        "the test must have a seen item among user 5's best"
+    );
+}
+
+#[test]
+fn similar_items_are_the_nearest_by_cosine_without_the_item_itself() {
+    let (dir, _csv, model_dir, _pairs) = trained("recommend-similar");
+    let model = load_model(&model_dir);
+    let out = dir.join("similar");
+    let args = [
+        "recommend",
+        "--model",
+        s(&model_dir),
+        "--out",
+        s(&out),
+        "--top",
+        "8",
+        "--similar-items",
+    ];
+    mpirun(2, &args).ok();
+    let rows = read_output(&out);
+    assert_eq!(rows.len(), model.item_ids.len() * 8);
+    let k = model.meta.factors;
+    let factors = |i: usize| &model.item_row(i)[1..=k];
+    let norm = |v: &[f32]| v.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+    for (item, list) in lists(&rows) {
+        let i = model
+            .item(&funksvd::ids::Id::from_str_value(&item))
+            .unwrap();
+        let mut want: Vec<(usize, f64)> = (0..model.item_ids.len())
+            .filter(|&j| j != i)
+            .map(|j| {
+                let dot: f64 = factors(i)
+                    .iter()
+                    .zip(factors(j))
+                    .map(|(a, b)| *a as f64 * *b as f64)
+                    .sum();
+                (j, dot / (norm(factors(i)) * norm(factors(j))))
+            })
+            .collect();
+        want.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        want.truncate(8);
+        let want: Vec<(String, f64)> = want
+            .into_iter()
+            .map(|(j, c)| (model.item_ids[j].to_string(), c))
+            .collect();
+        assert!(list.iter().all(|r| r.value != item), "item {item} itself");
+        assert_matches(&list, &want, &format!("item {item}"));
+    }
+}
+
+#[test]
+fn the_output_folder_is_replaced_whole_refused_when_foreign_and_unfinished_on_failure() {
+    let (dir, csv, model_dir, _pairs) = trained("recommend-folder");
+    let out = dir.join("recs");
+    let recommend = |ranks: usize, extra: &[&str], env: &[(&str, &str)]| {
+        let mut args = vec![
+            "recommend",
+            "--model",
+            s(&model_dir),
+            "--out",
+            s(&out),
+            "--top",
+            "3",
+        ];
+        args.extend_from_slice(extra);
+        mpirun_env(ranks, &args, env)
+    };
+    recommend(3, &[], &[]).ok();
+    let names = |p: &Path| -> BTreeSet<String> {
+        std::fs::read_dir(p)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| !n.starts_with('.'))
+            .collect()
+    };
+    assert_eq!(names(&out).len(), 4, "three parts and the manifest");
+    // Fewer ranks: the old parts go, not just the ones rewritten.
+    recommend(1, &[], &[]).ok();
+    assert_eq!(
+        names(&out),
+        BTreeSet::from(["_SUCCESS".to_string(), "part-00000.parquet".to_string()])
+    );
+    // A rank that fails before its part is finished: no manifest, every rank out.
+    let failed = recommend(2, &[], &[("FUNKSVD_FAULT", "recommend-part@1")]);
+    assert_eq!(failed.code, 1, "{}", failed.stderr);
+    assert!(
+        failed.stderr.contains("injected fault"),
+        "{}",
+        failed.stderr
+    );
+    assert!(
+        !out.join("_SUCCESS").exists(),
+        "a failed run claims nothing"
+    );
+    // A folder with someone else's files is left alone.
+    let foreign = dir.join("mixed");
+    std::fs::create_dir_all(&foreign).unwrap();
+    std::fs::copy(&csv, foreign.join("ratings.csv")).unwrap();
+    let mut args = vec![
+        "recommend",
+        "--model",
+        s(&model_dir),
+        "--out",
+        s(&foreign),
+        "--top",
+        "3",
+    ];
+    let refused = mpirun(2, &args);
+    assert_eq!(refused.code, 2, "{}", refused.stderr);
+    assert!(
+        refused.stderr.contains("ratings.csv") && refused.stderr.contains("not funksvd output"),
+        "{}",
+        refused.stderr
+    );
+    assert_eq!(names(&foreign), BTreeSet::from(["ratings.csv".to_string()]));
+    // --top above the catalogue: every item, with a warning.
+    args[4] = s(&out);
+    args[6] = "100000";
+    let all = mpirun(2, &args).ok();
+    assert!(all.stderr.contains("--top 100000"), "{}", all.stderr);
+    let n_items = load_model(&model_dir).item_ids.len();
+    let rows = read_output(&out);
+    assert_eq!(
+        rows.iter().filter(|r| r.key == rows[0].key).count(),
+        n_items
+    );
+}
