@@ -279,6 +279,10 @@ pub struct EvaluateArgs {
     /// Which pairs to score, using the model's seed and hold-out fraction.
     #[arg(long, value_enum, default_value_t = Split::All)]
     pub split: Split,
+    /// Cut-offs of the ranking metrics (on the model's hold-out: each user's top k against the
+    /// interactions held out), comma-separated.
+    #[arg(long, value_delimiter = ',', default_values_t = [10, 20])]
+    pub k: Vec<usize>,
     #[command(flatten)]
     pub input: TrainedInputArgs,
 }

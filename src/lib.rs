@@ -48,6 +48,7 @@ pub mod output;
 pub mod pipeline;
 pub mod plan;
 pub mod prefetch;
+pub mod ranking;
 pub mod ratings;
 pub mod recommend;
 pub mod rng;

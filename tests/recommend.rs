@@ -400,3 +400,123 @@ fn the_output_folder_is_replaced_whole_refused_when_foreign_and_unfinished_on_fa
         n_items
     );
 }
+
+/// The ranking metrics of one list against the relevant items, written out independently of
+/// `funksvd::metrics`: [precision, recall, ndcg, map, hit].
+fn metrics_of(list: &[u64], relevant: &BTreeSet<u64>, k: usize) -> [f64; 5] {
+    let mut hits = 0.0;
+    let (mut dcg, mut ap) = (0.0, 0.0);
+    for (p, item) in list.iter().take(k).enumerate() {
+        if relevant.contains(item) {
+            hits += 1.0;
+            dcg += 1.0 / ((p + 2) as f64).log2();
+            ap += hits / (p + 1) as f64;
+        }
+    }
+    let ideal: f64 = (0..relevant.len().min(k))
+        .map(|p| 1.0 / ((p + 2) as f64).log2())
+        .sum();
+    [
+        hits / k as f64,
+        hits / relevant.len() as f64,
+        dcg / ideal,
+        ap / relevant.len().min(k) as f64,
+        (hits > 0.0) as u8 as f64,
+    ]
+}
+
+#[test]
+fn evaluate_ranks_the_hold_out_like_a_naive_reference_for_the_model_and_popularity() {
+    let (_dir, csv, model_dir, pairs) = trained("recommend-ranking");
+    let model = load_model(&model_dir);
+    let hyper = &model.meta.hyperparameters;
+    let id = |v: u64| funksvd::ids::Id::Int(v as i64);
+    let held = |u: u64, i: u64| {
+        funksvd::train::data::is_held_out(&id(u), &id(i), hyper.seed, hyper.holdout)
+    };
+    let mut train: BTreeMap<u64, BTreeSet<u64>> = BTreeMap::new();
+    let mut relevant: BTreeMap<u64, BTreeSet<u64>> = BTreeMap::new();
+    let mut counts: BTreeMap<u64, u64> = BTreeMap::new();
+    for &(u, i) in &pairs {
+        if held(u, i) {
+            relevant.entry(u).or_default().insert(i);
+        } else {
+            train.entry(u).or_default().insert(i);
+            *counts.entry(i).or_default() += 1;
+        }
+    }
+    let mut popular: Vec<(u64, u64)> = counts.into_iter().collect();
+    popular.sort_by_key(|&(i, c)| (std::cmp::Reverse(c), i));
+    let ks = [5usize, 10];
+    // [model, popularity] x k: summed metrics, and the items in some top k.
+    let mut sums = [[[0.0f64; 5]; 2]; 2];
+    let mut covered = [
+        [BTreeSet::new(), BTreeSet::new()],
+        [BTreeSet::new(), BTreeSet::new()],
+    ];
+    let mut users = 0.0;
+    let empty = BTreeSet::new();
+    for (&u, rel) in &relevant {
+        let Some(_) = model.user(&id(u)) else {
+            continue;
+        };
+        users += 1.0;
+        let own = train.get(&u).unwrap_or(&empty);
+        let from_model: Vec<u64> = naive(&model, &u.to_string(), 10, own)
+            .iter()
+            .map(|(i, _)| i.parse().unwrap())
+            .collect();
+        let from_popular: Vec<u64> = popular
+            .iter()
+            .map(|p| p.0)
+            .filter(|i| !own.contains(i) && model.item(&id(*i)).is_some())
+            .take(10)
+            .collect();
+        for (kind, list) in [from_model, from_popular].iter().enumerate() {
+            for (j, &k) in ks.iter().enumerate() {
+                let m = metrics_of(list, rel, k);
+                (0..5).for_each(|x| sums[kind][j][x] += m[x]);
+                covered[kind][j].extend(list.iter().take(k).copied());
+            }
+        }
+    }
+    assert!(users > 200.0, "{users} users with a hold-out");
+    for ranks in [1, 3] {
+        let mut args = vec![
+            "evaluate",
+            "--model",
+            s(&model_dir),
+            "--data",
+            s(&csv),
+            "--k",
+            "5,10",
+        ];
+        args.extend_from_slice(&COLUMNS[2..]);
+        let run = mpirun(ranks, &args).ok();
+        let report: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+        let ranking = &report["ranking"];
+        assert_eq!(ranking["users"].as_f64().unwrap(), users);
+        for (kind, name) in ["model", "popularity"].iter().enumerate() {
+            for (j, k) in ks.iter().enumerate() {
+                let metric = ["precision", "recall", "ndcg", "map", "hit_rate"];
+                for (x, metric) in metric.iter().enumerate() {
+                    let got = ranking[name][format!("{metric}@{k}")].as_f64().unwrap();
+                    // The model's scores are f32 here and f64 in the reference: a near tie may
+                    // order two items differently for a user or two.
+                    let tolerance = if kind == 0 { 2e-3 } else { 1e-12 };
+                    let want = sums[kind][j][x] / users;
+                    assert!(
+                        (got - want).abs() <= tolerance,
+                        "{name} {metric}@{k} on {ranks} ranks: {got} vs {want}"
+                    );
+                }
+                let coverage = covered[kind][j].len() as f64 / model.item_ids.len() as f64;
+                let got = ranking[name][format!("coverage@{k}")].as_f64().unwrap();
+                assert!(
+                    (got - coverage).abs() < 0.02,
+                    "{name} coverage@{k}: {got} vs {coverage}"
+                );
+            }
+        }
+    }
+}

@@ -10,9 +10,10 @@ use crate::mf::meta::ModelMeta;
 use crate::mf::Model;
 use crate::model_io;
 use crate::pipeline;
+use crate::ranking;
 use crate::ratings::OwnedRatings;
 use crate::store::Location;
-use crate::train::data::is_held_out;
+use crate::train::data::{holdout_mask, is_held_out};
 
 pub fn run(comm: &dyn Collective, args: &EvaluateArgs) -> Result<()> {
     let model_loc = comm.agree(Location::parse(&args.model, "--model"))?;
@@ -46,6 +47,7 @@ pub fn run(comm: &dyn Collective, args: &EvaluateArgs) -> Result<()> {
         .map(|(id, _)| id.clone())
         .collect();
     let unknown_items = exchange::agree_on_ids(comm, &unknown_item_ids)?.len();
+    let ranking = ranking(comm, &model, &owned, &args.k)?;
 
     if comm.is_root() {
         warn_about(args, &model.meta, errors.n, sums[5], sums[6]);
@@ -66,6 +68,7 @@ pub fn run(comm: &dyn Collective, args: &EvaluateArgs) -> Result<()> {
             "n_skipped_unknown_for_train_split": sums[6] as u64,
             "fallback": "a pair with an unknown user or item is predicted from the global mean plus the known bias",
             "ranks": comm.size(),
+            "ranking": ranking,
         });
         println!(
             "{}",
@@ -73,6 +76,23 @@ pub fn run(comm: &dyn Collective, args: &EvaluateArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// The ranking figures on the model's hold-out (whatever `--split`), as JSON; `null` for a
+/// model that held nothing out.
+fn ranking(
+    comm: &dyn Collective,
+    model: &Model,
+    owned: &OwnedRatings,
+    ks: &[usize],
+) -> Result<serde_json::Value> {
+    let hyper = &model.meta.hyperparameters;
+    if hyper.holdout == 0.0 {
+        return Ok(serde_json::Value::Null);
+    }
+    let held = holdout_mask(owned, hyper.seed, hyper.holdout);
+    let figures = comm.agree(ranking::rank(comm, model, owned, &held, ks))?;
+    Ok(figures.to_json())
 }
 
 /// Say so when the figures do not measure what the user likely thinks they do.

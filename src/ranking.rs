@@ -1,0 +1,198 @@
+//! Ranking quality on a hold-out, as a shop measures a recommender: for every user with
+//! held-out interactions, the model's top k among all items minus the user's training items,
+//! against the held-out items (binary relevance: each is a hit); the same for the popularity
+//! baseline (the items with the most training interactions, minus the user's own); and the
+//! share of the catalogue the lists cover. Each rank scores the users it owns; one allreduce
+//! sums.
+
+use crate::collective::{Collective, Op};
+use crate::error::{Error, Result};
+use crate::metrics::RankSums;
+use crate::mf::Model;
+use crate::ratings::OwnedRatings;
+use crate::recommend::{popular_for, popularity_order};
+
+/// Users scored per block of top-N (bounds the lists held at once).
+const USERS_PER_BLOCK: usize = 1024;
+
+/// The job's ranking figures at each cut-off of `ks`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Ranking {
+    pub ks: Vec<usize>,
+    /// By cut-off: the model's sums, the popularity baseline's.
+    pub model: Vec<RankSums>,
+    pub popular: Vec<RankSums>,
+    /// By cut-off: the share of the model's items in at least one user's top k.
+    pub model_coverage: Vec<f64>,
+    pub popular_coverage: Vec<f64>,
+    /// Users with held-out interactions the model does not know (left out of both).
+    pub users_unknown: u64,
+    /// Held-out interactions with items the model does not know (counted as relevant, never
+    /// found: they lower recall honestly).
+    pub relevant_unknown_items: u64,
+}
+
+/// One user's part: training items (the model's indices, sorted) and relevant items (sorted;
+/// items the model does not know numbered from `n_items` up, so they count but never match).
+struct UserLists {
+    user: u32,
+    train: Vec<u32>,
+    relevant: Vec<u32>,
+}
+
+/// The ranking figures of `model` on `owned` (this rank's users after the exchange), `held[t]`
+/// saying whether triple t is held out.
+pub fn rank(
+    comm: &dyn Collective,
+    model: &Model,
+    owned: &OwnedRatings,
+    held: &[bool],
+    ks: &[usize],
+) -> Result<Ranking> {
+    if ks.is_empty() || ks.contains(&0) {
+        return Err(Error::usage(
+            "--k: give cut-offs of 1 or more, such as 10,20",
+        ));
+    }
+    let n_items = model.item_ids.len();
+    let item_index: Vec<u32> = owned
+        .items
+        .iter()
+        .enumerate()
+        .map(|(j, id)| match model.item(id) {
+            Some(i) => i as u32,
+            None => (n_items + j) as u32,
+        })
+        .collect();
+    // Popularity on the training side of the split, over the whole job.
+    let mut counts = vec![0u64; n_items];
+    for (t, _) in owned.triples.iter().zip(held).filter(|(_, &h)| !h) {
+        if let Some(c) = counts.get_mut(item_index[t.item as usize] as usize) {
+            *c += 1;
+        }
+    }
+    comm.reduce_u64(&mut counts, Op::Sum);
+    let order = popularity_order(&counts);
+    let (users, unknown) = user_lists(model, owned, held, &item_index);
+    let max_k = *ks.iter().max().expect("checked above");
+    let mut sums = vec![RankSums::default(); 2 * ks.len()];
+    // By list kind and cut-off: whether an item is in some user's top k.
+    let mut covered = vec![0u64; 2 * ks.len() * n_items];
+    for block in users.chunks(USERS_PER_BLOCK) {
+        let ids: Vec<u32> = block.iter().map(|u| u.user).collect();
+        let exclude: Vec<&[u32]> = block.iter().map(|u| u.train.as_slice()).collect();
+        let scored = model.top_n_many(&ids, max_k, &exclude);
+        for (u, list) in block.iter().zip(scored) {
+            let from_model: Vec<u32> = list.iter().map(|s| s.item).collect();
+            let popular: Vec<u32> = popular_for(&order, &counts, &u.train, max_k)
+                .iter()
+                .map(|s| s.item)
+                .collect();
+            for (kind, list) in [from_model, popular].iter().enumerate() {
+                for (j, &k) in ks.iter().enumerate() {
+                    let slot = kind * ks.len() + j;
+                    sums[slot].add(list, &u.relevant, k);
+                    for &i in list.iter().take(k) {
+                        covered[slot * n_items + i as usize] = 1;
+                    }
+                }
+            }
+        }
+    }
+    let mut flat: Vec<f64> = sums.iter().flat_map(|s| s.to_array()).collect();
+    flat.extend(unknown.map(|n| n as f64));
+    comm.reduce_f64(&mut flat, Op::Sum);
+    comm.reduce_u64(&mut covered, Op::Max);
+    let sums: Vec<RankSums> = flat[..6 * sums.len()]
+        .chunks_exact(6)
+        .map(RankSums::from_slice)
+        .collect();
+    let coverage: Vec<f64> = covered
+        .chunks(n_items.max(1))
+        .map(|c| c.iter().sum::<u64>() as f64 / n_items.max(1) as f64)
+        .collect();
+    let tail = &flat[6 * sums.len()..];
+    Ok(Ranking {
+        ks: ks.to_vec(),
+        model: sums[..ks.len()].to_vec(),
+        popular: sums[ks.len()..].to_vec(),
+        model_coverage: coverage[..ks.len()].to_vec(),
+        popular_coverage: coverage[ks.len()..2 * ks.len()].to_vec(),
+        users_unknown: tail[0] as u64,
+        relevant_unknown_items: tail[1] as u64,
+    })
+}
+
+/// Each user's training and relevant items (users the model knows, with something held out);
+/// and the counts of (users with held-out items the model does not know, relevant items the
+/// model does not know).
+fn user_lists(
+    model: &Model,
+    owned: &OwnedRatings,
+    held: &[bool],
+    item_index: &[u32],
+) -> (Vec<UserLists>, [u64; 2]) {
+    let n_items = model.item_ids.len() as u32;
+    let mut users = Vec::new();
+    let mut unknown = [0u64; 2];
+    let mut at = 0;
+    while at < owned.triples.len() {
+        let user = owned.triples[at].user;
+        let end = at + owned.triples[at..].partition_point(|t| t.user == user);
+        let (mut train, mut relevant) = (Vec::new(), Vec::new());
+        for (t, &h) in owned.triples[at..end].iter().zip(&held[at..end]) {
+            let i = item_index[t.item as usize];
+            match h {
+                true => relevant.push(i),
+                false if i < n_items => train.push(i),
+                false => {}
+            }
+        }
+        at = end;
+        if relevant.is_empty() {
+            continue;
+        }
+        let Some(u) = model.user(&owned.users[user as usize]) else {
+            unknown[0] += 1;
+            continue;
+        };
+        unknown[1] += relevant.iter().filter(|&&i| i >= n_items).count() as u64;
+        train.sort_unstable();
+        train.dedup();
+        relevant.sort_unstable();
+        relevant.dedup();
+        users.push(UserLists {
+            user: u as u32,
+            train,
+            relevant,
+        });
+    }
+    (users, unknown)
+}
+
+impl Ranking {
+    /// The figures as JSON: `{"model": {"ndcg@20": ...}, "popularity": {...}, ...}`.
+    pub fn to_json(&self) -> serde_json::Value {
+        let table = |sums: &[RankSums], coverage: &[f64]| {
+            let mut m = serde_json::Map::new();
+            for ((k, s), c) in self.ks.iter().zip(sums).zip(coverage) {
+                let means = s.means();
+                let names = ["precision", "recall", "ndcg", "map", "hit_rate"];
+                for (n, name) in names.iter().enumerate() {
+                    m.insert(format!("{name}@{k}"), means.map(|v| v[n]).into());
+                }
+                m.insert(format!("coverage@{k}"), (*c).into());
+            }
+            serde_json::Value::Object(m)
+        };
+        serde_json::json!({
+            "k": self.ks,
+            "users": self.model.first().map_or(0, |s| s.users as u64),
+            "model": table(&self.model, &self.model_coverage),
+            "popularity": table(&self.popular, &self.popular_coverage),
+            "users_unknown_to_model": self.users_unknown,
+            "relevant_items_unknown_to_model": self.relevant_unknown_items,
+            "protocol": "each user with held-out interactions: top k of all items minus the user's training items, against the held-out items (each relevant); popularity = most training interactions",
+        })
+    }
+}
