@@ -32,65 +32,89 @@ struct Produced {
     counts: [u64; 3],
     /// Each rank's part: rows and bytes.
     parts: Vec<(u64, u64)>,
+    /// Seconds (the slowest rank's) to find the users and their seen items, and to score them
+    /// and write the lists.
+    phases: [f64; 2],
 }
 
 pub fn run(comm: &dyn Collective, args: &RecommendArgs) -> Result<()> {
     let started = Instant::now();
     comm.agree(args.check())?;
     let model_loc = comm.agree(Location::parse(&args.model, "--model"))?;
-    let out = comm.agree(Location::parse(&args.out, "--out"))?;
-    comm.agree(Location::parse(&args.out, "--out").and_then(|o| {
-        match o.holds(&model_loc) || model_loc.holds(&o) {
-            true => Err(Error::usage(format!(
-                "--out {}: the model's folder, or inside it or around it; give another folder",
-                args.out
-            ))),
-            false => Ok(()),
-        }
-    }))?;
+    let out =
+        comm.agree(Location::parse(&args.out, "--out").and_then(|o| {
+            match o.holds(&model_loc) || model_loc.holds(&o) {
+                true => Err(Error::usage(format!(
+                    "--out {}: the model's folder, or inside it or around it; give another folder",
+                    args.out
+                ))),
+                false => Ok(o),
+            }
+        }))?;
     // Before the work: a folder that cannot take the output fails now.
     comm.agree(match comm.is_root() {
         true => output::clear(&out, "--out"),
         false => Ok(()),
     })?;
     let model = comm.agree(model_io::load_blocking(&model_loc))?;
+    let loaded = started.elapsed().as_secs_f64();
     let top = clamp_top(comm, args.top, &model);
     let produced = match args.similar_items {
         true => similar_items(comm, &model, &out, top)?,
         false => user_lists(comm, args, &model, &out, top)?,
     };
     if comm.is_root() {
-        let seconds = started.elapsed().as_secs_f64();
-        let [from_model, popular, rows] = produced.counts;
-        let lists = from_model + popular;
-        let what = if args.similar_items { "items" } else { "users" };
-        log::info!(
-            "recommend: {lists} {what} ({from_model} scored by the model, {popular} given popular items), top {top}: {rows} rows in {seconds:.2}s ({:.0} {what}/s, {:.3e} scores/s)",
-            lists as f64 / seconds,
-            from_model as f64 * model.item_ids.len() as f64 / seconds
-        );
-        let manifest = serde_json::json!({
-            "format": "funksvd-recommendations",
-            "kind": if args.similar_items { "similar-items" } else { "users" },
-            "model": args.model,
-            "model_tables": model.meta.files,
-            "data": args.data,
-            "users": args.users,
-            "top": top,
-            "seen_items_excluded": args.data.is_some() && !args.include_seen,
-            "lists": lists,
-            "lists_from_model": from_model,
-            "lists_popular": popular,
-            "rows": rows,
-            "parts": produced.parts.iter().enumerate().map(|(r, (rows, bytes))| serde_json::json!({
-                "name": output::part_name(r), "rows": rows, "bytes": bytes,
-            })).collect::<Vec<_>>(),
-            "ranks": comm.size(),
-            "seconds": seconds,
-        });
-        output::finish(&out, &manifest)?;
+        let timing = [loaded, started.elapsed().as_secs_f64()];
+        conclude(args, &model, &out, &produced, top, comm.size(), timing)?;
     }
     Ok(())
+}
+
+/// Rank 0, once every part is written: the log line, then the manifest (last).
+fn conclude(
+    args: &RecommendArgs,
+    model: &Model,
+    out: &Location,
+    produced: &Produced,
+    top: usize,
+    ranks: usize,
+    timing: [f64; 2],
+) -> Result<()> {
+    let [loaded, seconds] = timing;
+    let [from_model, popular, rows] = produced.counts;
+    let lists = from_model + popular;
+    let what = if args.similar_items { "items" } else { "users" };
+    let scoring = produced.phases[1].max(1e-9);
+    log::info!(
+        "recommend: {lists} {what} ({from_model} scored by the model, {popular} given popular items), top {top}: {rows} rows in {seconds:.2}s; scoring and writing {scoring:.2}s ({:.0} {what}/s, {:.3e} scores/s)",
+        lists as f64 / scoring,
+        from_model as f64 * model.item_ids.len() as f64 / scoring
+    );
+    let manifest = serde_json::json!({
+        "format": "funksvd-recommendations",
+        "kind": if args.similar_items { "similar-items" } else { "users" },
+        "model": args.model,
+        "model_tables": model.meta.files,
+        "data": args.data,
+        "users": args.users,
+        "top": top,
+        "seen_items_excluded": args.data.is_some() && !args.include_seen,
+        "lists": lists,
+        "lists_from_model": from_model,
+        "lists_popular": popular,
+        "rows": rows,
+        "parts": produced.parts.iter().enumerate().map(|(r, (rows, bytes))| serde_json::json!({
+            "name": output::part_name(r), "rows": rows, "bytes": bytes,
+        })).collect::<Vec<_>>(),
+        "ranks": ranks,
+        "seconds": seconds,
+        "phases": {
+            "model": loaded,
+            "read": produced.phases[0],
+            "score_and_write": produced.phases[1],
+        },
+    });
+    output::finish(out, &manifest)
 }
 
 /// `--top` above the model's items gives every item: said once, not refused.
@@ -112,6 +136,7 @@ fn user_lists(
     out: &Location,
     top: usize,
 ) -> Result<Produced> {
+    let started = Instant::now();
     let targets = targets(comm, args, model)?;
     let mine = share(targets.len(), comm.size(), comm.rank());
     let (seen, counts) = match &args.data {
@@ -142,6 +167,8 @@ fn user_lists(
         with_source: true,
     };
     let key = out.child_key(&output::part_name(comm.rank()));
+    let read_seconds = started.elapsed().as_secs_f64();
+    let started = Instant::now();
     let written = (|| {
         let mut writer = ListWriter::new(out.writer(&key), columns, int_ids)?;
         let mut made = [0u64; 2];
@@ -168,7 +195,8 @@ fn user_lists(
         let (rows, bytes) = writer.finish()?;
         Ok::<_, Error>(([made[0], made[1], rows], bytes))
     })();
-    produced(comm, comm.agree(written)?)
+    let phases = [read_seconds, started.elapsed().as_secs_f64()];
+    produced(comm, comm.agree(written)?, phases)
 }
 
 /// The lists of one chunk of target users, in order: the model's top N for the users it knows
@@ -285,6 +313,7 @@ fn similar_items(
         with_source: false,
     };
     let key = out.child_key(&output::part_name(comm.rank()));
+    let started = Instant::now();
     let written = (|| {
         let mut writer = ListWriter::new(out.writer(&key), columns, [int_ids, int_ids])?;
         for start in (mine.start..mine.end).step_by(CHUNK) {
@@ -300,11 +329,17 @@ fn similar_items(
         let (rows, bytes) = writer.finish()?;
         Ok::<_, Error>(([mine.len() as u64, 0, rows], bytes))
     })();
-    produced(comm, comm.agree(written)?)
+    let phases = [0.0, started.elapsed().as_secs_f64()];
+    produced(comm, comm.agree(written)?, phases)
 }
 
 /// The job's totals from each rank's `(counts, part bytes)`.
-fn produced(comm: &dyn Collective, (counts, bytes): ([u64; 3], u64)) -> Result<Produced> {
+fn produced(
+    comm: &dyn Collective,
+    (counts, bytes): ([u64; 3], u64),
+    mut phases: [f64; 2],
+) -> Result<Produced> {
+    comm.reduce_f64(&mut phases, Op::Max);
     let mut totals = counts;
     comm.reduce_u64(&mut totals, Op::Sum);
     let mut parts = vec![0u64; 2 * comm.size()];
@@ -314,5 +349,6 @@ fn produced(comm: &dyn Collective, (counts, bytes): ([u64; 3], u64)) -> Result<P
     Ok(Produced {
         counts: totals,
         parts: parts.chunks_exact(2).map(|c| (c[0], c[1])).collect(),
+        phases,
     })
 }

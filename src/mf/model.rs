@@ -220,6 +220,16 @@ impl Best {
         }
     }
 
+    /// How many are kept (at most `n`).
+    pub(crate) fn len(&self) -> usize {
+        self.heap.len()
+    }
+
+    /// The score of the worst kept, the one to beat.
+    pub(crate) fn worst(&self) -> Option<f32> {
+        self.heap.peek().map(|w| w.0.score)
+    }
+
     /// Best first; equal scores, the lower item first.
     pub(crate) fn into_sorted(self) -> Vec<Scored> {
         let mut out: Vec<Scored> = self.heap.into_iter().map(|w| w.0).collect();

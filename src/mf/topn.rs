@@ -4,11 +4,16 @@
 //! `USER_BLOCK` x `ITEM_TILE` floats (1 MB), whatever the catalogue's size: the full score
 //! matrix is never built.
 //!
-//! A score is `offset + item bias + dot(user, item)`, the formula of `Model::scores` (the
-//! offset: the global mean and the user's bias in a biased model). The dot product is the
-//! GEMM's, whose order of summation differs from `kernel::dot`'s, so a score may differ from
-//! `Model::scores` in its last bit; it is the same for a user whatever block or rank scores it
-//! (every score is summed over the factors in the same order).
+//! A score is `offset + (item bias + dot(user, item))`, the formula of `Model::scores` (the
+//! offset: the global mean and the user's bias in a biased model). The item bias rides in the
+//! GEMM: a user row `[1, p]` against the stored item row `[b_i, q]` (no copy of the item
+//! matrix); the offset, the same for all of a user's items, is added to the chosen few. The
+//! GEMM sums in another order than `kernel::dot`, so a score may differ from `Model::scores` in
+//! its last bit; it is the same for a user whatever block or rank scores it.
+//!
+//! Selection: once a user has `n` items, a score must beat the worst of them to matter, so the
+//! scan of a tile is one comparison per score; the excluded items and the heap are visited only
+//! for the rare score that passes (items come in ascending order, so an equal score never does).
 
 use ndarray::linalg::general_mat_mul;
 use ndarray::{s, Array2, ArrayView1, ArrayView2, ShapeBuilder};
@@ -25,133 +30,120 @@ impl Model {
     /// lower item index first), leaving out `exclude[j]` for `users[j]` (item indices, sorted
     /// ascending; `exclude` may be shorter than `users`: the others exclude nothing).
     pub fn top_n_many(&self, users: &[u32], n: usize, exclude: &[&[u32]]) -> Vec<Vec<Scored>> {
+        let stride = self.stride();
+        let items = rows_view(&self.item_rows, self.item_ids.len(), stride, 0, stride);
         let mut out = Vec::with_capacity(users.len());
         for (b, block) in users.chunks(USER_BLOCK).enumerate() {
-            let skip =
-                |j: usize| -> &[u32] { exclude.get(b * USER_BLOCK + j).copied().unwrap_or(&[]) };
-            out.extend(self.top_n_block(block, n, &skip));
-        }
-        out
-    }
-
-    /// `top_n_many` for one block of at most `USER_BLOCK` users.
-    fn top_n_block<'a>(
-        &self,
-        block: &[u32],
-        n: usize,
-        exclude: &dyn Fn(usize) -> &'a [u32],
-    ) -> Vec<Vec<Scored>> {
-        let k = self.meta.factors;
-        let biased = self.meta.biased;
-        let users = self.gather(&self.user_rows, block);
-        let offsets: Vec<f32> = block
-            .iter()
-            .map(|&u| match biased {
-                true => self.meta.global_mean + self.user_row(u as usize)[0],
-                false => 0.0,
-            })
-            .collect();
-        // Each user's next excluded item to pass (the tiles go up the item indices).
-        let mut next_skip = vec![0usize; block.len()];
-        self.best_per_row(&users, n, |j, item, product| {
-            let skip = exclude(j);
-            let cursor = &mut next_skip[j];
-            while *cursor < skip.len() && skip[*cursor] < item {
-                *cursor += 1;
+            // [1, p] (or [0, p] without biases) against [b_i, q].
+            let mut left = Array2::<f32>::zeros((block.len(), stride));
+            for (j, &u) in block.iter().enumerate() {
+                let row = self.user_row(u as usize);
+                left[(j, 0)] = if self.meta.biased { 1.0 } else { 0.0 };
+                left.row_mut(j)
+                    .slice_mut(s![1..])
+                    .assign(&ArrayView1::from(&row[1..]));
             }
-            if skip.get(*cursor) == Some(&item) {
-                return None;
-            }
-            let bias = match biased {
-                true => self.item_rows[item as usize * (k + 1)],
-                false => 0.0,
-            };
-            Some(offsets[j] + bias + product)
-        })
-    }
-
-    /// For each of `items` (item indices), the `n` items most similar to it by the cosine of
-    /// their factors (biases left out), most similar first (equal: the lower index first), the
-    /// item itself left out: `Model::similar` for many items, by blocks of GEMMs. An item whose
-    /// factors are all zero has cosine 0 with every item.
-    pub fn similar_many(&self, items: &[u32], n: usize) -> Vec<Vec<Scored>> {
-        let norms: Vec<f32> = self
-            .item_factors()
-            .rows()
-            .into_iter()
-            .map(|r| r.dot(&r).sqrt())
-            .collect();
-        let mut out = Vec::with_capacity(items.len());
-        for block in items.chunks(USER_BLOCK) {
-            let left = self.gather(&self.item_rows, block);
-            out.extend(self.best_per_row(&left, n, |j, item, product| {
-                let target = block[j];
-                if item == target {
-                    return None;
+            let skip = |j: usize| exclude.get(b * USER_BLOCK + j).copied().unwrap_or(&[]);
+            let lists = best_per_row(&left, &items, n, |j, item| {
+                skip(j).binary_search(&item).is_err()
+            });
+            out.extend(block.iter().zip(lists).map(|(&u, mut list)| {
+                if self.meta.biased {
+                    let offset = self.meta.global_mean + self.user_row(u as usize)[0];
+                    list.iter_mut().for_each(|s| s.score += offset);
+                    // Adding the offset may make two scores equal: the lower item first.
+                    list.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.item.cmp(&b.item)));
                 }
-                let denominator = norms[target as usize] * norms[item as usize];
-                Some(match denominator > 0.0 {
-                    true => product / denominator,
-                    false => 0.0,
-                })
+                list
             }));
         }
         out
     }
 
-    /// The factors of rows `which` of `rows` (`[bias, factors...]` each), as one dense matrix.
-    fn gather(&self, rows: &[f32], which: &[u32]) -> Array2<f32> {
-        let stride = self.stride();
-        let mut m = Array2::<f32>::zeros((which.len(), self.meta.factors));
-        for (j, &r) in which.iter().enumerate() {
-            let row = &rows[r as usize * stride + 1..(r as usize + 1) * stride];
-            m.row_mut(j).assign(&ArrayView1::from(row));
+    /// For each of `items` (item indices), the `n` items most similar to it by the cosine of
+    /// their factors (biases left out), most similar first (equal: the lower index first), the
+    /// item itself left out: `Model::similar` for many items, by blocks of GEMMs over the unit
+    /// vectors of the factors (a copy of the item matrix, for the call). An item whose factors
+    /// are all zero has cosine 0 with every item.
+    pub fn similar_many(&self, items: &[u32], n: usize) -> Vec<Vec<Scored>> {
+        let k = self.meta.factors;
+        let factors = rows_view(&self.item_rows, self.item_ids.len(), self.stride(), 1, k);
+        let mut unit = factors.to_owned();
+        for mut row in unit.rows_mut() {
+            let norm = row.dot(&row).sqrt();
+            if norm > 0.0 {
+                row.mapv_inplace(|v| v / norm);
+            }
         }
-        m
+        let mut out = Vec::with_capacity(items.len());
+        for block in items.chunks(USER_BLOCK) {
+            let mut left = Array2::<f32>::zeros((block.len(), k));
+            for (j, &i) in block.iter().enumerate() {
+                left.row_mut(j).assign(&unit.row(i as usize));
+            }
+            out.extend(best_per_row(&left, &unit.view(), n, |j, item| {
+                item != block[j]
+            }));
+        }
+        out
     }
+}
 
-    /// Row j of `left` against every item, a tile of items at a time (one GEMM each): `score(j,
-    /// item, product)` turns each dot product into a score, or `None` to leave the item out;
-    /// row j keeps its `n` best.
-    fn best_per_row(
-        &self,
-        left: &Array2<f32>,
-        n: usize,
-        mut score: impl FnMut(usize, u32, f32) -> Option<f32>,
-    ) -> Vec<Vec<Scored>> {
-        let items = self.item_factors();
-        let n_items = self.item_ids.len();
-        let mut best: Vec<Best> = (0..left.nrows()).map(|_| Best::new(n)).collect();
-        let mut scores = Array2::<f32>::zeros((left.nrows(), ITEM_TILE.min(n_items.max(1))));
-        for start in (0..n_items).step_by(ITEM_TILE) {
-            let end = (start + ITEM_TILE).min(n_items);
-            let tile = items.slice(s![start..end, ..]);
-            let mut c = scores.slice_mut(s![.., ..end - start]);
-            general_mat_mul(1.0, left, &tile.t(), 0.0, &mut c);
-            for (j, row) in c.rows().into_iter().enumerate() {
-                for (t, &product) in row.iter().enumerate() {
-                    let item = (start + t) as u32;
-                    if let Some(value) = score(j, item, product) {
-                        best[j].offer(value, item);
+/// `len` rows of `width` floats starting at `first` in each `stride`-float row of `rows`, as
+/// a matrix over them.
+fn rows_view(
+    rows: &[f32],
+    len: usize,
+    stride: usize,
+    first: usize,
+    width: usize,
+) -> ArrayView2<'_, f32> {
+    let data = if len == 0 { &[][..] } else { &rows[first..] };
+    ArrayView2::from_shape((len, width).strides((stride, 1)), data).expect("rows of stride floats")
+}
+
+/// Row j of `left` against every row of `right` (one GEMM per tile of `ITEM_TILE` rows): row j
+/// keeps its `n` best dot products among the items `keep(j, item)` accepts, best first.
+fn best_per_row(
+    left: &Array2<f32>,
+    right: &ArrayView2<'_, f32>,
+    n: usize,
+    mut keep: impl FnMut(usize, u32) -> bool,
+) -> Vec<Vec<Scored>> {
+    let n_items = right.nrows();
+    let mut best: Vec<Best> = (0..left.nrows()).map(|_| Best::new(n)).collect();
+    // The score to beat: the worst kept, once n are kept.
+    let mut floors = vec![f32::NEG_INFINITY; left.nrows()];
+    let mut scores = Array2::<f32>::zeros((left.nrows(), ITEM_TILE.min(n_items.max(1))));
+    for start in (0..n_items).step_by(ITEM_TILE) {
+        let end = (start + ITEM_TILE).min(n_items);
+        let tile = right.slice(s![start..end, ..]);
+        let mut c = scores.slice_mut(s![.., ..end - start]);
+        general_mat_mul(1.0, left, &tile.t(), 0.0, &mut c);
+        for (j, row) in c.rows().into_iter().enumerate() {
+            let row = row.as_slice().expect("a row of the scores is contiguous");
+            let mut floor = floors[j];
+            // Sixteen scores at a time: one branch-free comparison each (vectorised), and a
+            // look at them one by one only if one beats the floor.
+            for (c, chunk) in row.chunks(16).enumerate() {
+                if !chunk.iter().fold(false, |any, &s| any | (s > floor)) {
+                    continue;
+                }
+                for (t, &score) in chunk.iter().enumerate() {
+                    let item = (start + 16 * c + t) as u32;
+                    // NaN never beats the floor.
+                    if score > floor && keep(j, item) {
+                        best[j].offer(score, item);
+                        if best[j].len() == n {
+                            floor = best[j].worst().unwrap_or(f32::NEG_INFINITY);
+                        }
                     }
                 }
             }
+            floors[j] = floor;
         }
-        best.into_iter().map(Best::into_sorted).collect()
     }
-
-    /// The item factors (without the biases) as an items x factors matrix over the rows.
-    fn item_factors(&self) -> ArrayView2<'_, f32> {
-        let k = self.meta.factors;
-        let n = self.item_ids.len();
-        let rows = if n == 0 {
-            &[][..]
-        } else {
-            &self.item_rows[1..]
-        };
-        ArrayView2::from_shape((n, k).strides((k + 1, 1)), rows)
-            .expect("rows of factors + 1 floats")
-    }
+    best.into_iter().map(Best::into_sorted).collect()
 }
 
 #[cfg(test)]
