@@ -34,6 +34,30 @@ fn train(data: &Path, model: &Path, extra: &[&str]) -> Vec<String> {
     v
 }
 
+/// A model trained (one process) on a small CSV in `dir`, and that CSV's folder: (model, data).
+fn tiny_model(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    let data = csv(
+        dir,
+        "a.csv",
+        b"user_id,product_id,event_type\n1,2,view\n1,3,purchase\n2,3,view\n3,2,view\n3,4,view\n",
+    );
+    let model = dir.join("model");
+    let args = train(&data, &model, &["--holdout", "0"]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    solo(&args).ok();
+    (model, data)
+}
+
+/// `recommend --model MODEL --out DIR/recs`, then `extra`.
+fn recommend(dir: &Path, model: &Path, extra: &[&str]) -> Vec<String> {
+    let out = dir.join("recs");
+    ["recommend", "--model", s(model), "--out", s(&out)]
+        .iter()
+        .chain(extra)
+        .map(|a| a.to_string())
+        .collect()
+}
+
 /// Test credentials and `extra` NAME=VALUE settings, as the leading arguments of a case.
 fn s3_env(extra: &[&str]) -> Vec<String> {
     ["AWS_ACCESS_KEY_ID=k", "AWS_SECRET_ACCESS_KEY=s"]
@@ -501,6 +525,97 @@ fn cases() -> Vec<Case> {
                     b"user_id,product_id,event_type\n1,2,view\n2,3,purchase\n",
                 );
                 train(&data, &d.join("m"), &["--resume", "--holdout", "0"])
+            },
+        },
+        Case {
+            name: "recommend --top 0",
+            code: 2,
+            says: "--top 0: give the number of items per list",
+            args: |d| {
+                let (model, _) = tiny_model(d);
+                recommend(d, &model, &["--top", "0"])
+            },
+        },
+        Case {
+            name: "recommend with a model URL that is not a model",
+            code: 2,
+            says: "no model there",
+            args: |d| {
+                let (_, data) = tiny_model(d);
+                recommend(d, &data, &["--top", "5"])
+            },
+        },
+        Case {
+            name: "recommend --users with no id column",
+            code: 2,
+            says: "users.csv: no column \"user_id\" of user ids",
+            args: |d| {
+                let (model, data) = tiny_model(d);
+                std::fs::write(d.join("users.csv"), "customer,segment\n1,a\n").unwrap();
+                let users = d.join("users.csv");
+                recommend(
+                    d,
+                    &model,
+                    &["--top", "5", "--data", s(&data), "--users", s(&users)],
+                )
+            },
+        },
+        Case {
+            name: "recommend --users the model does not know, without --data",
+            code: 2,
+            says: "their popular items come from the interactions: give --data",
+            args: |d| {
+                let (model, _) = tiny_model(d);
+                std::fs::write(d.join("users.csv"), "user_id\n1\n404\n").unwrap();
+                let users = d.join("users.csv");
+                recommend(d, &model, &["--top", "5", "--users", s(&users)])
+            },
+        },
+        Case {
+            name: "recommend --data with none of the model's columns",
+            code: 2,
+            says: "other.csv: no column \"user_id\"",
+            args: |d| {
+                let (model, _) = tiny_model(d);
+                let other = d.join("other");
+                std::fs::create_dir_all(&other).unwrap();
+                std::fs::write(other.join("other.csv"), "a,b,c\n1,2,3\n").unwrap();
+                recommend(d, &model, &["--top", "5", "--data", s(&other)])
+            },
+        },
+        Case {
+            name: "recommend --similar-items with --users",
+            code: 2,
+            says: "--users does not go with --similar-items",
+            args: |d| {
+                let (model, _) = tiny_model(d);
+                recommend(
+                    d,
+                    &model,
+                    &["--top", "5", "--similar-items", "--users", "u.csv"],
+                )
+            },
+        },
+        Case {
+            name: "recommend into a folder holding other files",
+            code: 2,
+            says: "holds files that are not funksvd output (a.csv)",
+            args: |d| {
+                let (model, data) = tiny_model(d);
+                let mut args = recommend(d, &model, &["--top", "5"]);
+                args[4] = s(&data).into();
+                args
+            },
+        },
+        Case {
+            name: "recommend into a location that cannot be written",
+            code: 2,
+            says: "--out /proc/funksvd-cannot-write-here: cannot write there",
+            args: |d| {
+                let (model, _) = tiny_model(d);
+                let mut args = recommend(d, &model, &["--top", "5"]);
+                args[4] = "/proc/funksvd-cannot-write-here".into();
+                args
             },
         },
         Case {
