@@ -934,6 +934,38 @@ mod tests {
     use super::*;
 
     #[test]
+    fn an_object_written_as_a_stream_appears_whole_or_not_at_all() {
+        use std::io::Write;
+        let dir = std::env::temp_dir().join(format!("funksvd-writer-{}", std::process::id()));
+        let loc = Location::parse(dir.to_str().unwrap(), "--out").unwrap();
+        // Small: one put. Large (past the threshold): parts, then one rename.
+        for (name, len) in [
+            ("small", 1000usize),
+            ("large", MULTIPART_THRESHOLD * 2 + 12345),
+        ] {
+            let bytes: Vec<u8> = (0..len).map(|i| (i * 7 % 251) as u8).collect();
+            let mut w = loc.writer(&loc.child_key(name));
+            for piece in bytes.chunks(1 << 20) {
+                w.write_all(piece).unwrap();
+            }
+            assert_eq!(w.written(), len as u64);
+            w.finish().unwrap();
+            assert_eq!(std::fs::read(dir.join(name)).unwrap(), bytes, "{name}");
+        }
+        // Dropped before `finish`, after parts went up: nothing under the name.
+        let mut w = loc.writer(&loc.child_key("abandoned"));
+        w.write_all(&vec![1u8; MULTIPART_THRESHOLD + 1]).unwrap();
+        drop(w);
+        let left: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("abandoned"))
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn hidden_names_are_spark_markers_and_dotfiles() {
         assert!(is_hidden("_SUCCESS"));
         assert!(is_hidden(".part-0.crc"));

@@ -118,6 +118,36 @@ fn s3_data_and_model_match_a_local_run_bit_for_bit_and_each_rank_reads_its_share
             1e-6,
             "hold-out RMSE from S3",
         );
+        // recommend: model and data from S3, parts and manifest to S3, the same bytes as from
+        // and to local disk.
+        let recs = |model: &str, data: &str, out: &str, env: &[(&'static str, String)]| {
+            let args = [
+                "recommend",
+                "--model",
+                model,
+                "--data",
+                data,
+                "--out",
+                out,
+                "--top",
+                "7",
+            ];
+            let run = mpirun_with(ranks, &args, env).ok();
+            assert_no_secret(&run);
+        };
+        let out_url = format!("s3://shop/recs/r{ranks}");
+        recs(&model_url, "s3://shop/events", &out_url, &env);
+        let local_out = local_model.with_extension("recs");
+        recs(s(&local_model), s(&local_data), s(&local_out), &[]);
+        let s3_out = server.root.join(format!("shop/recs/r{ranks}"));
+        assert!(s3_out.join("_SUCCESS").exists(), "no manifest on S3");
+        for rank in 0..ranks {
+            let part = format!("part-{rank:05}.parquet");
+            assert!(
+                file_bytes(&s3_out.join(&part)) == file_bytes(&local_out.join(&part)),
+                "{part} on S3 differs from the local one"
+            );
+        }
     }
 }
 
