@@ -195,6 +195,11 @@ pub struct TrainArgs {
     /// Continue from the newest complete checkpoint under --model (same data, flags and ranks).
     #[arg(long)]
     pub resume: bool,
+    /// Log the hold-out NDCG@K (and recall@K) on each epoch line, and the popularity
+    /// baseline's once: every user's top K among all items minus their training items, against
+    /// their held-out items. Costs a scoring of every user against every item per epoch shown.
+    #[arg(long, value_name = "K", num_args = 0..=1, default_missing_value = "20")]
+    pub rank_metrics: Option<usize>,
 }
 
 impl TrainArgs {

@@ -34,10 +34,10 @@ pub struct Ranking {
 
 /// One user's part: training items (the model's indices, sorted) and relevant items (sorted;
 /// items the model does not know numbered from `n_items` up, so they count but never match).
-struct UserLists {
-    user: u32,
-    train: Vec<u32>,
-    relevant: Vec<u32>,
+pub struct UserLists {
+    pub user: u32,
+    pub train: Vec<u32>,
+    pub relevant: Vec<u32>,
 }
 
 /// The ranking figures of `model` on `owned` (this rank's users after the exchange), `held[t]`
@@ -72,9 +72,24 @@ pub fn rank(
         }
     }
     comm.reduce_u64(&mut counts, Op::Sum);
-    let order = popularity_order(&counts);
     let (users, unknown) = user_lists(model, owned, held, &item_index);
-    let max_k = *ks.iter().max().expect("checked above");
+    Ok(rank_users(comm, model, &users, &counts, ks, unknown))
+}
+
+/// The ranking figures of `model` for `users` (this rank's), `counts` the job's training
+/// interactions per item (for the popularity baseline), `unknown` this rank's (users, relevant
+/// items) the model does not know. Collective: every rank calls it with the same `ks`.
+pub fn rank_users(
+    comm: &dyn Collective,
+    model: &Model,
+    users: &[UserLists],
+    counts: &[u64],
+    ks: &[usize],
+    unknown: [u64; 2],
+) -> Ranking {
+    let n_items = model.item_ids.len();
+    let order = popularity_order(counts);
+    let max_k = ks.iter().copied().max().unwrap_or(0);
     let mut sums = vec![RankSums::default(); 2 * ks.len()];
     // By list kind and cut-off: whether an item is in some user's top k.
     let mut covered = vec![0u64; 2 * ks.len() * n_items];
@@ -84,7 +99,7 @@ pub fn rank(
         let scored = model.top_n_many(&ids, max_k, &exclude);
         for (u, list) in block.iter().zip(scored) {
             let from_model: Vec<u32> = list.iter().map(|s| s.item).collect();
-            let popular: Vec<u32> = popular_for(&order, &counts, &u.train, max_k)
+            let popular: Vec<u32> = popular_for(&order, counts, &u.train, max_k)
                 .iter()
                 .map(|s| s.item)
                 .collect();
@@ -112,15 +127,18 @@ pub fn rank(
         .map(|c| c.iter().sum::<u64>() as f64 / n_items.max(1) as f64)
         .collect();
     let tail = &flat[6 * sums.len()..];
-    Ok(Ranking {
+    Ranking {
         ks: ks.to_vec(),
         model: sums[..ks.len()].to_vec(),
         popular: sums[ks.len()..].to_vec(),
-        model_coverage: coverage[..ks.len()].to_vec(),
-        popular_coverage: coverage[ks.len()..2 * ks.len()].to_vec(),
+        model_coverage: coverage.get(..ks.len()).unwrap_or_default().to_vec(),
+        popular_coverage: coverage
+            .get(ks.len()..2 * ks.len())
+            .unwrap_or_default()
+            .to_vec(),
         users_unknown: tail[0] as u64,
         relevant_unknown_items: tail[1] as u64,
-    })
+    }
 }
 
 /// Each user's training and relevant items (users the model knows, with something held out);

@@ -520,3 +520,52 @@ fn evaluate_ranks_the_hold_out_like_a_naive_reference_for_the_model_and_populari
         }
     }
 }
+
+#[test]
+fn train_logs_the_hold_out_ndcg_that_evaluate_reports_for_the_final_model() {
+    let dir = temp_dir("recommend-rank-metrics");
+    let csv = dir.join("ratings.csv");
+    ratings_csv(&csv, 300, 150, 25);
+    let model = dir.join("model");
+    let mut args = train_args(
+        s(&csv),
+        s(&model),
+        &["--epochs", "6", "--rank-metrics", "10"],
+    );
+    args.extend_from_slice(&COLUMNS);
+    let run = mpirun(2, &args).ok();
+    let logged: Vec<f64> = run
+        .stderr
+        .lines()
+        .filter(|l| l.contains("epoch ") && l.contains("/6:"))
+        .map(|l| {
+            let at = l
+                .find("hold-out NDCG@10 ")
+                .expect("NDCG on every epoch line")
+                + 17;
+            l[at..].split(',').next().unwrap().parse().unwrap()
+        })
+        .collect();
+    assert_eq!(logged.len(), 6, "{}", run.stderr);
+    assert!(run
+        .stderr
+        .contains("the popularity baseline's hold-out NDCG@10"));
+    let mut eval = vec![
+        "evaluate",
+        "--model",
+        s(&model),
+        "--data",
+        s(&csv),
+        "--k",
+        "10",
+    ];
+    eval.extend_from_slice(&COLUMNS[2..]);
+    let report: serde_json::Value = serde_json::from_str(&mpirun(1, &eval).ok().stdout).unwrap();
+    let final_ndcg = report["ranking"]["model"]["ndcg@10"].as_f64().unwrap();
+    // The log rounds to 4 places; the model in training lists items in another order, which
+    // only breaks exact ties differently.
+    assert!(
+        (logged[5] - final_ndcg).abs() < 2e-4,
+        "{logged:?} vs {final_ndcg}"
+    );
+}

@@ -24,6 +24,7 @@ use crate::store::Location;
 use crate::train::checkpoint::Checkpoints;
 use crate::train::data::{prepare, ItemBlocks, Prepared, RankData};
 use crate::train::pass::{holdout_errors, train_errors};
+use crate::train::ranked::RankCheck;
 use crate::train::{fit, ItemRows, Job, Progress, TrainState};
 use crate::wire::{Reader, Writer};
 
@@ -289,12 +290,31 @@ fn train(
         hyper,
         globals,
     };
+    let ranked = args
+        .rank_metrics
+        .map(|k| ranked_epochs(comm, prepared, k, hyper));
     let trained = fit(comm, &job, start, |progress| {
         let (epoch, epochs) = (progress.epoch, hyper.epochs);
         // A signal after the last epoch changes nothing: the model is about to be published.
         let signal = interrupt::agreed(comm).filter(|_| epoch < epochs);
-        if comm.is_root() && (shows_epoch(epoch, epochs) || signal.is_some()) {
-            log_epoch(progress, epochs);
+        let shown = shows_epoch(epoch, epochs) || signal.is_some();
+        // Collective: every rank shows the same epochs.
+        let ranking = match (&ranked, shown) {
+            (Some(check), true) => {
+                let r = check.rank(
+                    comm,
+                    progress.params,
+                    &prepared.data.ratings.user_ids,
+                    &prepared.item_ids,
+                    hyper.biased,
+                    globals,
+                );
+                format!(", hold-out {}", check.describe(&r, false))
+            }
+            _ => String::new(),
+        };
+        if comm.is_root() && shown {
+            log_epoch(progress, epochs, &ranking);
         }
         let every = args.checkpoint_every.is_some_and(|n| epoch % n == 0);
         if every || signal.is_some() {
@@ -313,6 +333,40 @@ fn train(
     comm.agree(trained)
 }
 
+/// `--rank-metrics K`: what scoring the epochs needs, and the popularity baseline's figures,
+/// logged once (they do not change).
+fn ranked_epochs(comm: &dyn Collective, prepared: &Prepared, k: usize, hyper: &Hyper) -> RankCheck {
+    let check = RankCheck::new(comm, &prepared.data, prepared.item_ids.len(), k);
+    // The baseline's lists do not depend on the factors: score a model of zeros once.
+    let zeros = |n: usize| vec![0.0f32; n * padded_width(hyper.factors)];
+    let (users, items) = (
+        zeros(prepared.data.ratings.n_users()),
+        zeros(prepared.item_ids.len()),
+    );
+    let params = ParamsRef {
+        factors: hyper.factors,
+        width: padded_width(hyper.factors),
+        users: &users,
+        items: &items,
+    };
+    let globals = Globals {
+        global_mean: 0.0,
+        rating_range: (0.0, 0.0),
+    };
+    let r = check.rank(
+        comm,
+        params,
+        &prepared.data.ratings.user_ids,
+        &prepared.item_ids,
+        hyper.biased,
+        globals,
+    );
+    if comm.is_root() {
+        log::info!("--rank-metrics: the popularity baseline's hold-out {} (the most training interactions, minus each user's own)", check.describe(&r, true));
+    }
+    check
+}
+
 /// Epoch lines a person can read: every epoch up to `ALWAYS_SHOWN`, then about
 /// `SHOWN_AFTER` more evenly spaced, and always the last.
 fn shows_epoch(epoch: usize, epochs: usize) -> bool {
@@ -324,7 +378,7 @@ fn shows_epoch(epoch: usize, epochs: usize) -> bool {
     epoch <= ALWAYS_SHOWN || epoch == epochs || (epoch - ALWAYS_SHOWN) % every == 0
 }
 
-fn log_epoch(progress: &Progress, epochs: usize) {
+fn log_epoch(progress: &Progress, epochs: usize, ranking: &str) {
     let Some(s) = progress.history.last() else {
         return;
     };
@@ -333,7 +387,7 @@ fn log_epoch(progress: &Progress, epochs: usize) {
         .map(|h| format!("{h:.4}"))
         .unwrap_or_else(|| "-".into());
     log::info!(
-        "epoch {}/{epochs}: train RMSE {:.4} (during the epoch), hold-out RMSE {hold}, {:.3}s (sync {:.3}s), {:.2}M ratings/s",
+        "epoch {}/{epochs}: train RMSE {:.4} (during the epoch), hold-out RMSE {hold}{ranking}, {:.3}s (sync {:.3}s), {:.2}M ratings/s",
         s.epoch,
         s.train_rmse,
         s.seconds,

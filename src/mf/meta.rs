@@ -184,16 +184,32 @@ impl ModelMeta {
     /// A model.json for unit tests: 2 factors, mean 3, ratings 1..5, hold-out 0.2, no training
     /// record to speak of.
     pub(crate) fn for_tests(n_users: u64, n_items: u64, biased: bool) -> ModelMeta {
+        let mut meta = ModelMeta::minimal(n_users, n_items, 2, biased, 3.0);
+        meta.hyperparameters.holdout = 0.2;
+        meta
+    }
+}
+
+impl ModelMeta {
+    /// A model.json with what scoring needs and nothing else to speak of (a model in the
+    /// making, scored during training; unit tests): ratings 1..5, no hold-out.
+    pub fn minimal(
+        n_users: u64,
+        n_items: u64,
+        factors: usize,
+        biased: bool,
+        global_mean: f32,
+    ) -> ModelMeta {
         serde_json::from_value(serde_json::json!({
-            "format": FORMAT, "version": VERSION, "factors": 2, "biased": biased,
-            "global_mean": 3.0, "rating_min": 1.0, "rating_max": 5.0,
+            "format": FORMAT, "version": VERSION, "factors": factors, "biased": biased,
+            "global_mean": global_mean, "rating_min": 1.0, "rating_max": 5.0,
             "n_users": n_users, "n_items": n_items, "n_ratings": 0,
-            "hyperparameters": {"factors": 2, "epochs": 1, "lr": 0.01, "reg": 0.02, "seed": 1,
-                                "biased": biased, "init_std": 0.1},
+            "hyperparameters": {"factors": factors, "epochs": 1, "lr": 0.01, "reg": 0.02, "seed": 1,
+                                "biased": biased, "init_std": 0.1, "holdout": 0.0},
             "event_weights": null,
             "input": {"data": "d", "format": "auto", "user_col": "u", "item_col": null,
                       "event_col": "e", "rating_col": "r", "time_col": "t",
-                      "aggregate": "max", "holdout": 0.2},
+                      "aggregate": "max", "holdout": 0.0},
             "training": {"ranks": 1, "epochs": 1, "seconds": 0.0, "seconds_per_epoch": 0.0,
                          "syncs_per_epoch": 0, "floats_per_sync": 0, "rows_read": 0,
                          "rows_skipped": 0, "phases": {"plan": 0.0, "read": 0.0,

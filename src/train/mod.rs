@@ -37,6 +37,7 @@ pub mod checkpoint;
 pub mod data;
 pub mod item_rows;
 pub mod pass;
+pub mod ranked;
 pub mod schedule;
 
 use std::time::Instant;

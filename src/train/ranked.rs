@@ -1,0 +1,125 @@
+//! `train --rank-metrics K`: the hold-out ranking of the model in the making, on the epochs the
+//! log shows. Every rank scores its own users (a `Model` over its rows and every item row, in
+//! training-row order) against all items minus their training items; one allreduce sums.
+
+use crate::collective::{Collective, Op};
+use crate::ids::Id;
+use crate::mf::meta::ModelMeta;
+use crate::mf::{Globals, Model, ParamsRef};
+use crate::ranking::{rank_users, Ranking, UserLists};
+
+use super::data::{RankData, UNKNOWN};
+
+/// What scoring an epoch needs, built once before the first.
+pub struct RankCheck {
+    k: usize,
+    users: Vec<UserLists>,
+    /// The job's training ratings per item row (the popularity baseline).
+    counts: Vec<u64>,
+    /// (0, this rank's held-out pairs with items without training ratings).
+    unknown: [u64; 2],
+}
+
+impl RankCheck {
+    pub fn new(comm: &dyn Collective, data: &RankData, n_items: usize, k: usize) -> RankCheck {
+        let r = &data.ratings;
+        let mut counts = vec![0u64; n_items];
+        for &i in &r.items {
+            counts[i as usize] += 1;
+        }
+        comm.reduce_u64(&mut counts, Op::Sum);
+        let mut relevant: Vec<Vec<u32>> = vec![Vec::new(); r.n_users()];
+        // Pairs of users without training ratings are left out (the model has no row for
+        // them); items without training ratings count as relevant and are never found.
+        let mut unknown = [0u64; 2];
+        for (n, h) in data.holdout.iter().enumerate() {
+            if h.user == UNKNOWN {
+                continue;
+            }
+            let item = match h.item {
+                UNKNOWN => {
+                    unknown[1] += 1;
+                    (n_items + n) as u32
+                }
+                row => row,
+            };
+            relevant[h.user as usize].push(item);
+        }
+        let users = relevant
+            .into_iter()
+            .enumerate()
+            .filter(|(_, rel)| !rel.is_empty())
+            .map(|(u, mut rel)| {
+                rel.sort_unstable();
+                UserLists {
+                    user: u as u32,
+                    train: r.ratings_of(u).0.to_vec(),
+                    relevant: rel,
+                }
+            })
+            .collect();
+        RankCheck {
+            k,
+            users,
+            counts,
+            unknown,
+        }
+    }
+
+    /// The ranking of the model `params` describes (collective).
+    pub fn rank(
+        &self,
+        comm: &dyn Collective,
+        params: ParamsRef,
+        user_ids: &[Id],
+        item_ids: &[Id],
+        biased: bool,
+        globals: Globals,
+    ) -> Ranking {
+        let f = params.factors;
+        let unpadded = |rows: &[f32], n: usize| -> Vec<f32> {
+            (0..n)
+                .flat_map(|i| {
+                    rows[i * params.width..i * params.width + f + 1]
+                        .iter()
+                        .copied()
+                })
+                .collect()
+        };
+        let meta = ModelMeta::minimal(
+            user_ids.len() as u64,
+            item_ids.len() as u64,
+            f,
+            biased,
+            globals.global_mean,
+        );
+        let model = Model::new(
+            meta,
+            user_ids.to_vec(),
+            unpadded(params.users, user_ids.len()),
+            item_ids.to_vec(),
+            unpadded(params.items, item_ids.len()),
+        );
+        rank_users(
+            comm,
+            &model,
+            &self.users,
+            &self.counts,
+            &[self.k],
+            self.unknown,
+        )
+    }
+
+    /// `NDCG@K 0.1234, recall@K 0.2345` of the model's lists (or of popularity's).
+    pub fn describe(&self, ranking: &Ranking, popular: bool) -> String {
+        let sums = if popular {
+            &ranking.popular
+        } else {
+            &ranking.model
+        };
+        match sums.first().and_then(|s| s.means()) {
+            Some(m) => format!("NDCG@{k} {:.4}, recall@{k} {:.4}", m[2], m[1], k = self.k),
+            None => format!("NDCG@{} - (no held-out pairs)", self.k),
+        }
+    }
+}
