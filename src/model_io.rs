@@ -348,7 +348,15 @@ mod tests {
                 .flat_map(|x| [0.0, x as f32 * k as f32, 1.0])
                 .collect()
         };
-        let tables = crate::mf::tables::encode_tables(2, &ids, &rows(1), &ids, &rows(2)).unwrap();
+        let tables = crate::mf::tables::encode_tables(
+            2,
+            &ids,
+            &rows(1),
+            &ids,
+            &rows(2),
+            &vec![1; ids.len()],
+        )
+        .unwrap();
         let mut meta = ModelMeta::for_tests(n as u64, n as u64, false);
         meta.hyperparameters.seed = seed;
         meta.input.holdout = 0.1;

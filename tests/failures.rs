@@ -561,11 +561,21 @@ fn cases() -> Vec<Case> {
             },
         },
         Case {
-            name: "recommend --users the model does not know, without --data",
+            name: "recommend --users the model does not know, on an old model, without --data",
             code: 2,
             says: "their popular items come from the interactions: give --data",
             args: |d| {
                 let (model, _) = tiny_model(d);
+                // A model written before models recorded their items' training ratings.
+                let m = load_model(&model);
+                let items = funksvd::mf::tables::rows_to_parquet(
+                    "item_id",
+                    &m.item_ids,
+                    &m.item_rows,
+                    m.meta.factors,
+                )
+                .unwrap();
+                std::fs::write(model.join(m.meta.table("items")), &items).unwrap();
                 std::fs::write(d.join("users.csv"), "user_id\n1\n404\n").unwrap();
                 let users = d.join("users.csv");
                 recommend(d, &model, &["--top", "5", "--users", s(&users)])

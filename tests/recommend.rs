@@ -274,6 +274,34 @@ fn unknown_users_get_popular_items_and_include_seen_lets_seen_items_back() {
         want, without,
         "the test must have a seen item among user 5's best"
     );
+    // Without --data: the popularity the model recorded (its training ratings per item).
+    let hyper = &model.meta.hyperparameters;
+    let mut trained: BTreeMap<u64, u64> = BTreeMap::new();
+    for &(u, i) in &pairs {
+        let id = |v: u64| funksvd::ids::Id::Int(v as i64);
+        if !funksvd::train::data::is_held_out(&id(u), &id(i), hyper.seed, hyper.holdout) {
+            *trained.entry(i).or_default() += 1;
+        }
+    }
+    let mut by_training: Vec<(u64, u64)> = trained.into_iter().collect();
+    by_training.sort_by_key(|&(i, c)| (std::cmp::Reverse(c), i));
+    let args = [
+        "recommend",
+        "--model",
+        s(&model_dir),
+        "--out",
+        s(&out),
+        "--top",
+        "5",
+        "--users",
+        s(&users),
+    ];
+    mpirun(2, &args).ok();
+    let by_user = lists(&read_output(&out));
+    let items: Vec<String> = by_user["nobody"].iter().map(|r| r.value.clone()).collect();
+    let want: Vec<String> = by_training[..5].iter().map(|p| p.0.to_string()).collect();
+    assert_eq!(items, want, "popular by the model's training ratings");
+    assert_eq!(by_user["nobody"][0].score, by_training[0].1 as f32);
 }
 
 #[test]

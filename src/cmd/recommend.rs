@@ -152,11 +152,13 @@ fn user_lists(
         .count();
     let mut missing = [unknown as u64];
     comm.reduce_u64(&mut missing, Op::Sum);
-    let counts = comm.agree(match (counts, missing[0]) {
-        (Some(c), _) => Ok(c),
-        (None, 0) => Ok(Vec::new()),
-        (None, n) => Err(Error::usage(format!(
-            "--users: {n} of the users are not in the model, and their popular items come from the interactions: give --data"
+    // Popularity: the interactions in --data, else the training ratings the model recorded.
+    let counts = comm.agree(match (counts, &model.item_counts, missing[0]) {
+        (Some(c), _, _) => Ok(c),
+        (None, Some(c), _) => Ok(c.clone()),
+        (None, None, 0) => Ok(Vec::new()),
+        (None, None, n) => Err(Error::usage(format!(
+            "--users: {n} of the users are not in the model, and their popular items come from the interactions: give --data (this model was trained before models recorded their items' popularity)"
         ))),
     })?;
     let order = popularity_order(&counts);

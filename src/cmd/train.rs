@@ -479,6 +479,7 @@ impl Save<'_> {
             mut data,
             blocks,
             sorted_items,
+            item_counts,
             ..
         } = prepared;
         // The ratings are done with: give their memory back before the model is assembled.
@@ -486,7 +487,13 @@ impl Save<'_> {
         drop(data);
         // Rank 0 writes; every rank hears how that went (no `?` before the agreement).
         let saved = gather_users(comm, &user_ids, params.view()).and_then(|users| match users {
-            Some(users) => self.write(users, &sorted_items, &blocks, &params, started),
+            Some(users) => self.write(
+                users,
+                (&sorted_items, &item_counts),
+                &blocks,
+                &params,
+                started,
+            ),
             None => Ok(()),
         });
         comm.agree(saved)
@@ -496,7 +503,7 @@ impl Save<'_> {
     fn write(
         &self,
         (user_ids, user_rows): (Vec<Id>, Vec<f32>),
-        sorted_items: &[Id],
+        (sorted_items, item_counts): (&[Id], &[u64]),
         blocks: &ItemBlocks,
         params: &Params,
         started: Instant,
@@ -513,6 +520,7 @@ impl Save<'_> {
             &user_rows,
             sorted_items,
             &item_rows,
+            item_counts,
         )?;
         model_io::publish(
             &self.settings.model,

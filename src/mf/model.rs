@@ -23,6 +23,8 @@ pub struct Model {
     pub user_rows: Vec<f32>,
     pub item_ids: Vec<Id>,
     pub item_rows: Vec<f32>,
+    /// Each item's training ratings, if the model recorded them (the popularity fallback).
+    pub item_counts: Option<Vec<u64>>,
     users: FastMap<Id, u32>,
     items: FastMap<Id, u32>,
 }
@@ -43,11 +45,11 @@ impl Model {
         items: Bytes,
         shown: [&str; 2],
     ) -> Result<Model> {
-        let (user_ids, user_rows) = parquet_to_rows(users, "user_id", meta.factors, shown[0])?;
-        let (item_ids, item_rows) = parquet_to_rows(items, "item_id", meta.factors, shown[1])?;
+        let users = parquet_to_rows(users, "user_id", meta.factors, shown[0])?;
+        let items = parquet_to_rows(items, "item_id", meta.factors, shown[1])?;
         for (n, counted, file) in [
-            (meta.n_users, user_ids.len(), shown[0]),
-            (meta.n_items, item_ids.len(), shown[1]),
+            (meta.n_users, users.ids.len(), shown[0]),
+            (meta.n_items, items.ids.len(), shown[1]),
         ] {
             if n != counted as u64 {
                 return Err(Error::usage(format!(
@@ -55,7 +57,9 @@ impl Model {
                 )));
             }
         }
-        Ok(Model::new(meta, user_ids, user_rows, item_ids, item_rows))
+        let mut model = Model::new(meta, users.ids, users.rows, items.ids, items.rows);
+        model.item_counts = items.counts;
+        Ok(model)
     }
 
     /// A model from its parts (rows packed, `factors + 1` floats each, in the ids' order).
@@ -78,6 +82,7 @@ impl Model {
             user_rows,
             item_ids,
             item_rows,
+            item_counts: None,
         }
     }
 

@@ -1,6 +1,8 @@
 //! A model's two tables as Parquet: `users.parquet` and `items.parquet`, one row per user /
 //! item with its id (`user_id` / `item_id`, int64, or string when any id is a string), `bias`
-//! (f32) and `factors` (a fixed-size list of f32), readable by pyarrow, pandas, polars, DuckDB.
+//! (f32) and `factors` (a fixed-size list of f32), readable by pyarrow, pandas, polars, DuckDB;
+//! `items.parquet` also has `n_ratings` (int64): the item's training ratings (pairs), the
+//! popularity `recommend` falls back on (absent in models written before it was recorded).
 
 use std::sync::Arc;
 
@@ -24,21 +26,37 @@ pub struct Tables {
     pub items: Bytes,
 }
 
+/// The name of the items' training ratings column.
+pub const ITEM_COUNTS: &str = "n_ratings";
+
 pub fn encode_tables(
     factors: usize,
     user_ids: &[Id],
     user_rows: &[f32],
     item_ids: &[Id],
     item_rows: &[f32],
+    item_counts: &[u64],
 ) -> Result<Tables> {
     Ok(Tables {
         users: rows_to_parquet("user_id", user_ids, user_rows, factors)?,
-        items: rows_to_parquet("item_id", item_ids, item_rows, factors)?,
+        items: rows_to_parquet_with("item_id", item_ids, item_rows, factors, Some(item_counts))?,
     })
 }
 
 /// Encode rows as a Parquet file: `{id_col}`, `bias`, `factors` (fixed-size list of f32).
 pub fn rows_to_parquet(id_col: &str, ids: &[Id], rows: &[f32], factors: usize) -> Result<Bytes> {
+    rows_to_parquet_with(id_col, ids, rows, factors, None)
+}
+
+/// `rows_to_parquet`, with a `n_ratings` column of `counts` (one per row) if given.
+// Long: one Parquet writer set up and fed; splitting it would pass its parts around.
+pub fn rows_to_parquet_with(
+    id_col: &str,
+    ids: &[Id],
+    rows: &[f32],
+    factors: usize,
+    counts: Option<&[u64]>,
+) -> Result<Bytes> {
     let stride = factors + 1;
     let int_ids = ids.iter().all(|id| matches!(id, Id::Int(_)));
     let id_type = if int_ids {
@@ -47,7 +65,7 @@ pub fn rows_to_parquet(id_col: &str, ids: &[Id], rows: &[f32], factors: usize) -
         DataType::Utf8
     };
     let item_field = Arc::new(Field::new("item", DataType::Float32, false));
-    let schema = Arc::new(Schema::new(vec![
+    let mut fields = vec![
         Field::new(id_col, id_type, false),
         Field::new("bias", DataType::Float32, false),
         Field::new(
@@ -55,7 +73,11 @@ pub fn rows_to_parquet(id_col: &str, ids: &[Id], rows: &[f32], factors: usize) -
             DataType::FixedSizeList(item_field.clone(), factors as i32),
             false,
         ),
-    ]));
+    ];
+    if counts.is_some() {
+        fields.push(Field::new(ITEM_COUNTS, DataType::Int64, false));
+    }
+    let schema = Arc::new(Schema::new(fields));
     // Trained floats never repeat and do not compress: dictionary encoding and compression
     // would only cost time and memory (the writer keeps a dictionary of every value it tries).
     // One row group per batch of ROWS_PER_GROUP: the writer holds one at a time.
@@ -71,9 +93,10 @@ pub fn rows_to_parquet(id_col: &str, ids: &[Id], rows: &[f32], factors: usize) -
     let mut buf = Vec::with_capacity(rows.len() * 4 + ids.len() * 16 + (1 << 16));
     let mut writer =
         ArrowWriter::try_new(&mut buf, schema.clone(), Some(props)).map_err(|e| failed(&e))?;
-    for (ids, rows) in ids
+    for (group, (ids, rows)) in ids
         .chunks(ROWS_PER_GROUP)
         .zip(rows.chunks(ROWS_PER_GROUP * stride))
+        .enumerate()
     {
         let id_array: ArrayRef = if int_ids {
             Arc::new(Int64Array::from_iter_values(ids.iter().map(
@@ -95,24 +118,38 @@ pub fn rows_to_parquet(id_col: &str, ids: &[Id], rows: &[f32], factors: usize) -
         let factors_array =
             FixedSizeListArray::try_new(item_field.clone(), factors as i32, Arc::new(flat), None)
                 .map_err(|e| Error::runtime(format!("cannot build the factors column: {e}")))?;
-        let batch = RecordBatch::try_new(
-            schema.clone(),
-            vec![id_array, Arc::new(bias), Arc::new(factors_array)],
-        )
-        .map_err(|e| Error::runtime(format!("cannot build the {id_col} table: {e}")))?;
+        let mut columns: Vec<ArrayRef> = vec![id_array, Arc::new(bias), Arc::new(factors_array)];
+        if let Some(counts) = counts {
+            let start = group * ROWS_PER_GROUP;
+            let these = &counts[start..start + ids.len()];
+            columns.push(Arc::new(Int64Array::from_iter_values(
+                these.iter().map(|&c| c.min(i64::MAX as u64) as i64),
+            )));
+        }
+        let batch = RecordBatch::try_new(schema.clone(), columns)
+            .map_err(|e| Error::runtime(format!("cannot build the {id_col} table: {e}")))?;
         writer.write(&batch).map_err(|e| failed(&e))?;
     }
     writer.close().map_err(|e| failed(&e))?;
     Ok(Bytes::from(buf))
 }
 
+/// A rows file decoded: ids, packed rows (`[bias, factors...]`), and the `n_ratings` column if
+/// the file has one.
+pub struct RowsTable {
+    pub ids: Vec<Id>,
+    pub rows: Vec<f32>,
+    pub counts: Option<Vec<u64>>,
+}
+
 /// Decode a rows file written by `rows_to_parquet`.
+// Long: one pass over the batches, each column checked where it is read.
 pub fn parquet_to_rows(
     bytes: Bytes,
     id_col: &str,
     factors: usize,
     shown: &str,
-) -> Result<(Vec<Id>, Vec<f32>)> {
+) -> Result<RowsTable> {
     let bad = |why: String| Error::usage(format!("{shown}: not a funksvd model file ({why})"));
     let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)
         .map_err(|e| bad(e.to_string()))?
@@ -120,7 +157,8 @@ pub fn parquet_to_rows(
         .map_err(|e| bad(e.to_string()))?;
     let mut ids = Vec::new();
     let mut rows = Vec::new();
-    for batch in reader {
+    let mut counts: Option<Vec<u64>> = None;
+    for (n, batch) in reader.enumerate() {
         let batch = batch.map_err(|e| bad(e.to_string()))?;
         let col = |name: &str| {
             batch
@@ -167,8 +205,19 @@ pub fn parquet_to_rows(
             rows.push(bias.value(r));
             rows.extend_from_slice(&values[offset + r * factors..offset + (r + 1) * factors]);
         }
+        if let Some(c) = batch.column_by_name(ITEM_COUNTS) {
+            let c = c
+                .as_primitive_opt::<Int64Type>()
+                .ok_or_else(|| bad(format!("{ITEM_COUNTS} is not int64")))?;
+            if n == 0 {
+                counts = Some(Vec::new());
+            }
+            if let Some(all) = counts.as_mut() {
+                all.extend(c.values().iter().map(|&v| v.max(0) as u64));
+            }
+        }
     }
-    Ok((ids, rows))
+    Ok(RowsTable { ids, rows, counts })
 }
 
 #[cfg(test)]
@@ -183,9 +232,15 @@ mod tests {
             vec![Id::Int(5), Id::Str("b".into()), Id::Int(9)],
         ] {
             let bytes = rows_to_parquet("user_id", &ids, &rows, 2).unwrap();
-            let (back_ids, back_rows) = parquet_to_rows(bytes, "user_id", 2, "t").unwrap();
-            assert_eq!(back_ids, ids);
-            assert_eq!(back_rows, rows);
+            let back = parquet_to_rows(bytes, "user_id", 2, "t").unwrap();
+            assert_eq!(back.ids, ids);
+            assert_eq!(back.rows, rows);
+            assert_eq!(back.counts, None);
+            let counts = [3u64, 0, 7];
+            let bytes = rows_to_parquet_with("item_id", &ids, &rows, 2, Some(&counts)).unwrap();
+            let back = parquet_to_rows(bytes, "item_id", 2, "t").unwrap();
+            assert_eq!((back.ids, back.rows), (ids.clone(), rows.clone()));
+            assert_eq!(back.counts, Some(counts.to_vec()));
         }
         let bytes = rows_to_parquet("user_id", &[Id::Int(1)], &[0.0, 1.0, 2.0], 2).unwrap();
         assert!(parquet_to_rows(bytes, "user_id", 3, "t").is_err());

@@ -234,6 +234,8 @@ pub struct Prepared {
     pub item_ids: Vec<Id>,
     /// The item ids sorted (as the model file lists them).
     pub sorted_items: Vec<Id>,
+    /// The job's training ratings of each item, by sorted id (the model's `n_ratings`).
+    pub item_counts: Vec<u64>,
 }
 
 /// Split off the hold-out pairs, agree with the other ranks on the items (those with training
@@ -246,7 +248,6 @@ pub fn prepare(comm: &dyn Collective, owned: OwnedRatings, hyper: &Hyper) -> Res
     let mut counts = train_counts(&owned, &held, &by_sorted, sorted_items.len());
     comm.reduce_u64(&mut counts, Op::Sum);
     let blocks = ItemBlocks::plan(&counts, comm.size(), blocks_per_rank(comm.size()));
-    drop(counts);
     let item_ids = blocks
         .order
         .iter()
@@ -258,6 +259,7 @@ pub fn prepare(comm: &dyn Collective, owned: OwnedRatings, hyper: &Hyper) -> Res
         blocks,
         item_ids,
         sorted_items,
+        item_counts: counts,
     })
 }
 
