@@ -101,6 +101,26 @@ fn trained(name: &str) -> (PathBuf, PathBuf, PathBuf, BTreeSet<(u64, u64)>) {
     (dir, csv, model, pairs)
 }
 
+/// `recommend --model MODEL --out OUT --top TOP`, then `extra`.
+fn recommend_args<'a>(
+    model: &'a Path,
+    out: &'a Path,
+    top: &'a str,
+    extra: &[&'a str],
+) -> Vec<&'a str> {
+    let mut args = vec![
+        "recommend",
+        "--model",
+        s(model),
+        "--out",
+        s(out),
+        "--top",
+        top,
+    ];
+    args.extend_from_slice(extra);
+    args
+}
+
 /// The naive reference: every item scored in f64, the excluded ones left out, sorted (equal
 /// scores: the lower item first), the first `n`.
 fn naive(m: &Model, user: &str, n: usize, exclude: &BTreeSet<u64>) -> Vec<(String, f64)> {
@@ -168,17 +188,7 @@ fn every_users_top_n_equals_the_naive_reference_on_1_2_and_3_ranks() {
     let mut outputs = Vec::new();
     for ranks in [1, 2, 3] {
         let out = dir.join(format!("recs-{ranks}"));
-        let mut args = vec![
-            "recommend",
-            "--model",
-            s(&model_dir),
-            "--out",
-            s(&out),
-            "--top",
-            "10",
-            "--data",
-            s(&csv),
-        ];
+        let mut args = recommend_args(&model_dir, &out, "10", &["--data", s(&csv)]);
         args.extend_from_slice(&COLUMNS[2..]);
         let run = mpirun(ranks, &args).ok();
         assert!(run.stderr.contains("recommend: "), "{}", run.stderr);
@@ -223,19 +233,12 @@ fn unknown_users_get_popular_items_and_include_seen_lets_seen_items_back() {
     // Known users 5 and 17 (17 twice), and two ids the model does not know.
     std::fs::write(&users, "user\n17\n5\nnobody\n17\n100000\n").unwrap();
     let out = dir.join("recs");
-    let mut args = vec![
-        "recommend",
-        "--model",
-        s(&model_dir),
-        "--out",
-        s(&out),
-        "--top",
+    let mut args = recommend_args(
+        &model_dir,
+        &out,
         "5",
-        "--data",
-        s(&csv),
-        "--users",
-        s(&users),
-    ];
+        &["--data", s(&csv), "--users", s(&users)],
+    );
     args.extend_from_slice(&COLUMNS[2..]);
     mpirun(2, &args).ok();
     let by_user = lists(&read_output(&out));
@@ -285,18 +288,11 @@ fn unknown_users_get_popular_items_and_include_seen_lets_seen_items_back() {
     }
     let mut by_training: Vec<(u64, u64)> = trained.into_iter().collect();
     by_training.sort_by_key(|&(i, c)| (std::cmp::Reverse(c), i));
-    let args = [
-        "recommend",
-        "--model",
-        s(&model_dir),
-        "--out",
-        s(&out),
-        "--top",
-        "5",
-        "--users",
-        s(&users),
-    ];
-    mpirun(2, &args).ok();
+    mpirun(
+        2,
+        &recommend_args(&model_dir, &out, "5", &["--users", s(&users)]),
+    )
+    .ok();
     let by_user = lists(&read_output(&out));
     let items: Vec<String> = by_user["nobody"].iter().map(|r| r.value.clone()).collect();
     let want: Vec<String> = by_training[..5].iter().map(|p| p.0.to_string()).collect();
@@ -309,17 +305,11 @@ fn similar_items_are_the_nearest_by_cosine_without_the_item_itself() {
     let (dir, _csv, model_dir, _pairs) = trained("recommend-similar");
     let model = load_model(&model_dir);
     let out = dir.join("similar");
-    let args = [
-        "recommend",
-        "--model",
-        s(&model_dir),
-        "--out",
-        s(&out),
-        "--top",
-        "8",
-        "--similar-items",
-    ];
-    mpirun(2, &args).ok();
+    mpirun(
+        2,
+        &recommend_args(&model_dir, &out, "8", &["--similar-items"]),
+    )
+    .ok();
     let rows = read_output(&out);
     assert_eq!(rows.len(), model.item_ids.len() * 8);
     let k = model.meta.factors;
@@ -356,17 +346,7 @@ fn the_output_folder_is_replaced_whole_refused_when_foreign_and_unfinished_on_fa
     let (dir, csv, model_dir, _pairs) = trained("recommend-folder");
     let out = dir.join("recs");
     let recommend = |ranks: usize, extra: &[&str], env: &[(&str, &str)]| {
-        let mut args = vec![
-            "recommend",
-            "--model",
-            s(&model_dir),
-            "--out",
-            s(&out),
-            "--top",
-            "3",
-        ];
-        args.extend_from_slice(extra);
-        mpirun_env(ranks, &args, env)
+        mpirun_env(ranks, &recommend_args(&model_dir, &out, "3", extra), env)
     };
     recommend(3, &[], &[]).ok();
     let names = |p: &Path| -> BTreeSet<String> {
@@ -399,15 +379,7 @@ fn the_output_folder_is_replaced_whole_refused_when_foreign_and_unfinished_on_fa
     let foreign = dir.join("mixed");
     std::fs::create_dir_all(&foreign).unwrap();
     std::fs::copy(&csv, foreign.join("ratings.csv")).unwrap();
-    let mut args = vec![
-        "recommend",
-        "--model",
-        s(&model_dir),
-        "--out",
-        s(&foreign),
-        "--top",
-        "3",
-    ];
+    let mut args = recommend_args(&model_dir, &foreign, "3", &[]);
     let refused = mpirun(2, &args);
     assert_eq!(refused.code, 2, "{}", refused.stderr);
     assert!(
