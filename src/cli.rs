@@ -8,7 +8,7 @@ use crate::input::{
     parse_delimiter, Aggregate, EventWeights, Format, Input, InputSettings, DEFAULT_EVENT_COL,
     DEFAULT_EVENT_WEIGHTS, DEFAULT_TIME_COL, DEFAULT_USER_COL,
 };
-use crate::mf::Hyper;
+use crate::mf::{HoldoutBy, Hyper};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -83,8 +83,8 @@ pub struct InputArgs {
     /// Use this numeric column as an explicit rating (no event mapping).
     #[arg(long)]
     pub rating_col: Option<String>,
-    /// Column with the event time: recorded in model.json only; nothing reads it yet (a
-    /// time-based hold-out will).
+    /// Column with the event time (read by --holdout-by time; integers, timestamps, or text
+    /// such as 2019-11-01 00:00:00 UTC).
     #[arg(long, default_value = DEFAULT_TIME_COL)]
     pub time_col: String,
     /// How repeated (user, item) values combine.
@@ -113,6 +113,7 @@ impl InputArgs {
                 delimiter: self.delimiter,
             },
             weights: EventWeights::parse(&self.event_weights)?,
+            read_time: false,
         })
     }
 }
@@ -126,6 +127,21 @@ fn aggregate_parser() -> impl TypedValueParser<Value = Aggregate> {
     .map(|v| match v.as_str() {
         "sum" => Aggregate::Sum,
         _ => Aggregate::Max,
+    })
+}
+
+/// `--holdout-by`'s values, with their help.
+fn holdout_by_parser() -> impl TypedValueParser<Value = HoldoutBy> {
+    PossibleValuesParser::new([
+        PossibleValue::new("pair")
+            .help("A hash of (user, item, seed): the same pairs whatever the ranks or files"),
+        PossibleValue::new("time").help(
+            "Each user's latest interactions by --time-col (a pair's time: its latest event)",
+        ),
+    ])
+    .map(|v| match v.as_str() {
+        "time" => HoldoutBy::Time,
+        _ => HoldoutBy::Pair,
     })
 }
 
@@ -182,6 +198,10 @@ pub struct TrainArgs {
     /// Fraction of (user, item) pairs held out for evaluation (0 disables).
     #[arg(long, default_value_t = Hyper::DEFAULT.holdout, allow_negative_numbers = true)]
     pub holdout: f64,
+    /// Which pairs are held out: by a hash of (user, item, seed), or each user's most recent
+    /// interactions by --time-col (train on the past, test on the future).
+    #[arg(long, value_parser = holdout_by_parser(), default_value = "pair")]
+    pub holdout_by: HoldoutBy,
     /// Pure FunkSVD: no global mean, no biases.
     #[arg(long)]
     pub no_bias: bool,
@@ -246,6 +266,7 @@ impl TrainArgs {
             seed: self.seed,
             biased: !self.no_bias,
             holdout: self.holdout,
+            holdout_by: self.holdout_by,
             ..Hyper::DEFAULT
         })
     }
@@ -311,6 +332,9 @@ pub struct TrainedInputArgs {
     /// Explicit rating column [default: as the model was trained].
     #[arg(long)]
     pub rating_col: Option<String>,
+    /// Event time column, for a model that held out by time [default: as it was trained].
+    #[arg(long)]
+    pub time_col: Option<String>,
     /// How repeated (user, item) values combine [default: as the model was trained].
     #[arg(long, value_parser = aggregate_parser())]
     pub aggregate: Option<Aggregate>,
@@ -328,6 +352,7 @@ impl TrainedInputArgs {
         let Input {
             settings: mut s,
             mut weights,
+            read_time,
         } = trained;
         let given = |flag: &Option<String>, field: &mut String| {
             if let Some(v) = flag {
@@ -336,6 +361,7 @@ impl TrainedInputArgs {
         };
         given(&self.user_col, &mut s.user_col);
         given(&self.event_col, &mut s.event_col);
+        given(&self.time_col, &mut s.time_col);
         s.item_col = self.item_col.clone().or(s.item_col);
         s.rating_col = self.rating_col.clone().or(s.rating_col);
         s.aggregate = self.aggregate.unwrap_or(s.aggregate);
@@ -347,6 +373,7 @@ impl TrainedInputArgs {
         Ok(Input {
             settings: s,
             weights,
+            read_time,
         })
     }
 }

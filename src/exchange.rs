@@ -14,7 +14,7 @@ use crate::error::Result;
 use crate::features::{aggregate, LocalRatings};
 use crate::ids::{Id, Interner};
 use crate::input::Aggregate;
-use crate::ratings::{OwnedRatings, Triple};
+use crate::ratings::{plain, timed, unplain, untimed, OwnedRatings, Plain, Rated, Triple};
 use crate::wire::{Reader, Writer};
 
 /// Users are counted in 2^BUCKET_BITS buckets by the top bits of their hash: a cut between two
@@ -89,7 +89,7 @@ impl Owners {
 }
 
 /// This rank's ratings per bucket of users.
-fn ratings_per_bucket(owned: &OwnedRatings) -> Vec<u64> {
+fn ratings_per_bucket<R: Rated>(owned: &Owned<R>) -> Vec<u64> {
     let buckets: Vec<u32> = owned
         .users
         .iter()
@@ -116,13 +116,28 @@ pub struct Outgoing {
 /// the (user, item) sort each destination's triples are one run, written straight into the
 /// one send buffer: no per-destination copies.
 pub fn encode_outgoing(local: LocalRatings, agg: Aggregate, owners: &Owners) -> Outgoing {
-    let ranks = owners.ranks();
     let LocalRatings {
         users,
         items,
-        mut triples,
+        triples,
+        times,
         ..
     } = local;
+    match times.is_empty() {
+        true => encode_ratings(users, items, plain(triples), agg, owners),
+        false => encode_ratings(users, items, timed(triples, times), agg, owners),
+    }
+}
+
+/// `encode_outgoing` of ratings of either kind.
+fn encode_ratings<R: Rated>(
+    users: Interner,
+    items: Interner,
+    mut triples: Vec<R>,
+    agg: Aggregate,
+    owners: &Owners,
+) -> Outgoing {
+    let ranks = owners.ranks();
     let (user_ids, item_ids) = (users.into_ids(), items.into_ids());
     let dest_of_user: Vec<usize> = user_ids
         .iter()
@@ -190,10 +205,10 @@ impl MessageWriter {
     }
 
     /// `run` sorted by user; `user_id(t.user)` and `item_ids[t.item]` name its ids.
-    fn write<'a>(
+    fn write<'a, R: Rated>(
         &mut self,
         w: &mut Writer,
-        run: &[Triple],
+        run: &[R],
         item_ids: &[Id],
         user_id: impl Fn(u32) -> &'a Id,
     ) {
@@ -235,6 +250,7 @@ impl MessageWriter {
             w.u32(user_slot);
             w.u32(self.item_slot[t.item as usize]);
             w.f32(t.value);
+            t.write_rest(w);
         }
         for &i in &self.items_seen {
             self.item_slot[i as usize] = u32::MAX;
@@ -244,12 +260,12 @@ impl MessageWriter {
 
 /// Read the messages in `bytes` (`lens[r]` bytes from rank r, back to back), interning their
 /// ids into `users` and `items` and appending their triples.
-fn read_messages(
+fn read_messages<R: Rated>(
     bytes: &[u8],
     lens: &[u64],
     users: &mut Interner,
     items: &mut Interner,
-    triples: &mut Vec<Triple>,
+    triples: &mut Vec<R>,
 ) -> Result<()> {
     let mut at = 0usize;
     for &len in lens {
@@ -260,11 +276,11 @@ fn read_messages(
 }
 
 /// Read one message (see `MessageWriter`).
-fn read_message(
+fn read_message<R: Rated>(
     msg: &[u8],
     users: &mut Interner,
     items: &mut Interner,
-    triples: &mut Vec<Triple>,
+    triples: &mut Vec<R>,
 ) -> Result<()> {
     let mut r = Reader::new(msg);
     let user_map = (0..r.u64()?)
@@ -282,11 +298,12 @@ fn read_message(
                 "corrupt rating message between ranks",
             ));
         };
-        triples.push(Triple {
+        let triple = Triple {
             user,
             item,
             value: v,
-        });
+        };
+        triples.push(R::read_rest(triple, &mut r)?);
     }
     Ok(())
 }
@@ -294,22 +311,57 @@ fn read_message(
 /// Decode what all ranks sent to this one (`lens[r]` bytes from rank r, back to back) and
 /// aggregate.
 pub fn decode_incoming(bytes: &[u8], lens: &[u64], agg: Aggregate) -> Result<OwnedRatings> {
+    Ok(decode_ratings::<Plain>(bytes, lens, agg)?.plain())
+}
+
+/// `decode_incoming` of ratings of either kind.
+fn decode_ratings<R: Rated>(bytes: &[u8], lens: &[u64], agg: Aggregate) -> Result<Owned<R>> {
     let mut users = Interner::new();
     let mut items = Interner::new();
-    // Each triple takes 12 bytes on the wire: room for all of them at once.
+    // Each rating takes at least 12 bytes on the wire: room for all of them at once.
     let mut triples = Vec::with_capacity(bytes.len() / 12);
     read_messages(bytes, lens, &mut users, &mut items, &mut triples)?;
     Ok(in_id_order(users, items, triples, agg))
 }
 
+/// A rank's ratings of either kind, as `OwnedRatings` promises them.
+struct Owned<R> {
+    users: Vec<Id>,
+    items: Vec<Id>,
+    triples: Vec<R>,
+}
+
+impl Owned<Plain> {
+    fn plain(self) -> OwnedRatings {
+        OwnedRatings {
+            users: self.users,
+            items: self.items,
+            triples: unplain(self.triples),
+            times: Vec::new(),
+        }
+    }
+}
+
+impl Owned<crate::ratings::Timed> {
+    fn split(self) -> OwnedRatings {
+        let (triples, times) = untimed(self.triples);
+        OwnedRatings {
+            users: self.users,
+            items: self.items,
+            triples,
+            times,
+        }
+    }
+}
+
 /// `OwnedRatings` from interned ids and their triples: users numbered in id order (so a rank's
 /// users do not depend on who sent what), pairs aggregated.
-fn in_id_order(
+fn in_id_order<R: Rated>(
     users: Interner,
     items: Interner,
-    mut triples: Vec<Triple>,
+    mut triples: Vec<R>,
     agg: Aggregate,
-) -> OwnedRatings {
+) -> Owned<R> {
     let user_ids = users.into_ids();
     let mut order: Vec<u32> = (0..user_ids.len() as u32).collect();
     order.sort_unstable_by(|&a, &b| user_ids[a as usize].cmp(&user_ids[b as usize]));
@@ -326,7 +378,7 @@ fn in_id_order(
         .map(|&old| sorted_users[old as usize].take().unwrap_or(Id::Int(0)))
         .collect();
     aggregate(&mut triples, agg);
-    OwnedRatings {
+    Owned {
         users,
         items: items.into_ids(),
         triples,
@@ -335,10 +387,31 @@ fn in_id_order(
 
 /// Send every rating to its user's owner.
 pub fn route(comm: &dyn Collective, local: LocalRatings, agg: Aggregate) -> Result<OwnedRatings> {
+    let LocalRatings {
+        users,
+        items,
+        triples,
+        times,
+        ..
+    } = local;
+    match times.is_empty() {
+        true => Ok(route_ratings(comm, users, items, plain(triples), agg)?.plain()),
+        false => Ok(route_ratings(comm, users, items, timed(triples, times), agg)?.split()),
+    }
+}
+
+/// `route` of ratings of either kind.
+fn route_ratings<R: Rated>(
+    comm: &dyn Collective,
+    users: Interner,
+    items: Interner,
+    triples: Vec<R>,
+    agg: Aggregate,
+) -> Result<Owned<R>> {
     let started = std::time::Instant::now();
     if comm.size() == 1 {
         // The only rank owns every user: nothing to encode, send, decode or balance.
-        let mut owned = in_id_order(local.users, local.items, local.triples, agg);
+        let mut owned = in_id_order(users, items, triples, agg);
         owned.triples.shrink_to_fit();
         log::debug!(
             "exchange: one rank, aggregate {:.3}s",
@@ -347,13 +420,13 @@ pub fn route(comm: &dyn Collective, local: LocalRatings, agg: Aggregate) -> Resu
         return Ok(owned);
     }
     let even = Owners::even(comm.size());
-    let outgoing = encode_outgoing(local, agg, &even);
+    let outgoing = encode_ratings(users, items, triples, agg, &even);
     let encoded = started.elapsed().as_secs_f64();
     let (incoming, lens) = comm.alltoall_flat(&outgoing.bytes, &outgoing.lens)?;
     drop(outgoing);
     let sent = started.elapsed().as_secs_f64();
     // Every rank decodes before the next collective: none may wait there for a failed one.
-    let owned = comm.agree(decode_incoming(&incoming, &lens, agg))?;
+    let owned = comm.agree(decode_ratings::<R>(&incoming, &lens, agg))?;
     drop(incoming);
     let decoded = started.elapsed().as_secs_f64();
     let mut ratings = ratings_per_bucket(&owned);
@@ -376,13 +449,13 @@ pub fn route(comm: &dyn Collective, local: LocalRatings, agg: Aggregate) -> Resu
 /// Hand the users `owners` gives to another rank over to it, whole, and take in the ones it
 /// gives to this rank; returns the ratings and the count of users that left. Users and
 /// triples come out in the order `OwnedRatings` promises.
-fn move_users(
+fn move_users<R: Rated>(
     comm: &dyn Collective,
-    owned: OwnedRatings,
+    owned: Owned<R>,
     owners: &Owners,
-) -> Result<(OwnedRatings, usize)> {
+) -> Result<(Owned<R>, usize)> {
     let me = comm.rank() as u32;
-    let OwnedRatings {
+    let Owned {
         users,
         items,
         mut triples,
@@ -391,7 +464,7 @@ fn move_users(
         .iter()
         .map(|u| owners.of(u.stable_hash()) as u32)
         .collect();
-    let leave = |t: &Triple| dest[t.user as usize] != me;
+    let leave = |t: &R| dest[t.user as usize] != me;
     let outgoing = encode_leaving(&triples, &dest, me, &users, &items, comm.size());
     triples.retain(|t| !leave(t));
     let (incoming, lens) = comm.alltoall_flat(&outgoing.bytes, &outgoing.lens)?;
@@ -427,7 +500,7 @@ fn move_users(
     arrived.sort_unstable_by_key(|t| (t.user, t.item));
     merge_sorted(&mut triples, &arrived);
     Ok((
-        OwnedRatings {
+        Owned {
             users: merged,
             items: item_index.into_ids(),
             triples,
@@ -438,15 +511,15 @@ fn move_users(
 
 /// The messages of the users leaving this rank (`dest[u] != me`), by destination, each
 /// destination's in user order.
-fn encode_leaving(
-    triples: &[Triple],
+fn encode_leaving<R: Rated>(
+    triples: &[R],
     dest: &[u32],
     me: u32,
     users: &[Id],
     items: &[Id],
     ranks: usize,
 ) -> Outgoing {
-    let mut leaving: Vec<Triple> = triples
+    let mut leaving: Vec<R> = triples
         .iter()
         .filter(|t| dest[t.user as usize] != me)
         .copied()
@@ -472,12 +545,12 @@ fn encode_leaving(
 
 /// The staying users (`users[staying[..]]`, in id order) and the arrived ones numbered in one
 /// id order, the triples of both renumbered to match; returns the merged ids.
-fn merge_users(
+fn merge_users<R: Rated>(
     users: &[Id],
     staying: &[u32],
     arrived_ids: Vec<Id>,
-    staying_triples: &mut [Triple],
-    arrived_triples: &mut [Triple],
+    staying_triples: &mut [R],
+    arrived_triples: &mut [R],
 ) -> Vec<Id> {
     let mut by_id: Vec<u32> = (0..arrived_ids.len() as u32).collect();
     by_id.sort_unstable_by(|&a, &b| arrived_ids[a as usize].cmp(&arrived_ids[b as usize]));
@@ -510,8 +583,8 @@ fn merge_users(
 
 /// Merge `from` into `into`, both sorted by (user, item) with no key in both, in place from
 /// the back: one pass, no second buffer.
-fn merge_sorted(into: &mut Vec<Triple>, from: &[Triple]) {
-    let key = |t: &Triple| (t.user, t.item);
+fn merge_sorted<R: Rated>(into: &mut Vec<R>, from: &[R]) {
+    let key = |t: &R| (t.user, t.item);
     let mut kept = into.len();
     let mut left = from.len();
     into.extend_from_slice(from);
@@ -673,9 +746,9 @@ mod tests {
         for (into, from) in cases {
             let mut expected = [into.clone(), from.clone()].concat();
             expected.sort_by_key(|t| (t.user, t.item));
-            let mut merged = into;
-            merge_sorted(&mut merged, &from);
-            assert_eq!(merged, expected);
+            let mut merged = crate::ratings::plain(into);
+            merge_sorted(&mut merged, &crate::ratings::plain(from));
+            assert_eq!(crate::ratings::unplain(merged), expected);
         }
     }
 

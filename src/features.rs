@@ -10,7 +10,7 @@ use arrow::datatypes::{DataType, Float32Type};
 use crate::error::{Error, Result};
 use crate::ids::Interner;
 use crate::input::{Aggregate, EventWeights, ValueRule};
-use crate::ratings::{sort_by_user, Triple};
+use crate::ratings::{sort_by_user, Rated, Triple};
 
 /// Rows dropped while reading, by reason; logged once as job totals by rank 0.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -111,6 +111,8 @@ pub struct LocalRatings {
     pub users: Interner,
     pub items: Interner,
     pub triples: Vec<Triple>,
+    /// With a hold-out by time: each triple's event time (see `set_times`), else empty.
+    pub times: Vec<i64>,
     pub skipped: SkipCounts,
     pub rows_read: u64,
     /// Time spent turning batches into ratings (the rest of reading is I/O and decoding).
@@ -119,6 +121,8 @@ pub struct LocalRatings {
     user_scratch: Vec<u32>,
     item_scratch: Vec<u32>,
     value_scratch: Vec<f32>,
+    /// The times of the batch `add_batch` takes next (empty: no times are read).
+    time_scratch: Vec<i64>,
 }
 
 /// Marks a null id in the scratch vectors.
@@ -129,6 +133,17 @@ const UNKNOWN: f32 = f32::NAN;
 impl LocalRatings {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// The event times of the batch the next `add_batch` takes (a hold-out by time): each
+    /// kept row's time then goes to `times`, beside its triple.
+    pub fn set_times(&mut self, time: &dyn Array, file: &str, column: &str) -> Result<()> {
+        let started = std::time::Instant::now();
+        let mut out = std::mem::take(&mut self.time_scratch);
+        let result = crate::times::column(time, &mut out, file, column);
+        self.time_scratch = out;
+        self.feature_seconds += started.elapsed().as_secs_f64();
+        result
     }
 
     /// Add one batch of columns. `file` and the column names are for error messages.
@@ -177,7 +192,8 @@ impl LocalRatings {
                 rating_column(value, present, &mut values, &mut self.skipped, names)?
             }
         }
-        for ((&u, &i), &v) in users.iter().zip(&items).zip(&values) {
+        let times = std::mem::take(&mut self.time_scratch);
+        for (row, ((&u, &i), &v)) in users.iter().zip(&items).zip(&values).enumerate() {
             if u == NULL_ID {
                 self.skipped.null_user += 1;
             } else if i == NULL_ID {
@@ -190,6 +206,9 @@ impl LocalRatings {
                     item: i,
                     value: v,
                 });
+                if let Some(&time) = times.get(row) {
+                    self.times.push(time);
+                }
             }
         }
         self.user_scratch = users;
@@ -475,7 +494,7 @@ fn strict_cast(
 }
 
 /// Sort triples by (user, item) and combine repeats with `agg`. Deterministic for a given input.
-pub fn aggregate(triples: &mut Vec<Triple>, agg: Aggregate) {
+pub fn aggregate<R: Rated>(triples: &mut Vec<R>, agg: Aggregate) {
     sort_by_user(
         triples,
         |t| t.user,
@@ -487,10 +506,7 @@ pub fn aggregate(triples: &mut Vec<Triple>, agg: Aggregate) {
         if write > 0 {
             let last = &mut triples[write - 1];
             if last.user == t.user && last.item == t.item {
-                match agg {
-                    Aggregate::Max => last.value = last.value.max(t.value),
-                    Aggregate::Sum => last.value += t.value,
-                }
+                last.absorb(&t, agg);
                 continue;
             }
         }
@@ -631,11 +647,20 @@ mod tests {
             t(1, 2, 1.0),
             t(0, 1, 1.0),
         ];
-        let mut max = input.clone();
+        let mut max = crate::ratings::plain(input.clone());
         aggregate(&mut max, Aggregate::Max);
+        let max = crate::ratings::unplain(max);
         assert_eq!(max, vec![t(0, 1, 1.0), t(0, 5, 3.0), t(1, 2, 5.0)]);
-        let mut sum = input;
+        let mut sum = crate::ratings::plain(input.clone());
         aggregate(&mut sum, Aggregate::Sum);
+        let sum = crate::ratings::unplain(sum);
         assert_eq!(sum, vec![t(0, 1, 1.0), t(0, 5, 3.0), t(1, 2, 7.0)]);
+        // With times: the pair's latest time rides with its aggregated value.
+        let times = vec![30, 10, 50, 20, 40];
+        let mut timed = crate::ratings::timed(input, times);
+        aggregate(&mut timed, Aggregate::Max);
+        let (triples, times) = crate::ratings::untimed(timed);
+        assert_eq!(triples, max);
+        assert_eq!(times, vec![40, 10, 50]);
     }
 }

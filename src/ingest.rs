@@ -36,6 +36,9 @@ struct Columns {
     user: (usize, String),
     item: (usize, String),
     value: (usize, String),
+    /// The event time, when the job reads it (a hold-out by time).
+    #[serde(default)]
+    time: Option<(usize, String)>,
     /// CSV only: how many fields the header has.
     csv_fields: usize,
     /// CSV only: the field separator.
@@ -274,6 +277,7 @@ async fn describe_file(
                     user: (0, String::new()),
                     item: (0, String::new()),
                     value: (0, String::new()),
+                    time: None,
                     csv_fields: 0,
                     delimiter,
                 }
@@ -412,8 +416,19 @@ fn resolve_columns(
     };
     let value_col = input.value_col();
     let value = find(value_col).ok_or_else(|| missing(value_col, input.value_flag()))?;
+    let time = match input.read_time {
+        true => Some((
+            find(&s.time_col).ok_or_else(|| missing(&s.time_col, "--time-col"))?,
+            s.time_col.clone(),
+        )),
+        false => None,
+    };
     // `find` takes the first of equal names: a second one would be ignored without a word.
-    for name in [s.user_col.as_str(), item.1.as_str(), value_col] {
+    let time_name = time.as_ref().map(|t| t.1.as_str());
+    for name in [s.user_col.as_str(), item.1.as_str(), value_col]
+        .into_iter()
+        .chain(time_name)
+    {
         let copies = names.iter().filter(|n| *n == name).count();
         if copies > 1 {
             return Err(Error::usage(format!(
@@ -425,6 +440,7 @@ fn resolve_columns(
         user: (user, s.user_col.clone()),
         item,
         value: (value, value_col.to_string()),
+        time,
         csv_fields,
         delimiter: b',',
     })
@@ -499,7 +515,11 @@ pub fn read_slice(
                 item: &c.item.1,
                 value: &c.value.1,
             };
+            let time_col = c.time.as_ref().map_or("", |t| t.1.as_str());
             for batch in batches {
+                if let Some(time) = batch.columns().get(3) {
+                    sink.set_times(time.as_ref(), &shown, time_col)?;
+                }
                 let (u, i, v) = (batch.column(0), batch.column(1), batch.column(2));
                 sink.add_batch(u.as_ref(), i.as_ref(), v.as_ref(), &rule, &names)?;
             }
@@ -538,10 +558,8 @@ async fn load_unit(
                     "{shown}: footer missing from the plan"
                 )));
             };
-            let mask = ProjectionMask::roots(
-                pf.metadata.file_metadata().schema_descr(),
-                [c.user.0, c.item.0, c.value.0],
-            );
+            let mask =
+                ProjectionMask::roots(pf.metadata.file_metadata().schema_descr(), c.positions());
             let reader = StoreFileReader {
                 loc: loc.clone(),
                 key: source.file.key.clone(),
@@ -563,7 +581,10 @@ async fn load_unit(
                         Error::usage(format!("{shown}: column {name:?} vanished while reading"))
                     })
                 };
-                let order = [index(&c.user.1)?, index(&c.item.1)?, index(&c.value.1)?];
+                let mut order = vec![index(&c.user.1)?, index(&c.item.1)?, index(&c.value.1)?];
+                if let Some((_, time)) = &c.time {
+                    order.push(index(time)?);
+                }
                 batches.push(
                     batch
                         .project(&order)
@@ -579,18 +600,26 @@ async fn load_unit(
                 )));
             };
             let text = fetch_lines(loc, &source.file.key, data_start, size, range).await?;
-            let columns = [c.user.0, c.item.0, c.value.0];
-            parse_csv(text, c.csv_fields, columns, c.delimiter, &shown)?
+            parse_csv(text, c.csv_fields, c.positions(), c.delimiter, &shown)?
         }
     };
     Ok((file, batches))
 }
 
-/// CSV lines (no header) into batches of the three projected columns, as text.
+impl Columns {
+    /// The positions read, in the order of the batches: user, item, value (and time).
+    fn positions(&self) -> Vec<usize> {
+        let mut p = vec![self.user.0, self.item.0, self.value.0];
+        p.extend(self.time.as_ref().map(|t| t.0));
+        p
+    }
+}
+
+/// CSV lines (no header) into batches of the projected columns, as text.
 fn parse_csv(
     text: Bytes,
     fields: usize,
-    columns: [usize; 3],
+    columns: Vec<usize>,
     delimiter: u8,
     shown: &str,
 ) -> Result<Vec<RecordBatch>> {
@@ -607,7 +636,7 @@ fn parse_csv(
         .with_header(false)
         .with_delimiter(delimiter)
         .with_batch_size(BATCH_ROWS)
-        .with_projection(columns.to_vec())
+        .with_projection(columns)
         .build(std::io::Cursor::new(text))
         .map_err(|e| Error::usage(format!("{shown}: {e}")))?
         .map(|b| b.map_err(|e| Error::usage(format!("{shown}: bad CSV ({e})"))))

@@ -200,7 +200,7 @@ pub struct InputSettings {
     pub event_col: String,
     /// An explicit rating column: no event mapping.
     pub rating_col: Option<String>,
-    /// Recorded only: no command reads the event time yet.
+    /// The event time: read only for a hold-out by time.
     pub time_col: String,
     pub aggregate: Aggregate,
     /// CSV field separator (ASCII); None: a tab for `.tsv` files, else a comma.
@@ -230,6 +230,8 @@ pub struct Input {
     pub settings: InputSettings,
     /// Used unless `settings.rating_col` names a rating column.
     pub weights: EventWeights,
+    /// Read the time column too (a hold-out by time needs each pair's latest time).
+    pub read_time: bool,
 }
 
 impl Input {
@@ -277,8 +279,11 @@ impl Input {
             s.aggregate,
             s.format,
             // Absent unless given, so checkpoints of earlier versions still fit.
-            s.delimiter.map(|d| format!("|{d:?}")).unwrap_or_default()
-        )
+            s.delimiter.map(|d| format!("|{d:?}")).unwrap_or_default(),
+        ) + &match self.read_time {
+            true => format!("|time={}", s.time_col),
+            false => String::new(),
+        }
     }
 }
 

@@ -53,5 +53,6 @@ pub mod ratings;
 pub mod recommend;
 pub mod rng;
 pub mod store;
+pub mod times;
 pub mod train;
 pub mod wire;

@@ -2,7 +2,12 @@
 //! them out): a (user, item, value) triple of dense indices, and the ratings one rank owns after
 //! the exchange.
 
+use std::ops::{Deref, DerefMut};
+
+use crate::error::Result;
 use crate::ids::Id;
+use crate::input::Aggregate;
+use crate::wire::{Reader, Writer};
 
 /// A (user, item, value) triple with dense local indices.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -13,11 +18,121 @@ pub struct Triple {
 }
 
 /// The ratings one rank owns after the exchange: its users sorted by id, the items they rated
-/// (in no particular order), and the aggregated triples sorted by (user, item index).
+/// (in no particular order), and the aggregated triples sorted by (user, item index); with a
+/// hold-out by time, `times[t]` is the time of triple t's latest event (else empty).
 pub struct OwnedRatings {
     pub users: Vec<Id>,
     pub items: Vec<Id>,
     pub triples: Vec<Triple>,
+    pub times: Vec<i64>,
+}
+
+/// A rating as the exchange moves and aggregates it: a triple (reached through `Deref`, so the
+/// same code reads `t.user` of either kind), and whatever rides with it.
+pub trait Rated: Copy + Send + Deref<Target = Triple> + DerefMut {
+    /// Fold another rating of the same (user, item) pair into this one.
+    fn absorb(&mut self, other: &Self, agg: Aggregate);
+    /// What follows the triple on the wire.
+    fn write_rest(&self, w: &mut Writer);
+    /// The rating of `triple` and what follows it on the wire.
+    fn read_rest(triple: Triple, r: &mut Reader) -> Result<Self>;
+}
+
+fn combine(into: &mut f32, other: f32, agg: Aggregate) {
+    match agg {
+        Aggregate::Max => *into = into.max(other),
+        Aggregate::Sum => *into += other,
+    }
+}
+
+/// A rating with nothing riding along (what the exchange moves without a hold-out by time).
+#[derive(Clone, Copy, Debug, PartialEq)]
+#[repr(transparent)]
+pub struct Plain(pub Triple);
+
+impl Deref for Plain {
+    type Target = Triple;
+    fn deref(&self) -> &Triple {
+        &self.0
+    }
+}
+
+impl DerefMut for Plain {
+    fn deref_mut(&mut self) -> &mut Triple {
+        &mut self.0
+    }
+}
+
+impl Rated for Plain {
+    #[inline]
+    fn absorb(&mut self, other: &Self, agg: Aggregate) {
+        combine(&mut self.0.value, other.0.value, agg);
+    }
+    fn write_rest(&self, _: &mut Writer) {}
+    fn read_rest(triple: Triple, _: &mut Reader) -> Result<Self> {
+        Ok(Plain(triple))
+    }
+}
+
+/// Triples as `Plain` ratings (in place: the same memory).
+pub fn plain(triples: Vec<Triple>) -> Vec<Plain> {
+    triples.into_iter().map(Plain).collect()
+}
+
+/// `Plain` ratings as triples (in place).
+pub fn unplain(ratings: Vec<Plain>) -> Vec<Triple> {
+    ratings.into_iter().map(|p| p.0).collect()
+}
+
+/// A rating with the time of its pair's latest event (for a hold-out by time).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Timed {
+    pub triple: Triple,
+    pub time: i64,
+}
+
+impl Deref for Timed {
+    type Target = Triple;
+    fn deref(&self) -> &Triple {
+        &self.triple
+    }
+}
+
+impl DerefMut for Timed {
+    fn deref_mut(&mut self) -> &mut Triple {
+        &mut self.triple
+    }
+}
+
+impl Rated for Timed {
+    #[inline]
+    fn absorb(&mut self, other: &Self, agg: Aggregate) {
+        combine(&mut self.triple.value, other.triple.value, agg);
+        self.time = self.time.max(other.time);
+    }
+    fn write_rest(&self, w: &mut Writer) {
+        w.i64(self.time);
+    }
+    fn read_rest(triple: Triple, r: &mut Reader) -> Result<Self> {
+        Ok(Timed {
+            triple,
+            time: r.i64()?,
+        })
+    }
+}
+
+/// Triples and their times as `Timed` ratings.
+pub fn timed(triples: Vec<Triple>, times: Vec<i64>) -> Vec<Timed> {
+    triples
+        .into_iter()
+        .zip(times)
+        .map(|(triple, time)| Timed { triple, time })
+        .collect()
+}
+
+/// `Timed` ratings apart again.
+pub fn untimed(ratings: Vec<Timed>) -> (Vec<Triple>, Vec<i64>) {
+    ratings.into_iter().map(|r| (r.triple, r.time)).unzip()
 }
 
 /// Sort `v` by `key`, where `key` orders by `user(x)` first: one in-place bucket pass on the

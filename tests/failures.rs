@@ -528,6 +528,32 @@ fn cases() -> Vec<Case> {
             },
         },
         Case {
+            name: "--holdout-by time without a time column",
+            code: 2,
+            says: "no column \"timestamp\"",
+            args: |d| {
+                let data = csv(
+                    d,
+                    "a.csv",
+                    b"user_id,product_id,event_type\n1,2,view\n2,3,view\n",
+                );
+                train(&data, &d.join("m"), &["--holdout-by", "time"])
+            },
+        },
+        Case {
+            name: "a time that is not a time",
+            code: 2,
+            says: "column \"timestamp\": cannot read \"soon\" as a time",
+            args: |d| {
+                let data = csv(
+                    d,
+                    "a.csv",
+                    b"user_id,product_id,event_type,timestamp\n1,2,view,2020-01-01\n2,3,view,soon\n",
+                );
+                train(&data, &d.join("m"), &["--holdout-by", "time"])
+            },
+        },
+        Case {
             name: "recommend --top 0",
             code: 2,
             says: "--top 0: give the number of items per list",

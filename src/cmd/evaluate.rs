@@ -13,7 +13,7 @@ use crate::pipeline;
 use crate::ranking;
 use crate::ratings::OwnedRatings;
 use crate::store::Location;
-use crate::train::data::{holdout_mask, is_held_out};
+use crate::train::data::split_mask;
 
 pub fn run(comm: &dyn Collective, args: &EvaluateArgs) -> Result<()> {
     let model_loc = comm.agree(Location::parse(&args.model, "--model"))?;
@@ -90,7 +90,7 @@ fn ranking(
     if hyper.holdout == 0.0 {
         return Ok(serde_json::Value::Null);
     }
-    let held = holdout_mask(owned, hyper.seed, hyper.holdout);
+    let held = split_mask(owned, hyper);
     let figures = comm.agree(ranking::rank(comm, model, owned, &held, ks))?;
     Ok(figures.to_json())
 }
@@ -148,12 +148,16 @@ fn score(model: &Model, owned: &OwnedRatings, split: Split) -> Scores {
     let mut unknown = [0.0f64; 4];
     let mut user_unknown = vec![false; owned.users.len()];
     let mut item_unknown = vec![false; owned.items.len()];
-    for t in &owned.triples {
+    let held = match split {
+        Split::All => Vec::new(),
+        Split::Train | Split::Holdout => split_mask(owned, hyper),
+    };
+    for (n, t) in owned.triples.iter().enumerate() {
         let (uid, iid) = (&owned.users[t.user as usize], &owned.items[t.item as usize]);
         let wanted = match split {
             Split::All => true,
-            Split::Train => !is_held_out(uid, iid, hyper.seed, hyper.holdout),
-            Split::Holdout => is_held_out(uid, iid, hyper.seed, hyper.holdout),
+            Split::Train => !held[n],
+            Split::Holdout => held[n],
         };
         if !wanted {
             continue;

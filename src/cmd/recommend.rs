@@ -282,7 +282,9 @@ fn seen_and_counts(
     if let Ok(model_loc) = Location::parse(&args.model, "--model") {
         data_loc.skip_folder(&model_loc);
     }
-    let input = comm.agree(args.input.input(model.meta.input()))?;
+    let mut input = comm.agree(args.input.input(model.meta.input()))?;
+    // Seen items need no times.
+    input.read_time = false;
     let (owned, _report) = pipeline::load_ratings(comm, &data_loc, &input)?;
     let item_index: Vec<u32> = owned
         .items

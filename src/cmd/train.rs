@@ -146,9 +146,13 @@ fn settings(comm: &dyn Collective, args: &TrainArgs) -> Result<Settings> {
             args.model
         );
     }
+    let hyper = args.hyper()?;
+    let mut input = args.input.input()?;
+    // A hold-out by time needs each pair's latest time.
+    input.read_time = !hyper.holdout_by.is_pair() && hyper.holdout > 0.0;
     Ok(Settings {
-        hyper: args.hyper()?,
-        input: args.input.input()?,
+        hyper,
+        input,
         data,
         model,
     })

@@ -25,6 +25,35 @@ pub struct Hyper {
     /// it: see `ModelMeta::from_json`).
     #[serde(default = "default_holdout")]
     pub holdout: f64,
+    /// How the hold-out pairs are chosen [pair]; absent from files written before it existed
+    /// and from those that hold out by pair.
+    #[serde(default, skip_serializing_if = "HoldoutBy::is_pair")]
+    pub holdout_by: HoldoutBy,
+}
+
+/// How the hold-out pairs are chosen.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HoldoutBy {
+    /// By a hash of (user, item, seed): each pair alike, whatever its time.
+    #[default]
+    Pair,
+    /// Each user's most recent interactions (by the time column): train on the past, test on
+    /// the future.
+    Time,
+}
+
+impl HoldoutBy {
+    pub fn is_pair(&self) -> bool {
+        *self == HoldoutBy::Pair
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            HoldoutBy::Pair => "pair",
+            HoldoutBy::Time => "time",
+        }
+    }
 }
 
 impl Hyper {
@@ -37,17 +66,22 @@ impl Hyper {
         biased: true,
         init_std: 0.1,
         holdout: 0.2,
+        holdout_by: HoldoutBy::Pair,
     };
 
     /// The flags that set these hyperparameters (the epoch count aside), for messages.
     pub fn flags(&self) -> String {
         format!(
-            "--factors {} --lr {} --reg {} --seed {} --holdout {}{}",
+            "--factors {} --lr {} --reg {} --seed {} --holdout {}{}{}",
             self.factors,
             self.lr,
             self.reg,
             self.seed,
             self.holdout,
+            match self.holdout_by {
+                HoldoutBy::Pair => "",
+                HoldoutBy::Time => " --holdout-by time",
+            },
             if self.biased { "" } else { " --no-bias" }
         )
     }

@@ -166,6 +166,8 @@ impl ModelMeta {
                 .as_ref()
                 .map(EventWeights::from_map)
                 .unwrap_or_default(),
+            // The split by time needs the times again to tell the pairs apart.
+            read_time: !self.hyperparameters.holdout_by.is_pair(),
         }
     }
 

@@ -14,7 +14,7 @@ pub mod params;
 pub mod tables;
 pub mod topn;
 
-pub use hyper::Hyper;
+pub use hyper::{HoldoutBy, Hyper};
 pub use meta::{EpochStats, ModelMeta};
 pub use model::{Model, Scored};
 pub use params::{Params, ParamsRef, Rows};

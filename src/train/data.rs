@@ -5,7 +5,7 @@ use crate::collective::{Collective, Op};
 use crate::error::Result;
 use crate::exchange::agree_on_ids;
 use crate::ids::{mix64, Id};
-use crate::mf::Hyper;
+use crate::mf::{HoldoutBy, Hyper};
 use crate::ratings::{sort_by_user, OwnedRatings};
 use crate::rng::unit_from_hash;
 
@@ -79,6 +79,45 @@ pub fn holdout_mask(owned: &OwnedRatings, seed: u64, fraction: f64) -> Vec<bool>
             )
         })
         .collect()
+}
+
+/// The hold-out decision for each of `owned`'s triples, the way `hyper` chooses them.
+pub fn split_mask(owned: &OwnedRatings, hyper: &Hyper) -> Vec<bool> {
+    match hyper.holdout_by {
+        HoldoutBy::Pair => holdout_mask(owned, hyper.seed, hyper.holdout),
+        HoldoutBy::Time => latest_mask(owned, hyper.seed, hyper.holdout),
+    }
+}
+
+/// The hold-out by time: each user's most recent `round(fraction x n)` of their n pairs (at
+/// most n - 1: every user keeps a pair to train on), a pair's time being its latest event's
+/// (`owned.times`); equal times are ordered by a hash of (item, seed). A function of one user's
+/// pairs, their times and the seed: the same pairs whatever the rank count or file layout (a
+/// user's pairs are all on one rank after the exchange).
+pub fn latest_mask(owned: &OwnedRatings, seed: u64, fraction: f64) -> Vec<bool> {
+    let mut held = vec![false; owned.triples.len()];
+    if fraction <= 0.0 || owned.times.len() != owned.triples.len() {
+        return held;
+    }
+    let tie = |t: usize| mix64(owned.items[owned.triples[t].item as usize].stable_hash() ^ seed);
+    let mut order: Vec<usize> = Vec::new();
+    let mut at = 0;
+    while at < owned.triples.len() {
+        let user = owned.triples[at].user;
+        let end = at + owned.triples[at..].partition_point(|t| t.user == user);
+        let n = end - at;
+        let k = ((fraction * n as f64).round() as usize).min(n - 1);
+        if k > 0 {
+            order.clear();
+            order.extend(at..end);
+            order.sort_by_key(|&t| (std::cmp::Reverse(owned.times[t]), tie(t)));
+            for &t in &order[..k] {
+                held[t] = true;
+            }
+        }
+        at = end;
+    }
+    held
 }
 
 /// The distinct items of the training triples (what this rank contributes to the vocabulary).
@@ -242,7 +281,7 @@ pub struct Prepared {
 /// ratings anywhere) and their rows (a group of item blocks per rank, see `train`), and lay out
 /// this rank's ratings.
 pub fn prepare(comm: &dyn Collective, owned: OwnedRatings, hyper: &Hyper) -> Result<Prepared> {
-    let held = holdout_mask(&owned, hyper.seed, hyper.holdout);
+    let held = split_mask(&owned, hyper);
     let sorted_items = agree_on_ids(comm, &train_item_ids(&owned, &held))?;
     let by_sorted = sorted_item_index(&owned, &sorted_items);
     let mut counts = train_counts(&owned, &held, &by_sorted, sorted_items.len());
@@ -363,6 +402,66 @@ mod tests {
     }
 
     #[test]
+    fn the_split_by_time_holds_out_each_users_latest_pairs() {
+        let t = |user, item| Triple {
+            user,
+            item,
+            value: 1.0,
+        };
+        // User 0: five pairs (one held out at 0.2), user 1: one pair (kept), user 2: ten pairs
+        // with two at the same latest time (both held out) and one tie at the cut.
+        let mut triples = Vec::new();
+        let mut times = Vec::new();
+        for (item, time) in [(0, 5), (1, 9), (2, 1), (3, 7), (4, 3)] {
+            triples.push(t(0, item));
+            times.push(time);
+        }
+        triples.push(t(1, 0));
+        times.push(100);
+        for (item, time) in [
+            (0, 1),
+            (1, 2),
+            (2, 3),
+            (3, 4),
+            (4, 5),
+            (5, 6),
+            (6, 7),
+            (7, 8),
+            (8, 20),
+            (9, 20),
+        ] {
+            triples.push(t(2, item));
+            times.push(time);
+        }
+        let owned = OwnedRatings {
+            users: (0..3).map(Id::Int).collect(),
+            items: (0..10).map(|i| Id::Int(100 + i)).collect(),
+            triples,
+            times,
+        };
+        let held = latest_mask(&owned, 42, 0.2);
+        let held_of = |user: u32| -> Vec<u32> {
+            owned
+                .triples
+                .iter()
+                .zip(&held)
+                .filter(|(t, &h)| h && t.user == user)
+                .map(|(t, _)| t.item)
+                .collect()
+        };
+        assert_eq!(held_of(0), vec![1], "time 9, the latest");
+        assert!(held_of(1).is_empty(), "a user keeps a pair to train on");
+        assert_eq!(held_of(2), vec![8, 9], "the two at time 20");
+        // A tie at the cut goes by the seed's hash, the same every time.
+        let mut tied = owned;
+        tied.times[6 + 9] = 8;
+        let a = latest_mask(&tied, 42, 0.2);
+        assert_eq!(a, latest_mask(&tied, 42, 0.2));
+        assert_eq!(a.iter().filter(|&&h| h).count(), 3);
+        assert!(latest_mask(&tied, 42, 0.0).iter().all(|&h| !h));
+    }
+
+    #[test]
     fn item_blocks_balance_ratings_and_are_contiguous_runs() {
         let counts: Vec<u64> = (0..1000u64).map(|i| 1 + 5000 / (i + 1)).collect();
         for (ranks, per_rank) in [(1, 1), (2, 1), (3, 1), (8, 1), (1, 4), (3, 2)] {
@@ -405,6 +504,7 @@ mod tests {
     #[test]
     fn index_builds_csr_by_user_and_marks_unknowns() {
         let owned = OwnedRatings {
+            times: Vec::new(),
             users: vec![Id::Int(1), Id::Int(2), Id::Int(3)],
             items: vec![Id::Int(30), Id::Int(10), Id::Int(20)],
             triples: vec![
