@@ -555,9 +555,9 @@ fn a_bad_flag_or_help_under_mpirun_is_printed_once_before_mpi_starts() {
     // mpirun may hand the ranks a terminal, and clap then colours the help.
     help.stdout = without_colours(&help.stdout);
     assert_eq!(help.stdout.matches("Usage:").count(), 1, "{}", help.stdout);
-    // --time-col says it is recorded only; --syncs-per-epoch is a hidden no-op.
+    // --time-col says what reads it; --syncs-per-epoch is a hidden no-op.
     assert!(
-        help.stdout.contains("recorded in model.json only"),
+        help.stdout.contains("read by --holdout-by time"),
         "{}",
         help.stdout
     );
