@@ -153,12 +153,10 @@ fn user_lists(
     let n_items = model.item_ids.len() as u32;
     let mut users = Vec::new();
     let mut unknown = [0u64; 2];
-    let mut at = 0;
-    while at < owned.triples.len() {
-        let user = owned.triples[at].user;
-        let end = at + owned.triples[at..].partition_point(|t| t.user == user);
+    for run in owned.user_runs() {
+        let user = owned.triples[run.start].user;
         let (mut train, mut relevant) = (Vec::new(), Vec::new());
-        for (t, &h) in owned.triples[at..end].iter().zip(&held[at..end]) {
+        for (t, &h) in owned.triples[run.clone()].iter().zip(&held[run]) {
             let i = item_index[t.item as usize];
             match h {
                 true => relevant.push(i),
@@ -166,7 +164,6 @@ fn user_lists(
                 false => {}
             }
         }
-        at = end;
         if relevant.is_empty() {
             continue;
         }

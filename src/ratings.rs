@@ -27,6 +27,19 @@ pub struct OwnedRatings {
     pub times: Vec<i64>,
 }
 
+impl OwnedRatings {
+    /// Each user's triples, as ranges of `triples` (sorted by user, so each user's are one run).
+    pub fn user_runs(&self) -> impl Iterator<Item = std::ops::Range<usize>> + '_ {
+        let mut at = 0;
+        std::iter::from_fn(move || {
+            let user = self.triples.get(at)?.user;
+            let start = at;
+            at += self.triples[at..].partition_point(|t| t.user == user);
+            Some(start..at)
+        })
+    }
+}
+
 /// A rating as the exchange moves and aggregates it: a triple (reached through `Deref`, so the
 /// same code reads `t.user` of either kind), and whatever rides with it.
 pub trait Rated: Copy + Send + Deref<Target = Triple> + DerefMut {

@@ -50,14 +50,12 @@ pub fn route_seen(
     let ranks = comm.size();
     let mut outgoing: Vec<Writer> = (0..ranks).map(|_| Writer::new()).collect();
     let mut items: Vec<u32> = Vec::new();
-    let mut at = 0;
-    while at < owned.triples.len() {
-        let user = owned.triples[at].user;
-        let end = at + owned.triples[at..].partition_point(|t| t.user == user);
+    for run in owned.user_runs() {
+        let user = owned.triples[run.start].user;
         if let Ok(p) = targets.binary_search(&owned.users[user as usize]) {
             items.clear();
             items.extend(
-                owned.triples[at..end]
+                owned.triples[run]
                     .iter()
                     .map(|t| item_index[t.item as usize])
                     .filter(|&i| i != UNKNOWN),
@@ -71,7 +69,6 @@ pub fn route_seen(
                 w.u32(i);
             }
         }
-        at = end;
     }
     let messages: Vec<Vec<u8>> = outgoing.into_iter().map(Writer::finish).collect();
     let incoming = comm.alltoall_bytes(&messages)?;

@@ -24,6 +24,8 @@ pub fn run(comm: &dyn Collective, args: &EvaluateArgs) -> Result<()> {
     let model = comm.agree(model_io::load_blocking(&model_loc))?;
     let input = comm.agree(args.input.input(model.meta.input()))?;
     let (owned, _report) = pipeline::load_ratings(comm, &data_loc, &input)?;
+    // Which pairs the model held out (the split by time sorts each user's pairs: once).
+    let held = split_mask(&owned, &model.meta.hyperparameters);
 
     let Scores {
         errors,
@@ -31,7 +33,7 @@ pub fn run(comm: &dyn Collective, args: &EvaluateArgs) -> Result<()> {
         unknown,
         user_unknown,
         item_unknown,
-    } = score(&model, &owned, args.split);
+    } = score(&model, &owned, &held, args.split);
     let mut sums = [&errors.to_array()[..], &unknown, &known.to_array()].concat();
     comm.reduce_f64(&mut sums, Op::Sum);
     let errors = ErrorSums::from_slice(&sums[..3]);
@@ -47,7 +49,7 @@ pub fn run(comm: &dyn Collective, args: &EvaluateArgs) -> Result<()> {
         .map(|(id, _)| id.clone())
         .collect();
     let unknown_items = exchange::agree_on_ids(comm, &unknown_item_ids)?.len();
-    let ranking = ranking(comm, &model, &owned, &args.k)?;
+    let ranking = ranking(comm, &model, &owned, &held, &args.k)?;
 
     if comm.is_root() {
         warn_about(args, &model.meta, errors.n, sums[5], sums[6]);
@@ -84,14 +86,13 @@ fn ranking(
     comm: &dyn Collective,
     model: &Model,
     owned: &OwnedRatings,
+    held: &[bool],
     ks: &[usize],
 ) -> Result<serde_json::Value> {
-    let hyper = &model.meta.hyperparameters;
-    if hyper.holdout == 0.0 {
+    if model.meta.hyperparameters.holdout == 0.0 {
         return Ok(serde_json::Value::Null);
     }
-    let held = split_mask(owned, hyper);
-    let figures = comm.agree(ranking::rank(comm, model, owned, &held, ks))?;
+    let figures = comm.agree(ranking::rank(comm, model, owned, held, ks))?;
     Ok(figures.to_json())
 }
 
@@ -141,17 +142,13 @@ struct Scores {
     item_unknown: Vec<bool>,
 }
 
-fn score(model: &Model, owned: &OwnedRatings, split: Split) -> Scores {
-    let hyper = &model.meta.hyperparameters;
+/// `held[t]`: whether triple t is held out by the model's split.
+fn score(model: &Model, owned: &OwnedRatings, held: &[bool], split: Split) -> Scores {
     let mut errors = ErrorSums::default();
     let mut known = ErrorSums::default();
     let mut unknown = [0.0f64; 4];
     let mut user_unknown = vec![false; owned.users.len()];
     let mut item_unknown = vec![false; owned.items.len()];
-    let held = match split {
-        Split::All => Vec::new(),
-        Split::Train | Split::Holdout => split_mask(owned, hyper),
-    };
     for (n, t) in owned.triples.iter().enumerate() {
         let (uid, iid) = (&owned.users[t.user as usize], &owned.items[t.item as usize]);
         let wanted = match split {

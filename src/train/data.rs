@@ -101,21 +101,17 @@ pub fn latest_mask(owned: &OwnedRatings, seed: u64, fraction: f64) -> Vec<bool> 
     }
     let tie = |t: usize| mix64(owned.items[owned.triples[t].item as usize].stable_hash() ^ seed);
     let mut order: Vec<usize> = Vec::new();
-    let mut at = 0;
-    while at < owned.triples.len() {
-        let user = owned.triples[at].user;
-        let end = at + owned.triples[at..].partition_point(|t| t.user == user);
-        let n = end - at;
+    for run in owned.user_runs() {
+        let n = run.len();
         let k = ((fraction * n as f64).round() as usize).min(n - 1);
         if k > 0 {
             order.clear();
-            order.extend(at..end);
+            order.extend(run);
             order.sort_by_key(|&t| (std::cmp::Reverse(owned.times[t]), tie(t)));
             for &t in &order[..k] {
                 held[t] = true;
             }
         }
-        at = end;
     }
     held
 }
