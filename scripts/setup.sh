@@ -4,7 +4,7 @@
 # Safe to run again; installs only what is missing.
 set -euo pipefail
 
-packages=(openmpi-bin libopenmpi-dev libclang-dev clang pkg-config time)
+packages=(openmpi-bin libopenmpi-dev libclang-dev clang pkg-config time libopenblas-dev)
 if [ "${1:-}" = "--test" ]; then
   packages+=(slurm-wlm munge libpmix-bin python3-venv)
 fi

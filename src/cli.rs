@@ -8,7 +8,7 @@ use crate::input::{
     parse_delimiter, Aggregate, EventWeights, Format, Input, InputSettings, DEFAULT_EVENT_COL,
     DEFAULT_EVENT_WEIGHTS, DEFAULT_TIME_COL, DEFAULT_USER_COL,
 };
-use crate::mf::{HoldoutBy, Hyper};
+use crate::mf::{HoldoutBy, Hyper, ImplicitHyper, Objective};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -145,6 +145,20 @@ fn holdout_by_parser() -> impl TypedValueParser<Value = HoldoutBy> {
     })
 }
 
+fn objective_parser() -> impl TypedValueParser<Value = Objective> {
+    PossibleValuesParser::new([
+        PossibleValue::new("explicit")
+            .help("FunkSVD by SGD on the observed values (ratings, event weights), judged by RMSE"),
+        PossibleValue::new("implicit").help(
+            "iALS: every pair a preference, the observed ones with confidence 1 + alpha x value; for clicks, judged by ranking (NDCG@20)",
+        ),
+    ])
+    .map(|v| match v.as_str() {
+        "implicit" => Objective::Implicit,
+        _ => Objective::Explicit,
+    })
+}
+
 /// `--delimiter`: checked by `input::parse_delimiter`.
 fn delimiter_parser() -> impl TypedValueParser<Value = char> {
     clap::builder::NonEmptyStringValueParser::new()
@@ -202,9 +216,22 @@ pub struct TrainArgs {
     /// interactions by --time-col (train on the past, test on the future).
     #[arg(long, value_parser = holdout_by_parser(), default_value = "pair")]
     pub holdout_by: HoldoutBy,
-    /// Pure FunkSVD: no global mean, no biases.
+    /// Pure FunkSVD: no global mean, no biases (implicit: no item biases).
     #[arg(long)]
     pub no_bias: bool,
+    /// What the model fits: the observed values (FunkSVD), or every pair as a preference
+    /// weighted by confidence (iALS, for clickstreams).
+    #[arg(long, value_parser = objective_parser(), default_value = "explicit")]
+    pub objective: Objective,
+    /// Implicit: confidence per unit of value, an observed pair weighs 1 + alpha x value [1].
+    #[arg(long, allow_negative_numbers = true)]
+    pub alpha: Option<f32>,
+    /// Implicit: the weight of every pair not observed [1].
+    #[arg(long, allow_negative_numbers = true)]
+    pub unobserved_weight: Option<f32>,
+    /// Implicit: conjugate-gradient steps per user and item row and epoch [3].
+    #[arg(long, value_name = "N")]
+    pub cg_steps: Option<usize>,
     /// No effect, with a warning (kept so job scripts written for the allreduce design still
     /// run): the item blocks' rotation needs no tuning.
     #[arg(long, value_name = "N", hide = true)]
@@ -259,6 +286,8 @@ impl TrainArgs {
             return Err(Error::usage("--checkpoint-every 0: must be at least 1"));
         }
         Ok(Hyper {
+            implicit: self.implicit_hyper()?,
+            objective: self.objective,
             factors: self.factors,
             epochs: self.epochs,
             lr: self.lr,
@@ -269,6 +298,50 @@ impl TrainArgs {
             holdout_by: self.holdout_by,
             ..Hyper::DEFAULT
         })
+    }
+}
+
+impl TrainArgs {
+    /// The implicit objective's settings, checked; `None` for the explicit objective, which
+    /// refuses them (they would silently do nothing).
+    fn implicit_hyper(&self) -> Result<Option<ImplicitHyper>> {
+        let given = [
+            ("--alpha", self.alpha.is_some()),
+            ("--unobserved-weight", self.unobserved_weight.is_some()),
+            ("--cg-steps", self.cg_steps.is_some()),
+        ];
+        if self.objective == Objective::Explicit {
+            if let Some((flag, _)) = given.iter().find(|(_, set)| *set) {
+                return Err(Error::usage(format!(
+                    "{flag} applies to --objective implicit only (this run trains the explicit objective)"
+                )));
+            }
+            return Ok(None);
+        }
+        let d = ImplicitHyper::DEFAULT;
+        let alpha = self.alpha.unwrap_or(d.alpha);
+        if !(alpha.is_finite() && alpha > 0.0) {
+            return Err(Error::usage(format!(
+                "--alpha {alpha}: must be a positive number (an observed pair weighs 1 + alpha x value)"
+            )));
+        }
+        let unobserved_weight = self.unobserved_weight.unwrap_or(d.unobserved_weight);
+        if !(unobserved_weight.is_finite() && unobserved_weight >= 0.0) {
+            return Err(Error::usage(format!(
+                "--unobserved-weight {unobserved_weight}: must be zero or positive"
+            )));
+        }
+        let cg_steps = self.cg_steps.unwrap_or(d.cg_steps);
+        if cg_steps == 0 || cg_steps > 1000 {
+            return Err(Error::usage(format!(
+                "--cg-steps {cg_steps}: must be between 1 and 1000"
+            )));
+        }
+        Ok(Some(ImplicitHyper {
+            alpha,
+            unobserved_weight,
+            cg_steps,
+        }))
     }
 }
 

@@ -500,6 +500,80 @@ fn cases() -> Vec<Case> {
             },
         },
         Case {
+            name: "--objective that does not exist",
+            code: 2,
+            says: "invalid value 'bpr' for '--objective <OBJECTIVE>'",
+            args: |d| {
+                let data = csv(d, "a.csv", b"user_id,product_id,event_type\n1,2,view\n");
+                train(&data, &d.join("m"), &["--objective", "bpr"])
+            },
+        },
+        Case {
+            name: "--alpha 0",
+            code: 2,
+            says: "--alpha 0: must be a positive number",
+            args: |d| {
+                let data = csv(d, "a.csv", b"user_id,product_id,event_type\n1,2,view\n");
+                train(
+                    &data,
+                    &d.join("m"),
+                    &["--objective", "implicit", "--alpha", "0"],
+                )
+            },
+        },
+        Case {
+            name: "--unobserved-weight -1",
+            code: 2,
+            says: "--unobserved-weight -1: must be zero or positive",
+            args: |d| {
+                let data = csv(d, "a.csv", b"user_id,product_id,event_type\n1,2,view\n");
+                let flags = ["--objective", "implicit", "--unobserved-weight", "-1"];
+                train(&data, &d.join("m"), &flags)
+            },
+        },
+        Case {
+            name: "--alpha with the explicit objective",
+            code: 2,
+            says: "--alpha applies to --objective implicit only",
+            args: |d| {
+                let data = csv(d, "a.csv", b"user_id,product_id,event_type\n1,2,view\n");
+                train(&data, &d.join("m"), &["--alpha", "40"])
+            },
+        },
+        Case {
+            name: "an implicit solve that overflows",
+            code: 2,
+            says: "lower --alpha (now 100000000000000000000000000000000000000)",
+            args: |d| {
+                let data = d.join("data");
+                std::fs::create_dir_all(&data).unwrap();
+                std::fs::write(data.join("a.parquet"), good_parquet(3000)).unwrap();
+                let flags = ["--objective", "implicit", "--alpha", "1e38"];
+                train(&data, &d.join("m"), &flags)
+            },
+        },
+        Case {
+            name: "an implicit solve with no regularisation and no unobserved weight",
+            code: 2,
+            says: "raise --reg (now 0)",
+            args: |d| {
+                let data = d.join("data");
+                std::fs::create_dir_all(&data).unwrap();
+                std::fs::write(data.join("a.parquet"), good_parquet(3000)).unwrap();
+                let flags = [
+                    "--objective",
+                    "implicit",
+                    "--reg",
+                    "0",
+                    "--unobserved-weight",
+                    "0",
+                    "--factors",
+                    "64",
+                ];
+                train(&data, &d.join("m"), &flags)
+            },
+        },
+        Case {
             name: "evaluate with a model URL that is not a model",
             code: 2,
             says: "no model there",

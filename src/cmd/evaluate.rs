@@ -7,7 +7,7 @@ use crate::exchange;
 use crate::ids::Id;
 use crate::metrics::ErrorSums;
 use crate::mf::meta::ModelMeta;
-use crate::mf::Model;
+use crate::mf::{Model, Objective};
 use crate::model_io;
 use crate::pipeline;
 use crate::ranking;
@@ -57,6 +57,7 @@ pub fn run(comm: &dyn Collective, args: &EvaluateArgs) -> Result<()> {
             "model": args.model,
             "data": args.data,
             "split": args.split.name(),
+            "objective": model.meta.hyperparameters.objective.name(),
             "rmse": errors.rmse(),
             "mae": errors.mae(),
             "n_scored": errors.n as u64,
@@ -69,6 +70,10 @@ pub fn run(comm: &dyn Collective, args: &EvaluateArgs) -> Result<()> {
             "n_known_pairs": known.n as u64,
             "n_skipped_unknown_for_train_split": sums[6] as u64,
             "fallback": "a pair with an unknown user or item is predicted from the global mean plus the known bias",
+            "target": match model.meta.hyperparameters.objective {
+                Objective::Explicit => "the value (rating or event weight)",
+                Objective::Implicit => "the preference: 1 for a positive value, else 0 (predictions clipped to [0, 1])",
+            },
             "ranks": comm.size(),
             "ranking": ranking,
         });
@@ -143,7 +148,16 @@ struct Scores {
 }
 
 /// `held[t]`: whether triple t is held out by the model's split.
+///
+/// An implicit model predicts preferences: it is scored against them (1 for a positive value,
+/// else 0), not against the values.
 fn score(model: &Model, owned: &OwnedRatings, held: &[bool], split: Split) -> Scores {
+    let implicit = model.meta.hyperparameters.objective == Objective::Implicit;
+    let truth = |v: f32| match (implicit, v > 0.0) {
+        (false, _) => v,
+        (true, true) => 1.0,
+        (true, false) => 0.0,
+    };
     let mut errors = ErrorSums::default();
     let mut known = ErrorSums::default();
     let mut unknown = [0.0f64; 4];
@@ -167,9 +181,9 @@ fn score(model: &Model, owned: &OwnedRatings, held: &[bool], split: Split) -> Sc
             continue;
         }
         let predicted = model.predict(u, i);
-        errors.add(t.value, predicted);
+        errors.add(truth(t.value), predicted);
         if u.is_some() && i.is_some() {
-            known.add(t.value, predicted);
+            known.add(truth(t.value), predicted);
         }
         unknown[0] += u.is_none() as u8 as f64;
         unknown[1] += i.is_none() as u8 as f64;

@@ -17,12 +17,13 @@ use crate::mf::meta::{
 };
 use crate::mf::params::padded_width;
 use crate::mf::tables::encode_tables;
-use crate::mf::{Globals, Hyper, Params, ParamsRef};
+use crate::mf::{Globals, Hyper, Objective, Params, ParamsRef};
 use crate::model_io::{self, Found};
 use crate::pipeline::{self, IngestReport};
 use crate::store::Location;
 use crate::train::checkpoint::Checkpoints;
 use crate::train::data::{prepare, ItemBlocks, Prepared, RankData};
+use crate::train::implicit::{self, preference_errors, ImplicitJob};
 use crate::train::pass::{holdout_errors, train_errors};
 use crate::train::ranked::RankCheck;
 use crate::train::{fit, ItemRows, Job, Progress, TrainState};
@@ -50,7 +51,7 @@ pub fn run(comm: &dyn Collective, args: &TrainArgs) -> Result<()> {
     stop_if_interrupted(comm)?;
     let started = Instant::now();
     let prepared = prepare(comm, owned, &settings.hyper)?;
-    let totals = agree_totals(comm, &prepared.data, &report)?;
+    let totals = agree_totals(comm, &prepared.data, &report, &settings.hyper)?;
     let exchange_seconds = report.exchange_seconds + started.elapsed().as_secs_f64();
     log::debug!(
         "rank {}: hold-out split, vocabulary and layout in {:.3}s; peak memory {:.0} MB",
@@ -59,23 +60,21 @@ pub fn run(comm: &dyn Collective, args: &TrainArgs) -> Result<()> {
         crate::memory::peak_rss_mb().unwrap_or(0.0)
     );
     log_set_up(comm, &prepared, &totals);
-    comm.agree(fits_in_memory(
-        comm,
-        &prepared,
-        &totals,
-        settings.hyper.factors,
-    ))?;
+    comm.agree(fits_in_memory(comm, &prepared, &totals, &settings.hyper))?;
 
     let started = Instant::now();
     let (state, item_rows) = train(comm, args, &settings, &prepared, &report, totals.globals)?;
     let train_seconds = started.elapsed().as_secs_f64();
-    let metrics = final_metrics(
-        comm,
-        &prepared.data,
-        &state,
-        &settings.hyper,
-        totals.globals,
-    );
+    let metrics = match settings.hyper.objective {
+        Objective::Explicit => final_metrics(
+            comm,
+            &prepared.data,
+            &state,
+            &settings.hyper,
+            totals.globals,
+        ),
+        Objective::Implicit => implicit_metrics(comm, &prepared, &state, &settings.hyper),
+    };
     log::debug!(
         "rank {}: trained; peak memory {:.0} MB",
         comm.rank(),
@@ -148,6 +147,17 @@ fn settings(comm: &dyn Collective, args: &TrainArgs) -> Result<Settings> {
     }
     let hyper = args.hyper()?;
     let mut input = args.input.input()?;
+    if let (Some(implicit), true) = (hyper.implicit, comm.is_root()) {
+        let values = match &input.settings.rating_col {
+            Some(col) => format!("the ratings of --rating-col {col}"),
+            None => "the event weights".into(),
+        };
+        log::info!(
+            "--objective implicit: {values} become confidences: a pair with value v is a preference (1 if v > 0, else 0) weighing 1 + {} x |v|, every pair not observed weighs {}",
+            implicit.alpha,
+            implicit.unobserved_weight
+        );
+    }
     // A hold-out by time needs each pair's latest time.
     input.read_time = !hyper.holdout_by.is_pair() && hyper.holdout > 0.0;
     Ok(Settings {
@@ -158,8 +168,12 @@ fn settings(comm: &dyn Collective, args: &TrainArgs) -> Result<Settings> {
     })
 }
 
-/// The job's counts and the ratings' mean and range.
+/// The job's counts, the ratings' mean and range, and what the model records of them.
 struct Totals {
+    /// The training values' mean and range.
+    values: Globals,
+    /// The model's: the values' for the explicit objective; for the implicit one no mean, and
+    /// predictions (preferences) clipped to [0, 1].
     globals: Globals,
     n_users: u64,
     n_ratings: u64,
@@ -167,7 +181,12 @@ struct Totals {
 }
 
 /// Job-wide mean and range of the training ratings, and the counts; refuses an empty job.
-fn agree_totals(comm: &dyn Collective, data: &RankData, report: &IngestReport) -> Result<Totals> {
+fn agree_totals(
+    comm: &dyn Collective,
+    data: &RankData,
+    report: &IngestReport,
+    hyper: &Hyper,
+) -> Result<Totals> {
     let values = &data.ratings.values;
     let mut sums = [
         values.iter().map(|&v| v as f64).sum::<f64>(),
@@ -193,10 +212,18 @@ fn agree_totals(comm: &dyn Collective, data: &RankData, report: &IngestReport) -
         };
         return comm.agree(Err(Error::usage(format!("nothing to train on: {why}"))));
     }
+    let values = Globals {
+        global_mean: (sums[0] / sums[1]) as f32,
+        rating_range: (lo[0] as f32, hi[0] as f32),
+    };
     Ok(Totals {
-        globals: Globals {
-            global_mean: (sums[0] / sums[1]) as f32,
-            rating_range: (lo[0] as f32, hi[0] as f32),
+        values,
+        globals: match hyper.objective {
+            Objective::Explicit => values,
+            Objective::Implicit => Globals {
+                global_mean: 0.0,
+                rating_range: (0.0, 1.0),
+            },
         },
         n_users: sums[3] as u64,
         n_ratings: sums[1] as u64,
@@ -206,16 +233,22 @@ fn agree_totals(comm: &dyn Collective, data: &RankData, report: &IngestReport) -
 
 /// Refuse a model this rank's host cannot hold before allocating it: the rows of its users and
 /// of every item, twice (training, and the copy a checkpoint or the save makes), and on rank 0
-/// every user's row once more (the model's table is assembled there).
+/// every user's row once more (the model's table is assembled there). The implicit objective
+/// also holds two sums the size of the item rows and its pairs by item.
 fn fits_in_memory(
     comm: &dyn Collective,
     prepared: &Prepared,
     totals: &Totals,
-    factors: usize,
+    hyper: &Hyper,
 ) -> Result<()> {
+    let factors = hyper.factors;
     let width = padded_width(factors);
     let rows = prepared.data.ratings.n_users() + prepared.item_ids.len();
     let mut bytes = 2 * rows as u64 * width as u64 * 4;
+    if hyper.objective == Objective::Implicit {
+        bytes += 2 * prepared.item_ids.len() as u64 * width as u64 * 4;
+        bytes += prepared.data.ratings.n_ratings() as u64 * 8;
+    }
     if comm.is_root() {
         bytes += totals.n_users * (factors as u64 + 1) * 4;
     }
@@ -233,7 +266,7 @@ fn fits_in_memory(
 /// What the job trains on, and how evenly the users' spread left the work (a step waits for
 /// the busiest rank).
 fn log_set_up(comm: &dyn Collective, prepared: &Prepared, totals: &Totals) {
-    let g = &totals.globals;
+    let g = &totals.values;
     if comm.is_root() {
         log::info!(
             "ratings: {} for training, {} held out; {} users, {} items; mean {:.4}, range {}..{}",
@@ -287,17 +320,10 @@ fn train(
         true => Some(checkpoints.resume(comm)?),
         false => None,
     };
-    let job = Job {
-        data: &prepared.data,
-        blocks: &prepared.blocks,
-        item_ids: &prepared.item_ids,
-        hyper,
-        globals,
-    };
     let ranked = args
         .rank_metrics
         .map(|k| ranked_epochs(comm, prepared, k, hyper));
-    let trained = fit(comm, &job, start, |progress| {
+    let after_epoch = |progress: &Progress| {
         let (epoch, epochs) = (progress.epoch, hyper.epochs);
         // A signal after the last epoch changes nothing: the model is about to be published.
         let signal = interrupt::agreed(comm).filter(|_| epoch < epochs);
@@ -332,9 +358,47 @@ fn train(
             )),
             None => Ok(()),
         }
-    });
+    };
+    let trained = fit_objective(comm, prepared, hyper, globals, start, after_epoch);
     // Divergence is seen by every rank at once (the sums are allreduced).
     comm.agree(trained)
+}
+
+/// The epochs of the objective `hyper` names, from `start`; where the item rows were kept.
+fn fit_objective(
+    comm: &dyn Collective,
+    prepared: &Prepared,
+    hyper: &Hyper,
+    globals: Globals,
+    start: Option<TrainState>,
+    after_epoch: impl FnMut(&Progress) -> Result<()>,
+) -> Result<(TrainState, ItemRows)> {
+    match hyper.implicit {
+        None => {
+            let job = Job {
+                data: &prepared.data,
+                blocks: &prepared.blocks,
+                item_ids: &prepared.item_ids,
+                hyper,
+                globals,
+            };
+            fit(comm, &job, start, after_epoch)
+        }
+        Some(settings) => {
+            let job = ImplicitJob {
+                data: &prepared.data,
+                item_ids: &prepared.item_ids,
+                hyper,
+            };
+            let rows = match comm.size() {
+                1 => ItemRows::Own,
+                _ => ItemRows::Summed {
+                    cg_steps: settings.cg_steps,
+                },
+            };
+            implicit::fit(comm, &job, start, after_epoch).map(|state| (state, rows))
+        }
+    }
 }
 
 /// `--rank-metrics K`: what scoring the epochs needs, and the popularity baseline's figures,
@@ -386,6 +450,17 @@ fn log_epoch(progress: &Progress, epochs: usize, ranking: &str) {
     let Some(s) = progress.history.last() else {
         return;
     };
+    if let Some(loss) = s.loss {
+        log::info!(
+            "epoch {}/{epochs}: loss {loss:.5}, preference RMSE {:.4} (training pairs){ranking}, {:.3}s (sync {:.3}s), {:.2}M pairs/s",
+            s.epoch,
+            s.train_rmse,
+            s.seconds,
+            s.sync_seconds,
+            s.ratings_per_second / 1e6
+        );
+        return;
+    }
     let hold = s
         .holdout_rmse
         .map(|h| format!("{h:.4}"))
@@ -402,6 +477,17 @@ fn log_epoch(progress: &Progress, epochs: usize, ranking: &str) {
 
 /// The final figures, each saying what it measures, beside the bar the model must clear.
 fn log_final(m: &Metrics) {
+    if let Some(ranking) = &m.ranking {
+        log_final_ranking(m, ranking);
+        return;
+    }
+    if m.history.last().is_some_and(|s| s.loss.is_some()) {
+        log::info!(
+            "final model: preference RMSE {:.4} on the training pairs; no hold-out pairs (--holdout 0)",
+            m.train_rmse
+        );
+        return;
+    }
     let train = format!(
         "final model: train RMSE {:.4} (after the last epoch; the epoch lines measure it during each epoch)",
         m.train_rmse
@@ -420,6 +506,23 @@ fn log_final(m: &Metrics) {
         log::warn!(
             "the model does not beat predicting the training mean on the hold-out pairs: try more --epochs, another --lr or a larger --reg"
         );
+    }
+}
+
+/// The implicit objective's final line: the hold-out ranking beside popularity's.
+fn log_final_ranking(m: &Metrics, ranking: &serde_json::Value) {
+    let figures = ranking_line(ranking).unwrap_or_else(|| "no ranking figures".into());
+    log::info!(
+        "final model: hold-out {figures}; preference RMSE {:.4} on the training pairs",
+        m.train_rmse
+    );
+    let ndcg = |side: &str| ranking[side][format!("ndcg@{IMPLICIT_K}")].as_f64();
+    if let (Some(model), Some(popular)) = (ndcg("model"), ndcg("popularity")) {
+        if model < popular {
+            log::warn!(
+                "the model ranks the hold-out below the popularity list: try more --factors or --epochs, another --alpha, --reg or --unobserved-weight"
+            );
+        }
     }
 }
 
@@ -456,7 +559,67 @@ fn final_metrics(
         baseline_holdout_rmse: baseline.rmse(),
         n_holdout: hold.n as u64,
         history: state.history.clone(),
+        ranking: None,
     }
+}
+
+/// The implicit objective's final figures: the errors of the predicted preferences, and the
+/// hold-out ranking at 20 beside the popularity list's (what the objective is judged by).
+fn implicit_metrics(
+    comm: &dyn Collective,
+    prepared: &Prepared,
+    state: &TrainState,
+    hyper: &Hyper,
+) -> Metrics {
+    let data = &prepared.data;
+    let [train, hold] = preference_errors(data, state.params.view());
+    let mut sums = [train.to_array(), hold.to_array()].concat();
+    comm.reduce_f64(&mut sums, Op::Sum);
+    let (train, hold) = (
+        ErrorSums::from_slice(&sums[..3]),
+        ErrorSums::from_slice(&sums[3..]),
+    );
+    let ranking = (hold.n > 0.0).then(|| {
+        let check = RankCheck::new(comm, data, prepared.item_ids.len(), IMPLICIT_K);
+        let globals = Globals {
+            global_mean: 0.0,
+            rating_range: (0.0, 1.0),
+        };
+        let ranking = check.rank(
+            comm,
+            state.params.view(),
+            &data.ratings.user_ids,
+            &prepared.item_ids,
+            hyper.biased,
+            globals,
+        );
+        ranking.to_json()
+    });
+    Metrics {
+        train_rmse: train.rmse().unwrap_or(f64::NAN),
+        train_mae: train.mae().unwrap_or(f64::NAN),
+        holdout_rmse: hold.rmse(),
+        holdout_mae: hold.mae(),
+        baseline_holdout_rmse: None,
+        n_holdout: hold.n as u64,
+        history: state.history.clone(),
+        ranking,
+    }
+}
+
+/// The cut-off of the implicit objective's final hold-out ranking.
+const IMPLICIT_K: usize = 20;
+
+/// `NDCG@20 0.1234 (popularity 0.0987), recall@20 0.2345` from a recorded ranking.
+fn ranking_line(ranking: &serde_json::Value) -> Option<String> {
+    let get = |side: &str, metric: &str| ranking[side][format!("{metric}@{IMPLICIT_K}")].as_f64();
+    Some(format!(
+        "NDCG@{IMPLICIT_K} {:.4} (popularity {:.4}), recall@{IMPLICIT_K} {:.4} (popularity {:.4})",
+        get("model", "ndcg")?,
+        get("popularity", "ndcg")?,
+        get("model", "recall")?,
+        get("popularity", "recall")?
+    ))
 }
 
 /// Everything the model's publication records.
@@ -602,15 +765,21 @@ impl Save<'_> {
     }
 
     fn log_saved(&self, meta: &ModelMeta) {
+        let m = &meta.metrics;
+        let figure = match (&m.ranking, m.holdout_rmse) {
+            (Some(ranking), _) => ranking_line(ranking).map(|f| format!("hold-out {f}")),
+            (None, rmse) => Some(format!(
+                "hold-out RMSE {}",
+                rmse.map(|v| format!("{v:.4}"))
+                    .unwrap_or_else(|| "-".into())
+            )),
+        };
         log::info!(
-            "model saved to {} ({} users, {} items, hold-out RMSE {}) in {:.2}s total",
+            "model saved to {} ({} users, {} items, {}) in {:.2}s total",
             self.settings.model.url(),
             meta.n_users,
             meta.n_items,
-            meta.metrics
-                .holdout_rmse
-                .map(|v| format!("{v:.4}"))
-                .unwrap_or_else(|| "-".into()),
+            figure.unwrap_or_else(|| "no hold-out".into()),
             self.job_started.elapsed().as_secs_f64()
         );
     }

@@ -29,6 +29,52 @@ pub struct Hyper {
     /// and from those that hold out by pair.
     #[serde(default, skip_serializing_if = "HoldoutBy::is_pair")]
     pub holdout_by: HoldoutBy,
+    /// What the model fits [explicit]; files written before it existed are explicit.
+    #[serde(default)]
+    pub objective: Objective,
+    /// The implicit objective's settings (present exactly when `objective` is implicit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub implicit: Option<ImplicitHyper>,
+}
+
+/// What a model fits.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Objective {
+    /// The observed values (ratings, event weights): FunkSVD by SGD, judged by RMSE.
+    #[default]
+    Explicit,
+    /// Every (user, item) pair as a preference, observed ones with a confidence: iALS by
+    /// conjugate gradient, judged by ranking metrics.
+    Implicit,
+}
+
+impl Objective {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Objective::Explicit => "explicit",
+            Objective::Implicit => "implicit",
+        }
+    }
+}
+
+/// The implicit objective's settings (`mf::als`).
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ImplicitHyper {
+    /// Confidence per unit of value: an observed pair weighs `1 + alpha |value|` [1].
+    pub alpha: f32,
+    /// The weight of every pair not observed [1].
+    pub unobserved_weight: f32,
+    /// Conjugate-gradient steps per row and epoch [3].
+    pub cg_steps: usize,
+}
+
+impl ImplicitHyper {
+    pub const DEFAULT: ImplicitHyper = ImplicitHyper {
+        alpha: 1.0,
+        unobserved_weight: 1.0,
+        cg_steps: 3,
+    };
 }
 
 /// How the hold-out pairs are chosen.
@@ -67,14 +113,22 @@ impl Hyper {
         init_std: 0.1,
         holdout: 0.2,
         holdout_by: HoldoutBy::Pair,
+        objective: Objective::Explicit,
+        implicit: None,
     };
 
     /// The flags that set these hyperparameters (the epoch count aside), for messages.
     pub fn flags(&self) -> String {
+        let objective = match &self.implicit {
+            None => format!("--lr {}", self.lr),
+            Some(i) => format!(
+                "--objective implicit --alpha {} --unobserved-weight {} --cg-steps {}",
+                i.alpha, i.unobserved_weight, i.cg_steps
+            ),
+        };
         format!(
-            "--factors {} --lr {} --reg {} --seed {} --holdout {}{}{}",
+            "--factors {} {objective} --reg {} --seed {} --holdout {}{}{}",
             self.factors,
-            self.lr,
             self.reg,
             self.seed,
             self.holdout,

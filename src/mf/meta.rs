@@ -22,8 +22,14 @@ pub struct EpochStats {
     pub epoch: usize,
     /// RMSE of the predictions made during the epoch's SGD pass (before each update).
     pub train_rmse: f64,
-    /// RMSE on the hold-out pairs after the epoch (None without a hold-out).
+    /// RMSE on the hold-out pairs after the epoch (None without a hold-out, and for the
+    /// implicit objective, whose hold-out figures are ranking metrics).
     pub holdout_rmse: Option<f64>,
+    /// The implicit objective's loss after the epoch, per training pair (`mf::als`); its
+    /// `train_rmse` is that of the observed preferences (1 for a positive value) after the
+    /// epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loss: Option<f64>,
     pub seconds: f64,
     /// Of `seconds`, the time this rank spent passing item blocks to the others (the messages,
     /// the read of the received rows, and waiting for slower ranks).
@@ -101,6 +107,11 @@ pub struct Metrics {
     pub baseline_holdout_rmse: Option<f64>,
     pub n_holdout: u64,
     pub history: Vec<EpochStats>,
+    /// The implicit objective's figures on the hold-out: the model's top 20 and the popularity
+    /// list's, as `evaluate` reports them (`ranking::Ranking::to_json`). For that objective
+    /// the RMSE and MAE above are of the predicted preference (1 for an interaction).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ranking: Option<serde_json::Value>,
 }
 
 /// `model.json`.

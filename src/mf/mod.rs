@@ -5,6 +5,7 @@
 //! `recommend` and the tests use it directly, the trainer (`train`) runs it over a collective,
 //! and `model_io` moves its bytes to and from storage. `tests/layout.rs` keeps it so.
 
+pub mod als;
 pub mod checkpoint;
 pub mod hyper;
 pub mod kernel;
@@ -14,7 +15,7 @@ pub mod params;
 pub mod tables;
 pub mod topn;
 
-pub use hyper::{HoldoutBy, Hyper};
+pub use hyper::{HoldoutBy, Hyper, ImplicitHyper, Objective};
 pub use meta::{EpochStats, ModelMeta};
 pub use model::{Model, Scored};
 pub use params::{Params, ParamsRef, Rows};

@@ -157,6 +157,7 @@ mod tests {
                 epoch: 1,
                 train_rmse: 1.0,
                 holdout_rmse: None,
+                loss: None,
                 seconds: 0.1,
                 sync_seconds: 0.0,
                 ratings_per_second: 1.0,

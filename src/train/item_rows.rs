@@ -22,6 +22,9 @@ pub enum ItemRows {
     Shared,
     /// Ranks on several nodes (or no shared memory): the groups travel round the ring.
     Passed,
+    /// The implicit objective on several ranks: every rank holds every row, the ranks sum
+    /// their parts of each item's conjugate-gradient steps (`train::implicit`).
+    Summed { cg_steps: usize },
 }
 
 impl ItemRows {
@@ -31,6 +34,7 @@ impl ItemRows {
             ItemRows::Own => "own",
             ItemRows::Shared => "shared",
             ItemRows::Passed => "passed",
+            ItemRows::Summed { .. } => "summed",
         }
     }
 
@@ -41,6 +45,9 @@ impl ItemRows {
             ItemRows::Own => 0,
             ItemRows::Shared => ranks + 1,
             ItemRows::Passed => exchanges_per_epoch(ranks),
+            // Two Gram matrices, cg_steps + 1 sums, cg_steps passes of directions, the rows,
+            // the loss.
+            ItemRows::Summed { cg_steps } => 2 * cg_steps + 5,
         }
     }
 
@@ -49,6 +56,7 @@ impl ItemRows {
         match self {
             ItemRows::Own | ItemRows::Shared => 0,
             ItemRows::Passed => floats_per_exchange(blocks, factors),
+            ItemRows::Summed { .. } => blocks.order.len() * padded_width(factors),
         }
     }
 
@@ -67,6 +75,12 @@ impl ItemRows {
                 self.syncs_per_epoch(ranks),
                 ranks - 1,
                 ranks - 1,
+                self.floats_per_sync(blocks, factors)
+            ),
+            ItemRows::Summed { cg_steps } => format!(
+                "on every rank; {} collectives per epoch ({} sums of every item's parts and {cg_steps} passes of its directions for {cg_steps} conjugate-gradient steps, two Gram matrices, the new rows, the loss), {} floats each",
+                self.syncs_per_epoch(ranks),
+                cg_steps + 1,
                 self.floats_per_sync(blocks, factors)
             ),
         }

@@ -35,7 +35,9 @@
 
 pub mod checkpoint;
 pub mod data;
+pub mod implicit;
 pub mod item_rows;
+pub mod ordered;
 pub mod pass;
 pub mod ranked;
 pub mod schedule;
@@ -252,6 +254,7 @@ impl<'a> Epochs<'a> {
             epoch,
             train_rmse,
             holdout_rmse: (sums[2] > 0.0).then(|| (sums[1] / sums[2]).sqrt()),
+            loss: None,
             seconds,
             sync_seconds: timeline.iter().skip(1).step_by(2).sum(),
             ratings_per_second: self.total_ratings / seconds.max(1e-9),

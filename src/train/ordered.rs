@@ -1,0 +1,120 @@
+//! Sums across ranks in a fixed order: every float is the sum of the ranks' parts taken in rank
+//! order, whatever algorithm the MPI library picks for its own reductions. The implicit
+//! trainer's model then depends only on the data, the seed and the rank count, bit for bit.
+
+use std::ops::Range;
+
+use crate::collective::Collective;
+use crate::error::Result;
+
+/// `n` things cut into `ranks` contiguous ranges of nearly equal length (the first ones one
+/// longer).
+pub fn even_ranges(n: usize, ranks: usize) -> Vec<Range<usize>> {
+    (0..ranks)
+        .map(|r| (n * r / ranks)..(n * (r + 1) / ranks))
+        .collect()
+}
+
+fn as_bytes(floats: &[f32]) -> &[u8] {
+    // SAFETY: f32 has no padding and every bit pattern of its bytes is a valid u8; u8 needs no
+    // alignment.
+    unsafe {
+        std::slice::from_raw_parts(floats.as_ptr() as *const u8, std::mem::size_of_val(floats))
+    }
+}
+
+fn floats(bytes: &[u8]) -> impl Iterator<Item = f32> + '_ {
+    bytes
+        .chunks_exact(4)
+        .map(|b| f32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
+}
+
+/// Every rank gives its part of a whole (`all`, `ranges` cutting it into one range per rank)
+/// and gets back the sum over the ranks of its own range, added up in rank order.
+pub fn reduce_scatter(
+    comm: &dyn Collective,
+    all: &[f32],
+    ranges: &[Range<usize>],
+) -> Result<Vec<f32>> {
+    if comm.size() == 1 {
+        return Ok(all[ranges[0].clone()].to_vec());
+    }
+    let lens: Vec<u64> = ranges.iter().map(|r| (r.len() * 4) as u64).collect();
+    let (received, got) = comm.alltoall_flat(as_bytes(all), &lens)?;
+    let mine = ranges[comm.rank()].len();
+    let mut sum = vec![0.0f32; mine];
+    let mut at = 0;
+    for len in got {
+        let part = &received[at..at + len as usize];
+        at += len as usize;
+        for (s, v) in sum.iter_mut().zip(floats(part)) {
+            *s += v;
+        }
+    }
+    Ok(sum)
+}
+
+/// Every rank gives the floats of its own range of `all`; every rank gets all of them.
+pub fn allgather(comm: &dyn Collective, all: &mut [f32], ranges: &[Range<usize>]) -> Result<()> {
+    if comm.size() == 1 {
+        return Ok(());
+    }
+    let parts = comm.allgather_bytes(as_bytes(&all[ranges[comm.rank()].clone()]))?;
+    for (range, part) in ranges.iter().zip(parts) {
+        for (v, got) in all[range.clone()].iter_mut().zip(floats(&part)) {
+            *v = got;
+        }
+    }
+    Ok(())
+}
+
+/// Every rank's f64 part of a sum (the same length on every rank), in rank order.
+pub fn gather_parts(comm: &dyn Collective, mine: &[f64]) -> Result<Vec<Vec<f64>>> {
+    // SAFETY: as `as_bytes`, for f64.
+    let bytes = unsafe {
+        std::slice::from_raw_parts(mine.as_ptr() as *const u8, std::mem::size_of_val(mine))
+    };
+    let parts = comm.allgather_bytes(bytes)?;
+    Ok(parts
+        .iter()
+        .map(|p| {
+            p.chunks_exact(8)
+                .map(|b| f64::from_ne_bytes(b.try_into().expect("8 bytes")))
+                .collect()
+        })
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::collective::Solo;
+
+    #[test]
+    fn ranges_cover_everything_once_nearly_evenly() {
+        for (n, ranks) in [(0, 3), (10, 3), (7, 8), (1000, 7)] {
+            let r = even_ranges(n, ranks);
+            assert_eq!(r.len(), ranks);
+            assert_eq!(r[0].start, 0);
+            assert_eq!(r[ranks - 1].end, n);
+            for w in r.windows(2) {
+                assert_eq!(w[0].end, w[1].start);
+                assert!(w[0].len().abs_diff(w[1].len()) <= 1);
+            }
+        }
+    }
+
+    #[test]
+    fn one_rank_gets_its_own_floats_back() {
+        let all = [1.5f32, -2.0, 3.25];
+        let ranges = even_ranges(3, 1);
+        assert_eq!(reduce_scatter(&Solo, &all, &ranges).unwrap(), all);
+        let mut copy = all;
+        allgather(&Solo, &mut copy, &ranges).unwrap();
+        assert_eq!(copy, all);
+        assert_eq!(
+            gather_parts(&Solo, &[0.5, 2.0]).unwrap(),
+            vec![vec![0.5, 2.0]]
+        );
+    }
+}
