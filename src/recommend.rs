@@ -46,27 +46,29 @@ pub fn route_seen(
     owned: &OwnedRatings,
     item_index: &[u32],
     targets: &[Id],
-) -> Result<Vec<Vec<u32>>> {
+) -> Result<Vec<Seen>> {
     let ranks = comm.size();
     let mut outgoing: Vec<Writer> = (0..ranks).map(|_| Writer::new()).collect();
-    let mut items: Vec<u32> = Vec::new();
+    let mut pairs: Vec<(u32, f32)> = Vec::new();
     for run in owned.user_runs() {
         let user = owned.triples[run.start].user;
         if let Ok(p) = targets.binary_search(&owned.users[user as usize]) {
-            items.clear();
-            items.extend(
+            pairs.clear();
+            pairs.extend(
                 owned.triples[run]
                     .iter()
-                    .map(|t| item_index[t.item as usize])
-                    .filter(|&i| i != UNKNOWN),
+                    .map(|t| (item_index[t.item as usize], t.value))
+                    .filter(|&(i, _)| i != UNKNOWN),
             );
-            items.sort_unstable();
-            items.dedup();
+            // An item twice (two ids of the data for one of the model): its larger value.
+            pairs.sort_unstable_by(|a, b| a.0.cmp(&b.0).then(b.1.total_cmp(&a.1)));
+            pairs.dedup_by_key(|p| p.0);
             let w = &mut outgoing[owner_of(p, targets.len(), ranks)];
             w.u64(p as u64);
-            w.u32(items.len() as u32);
-            for &i in &items {
+            w.u32(pairs.len() as u32);
+            for &(i, v) in &pairs {
                 w.u32(i);
+                w.f32(v);
             }
         }
     }
@@ -78,8 +80,16 @@ pub fn route_seen(
     comm.agree(decoded)
 }
 
-fn decode_seen(incoming: &[Vec<u8>], mine: &Range<usize>) -> Result<Vec<Vec<u32>>> {
-    let mut seen = vec![Vec::new(); mine.len()];
+/// A target user's interactions in `--data`: the model's item indices, ascending, and their
+/// values (as training aggregates them).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Seen {
+    pub items: Vec<u32>,
+    pub values: Vec<f32>,
+}
+
+fn decode_seen(incoming: &[Vec<u8>], mine: &Range<usize>) -> Result<Vec<Seen>> {
+    let mut seen = vec![Seen::default(); mine.len()];
     for message in incoming {
         let mut r = Reader::new(message);
         while !r.is_empty() {
@@ -92,7 +102,8 @@ fn decode_seen(incoming: &[Vec<u8>], mine: &Range<usize>) -> Result<Vec<Vec<u32>
             }
             let list = &mut seen[p - mine.start];
             for _ in 0..n {
-                list.push(r.u32()?);
+                list.items.push(r.u32()?);
+                list.values.push(r.f32()?);
             }
         }
     }
@@ -125,7 +136,11 @@ pub fn popular_for(order: &[u32], counts: &[u64], seen: &[u32], n: usize) -> Vec
 /// Where a list came from: the model's scores, or popularity (a user the model does not know).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Source {
+    /// The user's row in the model.
     Model,
+    /// A row folded in from the user's interactions in `--data` (`Model::fold_in`).
+    Folded,
+    /// The most popular items (a user without a row or known interactions).
     Popular,
 }
 
@@ -205,6 +220,7 @@ impl<'a> ListWriter<'a> {
             let names = lists.iter().flat_map(|(_, list, source)| {
                 let name = match source {
                     Source::Model => "model",
+                    Source::Folded => "folded",
                     Source::Popular => "popular",
                 };
                 std::iter::repeat_n(name, list.len())
@@ -286,11 +302,18 @@ mod tests {
         for (p, items) in [(11u64, vec![1u32, 4]), (10, vec![])] {
             w.u64(p);
             w.u32(items.len() as u32);
-            items.iter().for_each(|&i| w.u32(i));
+            items.iter().for_each(|&i| {
+                w.u32(i);
+                w.f32(i as f32 / 2.0);
+            });
         }
         let message = w.finish();
         let seen = decode_seen(std::slice::from_ref(&message), &(10..12)).unwrap();
-        assert_eq!(seen, vec![vec![], vec![1, 4]]);
+        let four = Seen {
+            items: vec![1, 4],
+            values: vec![0.5, 2.0],
+        };
+        assert_eq!(seen, vec![Seen::default(), four]);
         assert!(decode_seen(&[message], &(10..11)).is_err());
     }
 }

@@ -125,7 +125,11 @@ fn recommend_args<'a>(
 /// scores: the lower item first), the first `n`.
 fn naive(m: &Model, user: &str, n: usize, exclude: &BTreeSet<u64>) -> Vec<(String, f64)> {
     let u = m.user(&funksvd::ids::Id::from_str_value(user)).unwrap();
-    let row = m.user_row(u);
+    naive_row(m, m.user_row(u), n, exclude)
+}
+
+/// `naive` for a user row given as it is.
+fn naive_row(m: &Model, row: &[f32], n: usize, exclude: &BTreeSet<u64>) -> Vec<(String, f64)> {
     let mut all: Vec<(usize, f64)> = (0..m.item_ids.len())
         .filter(|&i| !exclude.contains(&m.item_ids[i].to_string().parse::<u64>().unwrap()))
         .map(|i| {
@@ -222,6 +226,68 @@ fn every_users_top_n_equals_the_naive_reference_on_1_2_and_3_ranks() {
             );
         }
         assert_matches(&list, &naive(&model, &user, 10, exclude), &user);
+    }
+}
+
+#[test]
+fn users_of_the_data_the_model_does_not_know_get_rows_folded_in_from_their_interactions() {
+    let dir = temp_dir("recommend-fold-in");
+    let csv = dir.join("ratings.csv");
+    let pairs = ratings_csv(&csv, 300, 150, 25);
+    // The model never sees users 7 and 8; the data recommend reads has them.
+    let text = std::fs::read_to_string(&csv).unwrap();
+    let train_csv = dir.join("train.csv");
+    let kept: Vec<&str> = text
+        .lines()
+        .filter(|l| !l.starts_with("7,") && !l.starts_with("8,"))
+        .collect();
+    std::fs::write(&train_csv, kept.join("\n") + "\n").unwrap();
+    let users = dir.join("users.csv");
+    std::fs::write(&users, "user\n7\n8\n5\nnobody\n").unwrap();
+    for objective in ["explicit", "implicit"] {
+        let model_dir = dir.join(format!("model-{objective}"));
+        let mut args = train_args(s(&train_csv), s(&model_dir), &["--epochs", "8"]);
+        args.extend_from_slice(&COLUMNS);
+        args.extend(["--objective", objective]);
+        mpirun(2, &args).ok();
+        let out = dir.join(format!("recs-{objective}"));
+        let mut args = recommend_args(
+            &model_dir,
+            &out,
+            "5",
+            &["--data", s(&csv), "--users", s(&users)],
+        );
+        args.extend_from_slice(&COLUMNS[2..]);
+        let run = mpirun(2, &args).ok();
+        assert!(run.stderr.contains("2 folded in"), "{}", run.stderr);
+        let by_user = lists(&read_output(&out));
+        let sources = |u: &str| {
+            by_user[u]
+                .iter()
+                .map(|r| r.source.clone())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(sources("5"), vec!["model"; 5]);
+        assert_eq!(sources("nobody"), vec!["popular"; 5]);
+        let model = load_model(&model_dir);
+        for user in [7u64, 8] {
+            assert_eq!(sources(&user.to_string()), vec!["folded"; 5], "{objective}");
+            // The reference: the model's own fold-in of the user's ratings, every item scored.
+            let seen: BTreeSet<u64> = pairs.iter().filter(|p| p.0 == user).map(|p| p.1).collect();
+            let mut items: Vec<(u32, f32)> = seen
+                .iter()
+                .map(|&i| {
+                    let index = model.item(&funksvd::ids::Id::Int(i as i64)).unwrap() as u32;
+                    (index, (1 + (user + 2 * i) % 5) as f32)
+                })
+                .collect();
+            items.sort_by_key(|p| p.0);
+            let (index, values): (Vec<u32>, Vec<f32>) = items.into_iter().unzip();
+            let row = model.fold_in(&index, &values).unwrap();
+            let want = naive_row(&model, &row, 5, &seen);
+            let what = format!("{objective} user {user}");
+            assert_matches(&by_user[&user.to_string()], &want, &what);
+        }
     }
 }
 

@@ -17,7 +17,8 @@ use crate::model_io;
 use crate::output;
 use crate::pipeline;
 use crate::recommend::{
-    all_ints, popular_for, popularity_order, route_seen, share, ListColumns, ListWriter, Source,
+    all_ints, popular_for, popularity_order, route_seen, share, ListColumns, ListWriter, Seen,
+    Source,
 };
 use crate::store::Location;
 
@@ -28,8 +29,8 @@ const CHUNK: usize = 4096;
 /// What a run produced, for the log and the manifest (summed over the ranks).
 #[derive(Default)]
 struct Produced {
-    /// Lists from the model, lists from popularity, rows written.
-    counts: [u64; 3],
+    /// Lists from the model's rows, from rows folded in, from popularity; rows written.
+    counts: [u64; 4],
     /// Each rank's part: rows and bytes.
     parts: Vec<(u64, u64)>,
     /// Seconds (the slowest rank's) to find the users and their seen items, and to score them
@@ -81,14 +82,14 @@ fn conclude(
     timing: [f64; 2],
 ) -> Result<()> {
     let [loaded, seconds] = timing;
-    let [from_model, popular, rows] = produced.counts;
-    let lists = from_model + popular;
+    let [from_model, folded, popular, rows] = produced.counts;
+    let lists = from_model + folded + popular;
     let what = if args.similar_items { "items" } else { "users" };
     let scoring = produced.phases[1].max(1e-9);
     log::info!(
-        "recommend: {lists} {what} ({from_model} scored by the model, {popular} given popular items), top {top}: {rows} rows in {seconds:.2}s; scoring and writing {scoring:.2}s ({:.0} {what}/s, {:.3e} scores/s)",
+        "recommend: {lists} {what} ({from_model} scored by the model, {folded} folded in from their interactions in --data, {popular} given popular items), top {top}: {rows} rows in {seconds:.2}s; scoring and writing {scoring:.2}s ({:.0} {what}/s, {:.3e} scores/s)",
         lists as f64 / scoring,
-        from_model as f64 * model.item_ids.len() as f64 / scoring
+        (from_model + folded) as f64 * model.item_ids.len() as f64 / scoring
     );
     let manifest = serde_json::json!({
         "format": "funksvd-recommendations",
@@ -101,6 +102,7 @@ fn conclude(
         "seen_items_excluded": args.data.is_some() && !args.include_seen,
         "lists": lists,
         "lists_from_model": from_model,
+        "lists_folded": folded,
         "lists_popular": popular,
         "rows": rows,
         "parts": produced.parts.iter().enumerate().map(|(r, (rows, bytes))| serde_json::json!({
@@ -144,7 +146,7 @@ fn user_lists(
             let (seen, counts) = seen_and_counts(comm, args, model, &targets, data)?;
             (seen, Some(counts))
         }
-        None => (vec![Vec::new(); mine.len()], None),
+        None => (vec![Seen::default(); mine.len()], None),
     };
     let unknown = targets[mine.clone()]
         .iter()
@@ -173,7 +175,7 @@ fn user_lists(
     let started = Instant::now();
     let written = (|| {
         let mut writer = ListWriter::new(out.writer(&key), columns, int_ids)?;
-        let mut made = [0u64; 2];
+        let mut made = [0u64; 3];
         for start in (mine.start..mine.end).step_by(CHUNK) {
             let chunk = start..(start + CHUNK).min(mine.end);
             let lists = chunk_lists(
@@ -184,8 +186,12 @@ fn user_lists(
                 args.include_seen,
                 (&order, &counts),
             );
-            made[0] += lists.iter().filter(|l| l.1 == Source::Model).count() as u64;
-            made[1] += lists.iter().filter(|l| l.1 == Source::Popular).count() as u64;
+            for (n, source) in [Source::Model, Source::Folded, Source::Popular]
+                .iter()
+                .enumerate()
+            {
+                made[n] += lists.iter().filter(|l| l.1 == *source).count() as u64;
+            }
             let rows: Vec<(&Id, &[Scored], Source)> = chunk
                 .clone()
                 .zip(&lists)
@@ -195,42 +201,54 @@ fn user_lists(
         }
         crate::fault::point("recommend-part", comm.rank())?;
         let (rows, bytes) = writer.finish()?;
-        Ok::<_, Error>(([made[0], made[1], rows], bytes))
+        Ok::<_, Error>(([made[0], made[1], made[2], rows], bytes))
     })();
     let phases = [read_seconds, started.elapsed().as_secs_f64()];
     produced(comm, comm.agree(written)?, phases)
 }
 
-/// The lists of one chunk of target users, in order: the model's top N for the users it knows
-/// (without their seen items unless `include_seen`), popular items for the others.
+/// The lists of one chunk of target users, in order: the model's top N for the users it
+/// knows, and for those it does not but who have interactions with its items in `--data`, from
+/// a row folded in from them (`Model::fold_in`), without their seen items unless
+/// `include_seen`; popular items for the others.
 fn chunk_lists(
     model: &Model,
     users: &[Id],
-    seen: &[Vec<u32>],
+    seen: &[Seen],
     top: usize,
     include_seen: bool,
     (order, counts): (&[u32], &[u64]),
 ) -> Vec<(Vec<Scored>, Source)> {
-    let known: Vec<(usize, u32)> = users
+    let folded: Vec<Option<Vec<f32>>> = users
+        .iter()
+        .zip(seen)
+        .map(|(id, s)| match model.user(id) {
+            Some(_) => None,
+            None => model.fold_in(&s.items, &s.values),
+        })
+        .collect();
+    // (position in the chunk, row, source) of every user with a row.
+    let rows: Vec<(usize, &[f32], Source)> = users
         .iter()
         .enumerate()
-        .filter_map(|(j, id)| model.user(id).map(|u| (j, u as u32)))
+        .filter_map(|(j, id)| match (model.user(id), &folded[j]) {
+            (Some(u), _) => Some((j, model.user_row(u), Source::Model)),
+            (None, Some(row)) => Some((j, row.as_slice(), Source::Folded)),
+            (None, None) => None,
+        })
         .collect();
-    let indices: Vec<u32> = known.iter().map(|&(_, u)| u).collect();
     let exclude: Vec<&[u32]> = match include_seen {
         true => Vec::new(),
-        false => known.iter().map(|&(j, _)| seen[j].as_slice()).collect(),
+        false => rows.iter().map(|r| seen[r.0].items.as_slice()).collect(),
     };
-    let mut scored = model.top_n_many(&indices, top, &exclude).into_iter();
-    let mut next_known = known.iter().map(|&(j, _)| j).peekable();
+    let row_slices: Vec<&[f32]> = rows.iter().map(|r| r.1).collect();
+    let mut scored = model.top_n_rows(&row_slices, top, &exclude).into_iter();
+    let mut next = rows.iter().peekable();
     (0..users.len())
-        .map(|j| match next_known.peek() == Some(&j) {
-            true => {
-                next_known.next();
-                (scored.next().unwrap_or_default(), Source::Model)
-            }
-            false => {
-                let skip: &[u32] = if include_seen { &[] } else { &seen[j] };
+        .map(|j| match next.next_if(|r| r.0 == j) {
+            Some(r) => (scored.next().unwrap_or_default(), r.2),
+            None => {
+                let skip: &[u32] = if include_seen { &[] } else { &seen[j].items };
                 (popular_for(order, counts, skip, top), Source::Popular)
             }
         })
@@ -260,7 +278,7 @@ fn targets<'m>(
     if comm.is_root() {
         let known = all.iter().filter(|id| model.user(id).is_some()).count();
         log::info!(
-            "--users: {} users, {known} known to the model, {} not (they get popular items)",
+            "--users: {} users, {known} known to the model, {} not (with interactions in --data they get a row folded in from them, else popular items)",
             all.len(),
             all.len() - known
         );
@@ -277,7 +295,7 @@ fn seen_and_counts(
     model: &Model,
     targets: &[Id],
     data: &str,
-) -> Result<(Vec<Vec<u32>>, Vec<u64>)> {
+) -> Result<(Vec<Seen>, Vec<u64>)> {
     let mut data_loc = comm.agree(Location::parse(data, "--data"))?;
     if let Ok(model_loc) = Location::parse(&args.model, "--model") {
         data_loc.skip_folder(&model_loc);
@@ -331,7 +349,7 @@ fn similar_items(
             writer.add(&rows, &model.item_ids)?;
         }
         let (rows, bytes) = writer.finish()?;
-        Ok::<_, Error>(([mine.len() as u64, 0, rows], bytes))
+        Ok::<_, Error>(([mine.len() as u64, 0, 0, rows], bytes))
     })();
     let phases = [0.0, started.elapsed().as_secs_f64()];
     produced(comm, comm.agree(written)?, phases)
@@ -340,14 +358,14 @@ fn similar_items(
 /// The job's totals from each rank's `(counts, part bytes)`.
 fn produced(
     comm: &dyn Collective,
-    (counts, bytes): ([u64; 3], u64),
+    (counts, bytes): ([u64; 4], u64),
     mut phases: [f64; 2],
 ) -> Result<Produced> {
     comm.reduce_f64(&mut phases, Op::Max);
     let mut totals = counts;
     comm.reduce_u64(&mut totals, Op::Sum);
     let mut parts = vec![0u64; 2 * comm.size()];
-    parts[2 * comm.rank()] = counts[2];
+    parts[2 * comm.rank()] = counts[3];
     parts[2 * comm.rank() + 1] = bytes;
     comm.reduce_u64(&mut parts, Op::Sum);
     Ok(Produced {

@@ -7,6 +7,7 @@
 
 pub mod als;
 pub mod checkpoint;
+pub mod fold_in;
 pub mod hyper;
 pub mod kernel;
 pub mod meta;

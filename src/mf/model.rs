@@ -27,6 +27,8 @@ pub struct Model {
     pub item_counts: Option<Vec<u64>>,
     users: FastMap<Id, u32>,
     items: FastMap<Id, u32>,
+    /// The item rows' Gram matrix, made on the first fold-in of an implicit model.
+    pub(super) item_gram: std::sync::OnceLock<super::als::Gram>,
 }
 
 /// An item and its score, as `top_n` and `similar` list them (best first).
@@ -83,6 +85,7 @@ impl Model {
             item_ids,
             item_rows,
             item_counts: None,
+            item_gram: std::sync::OnceLock::new(),
         }
     }
 

@@ -30,14 +30,20 @@ impl Model {
     /// lower item index first), leaving out `exclude[j]` for `users[j]` (item indices, sorted
     /// ascending; `exclude` may be shorter than `users`: the others exclude nothing).
     pub fn top_n_many(&self, users: &[u32], n: usize, exclude: &[&[u32]]) -> Vec<Vec<Scored>> {
+        let rows: Vec<&[f32]> = users.iter().map(|&u| self.user_row(u as usize)).collect();
+        self.top_n_rows(&rows, n, exclude)
+    }
+
+    /// `top_n_many` for user rows given as they are (`[bias, factors...]`): rows of the
+    /// model's users, or rows folded in (`Model::fold_in`).
+    pub fn top_n_rows(&self, users: &[&[f32]], n: usize, exclude: &[&[u32]]) -> Vec<Vec<Scored>> {
         let stride = self.stride();
         let items = rows_view(&self.item_rows, self.item_ids.len(), stride, 0, stride);
         let mut out = Vec::with_capacity(users.len());
         for (b, block) in users.chunks(USER_BLOCK).enumerate() {
             // [1, p] (or [0, p] without biases) against [b_i, q].
             let mut left = Array2::<f32>::zeros((block.len(), stride));
-            for (j, &u) in block.iter().enumerate() {
-                let row = self.user_row(u as usize);
+            for (j, &row) in block.iter().enumerate() {
                 left[(j, 0)] = if self.meta.biased { 1.0 } else { 0.0 };
                 left.row_mut(j)
                     .slice_mut(s![1..])
@@ -47,9 +53,9 @@ impl Model {
             let lists = best_per_row(&left, &items, n, |j, item| {
                 skip(j).binary_search(&item).is_err()
             });
-            out.extend(block.iter().zip(lists).map(|(&u, mut list)| {
+            out.extend(block.iter().zip(lists).map(|(&row, mut list)| {
                 if self.meta.biased {
-                    let offset = self.meta.global_mean + self.user_row(u as usize)[0];
+                    let offset = self.meta.global_mean + row[0];
                     list.iter_mut().for_each(|s| s.score += offset);
                     // Adding the offset may make two scores equal: the lower item first.
                     list.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.item.cmp(&b.item)));
