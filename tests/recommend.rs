@@ -121,6 +121,13 @@ fn recommend_args<'a>(
     args
 }
 
+/// The top 5 of the users in the file `users` (the ratings CSV's columns), seen items from `csv`.
+fn for_users<'a>(model: &'a Path, out: &'a Path, csv: &'a Path, users: &'a Path) -> Vec<&'a str> {
+    let mut args = recommend_args(model, out, "5", &["--data", s(csv), "--users", s(users)]);
+    args.extend_from_slice(&COLUMNS[2..]);
+    args
+}
+
 /// The naive reference: every item scored in f64, the excluded ones left out, sorted (equal
 /// scores: the lower item first), the first `n`.
 fn naive(m: &Model, user: &str, n: usize, exclude: &BTreeSet<u64>) -> Vec<(String, f64)> {
@@ -251,14 +258,7 @@ fn users_of_the_data_the_model_does_not_know_get_rows_folded_in_from_their_inter
         args.extend(["--objective", objective]);
         mpirun(2, &args).ok();
         let out = dir.join(format!("recs-{objective}"));
-        let mut args = recommend_args(
-            &model_dir,
-            &out,
-            "5",
-            &["--data", s(&csv), "--users", s(&users)],
-        );
-        args.extend_from_slice(&COLUMNS[2..]);
-        let run = mpirun(2, &args).ok();
+        let run = mpirun(2, &for_users(&model_dir, &out, &csv, &users)).ok();
         assert!(run.stderr.contains("2 folded in"), "{}", run.stderr);
         let by_user = lists(&read_output(&out));
         let sources = |u: &str| {
@@ -299,13 +299,7 @@ fn unknown_users_get_popular_items_and_include_seen_lets_seen_items_back() {
     // Known users 5 and 17 (17 twice), and two ids the model does not know.
     std::fs::write(&users, "user\n17\n5\nnobody\n17\n100000\n").unwrap();
     let out = dir.join("recs");
-    let mut args = recommend_args(
-        &model_dir,
-        &out,
-        "5",
-        &["--data", s(&csv), "--users", s(&users)],
-    );
-    args.extend_from_slice(&COLUMNS[2..]);
+    let mut args = for_users(&model_dir, &out, &csv, &users);
     mpirun(2, &args).ok();
     let by_user = lists(&read_output(&out));
     assert_eq!(

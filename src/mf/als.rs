@@ -186,10 +186,62 @@ pub fn gram_part(rows: &[f32], width: usize, dims: usize) -> Vec<f64> {
     sum
 }
 
-/// `out += sum_obs (c y - (c - unobserved) <x, x_j>) x_j`: the observed pairs' part of the
-/// residual of the normal equations at `x` (the right-hand side minus their part of `A x`).
+/// Which sum over a row's observed pairs `observed` adds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Observed {
+    /// `sum_obs (c y - (c - unobserved) <x, x_j>) x_j`: their part of the residual of the
+    /// normal equations at `x` (the right-hand side minus their part of `A x`).
+    Residual,
+    /// `sum_obs (c - unobserved) <x, x_j> x_j`: their part of `A x` (`x` a direction).
+    Product,
+}
+
+/// `out +=` the `sum` over the observed `pairs` (rows of `others`) with `values`.
+#[allow(clippy::too_many_arguments)]
 #[inline]
-pub fn observed_residual(
+pub fn observed(
+    sum: Observed,
+    w: &Weights,
+    x: &[f32],
+    others: &[f32],
+    width: usize,
+    pairs: &[u32],
+    values: &[f32],
+    out: &mut [f32],
+) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU has AVX2, checked just above.
+        return unsafe { observed_avx2(sum, w, x, others, width, pairs, values, out) };
+    }
+    observed_rows(sum, w, x, others, width, pairs, values, out)
+}
+
+/// `observed_rows` compiled for AVX2: eight lanes per instruction instead of four, the same
+/// operations in the same order (no fused multiply-add), so the same bits.
+///
+/// # Safety
+/// The CPU has AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn observed_avx2(
+    sum: Observed,
+    w: &Weights,
+    x: &[f32],
+    others: &[f32],
+    width: usize,
+    pairs: &[u32],
+    values: &[f32],
+    out: &mut [f32],
+) {
+    observed_rows(sum, w, x, others, width, pairs, values, out)
+}
+
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn observed_rows(
+    sum: Observed,
     w: &Weights,
     x: &[f32],
     others: &[f32],
@@ -202,28 +254,69 @@ pub fn observed_residual(
         ahead(others, width, pairs, n);
         let other = &others[j as usize * width..][..width];
         let (c, y) = w.observed(value);
-        let scale = c * y - (c - w.unobserved) * dot(x, other);
+        let s = dot(x, other);
+        let scale = match sum {
+            Observed::Residual => c * y - (c - w.unobserved) * s,
+            Observed::Product => (c - w.unobserved) * s,
+        };
         axpy(scale, other, out);
     }
 }
 
-/// `out += sum_obs (c - unobserved) <d, x_j> x_j`: the observed pairs' part of `A d`.
-#[inline]
-pub fn observed_apply(
+/// The observed pairs' part of the loss at row `x`, `sum c (y - s)^2 - unobserved s^2`, and
+/// of the squared errors of their preferences, `sum (y - s)^2`.
+pub fn observed_loss(
     w: &Weights,
-    d: &[f32],
+    x: &[f32],
     others: &[f32],
     width: usize,
     pairs: &[u32],
     values: &[f32],
-    out: &mut [f32],
-) {
+) -> (f64, f64) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU has AVX2, checked just above.
+        return unsafe { observed_loss_avx2(w, x, others, width, pairs, values) };
+    }
+    observed_loss_rows(w, x, others, width, pairs, values)
+}
+
+/// `observed_loss_rows` compiled for AVX2 (see `observed_avx2`).
+///
+/// # Safety
+/// The CPU has AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn observed_loss_avx2(
+    w: &Weights,
+    x: &[f32],
+    others: &[f32],
+    width: usize,
+    pairs: &[u32],
+    values: &[f32],
+) -> (f64, f64) {
+    observed_loss_rows(w, x, others, width, pairs, values)
+}
+
+#[inline(always)]
+fn observed_loss_rows(
+    w: &Weights,
+    x: &[f32],
+    others: &[f32],
+    width: usize,
+    pairs: &[u32],
+    values: &[f32],
+) -> (f64, f64) {
+    let (mut loss, mut sse) = (0.0f64, 0.0f64);
     for (n, (&j, &value)) in pairs.iter().zip(values).enumerate() {
         ahead(others, width, pairs, n);
-        let other = &others[j as usize * width..][..width];
-        let (c, _) = w.observed(value);
-        axpy((c - w.unobserved) * dot(d, other), other, out);
+        let s = dot(x, &others[j as usize * width..][..width]) as f64;
+        let (c, y) = w.observed(value);
+        let e = (y as f64 - s).powi(2);
+        sse += e;
+        loss += c as f64 * e - w.unobserved as f64 * s * s;
     }
+    (loss, sse)
 }
 
 /// Pairs ahead whose rows are asked for before they are needed (the rows of a pair's other
@@ -274,7 +367,7 @@ pub fn cg_start(r: &mut [f32], d: &mut [f32], slot0: Slot0) -> f32 {
 
 /// One conjugate-gradient step of a row given `ad = A d`: moves `x`, updates the residual `r`,
 /// its squared norm `rr` and the next direction `d`.
-#[inline]
+#[inline(always)]
 pub fn cg_step(
     x: &mut [f32],
     r: &mut [f32],
@@ -388,6 +481,26 @@ impl CgRows {
 
     /// Every row's step, `ad` holding its `A d`.
     pub fn step(&mut self, rows: &mut [f32], slot0: Slot0) -> Failed {
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU has AVX2, checked just above.
+            return unsafe { self.step_avx2(rows, slot0) };
+        }
+        self.step_rows(rows, slot0)
+    }
+
+    /// `step_rows` compiled for AVX2 (see `observed_avx2`).
+    ///
+    /// # Safety
+    /// The CPU has AVX2.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    unsafe fn step_avx2(&mut self, rows: &mut [f32], slot0: Slot0) -> Failed {
+        self.step_rows(rows, slot0)
+    }
+
+    #[inline(always)]
+    fn step_rows(&mut self, rows: &mut [f32], slot0: Slot0) -> Failed {
         let w = self.width;
         let mut failed = Failed::default();
         for ((((x, r), d), ad), rr) in rows
@@ -432,7 +545,7 @@ pub fn cg_rows<'p>(
             .enumerate()
         {
             let (pairs, values) = pairs_of(first + j);
-            observed_residual(w, x, others, width, pairs, values, r);
+            observed(Observed::Residual, w, x, others, width, pairs, values, r);
         }
         cg.start(slot0);
         for _ in 0..steps {
@@ -443,7 +556,7 @@ pub fn cg_rows<'p>(
                     .enumerate()
             {
                 let (pairs, values) = pairs_of(first + j);
-                observed_apply(w, d, others, width, pairs, values, ad);
+                observed(Observed::Product, w, d, others, width, pairs, values, ad);
             }
             failed.add(cg.step(block, slot0));
         }

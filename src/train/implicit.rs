@@ -26,10 +26,9 @@ use std::time::Instant;
 use crate::collective::{Collective, CollectiveExt, Op};
 use crate::error::{Error, Result};
 use crate::metrics::ErrorSums;
-use crate::mf::als::dot;
 use crate::mf::als::{
-    axpy, cg_rows, gram_apply_rows, gram_part, observed_apply, observed_residual, CgRows, Failed,
-    Gram, Slot0, Weights,
+    axpy, cg_rows, gram_apply_rows, gram_part, observed, observed_loss, CgRows, Failed, Gram,
+    Observed, Slot0, Weights,
 };
 use crate::mf::kernel::score;
 use crate::mf::{EpochStats, Hyper, ImplicitHyper, Params, ParamsRef};
@@ -322,11 +321,10 @@ impl<'a> Epochs<'a> {
         )
     }
 
-    /// This rank's users' part of every item's observed sum into `self.parts`: `first` adds
-    /// `(c y - (c - w0) <x_u, x_i>) x_u` (the residual at the item rows `of`), the later steps
-    /// `(c - w0) <x_u, d_i> x_u` (`A d`, `of` the directions). Item by item, so each item's
-    /// sum is written once.
-    fn add_parts(&mut self, users: &[f32], of: &[f32], first: bool) {
+    /// This rank's users' part of every item's observed `sum` into `self.parts`: the residual
+    /// at the item rows `of`, or the product `A d` with `of` the directions. Item by item, so
+    /// each item's sum is written once.
+    fn add_parts(&mut self, users: &[f32], of: &[f32], sum: Observed) {
         let (w, width) = (&self.weights, self.width);
         let by_item = &self.by_item;
         for (i, (part, x)) in self
@@ -337,10 +335,7 @@ impl<'a> Epochs<'a> {
         {
             part.fill(0.0);
             let (pairs, values) = by_item.of(i);
-            match first {
-                true => observed_residual(w, x, users, width, pairs, values, part),
-                false => observed_apply(w, x, users, width, pairs, values, part),
-            }
+            observed(sum, w, x, users, width, pairs, values, part);
         }
     }
 
@@ -350,7 +345,7 @@ impl<'a> Epochs<'a> {
         let (w, slot0) = (self.weights, self.item_slot0);
         let mine = self.my_item_floats();
         let users = params.users.as_slice();
-        self.add_parts(users, params.items.as_slice(), true);
+        self.add_parts(users, params.items.as_slice(), Observed::Residual);
         let summed = self.sum_parts()?;
         let items = &mut params.items.as_mut_slice()[mine.clone()];
         let cg = &mut self.items_cg;
@@ -363,7 +358,7 @@ impl<'a> Epochs<'a> {
         let mut failed = Failed::default();
         for step in 0..self.steps {
             let directions = std::mem::take(&mut self.directions);
-            self.add_parts(users, &directions, false);
+            self.add_parts(users, &directions, Observed::Product);
             self.directions = directions;
             let summed = self.sum_parts()?;
             let cg = &mut self.items_cg;
@@ -401,21 +396,14 @@ impl<'a> Epochs<'a> {
     /// loss comes from the Gram matrices, see `run`), and of the squared errors of their
     /// preferences.
     fn observed_loss(&self, params: &Params) -> (f64, f64) {
-        let (w, width) = (self.weights, self.width);
+        let width = self.width;
         let items = params.items.as_slice();
         let (mut loss, mut sse) = (0.0f64, 0.0f64);
         for (u, user) in params.users.as_slice().chunks_exact(width).enumerate() {
             let (pairs, values) = self.data.ratings.ratings_of(u);
-            for (n, (&i, &value)) in pairs.iter().zip(values).enumerate() {
-                if let Some(&next) = pairs.get(n + 4) {
-                    crate::prefetch::prefetch_row(items, next as usize * width, width);
-                }
-                let s = dot(user, &items[i as usize * width..][..width]) as f64;
-                let (c, y) = w.observed(value);
-                let e = (y as f64 - s).powi(2);
-                sse += e;
-                loss += c as f64 * e - w.unobserved as f64 * s * s;
-            }
+            let (l, e) = observed_loss(&self.weights, user, items, width, pairs, values);
+            loss += l;
+            sse += e;
         }
         (loss, sse)
     }
@@ -449,6 +437,7 @@ pub fn preference_errors(data: &RankData, params: ParamsRef) -> [ErrorSums; 2] {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::mf::als::dot;
     use crate::collective::Solo;
     use crate::ids::Id;
     use crate::rng::Rng;

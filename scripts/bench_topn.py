@@ -1,0 +1,300 @@
+"""Top-N quality and speed, side by side: funksvd explicit and implicit, popularity, and the
+`implicit` library's ALS and BPR, on the same splits, factors and cores, every system's alpha
+and regularisation chosen on the same grid by a validation split carved from its training part.
+Called by scripts/bench_topn.sh (which builds funksvd, installs the venv and makes the data).
+
+Protocol (the same as `funksvd evaluate`'s ranking): every user with held-out pairs who has
+training pairs gets each system's top k of all training items minus their own training items;
+the held-out items are the relevant ones (binary), items never seen in training count as
+relevant and are never found. NDCG@20, recall@20 and hit rate@10 over those users.
+"""
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+import pandas as pd
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+BIN = os.path.join(ROOT, "target", "release", "funksvd")
+MPIRUN = os.path.join(HERE, "mpirun.sh")
+
+
+def load(name, path):
+    """(user, item, value, time) pairs, one row per pair."""
+    if name == "ml-latest-small":
+        df = pd.read_csv(path)
+        return pd.DataFrame({"user": df.userId, "item": df.movieId,
+                             "value": df.rating.astype("float32"), "time": df.timestamp.astype("int64")})
+    import pyarrow.dataset as ds
+    t = ds.dataset(path, format="parquet").to_table(
+        columns=["user_id", "product_id", "event_type", "timestamp"]).to_pandas()
+    weights = {"view": 1.0, "add_to_cart": 3.0, "purchase": 5.0}
+    t["value"] = t.event_type.map(weights)
+    t = t.dropna(subset=["value"])
+    t["time"] = t.timestamp.astype("int64")
+    g = t.groupby(["user_id", "product_id"]).agg(value=("value", "max"), time=("time", "max")).reset_index()
+    return pd.DataFrame({"user": g.user_id, "item": g.product_id,
+                         "value": g.value.astype("float32"), "time": g.time})
+
+
+def split(df, how, fraction, seed):
+    """(train, test): by a random draw per pair, or each user's newest pairs (at most n - 1)."""
+    rng = np.random.default_rng(seed)
+    if how == "pair":
+        held = rng.random(len(df)) < fraction
+    else:
+        tie = rng.random(len(df))
+        order = df.assign(tie=tie).sort_values(["user", "time", "tie"], ascending=[True, False, False])
+        rank = order.groupby("user").cumcount().to_numpy()
+        n = order.groupby("user").user.transform("size").to_numpy()
+        keep = np.minimum(np.round(fraction * n), n - 1)
+        held_sorted = rank < keep
+        held = np.zeros(len(df), bool)
+        held[order.index.to_numpy()] = held_sorted
+    return df[~held].reset_index(drop=True), df[held].reset_index(drop=True)
+
+
+class Space:
+    """The training part's users and items as 0..n indices, and the test users' relevant sets."""
+
+    def __init__(self, train, test):
+        import scipy.sparse as sp
+        self.users = np.sort(train.user.unique())
+        self.items = np.sort(train.item.unique())
+        self.user_index = pd.Series(np.arange(len(self.users)), index=self.users)
+        self.item_index = pd.Series(np.arange(len(self.items)), index=self.items)
+        u = self.user_index[train.user].to_numpy()
+        i = self.item_index[train.item].to_numpy()
+        self.matrix = sp.csr_matrix((train.value.to_numpy(np.float32), (u, i)),
+                                    shape=(len(self.users), len(self.items)))
+        test = test[test.user.isin(self.user_index.index)]
+        self.test_users = self.user_index[np.sort(test.user.unique())].to_numpy()
+        known = test.item.isin(self.item_index.index)
+        rel = {}
+        for user, item, ok in zip(self.user_index[test.user].to_numpy(), test.item.to_numpy(), known.to_numpy()):
+            rel.setdefault(user, [set(), 0])
+            if ok:
+                rel[user][0].add(int(self.item_index[item]))
+            else:
+                rel[user][1] += 1
+        self.relevant = rel
+
+    def evaluate(self, score_block):
+        """NDCG@20, recall@20, hit rate@10 of `score_block(users) -> scores[len(users), items]`."""
+        ndcg, recall, hit = [], [], []
+        discount = 1.0 / np.log2(np.arange(2, 22))
+        m = self.matrix
+        for start in range(0, len(self.test_users), 1024):
+            users = self.test_users[start:start + 1024]
+            scores = np.asarray(score_block(users), dtype=np.float64)
+            for row, u in enumerate(users):
+                seen = m.indices[m.indptr[u]:m.indptr[u + 1]]
+                s = scores[row]
+                s[seen] = -np.inf
+                top = np.argpartition(-s, 20)[:20]
+                top = top[np.lexsort((top, -s[top]))]
+                found, unknown = self.relevant[u]
+                n_rel = len(found) + unknown
+                hits = np.array([t in found for t in top])
+                dcg = float((hits * discount).sum())
+                idcg = float(discount[:min(n_rel, 20)].sum())
+                ndcg.append(dcg / idcg)
+                recall.append(hits.sum() / n_rel)
+                hit.append(float(hits[:10].any()))
+        return {"ndcg@20": float(np.mean(ndcg)), "recall@20": float(np.mean(recall)),
+                "hit_rate@10": float(np.mean(hit)), "users": len(ndcg)}
+
+
+def popularity(space):
+    counts = np.asarray((space.matrix > 0).sum(axis=0)).ravel().astype(np.float64)
+    return lambda users: np.tile(counts, (len(users), 1))
+
+
+def write_csv(space, path):
+    m = space.matrix.tocoo()
+    pd.DataFrame({"user": space.users[m.row], "item": space.items[m.col], "value": m.data}).to_csv(path, index=False)
+
+
+def funksvd(space, csv, objective, config, ranks, epochs, factors, workdir):
+    """Train funksvd on `csv`; its scorer, fit seconds, seconds per epoch, peak RSS (MB per rank)."""
+    model = tempfile.mkdtemp(dir=workdir)
+    args = [BIN, "train", "--data", csv, "--model", model, "--rating-col", "value", "--user-col", "user",
+            "--item-col", "item", "--holdout", "0", "--factors", str(factors), "--epochs", str(epochs),
+            "--reg", str(config["reg"])]
+    if objective == "implicit":
+        args += ["--objective", "implicit", "--alpha", str(config["alpha"])]
+    rss = [os.path.join(model, f"rss-{r}.txt") for r in range(ranks)]
+    cmd = [MPIRUN, "-n", str(ranks), "sh", "-c",
+           "/usr/bin/time -v -o " + model + "/rss-$OMPI_COMM_WORLD_RANK.txt " + " ".join(args)]
+    run = subprocess.run(cmd, capture_output=True, text=True)
+    if run.returncode != 0:
+        return None
+    meta = json.load(open(os.path.join(model, "model.json")))
+    import pyarrow.parquet as pq
+    users = pq.read_table(os.path.join(model, "users.parquet")).to_pandas()
+    items = pq.read_table(os.path.join(model, "items.parquet")).to_pandas()
+    U = np.zeros((len(space.users), factors), np.float32)
+    V = np.zeros((len(space.items), factors), np.float32)
+    b = np.zeros(len(space.items), np.float32)
+    U[space.user_index[users.user_id].to_numpy()] = np.stack(users.factors.to_numpy())
+    at = space.item_index[items.item_id].to_numpy()
+    V[at] = np.stack(items.factors.to_numpy())
+    b[at] = items.bias.to_numpy() if meta["biased"] else 0.0
+    peak = 0.0
+    for f in rss:
+        for line in open(f):
+            if "Maximum resident" in line:
+                peak = max(peak, int(line.split()[-1]) / 1024)
+    train = meta["training"]
+    return (lambda users: U[users] @ V.T + b), train["phases"]["train"], train["seconds_per_epoch"], peak
+
+
+def implicit_fit(space, system, config, threads, epochs, factors):
+    """Fit implicit's ALS or BPR in this process; scorer, fit seconds, seconds per epoch."""
+    from threadpoolctl import threadpool_limits
+    from implicit.cpu.als import AlternatingLeastSquares
+    from implicit.cpu.bpr import BayesianPersonalizedRanking
+    with threadpool_limits(1, "blas"):
+        if system == "implicit-als":
+            model = AlternatingLeastSquares(factors=factors, regularization=config["reg"], alpha=config["alpha"],
+                                            iterations=epochs, num_threads=threads, random_state=1)
+        else:
+            model = BayesianPersonalizedRanking(factors=factors, regularization=config["reg"], iterations=epochs,
+                                                num_threads=threads, random_state=1)
+        started = time.time()
+        model.fit(space.matrix, show_progress=False)
+        seconds = time.time() - started
+    U, V = np.asarray(model.user_factors), np.asarray(model.item_factors)
+    return (lambda users: U[users] @ V.T), seconds, seconds / epochs
+
+
+def child_rss(space_file, system, config, threads, epochs, factors, queue):
+    """Peak memory of one implicit fit: in a fresh process that loads the matrix itself."""
+    import scipy.sparse as sp
+
+    class S:
+        pass
+    s = S()
+    s.matrix = sp.load_npz(space_file)
+    implicit_fit(s, system, config, threads, epochs, factors)
+    queue.put(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--dataset", action="append", nargs=2, metavar=("NAME", "PATH"), required=True)
+    p.add_argument("--splits", default="pair,time")
+    p.add_argument("--factors", type=int, default=64)
+    p.add_argument("--alphas", default="0.5,2,10")
+    p.add_argument("--regs", default="0.1,1,10,100,1000")
+    p.add_argument("--explicit-regs", default="0.01,0.02,0.05,0.1")
+    p.add_argument("--epochs", type=int, default=15)
+    p.add_argument("--bpr-epochs", type=int, default=100)
+    p.add_argument("--explicit-epochs", type=int, default=20)
+    p.add_argument("--ranks", type=int, default=2)
+    p.add_argument("--out", required=True)
+    a = p.parse_args()
+    alphas = [float(x) for x in a.alphas.split(",")]
+    regs = [float(x) for x in a.regs.split(",")]
+    grids = {
+        "funksvd-implicit": [{"alpha": al, "reg": r} for al in alphas for r in regs],
+        "implicit-als": [{"alpha": al, "reg": r} for al in alphas for r in regs],
+        "implicit-bpr": [{"reg": r} for r in [0.0001, 0.001, 0.01, 0.1]],
+        "funksvd-explicit": [{"reg": float(r)} for r in a.explicit_regs.split(",")],
+    }
+    workdir = tempfile.mkdtemp(prefix="bench-topn-")
+    results = []
+    for name, path in a.dataset:
+        df = load(name, path)
+        for how in a.splits.split(","):
+            train, test = split(df, how, 0.2, 1)
+            fit_part, valid = split(train, how, 0.2, 2)
+            final, tuning = Space(train, test), Space(fit_part, valid)
+            csvs = {}
+            for label, space in [("final", final), ("tuning", tuning)]:
+                csvs[label] = os.path.join(workdir, f"{name}-{how}-{label}.csv")
+                write_csv(space, csvs[label])
+            row = {"data": name, "split": how, "pairs": int(final.matrix.nnz), "users": int(len(final.users)),
+                   "items": int(len(final.items))}
+            figures = {"popularity": dict(final.evaluate(popularity(final)))}
+
+            def fit(system, space, csv, config, ranks=a.ranks):
+                if system.startswith("funksvd"):
+                    objective = system.split("-")[1]
+                    epochs = a.epochs if objective == "implicit" else a.explicit_epochs
+                    return funksvd(space, csv, objective, config, ranks, epochs, a.factors, workdir)
+                epochs = a.epochs if system == "implicit-als" else a.bpr_epochs
+                return implicit_fit(space, system, config, a.ranks, epochs, a.factors) + (None,)
+
+            for system, grid in grids.items():
+                best, best_ndcg = None, -1.0
+                for config in grid:
+                    fitted = fit(system, tuning, csvs["tuning"], config)
+                    if fitted is None:
+                        continue
+                    ndcg = tuning.evaluate(fitted[0])["ndcg@20"]
+                    print(f"{name} {how} {system} {config}: validation NDCG@20 {ndcg:.4f}", flush=True)
+                    if ndcg > best_ndcg:
+                        best, best_ndcg = config, ndcg
+                scorer, seconds, per_epoch, rss = fit(system, final, csvs["final"], best)
+                f = dict(final.evaluate(scorer))
+                f.update({"config": best, "fit_seconds": seconds, "seconds_per_epoch": per_epoch})
+                if rss is None:
+                    import multiprocessing as mp
+                    import scipy.sparse as sp
+                    npz = os.path.join(workdir, "matrix.npz")
+                    sp.save_npz(npz, final.matrix)
+                    ctx = mp.get_context("spawn")
+                    q = ctx.Queue()
+                    epochs = a.epochs if system == "implicit-als" else a.bpr_epochs
+                    proc = ctx.Process(target=child_rss, args=(npz, system, best, a.ranks, epochs, a.factors, q))
+                    proc.start()
+                    rss = q.get()
+                    proc.join()
+                f["peak_rss_mb"] = rss
+                figures[system] = f
+                print(f"{name} {how} {system}: {f}", flush=True)
+            # funksvd implicit on one rank, for the speed-up of two.
+            one = fit("funksvd-implicit", final, csvs["final"], figures["funksvd-implicit"]["config"], ranks=1)
+            figures["funksvd-implicit"]["seconds_per_epoch_1_rank"] = one[2]
+            figures["funksvd-implicit"]["peak_rss_mb_1_rank"] = one[3]
+            row["systems"] = figures
+            results.append(row)
+            with open(a.out, "w") as out:
+                json.dump(results, out, indent=1)
+    table(results)
+
+
+def table(results):
+    print()
+    print("| data | split | system | NDCG@20 | recall@20 | hit rate@10 | fit s | s/epoch | peak MB/rank | chosen |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for r in results:
+        for system, f in r["systems"].items():
+            fit = f.get("fit_seconds")
+            per = f.get("seconds_per_epoch")
+            print("| {} | {} | {} | {:.4f} | {:.4f} | {:.4f} | {} | {} | {} | {} |".format(
+                r["data"], r["split"], system, f["ndcg@20"], f["recall@20"], f["hit_rate@10"],
+                "-" if fit is None else f"{fit:.2f}", "-" if per is None else f"{per:.3f}",
+                "-" if f.get("peak_rss_mb") is None else f"{f['peak_rss_mb']:.0f}",
+                json.dumps(f.get("config", {})).replace("|", "/")))
+    print()
+    for r in results:
+        s = r["systems"]
+        fi, als, pop = s["funksvd-implicit"], s["implicit-als"], s["popularity"]
+        print(f"{r['data']} {r['split']}: funksvd implicit NDCG@20 {fi['ndcg@20'] / als['ndcg@20']:.2f}x implicit ALS, "
+              f"{fi['ndcg@20'] / pop['ndcg@20']:.2f}x popularity; s/epoch {fi['seconds_per_epoch'] / als['seconds_per_epoch']:.2f}x "
+              f"implicit ALS; 2 ranks {fi['seconds_per_epoch_1_rank'] / fi['seconds_per_epoch']:.2f}x 1 rank; "
+              f"peak memory {fi['peak_rss_mb'] / s['funksvd-explicit']['peak_rss_mb']:.2f}x explicit")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Top-N quality and training speed side by side (issue 16): funksvd explicit and implicit,
+# popularity, and the `implicit` library's ALS and BPR (pip, CPU) on ml-latest-small (every
+# rating an interaction) and a generated clickstream, each split by the pair hold-out and by the
+# time hold-out (20%); the same factors (64) and cores for all; each system's alpha and
+# regularisation chosen on the same grid by NDCG@20 on a validation split of its training part.
+# Prints the table (NDCG@20, recall@20, hit rate@10, fit seconds, seconds per epoch, peak
+# memory) and the ratios the issue's targets name. Figures go in issue notes and the README.
+#   scripts/bench_topn.sh [--events N] [--quick]
+# --quick: a smaller grid and fewer epochs, to check the script itself.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+events=1000000 extra=()
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --events) events=$2; shift 2 ;;
+    --quick) extra=(--alphas 2 --regs 1,100 --explicit-regs 0.05 --epochs 5 --bpr-epochs 20 --explicit-epochs 5); shift ;;
+    *) echo "bench_topn: unknown argument $1" >&2; exit 2 ;;
+  esac
+done
+scripts/setup.sh
+export PATH="$HOME/.cargo/bin:$PATH"
+cargo build --release --quiet
+bin=target/release/funksvd
+out=target/bench
+mkdir -p "$out"
+ml=../shared/data/ml-latest-small/ratings.csv
+[ -f "$ml" ] || { echo "bench_topn: $ml is missing" >&2; exit 1; }
+data=$out/clicks-$events
+if [ ! -e "$data" ]; then
+  scripts/mpirun.sh -n 2 "$bin" generate --out "$data" --users 20000 --items 5000 --events "$events" --files 4 --seed 11
+fi
+venv=target/venv
+if ! "$venv/bin/python" -c "import implicit, threadpoolctl, pandas, pyarrow, scipy" 2>/dev/null; then
+  [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
+  "$venv/bin/pip" install --quiet implicit threadpoolctl pandas pyarrow numpy scipy
+fi
+export OPENBLAS_NUM_THREADS=1
+"$venv/bin/python" scripts/bench_topn.py --dataset ml-latest-small "$ml" --dataset generated "$data" \
+  --out "$out/topn-results.json" "${extra[@]}"
