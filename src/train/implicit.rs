@@ -437,9 +437,9 @@ pub fn preference_errors(data: &RankData, params: ParamsRef) -> [ErrorSums; 2] {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::mf::als::dot;
     use crate::collective::Solo;
     use crate::ids::Id;
+    use crate::mf::als::dot;
     use crate::rng::Rng;
     use crate::train::data::{HeldOut, RankRatings};
 
