@@ -95,10 +95,16 @@ fn implicit_models_repeat_bit_for_bit_and_rank_alike_on_any_rank_count() {
         "{evaluated} vs {}",
         ndcg[0]
     );
-    // The same ranks again: the same model, bit for bit.
+    // The same ranks again: the same model, bit for bit, whether the ranks sum their parts in
+    // the node's shared memory (as above) or as messages (as on several nodes).
     let again = dir.join("again");
-    mpirun(2, &ml_implicit(s(&data), s(&again), &[])).ok();
+    let env = [("FUNKSVD_SHARED_ROWS", "0")];
+    mpirun_env(2, &ml_implicit(s(&data), s(&again), &[]), &env).ok();
     assert!(same_tables(&again, &model(2)));
+    let item_rows = |p: &Path| load_model(p).meta.training.item_rows;
+    assert_eq!(item_rows(&model(1)), "own");
+    assert_eq!(item_rows(&model(2)), "summed-shared");
+    assert_eq!(item_rows(&again), "summed-passed");
     // recommend reads it as any model: lists in score order, no seen item.
     let recs = dir.join("recs");
     let two = model(2);

@@ -384,19 +384,14 @@ fn fit_objective(
             };
             fit(comm, &job, start, after_epoch)
         }
-        Some(settings) => {
+        Some(_) => {
             let job = ImplicitJob {
                 data: &prepared.data,
+                blocks: &prepared.blocks,
                 item_ids: &prepared.item_ids,
                 hyper,
             };
-            let rows = match comm.size() {
-                1 => ItemRows::Own,
-                _ => ItemRows::Summed {
-                    cg_steps: settings.cg_steps,
-                },
-            };
-            implicit::fit(comm, &job, start, after_epoch).map(|state| (state, rows))
+            implicit::fit(comm, &job, start, after_epoch)
         }
     }
 }

@@ -155,17 +155,6 @@ impl Gram {
             .map(|a| self.g[a * self.width + a] as f64)
             .sum()
     }
-
-    /// `out = scale G x + reg x` (slot by slot of `x`'s width).
-    #[inline]
-    pub fn apply(&self, scale: f32, reg: f32, x: &[f32], out: &mut [f32]) {
-        for (o, row) in out.iter_mut().zip(self.g.chunks_exact(self.width)) {
-            *o = scale * dot(row, x);
-        }
-        for (o, v) in out.iter_mut().zip(x) {
-            *o += reg * v;
-        }
-    }
 }
 
 /// One part of a Gram matrix: `sum x x^T` over `rows` (the first `dims` floats of each), as

@@ -11,10 +11,10 @@
 //! 2. Items. An item's observed pairs are spread over every rank (its users live everywhere),
 //!    so its conjugate-gradient steps are taken together: each rank adds its users' part of
 //!    every item's residual (or of `A d`) into one buffer, the parts are summed in rank order
-//!    on the rank that owns the item (`ordered::reduce_scatter`: each rank owns an even range
-//!    of items), the owner steps its items and passes the new directions to everyone
-//!    (`ordered::allgather`). `cg_steps + 1` sums and `cg_steps` passes of directions, then one
-//!    pass of the new rows. The users' Gram matrix is summed like the items'.
+//!    on the rank that owns the item (each rank owns an even range of items), the owner steps
+//!    its items and shares the new directions with everyone (`summed`: in memory the ranks of
+//!    a node share, or as messages). `cg_steps + 1` sums and `cg_steps` shares of directions,
+//!    then one of the new rows. The users' Gram matrix is summed like the items'.
 //! 3. The items' new Gram matrix (the next epoch's first step uses it too) and the loss.
 //!
 //! Nothing depends on which algorithm MPI picks for a reduction, so the same data, seed and rank
@@ -33,26 +33,29 @@ use crate::mf::als::{
 use crate::mf::kernel::score;
 use crate::mf::{EpochStats, Hyper, ImplicitHyper, Params, ParamsRef};
 
-use super::data::{RankData, RankRatings, UNKNOWN};
-use super::ordered::{allgather, even_ranges, gather_parts, reduce_scatter};
-use super::{Progress, TrainState};
+use super::data::{ItemBlocks, RankData, RankRatings, UNKNOWN};
+use super::ordered::{even_ranges, gather_parts};
+use super::summed::ItemSums;
+use super::{ItemRows, Progress, TrainState};
 
 /// What a rank trains with the implicit objective.
 pub struct ImplicitJob<'a> {
     pub data: &'a RankData,
+    /// For the log's line on the item rows.
+    pub blocks: &'a ItemBlocks,
     pub item_ids: &'a [crate::ids::Id],
     pub hyper: &'a Hyper,
 }
 
 /// Train from `start` (a checkpoint's state; `None`: from scratch) to `job.hyper.epochs`, like
-/// `train::fit`. The rows returned are the model's: users' slot 0 (their constant 1 during
-/// training) back to a bias of 0.
+/// `train::fit`, and how the ranks kept the item rows. The rows returned are the model's:
+/// users' slot 0 (their constant 1 during training) back to a bias of 0.
 pub fn fit(
     comm: &dyn Collective,
     job: &ImplicitJob,
     start: Option<TrainState>,
     mut after_epoch: impl FnMut(&Progress) -> Result<()>,
-) -> Result<TrainState> {
+) -> Result<(TrainState, ItemRows)> {
     let hyper = job.hyper;
     let settings = hyper
         .implicit
@@ -67,6 +70,13 @@ pub fn fit(
         history: Vec::new(),
     });
     let mut epochs = Epochs::new(comm, job, &params, settings);
+    let item_rows = epochs.sums.item_rows(settings.cg_steps);
+    if comm.is_root() {
+        log::info!(
+            "item rows: {}",
+            item_rows.describe(comm.size(), job.blocks, params.factors)
+        );
+    }
     let mut gram_items = epochs.gram(&params.items.as_slice()[epochs.my_item_floats()])?;
     for epoch in done + 1..=hyper.epochs {
         let fault = crate::fault::point("epoch", comm.rank())
@@ -85,11 +95,12 @@ pub fn fit(
     for row in params.users.as_mut_slice().chunks_exact_mut(width) {
         row[0] = 0.0;
     }
-    Ok(TrainState {
+    let state = TrainState {
         epoch: hyper.epochs.max(done),
         params,
         history,
-    })
+    };
+    Ok((state, item_rows))
 }
 
 /// The first rows: random factors from each id's stream (as the explicit objective), users'
@@ -155,13 +166,12 @@ struct Epochs<'a> {
     item_slot0: Slot0,
     factors: usize,
     width: usize,
-    /// Every rank's range of item rows, in floats.
-    float_ranges: Vec<std::ops::Range<usize>>,
+    /// This rank's range of item rows, in floats.
+    mine: std::ops::Range<usize>,
     /// The job's training pairs.
     total_pairs: f64,
-    /// Every item's sum of this rank's parts, then every item's direction (floats of all rows).
-    parts: Vec<f32>,
-    directions: Vec<f32>,
+    /// The item side's sums and shares.
+    sums: ItemSums,
     /// This rank's pairs item by item.
     by_item: ByItem,
     /// The conjugate-gradient state of this rank's items.
@@ -182,7 +192,7 @@ impl<'a> Epochs<'a> {
         let hyper = job.hyper;
         let n_items = job.item_ids.len();
         let width = params.width;
-        let float_ranges = even_ranges(n_items, comm.size())
+        let float_ranges: Vec<_> = even_ranges(n_items, comm.size())
             .iter()
             .map(|r| r.start * width..r.end * width)
             .collect();
@@ -207,16 +217,15 @@ impl<'a> Epochs<'a> {
             by_item: ByItem::new(&job.data.ratings, n_items),
             items_cg: CgRows::default(),
             users_cg: CgRows::default(),
-            float_ranges,
+            mine: float_ranges[comm.rank()].clone(),
             total_pairs: total[0],
-            parts: vec![0.0; n_items * width],
-            directions: vec![0.0; n_items * width],
+            sums: ItemSums::place(comm, n_items * width, float_ranges),
             synced: 0.0,
         }
     }
 
     fn my_item_floats(&self) -> std::ops::Range<usize> {
-        self.float_ranges[self.comm.rank()].clone()
+        self.mine.clone()
     }
 
     /// The Gram matrix of the rows whose every rank gives its `rows`, summed in rank order.
@@ -321,75 +330,55 @@ impl<'a> Epochs<'a> {
         )
     }
 
-    /// This rank's users' part of every item's observed `sum` into `self.parts`: the residual
-    /// at the item rows `of`, or the product `A d` with `of` the directions. Item by item, so
-    /// each item's sum is written once.
-    fn add_parts(&mut self, users: &[f32], of: &[f32], sum: Observed) {
-        let (w, width) = (&self.weights, self.width);
-        let by_item = &self.by_item;
-        for (i, (part, x)) in self
-            .parts
-            .chunks_exact_mut(width)
-            .zip(of.chunks_exact(width))
-            .enumerate()
-        {
-            part.fill(0.0);
-            let (pairs, values) = by_item.of(i);
-            observed(sum, w, x, users, width, pairs, values, part);
-        }
-    }
-
     /// The items' steps, taken together by every rank; how many of this rank's items' systems
     /// failed.
     fn solve_items(&mut self, params: &mut Params, gram_users: &Gram) -> Result<Failed> {
-        let (w, slot0) = (self.weights, self.item_slot0);
-        let mine = self.my_item_floats();
+        let (w, slot0, width) = (self.weights, self.item_slot0, self.width);
+        let (comm, by_item) = (self.comm, &self.by_item);
+        let mine = self.mine.clone();
+        let sums = &mut self.sums;
         let users = params.users.as_slice();
-        self.add_parts(users, params.items.as_slice(), Observed::Residual);
-        let summed = self.sum_parts()?;
-        let items = &mut params.items.as_mut_slice()[mine.clone()];
+        let parts = sums.parts_mut();
+        add_parts(
+            &w,
+            by_item,
+            width,
+            users,
+            params.items.as_slice(),
+            Observed::Residual,
+            parts,
+        );
+        let summed = sums.sum(comm)?;
+        let items = &mut params.items.as_mut_slice()[mine];
         let cg = &mut self.items_cg;
-        cg.resize(mine.len() / self.width, self.width);
+        cg.resize(items.len() / width, width);
         gram_apply_rows(gram_users, -w.unobserved, -w.reg, items, &mut cg.r);
-        axpy(1.0, &summed, &mut cg.r);
+        axpy(1.0, summed, &mut cg.r);
         cg.start(slot0);
-        self.directions[mine.clone()].copy_from_slice(&cg.d);
-        self.share()?;
+        sums.share(comm, &cg.d)?;
         let mut failed = Failed::default();
         for step in 0..self.steps {
-            let directions = std::mem::take(&mut self.directions);
-            self.add_parts(users, &directions, Observed::Product);
-            self.directions = directions;
-            let summed = self.sum_parts()?;
-            let cg = &mut self.items_cg;
+            let (parts, directions) = sums.parts_and_directions(&cg.d);
+            add_parts(
+                &w,
+                by_item,
+                width,
+                users,
+                directions,
+                Observed::Product,
+                parts,
+            );
+            let summed = sums.sum(comm)?;
             gram_apply_rows(gram_users, w.unobserved, w.reg, &cg.d, &mut cg.ad);
-            axpy(1.0, &summed, &mut cg.ad);
+            axpy(1.0, summed, &mut cg.ad);
             failed.add(cg.step(items, slot0));
-            self.directions[mine.clone()].copy_from_slice(&cg.d);
             if step + 1 < self.steps {
-                self.share()?;
+                sums.share(comm, &cg.d)?;
             }
         }
-        let started = Instant::now();
-        allgather(self.comm, params.items.as_mut_slice(), &self.float_ranges)?;
-        self.synced += started.elapsed().as_secs_f64();
+        sums.share_rows(comm, params.items.as_mut_slice())?;
+        self.synced += sums.take_synced();
         Ok(failed)
-    }
-
-    /// `self.parts` summed over the ranks for this rank's items.
-    fn sum_parts(&mut self) -> Result<Vec<f32>> {
-        let started = Instant::now();
-        let summed = reduce_scatter(self.comm, &self.parts, &self.float_ranges);
-        self.synced += started.elapsed().as_secs_f64();
-        summed
-    }
-
-    /// Every rank's items' directions to every rank.
-    fn share(&mut self) -> Result<()> {
-        let started = Instant::now();
-        allgather(self.comm, &mut self.directions, &self.float_ranges)?;
-        self.synced += started.elapsed().as_secs_f64();
-        Ok(())
     }
 
     /// This rank's part of the observed pairs' loss, `c (y - s)^2 - w0 s^2` (the rest of the
@@ -406,6 +395,29 @@ impl<'a> Epochs<'a> {
             sse += e;
         }
         (loss, sse)
+    }
+}
+
+/// This rank's users' part of every item's observed `sum` into `parts`: the residual at the
+/// item rows `of`, or the product `A d` with `of` the directions. Item by item, so each item's
+/// sum is written once.
+fn add_parts(
+    w: &Weights,
+    by_item: &ByItem,
+    width: usize,
+    users: &[f32],
+    of: &[f32],
+    sum: Observed,
+    parts: &mut [f32],
+) {
+    for (i, (part, x)) in parts
+        .chunks_exact_mut(width)
+        .zip(of.chunks_exact(width))
+        .enumerate()
+    {
+        part.fill(0.0);
+        let (pairs, values) = by_item.of(i);
+        observed(sum, w, x, users, width, pairs, values, part);
     }
 }
 
@@ -495,12 +507,16 @@ mod tests {
     }
 
     fn solo(data: &RankData, items: &[Id], hyper: &Hyper, start: Option<TrainState>) -> TrainState {
+        let blocks = ItemBlocks::plan(&vec![1; items.len()], 1, 1);
         let job = ImplicitJob {
             data,
+            blocks: &blocks,
             item_ids: items,
             hyper,
         };
-        fit(&Solo, &job, start, |_| Ok(())).unwrap()
+        let (state, rows) = fit(&Solo, &job, start, |_| Ok(())).unwrap();
+        assert_eq!(rows, ItemRows::Own);
+        state
     }
 
     /// Hold-out hits in each user's top 5 unseen items.
@@ -593,8 +609,10 @@ mod tests {
         let (data, items) = clicks(30, 20, 2);
         let mut h = implicit_hyper(2, true);
         h.implicit.as_mut().unwrap().alpha = 1e38;
+        let blocks = ItemBlocks::plan(&vec![1; items.len()], 1, 1);
         let job = ImplicitJob {
             data: &data,
+            blocks: &blocks,
             item_ids: &items,
             hyper: &h,
         };

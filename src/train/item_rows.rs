@@ -23,8 +23,9 @@ pub enum ItemRows {
     /// Ranks on several nodes (or no shared memory): the groups travel round the ring.
     Passed,
     /// The implicit objective on several ranks: every rank holds every row, the ranks sum
-    /// their parts of each item's conjugate-gradient steps (`train::implicit`).
-    Summed { cg_steps: usize },
+    /// their parts of each item's conjugate-gradient steps (`train::summed`), in memory the
+    /// ranks of a node share or as messages.
+    Summed { cg_steps: usize, shared: bool },
 }
 
 impl ItemRows {
@@ -34,7 +35,8 @@ impl ItemRows {
             ItemRows::Own => "own",
             ItemRows::Shared => "shared",
             ItemRows::Passed => "passed",
-            ItemRows::Summed { .. } => "summed",
+            ItemRows::Summed { shared: true, .. } => "summed-shared",
+            ItemRows::Summed { shared: false, .. } => "summed-passed",
         }
     }
 
@@ -47,14 +49,14 @@ impl ItemRows {
             ItemRows::Passed => exchanges_per_epoch(ranks),
             // Two Gram matrices, cg_steps + 1 sums, cg_steps passes of directions, the rows,
             // the loss.
-            ItemRows::Summed { cg_steps } => 2 * cg_steps + 5,
+            ItemRows::Summed { cg_steps, .. } => 2 * cg_steps + 5,
         }
     }
 
     /// Floats a rank sends per synchronisation at most.
     pub fn floats_per_sync(self, blocks: &ItemBlocks, factors: usize) -> usize {
         match self {
-            ItemRows::Own | ItemRows::Shared => 0,
+            ItemRows::Own | ItemRows::Shared | ItemRows::Summed { shared: true, .. } => 0,
             ItemRows::Passed => floats_per_exchange(blocks, factors),
             ItemRows::Summed { .. } => blocks.order.len() * padded_width(factors),
         }
@@ -77,12 +79,21 @@ impl ItemRows {
                 ranks - 1,
                 self.floats_per_sync(blocks, factors)
             ),
-            ItemRows::Summed { cg_steps } => format!(
-                "on every rank; {} collectives per epoch ({} sums of every item's parts and {cg_steps} passes of its directions for {cg_steps} conjugate-gradient steps, two Gram matrices, the new rows, the loss), {} floats each",
-                self.syncs_per_epoch(ranks),
-                cg_steps + 1,
-                self.floats_per_sync(blocks, factors)
-            ),
+            ItemRows::Summed { cg_steps, shared } => {
+                let what = format!(
+                    "on every rank; {} synchronisations per epoch ({} sums of every item's parts and {cg_steps} passes of its directions for {cg_steps} conjugate-gradient steps, two Gram matrices, the new rows, the loss)",
+                    self.syncs_per_epoch(ranks),
+                    cg_steps + 1,
+                );
+                if shared {
+                    format!("{what}; parts and directions in memory the {ranks} ranks of this node share, none copied")
+                } else {
+                    format!(
+                        "{what}; passed as messages, {} floats per rank each",
+                        self.floats_per_sync(blocks, factors)
+                    )
+                }
+            }
         }
     }
 }

@@ -41,6 +41,7 @@ pub mod ordered;
 pub mod pass;
 pub mod ranked;
 pub mod schedule;
+mod summed;
 
 use std::time::Instant;
 

@@ -30,28 +30,42 @@ fn floats(bytes: &[u8]) -> impl Iterator<Item = f32> + '_ {
 }
 
 /// Every rank gives its part of a whole (`all`, `ranges` cutting it into one range per rank)
-/// and gets back the sum over the ranks of its own range, added up in rank order.
+/// and gets back in `sum` the sum over the ranks of its own range, added up in rank order
+/// (`add_in_rank_order`).
 pub fn reduce_scatter(
     comm: &dyn Collective,
     all: &[f32],
     ranges: &[Range<usize>],
-) -> Result<Vec<f32>> {
+    sum: &mut [f32],
+) -> Result<()> {
     if comm.size() == 1 {
-        return Ok(all[ranges[0].clone()].to_vec());
+        sum.copy_from_slice(&all[ranges[0].clone()]);
+        return Ok(());
     }
     let lens: Vec<u64> = ranges.iter().map(|r| (r.len() * 4) as u64).collect();
     let (received, got) = comm.alltoall_flat(as_bytes(all), &lens)?;
-    let mine = ranges[comm.rank()].len();
-    let mut sum = vec![0.0f32; mine];
     let mut at = 0;
-    for len in got {
+    let parts = got.iter().map(|&len| {
         let part = &received[at..at + len as usize];
         at += len as usize;
-        for (s, v) in sum.iter_mut().zip(floats(part)) {
+        floats(part)
+    });
+    add_in_rank_order(sum, parts);
+    Ok(())
+}
+
+/// `sum` = 0 + the first rank's part + the second's + ...: the one order every way of
+/// summing across ranks uses, so they all give the same floats.
+pub fn add_in_rank_order<P: IntoIterator<Item = f32>>(
+    sum: &mut [f32],
+    parts: impl IntoIterator<Item = P>,
+) {
+    sum.fill(0.0);
+    for part in parts {
+        for (s, v) in sum.iter_mut().zip(part) {
             *s += v;
         }
     }
-    Ok(sum)
 }
 
 /// Every rank gives the floats of its own range of `all`; every rank gets all of them.
@@ -108,7 +122,9 @@ mod tests {
     fn one_rank_gets_its_own_floats_back() {
         let all = [1.5f32, -2.0, 3.25];
         let ranges = even_ranges(3, 1);
-        assert_eq!(reduce_scatter(&Solo, &all, &ranges).unwrap(), all);
+        let mut sum = [0.0f32; 3];
+        reduce_scatter(&Solo, &all, &ranges, &mut sum).unwrap();
+        assert_eq!(sum, all);
         let mut copy = all;
         allgather(&Solo, &mut copy, &ranges).unwrap();
         assert_eq!(copy, all);
