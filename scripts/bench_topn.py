@@ -33,10 +33,20 @@ def load(name, path):
         df = pd.read_csv(path)
         return pd.DataFrame({"user": df.userId, "item": df.movieId,
                              "value": df.rating.astype("float32"), "time": df.timestamp.astype("int64")})
+    weights = {"view": 1.0, "add_to_cart": 3.0, "cart": 3.0, "purchase": 5.0}
+    if path.endswith(".csv"):
+        # A real clickstream (REES46's columns): the same event weights, times from event_time.
+        t = pd.read_csv(path, usecols=["user_id", "product_id", "event_type", "event_time"])
+        t["timestamp"] = pd.to_datetime(t.event_time.str.replace(" UTC", ""), utc=True)
+        return pairs(t, weights)
     import pyarrow.dataset as ds
     t = ds.dataset(path, format="parquet").to_table(
         columns=["user_id", "product_id", "event_type", "timestamp"]).to_pandas()
-    weights = {"view": 1.0, "add_to_cart": 3.0, "purchase": 5.0}
+    return pairs(t, weights)
+
+
+def pairs(t, weights):
+    """Events to (user, item, value, time) pairs: a pair's strongest event and its latest time."""
     t["value"] = t.event_type.map(weights)
     t = t.dropna(subset=["value"])
     t["time"] = t.timestamp.astype("int64")
@@ -131,6 +141,8 @@ def funksvd(space, csv, objective, config, ranks, epochs, factors, workdir):
             "--reg", str(config["reg"])]
     if objective == "implicit":
         args += ["--objective", "implicit", "--alpha", str(config["alpha"])]
+        if not config.get("item_biases", True):
+            args += ["--no-bias"]
     rss = [os.path.join(model, f"rss-{r}.txt") for r in range(ranks)]
     cmd = [MPIRUN, "-n", str(ranks), "sh", "-c",
            "/usr/bin/time -v -o " + model + "/rss-$OMPI_COMM_WORLD_RANK.txt " + " ".join(args)]
@@ -205,7 +217,10 @@ def main():
     alphas = [float(x) for x in a.alphas.split(",")]
     regs = [float(x) for x in a.regs.split(",")]
     grids = {
-        "funksvd-implicit": [{"alpha": al, "reg": r} for al in alphas for r in regs],
+        # The same alpha x reg grid, with and without the item biases (a structural choice
+        # the other systems do not have: both are tried, the validation split chooses).
+        "funksvd-implicit": [{"alpha": al, "reg": r, "item_biases": b}
+                             for b in (True, False) for al in alphas for r in regs],
         "implicit-als": [{"alpha": al, "reg": r} for al in alphas for r in regs],
         "implicit-bpr": [{"reg": r} for r in [0.0001, 0.001, 0.01, 0.1]],
         "funksvd-explicit": [{"reg": float(r)} for r in a.explicit_regs.split(",")],
