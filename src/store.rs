@@ -854,7 +854,14 @@ fn s3_endpoint() -> Result<Option<String>> {
     Ok(Some(url))
 }
 
+/// HTTPS to S3 goes through rustls with ring's primitives (see Cargo.toml: reqwest has no
+/// provider of its own). Installed once per process; one already installed is kept.
+fn use_ring_for_tls() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 fn s3_location(url: &str, rest: &str, flag: &str) -> Result<Location> {
+    use_ring_for_tls();
     let (bucket, key) = rest.split_once('/').unwrap_or((rest, ""));
     if bucket.is_empty() {
         return Err(Error::usage(format!("{flag} {url}: no bucket name")));
@@ -963,6 +970,18 @@ mod tests {
             .collect();
         assert!(left.is_empty(), "{left:?}");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn https_clients_get_ring_for_tls() {
+        // reqwest comes without a TLS provider of its own (Cargo.toml): without ring's
+        // installed, no HTTPS client can be built, and every s3:// URL on AWS would fail (the
+        // tests' local S3 speaks plain HTTP, so only this test sees it).
+        use_ring_for_tls();
+        reqwest::Client::builder()
+            .https_only(true)
+            .build()
+            .expect("an HTTPS client");
     }
 
     #[test]
