@@ -206,7 +206,7 @@ def main():
     p.add_argument("--splits", default="pair,time")
     p.add_argument("--factors", type=int, default=64)
     p.add_argument("--alphas", default="0.5,2,10")
-    p.add_argument("--regs", default="0.1,1,10,100,1000")
+    p.add_argument("--regs", default="0.1,0.3,1,3,10,30,100,300,1000")
     p.add_argument("--explicit-regs", default="0.01,0.02,0.05,0.1")
     p.add_argument("--epochs", type=int, default=15)
     p.add_argument("--bpr-epochs", type=int, default=100)
