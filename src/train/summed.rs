@@ -176,25 +176,6 @@ impl ItemSums {
     /// This rank's items' directions `mine` to every rank (read through
     /// `parts_and_directions`).
     pub(super) fn share(&mut self, comm: &dyn Collective, mine: &[f32]) -> Result<()> {
-        self.publish(comm, mine, |_| {})
-    }
-
-    /// Every rank's items' new rows into `rows` (this rank's range of it already holds its
-    /// own).
-    pub(super) fn share_rows(&mut self, comm: &dyn Collective, rows: &mut [f32]) -> Result<()> {
-        let mine = self.ranges[self.rank].clone();
-        let own = rows[mine].to_vec();
-        self.publish(comm, &own, |all| rows.copy_from_slice(all))
-    }
-
-    /// `mine` (this rank's range) to every rank's directions, then `read` every rank's (for
-    /// messages, `read` is not needed: the directions are the copy).
-    fn publish(
-        &mut self,
-        comm: &dyn Collective,
-        mine: &[f32],
-        read: impl FnOnce(&[f32]),
-    ) -> Result<()> {
         let started = Instant::now();
         let range = self.ranges[self.rank].clone();
         match &mut self.way {
@@ -202,19 +183,46 @@ impl ItemSums {
             Way::Passed { directions, .. } => {
                 directions[range].copy_from_slice(mine);
                 allgather(comm, directions, &self.ranges)?;
-                read(directions);
             }
             Way::Shared { directions, .. } => {
-                // SAFETY: only this rank writes its range; every rank read the previous
-                // directions before the barrier that started the `sum` this follows.
-                unsafe { directions.part_mut(range) }.copy_from_slice(mine);
+                // SAFETY: see `write_own`.
+                unsafe { write_own(directions.as_mut(), range, mine) };
                 directions.sync();
-                // SAFETY: every owner wrote before the barrier just passed and writes again
-                // only after the next `sum`'s barrier, which this rank reaches after reading.
-                read(unsafe { directions.all() });
             }
         }
         self.synced += started.elapsed().as_secs_f64();
         Ok(())
     }
+
+    /// Every rank's items' new rows into `rows` (this rank's range of it already holds its
+    /// own).
+    pub(super) fn share_rows(&mut self, comm: &dyn Collective, rows: &mut [f32]) -> Result<()> {
+        let started = Instant::now();
+        let range = self.ranges[self.rank].clone();
+        match &mut self.way {
+            Way::Own { .. } => return Ok(()),
+            Way::Passed { .. } => allgather(comm, rows, &self.ranges)?,
+            Way::Shared { directions, .. } => {
+                // SAFETY: see `write_own`.
+                unsafe { write_own(directions.as_mut(), range.clone(), &rows[range]) };
+                directions.sync();
+                // SAFETY: every owner wrote before the barrier just passed and writes again
+                // only after the next `sum`'s barrier, which this rank reaches after this copy.
+                rows.copy_from_slice(unsafe { directions.all() });
+            }
+        }
+        self.synced += started.elapsed().as_secs_f64();
+        Ok(())
+    }
+}
+
+/// `mine` into this rank's `range` of the shared directions.
+///
+/// # Safety
+/// Only this rank writes `range`, and every rank read the previous directions before the
+/// barrier that started the `sum` this write follows (they read them only between the barrier
+/// that ends a share and the one that starts the next sum).
+unsafe fn write_own(directions: &mut dyn SharedFloats, range: Range<usize>, mine: &[f32]) {
+    // SAFETY: the caller's contract, as `SharedFloats::part_mut` asks.
+    unsafe { directions.part_mut(range) }.copy_from_slice(mine);
 }
