@@ -224,7 +224,107 @@ unsafe fn observed_avx2(
     values: &[f32],
     out: &mut [f32],
 ) {
-    observed_rows(sum, w, x, others, width, pairs, values, out)
+    if width % LANES != 0 || x.len() < width || out.len() < width {
+        return observed_rows(sum, w, x, others, width, pairs, values, out);
+    }
+    let scale = |value: f32, s: f32| {
+        let (c, y) = w.observed(value);
+        match sum {
+            Observed::Residual => c * y - (c - w.unobserved) * s,
+            Observed::Product => (c - w.unobserved) * s,
+        }
+    };
+    let row = |j: u32| others[j as usize * width..][..width].as_ptr();
+    let vectors = width / LANES;
+    // Four pairs at a time: their dots are independent, and `out` is read and written once for
+    // the four (each float still adds the four terms in pair order, as `axpy` would).
+    let quads = pairs.len() / 4;
+    for q in 0..quads {
+        let at = 4 * q;
+        for a in 0..4 {
+            ahead(others, width, pairs, at + a);
+        }
+        let o = [
+            row(pairs[at]),
+            row(pairs[at + 1]),
+            row(pairs[at + 2]),
+            row(pairs[at + 3]),
+        ];
+        let mut a = [0.0f32; 4];
+        for p in 0..4 {
+            a[p] = scale(values[at + p], wide::dot(x.as_ptr(), o[p], vectors));
+        }
+        wide::add_scaled(out.as_mut_ptr(), vectors, &a, &o);
+    }
+    for at in 4 * quads..pairs.len() {
+        ahead(others, width, pairs, at);
+        let o = row(pairs[at]);
+        let a = scale(values[at], wide::dot(x.as_ptr(), o, vectors));
+        wide::add_scaled(out.as_mut_ptr(), vectors, &[a], &[o]);
+    }
+}
+
+/// AVX2 forms of `dot` and of `axpy`s into one row, the same operations in the same order (no
+/// fused multiply-add), so the same bits: rows of whole `LANES`.
+#[cfg(target_arch = "x86_64")]
+mod wide {
+    use std::arch::x86_64::*;
+
+    /// `dot` of `vectors * LANES` floats at `x` and `y`: three accumulators taking the
+    /// vectors in turn (the ones past the last whole three into the first), then the lanes.
+    ///
+    /// # Safety
+    /// The CPU has AVX2; `x` and `y` point at `vectors * LANES` floats.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn dot(x: *const f32, y: *const f32, vectors: usize) -> f32 {
+        let product =
+            |v: usize| _mm256_mul_ps(_mm256_loadu_ps(x.add(8 * v)), _mm256_loadu_ps(y.add(8 * v)));
+        let zero = _mm256_setzero_ps();
+        let mut acc = [zero; 3];
+        let whole = vectors / 3 * 3;
+        for v in (0..whole).step_by(3) {
+            acc[0] = _mm256_add_ps(acc[0], product(v));
+            acc[1] = _mm256_add_ps(acc[1], product(v + 1));
+            acc[2] = _mm256_add_ps(acc[2], product(v + 2));
+        }
+        for v in whole..vectors {
+            acc[0] = _mm256_add_ps(acc[0], product(v));
+        }
+        let lanes = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), acc[2]);
+        // [l0 + l4, l1 + l5, l2 + l6, l3 + l7]
+        let half = _mm_add_ps(
+            _mm256_castps256_ps128(lanes),
+            _mm256_extractf128_ps::<1>(lanes),
+        );
+        // [h0 + h2, h1 + h3, ..]
+        let pairs = _mm_add_ps(half, _mm_movehl_ps(half, half));
+        let sum = _mm_add_ss(pairs, _mm_shuffle_ps::<0b01>(pairs, pairs));
+        // `dot` adds its (here empty) tail last: -0 becomes +0 there too.
+        _mm_cvtss_f32(sum) + 0.0
+    }
+
+    /// `out += a[p] * o[p]` for each `p` in turn, over `vectors * LANES` floats.
+    ///
+    /// # Safety
+    /// The CPU has AVX2; `out` and every `o[p]` point at `vectors * LANES` floats.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn add_scaled<const N: usize>(
+        out: *mut f32,
+        vectors: usize,
+        a: &[f32; N],
+        o: &[*const f32; N],
+    ) {
+        let a = a.map(|a| _mm256_set1_ps(a));
+        for v in 0..vectors {
+            let mut sum = _mm256_loadu_ps(out.add(8 * v));
+            for p in 0..N {
+                sum = _mm256_add_ps(sum, _mm256_mul_ps(a[p], _mm256_loadu_ps(o[p].add(8 * v))));
+            }
+            _mm256_storeu_ps(out.add(8 * v), sum);
+        }
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -284,7 +384,17 @@ unsafe fn observed_loss_avx2(
     pairs: &[u32],
     values: &[f32],
 ) -> (f64, f64) {
-    observed_loss_rows(w, x, others, width, pairs, values)
+    if width % LANES != 0 || x.len() < width {
+        return observed_loss_rows(w, x, others, width, pairs, values);
+    }
+    let dot = |j: u32| {
+        wide::dot(
+            x.as_ptr(),
+            others[j as usize * width..][..width].as_ptr(),
+            width / LANES,
+        )
+    };
+    add_losses(w, others, width, pairs, values, dot)
 }
 
 #[inline(always)]
@@ -296,10 +406,24 @@ fn observed_loss_rows(
     pairs: &[u32],
     values: &[f32],
 ) -> (f64, f64) {
+    let dot = |j: u32| dot(x, &others[j as usize * width..][..width]);
+    add_losses(w, others, width, pairs, values, dot)
+}
+
+/// The sums of `observed_loss`, given each pair's score.
+#[inline(always)]
+fn add_losses(
+    w: &Weights,
+    others: &[f32],
+    width: usize,
+    pairs: &[u32],
+    values: &[f32],
+    mut score: impl FnMut(u32) -> f32,
+) -> (f64, f64) {
     let (mut loss, mut sse) = (0.0f64, 0.0f64);
     for (n, (&j, &value)) in pairs.iter().zip(values).enumerate() {
         ahead(others, width, pairs, n);
-        let s = dot(x, &others[j as usize * width..][..width]) as f64;
+        let s = score(j) as f64;
         let (c, y) = w.observed(value);
         let e = (y as f64 - s).powi(2);
         sse += e;
@@ -665,6 +789,50 @@ mod tests {
             }
         }
         out
+    }
+
+    /// The AVX2 sums and losses are `dot` and `axpy` bit for bit: pairs in fours and alone, every row
+    /// width, signed zeros and values of every scale.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn the_avx2_observed_sums_are_the_plain_ones_bit_for_bit() {
+        if !std::arch::is_x86_feature_detected!("avx2") {
+            return;
+        }
+        let mut rng = Rng::new(5, 6);
+        for width in (8..=104).step_by(8) {
+            let mut others = rows(&mut rng, 40, width, width, None);
+            for v in others.iter_mut().step_by(7) {
+                *v *= 1e4;
+            }
+            others[..width].fill(-0.0);
+            let x = rows(&mut rng, 1, width, width, Some(0.7));
+            let zero = vec![0.0f32; width];
+            for (a, b) in [(&x, &others[width..2 * width]), (&zero, &others[..width])] {
+                // SAFETY: AVX2 is there (checked above); both rows have `width` floats.
+                let wide = unsafe { wide::dot(a.as_ptr(), b.as_ptr(), width / LANES) };
+                assert_eq!(wide.to_bits(), dot(a, b).to_bits(), "width {width}");
+            }
+            for n in [0, 1, 3, 4, 5, 11, 40] {
+                let pairs: Vec<u32> = (0..n).map(|p| (p * 7 % 40) as u32).collect();
+                let values: Vec<f32> = (0..n).map(|p| (p % 5) as f32 - 1.0).collect();
+                for sum in [Observed::Residual, Observed::Product] {
+                    let (mut fast, mut plain) = (vec![0.25f32; width], vec![0.25f32; width]);
+                    // SAFETY: as above.
+                    unsafe {
+                        observed_avx2(sum, &W, &x, &others, width, &pairs, &values, &mut fast)
+                    };
+                    observed_rows(sum, &W, &x, &others, width, &pairs, &values, &mut plain);
+                    let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                    assert_eq!(bits(&fast), bits(&plain), "width {width}, {n} pairs");
+                }
+                // SAFETY: as above.
+                let fast = unsafe { observed_loss_avx2(&W, &x, &others, width, &pairs, &values) };
+                let plain = observed_loss_rows(&W, &x, &others, width, &pairs, &values);
+                assert_eq!(fast.0.to_bits(), plain.0.to_bits());
+                assert_eq!(fast.1.to_bits(), plain.1.to_bits());
+            }
+        }
     }
 
     fn naive_gram(rows: &[f32], width: usize, dims: usize) -> Vec<f64> {
