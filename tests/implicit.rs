@@ -95,16 +95,36 @@ fn implicit_models_repeat_bit_for_bit_and_rank_alike_on_any_rank_count() {
         "{evaluated} vs {}",
         ndcg[0]
     );
-    // The same ranks again: the same model, bit for bit, whether the ranks sum their parts in
-    // the node's shared memory (as above) or as messages (as on several nodes).
+    // The same ranks again: the same model, bit for bit, whether the rows are shared in the
+    // node's memory (as above) or passed as messages (as on several nodes).
     let again = dir.join("again");
-    let env = [("FUNKSVD_SHARED_ROWS", "0")];
-    mpirun_env(2, &ml_implicit(s(&data), s(&again), &[]), &env).ok();
+    let passed = ("FUNKSVD_SHARED_ROWS", "0");
+    mpirun_env(2, &ml_implicit(s(&data), s(&again), &[]), &[passed]).ok();
     assert!(same_tables(&again, &model(2)));
     let item_rows = |p: &Path| load_model(p).meta.training.item_rows;
     assert_eq!(item_rows(&model(1)), "own");
-    assert_eq!(item_rows(&model(2)), "summed-shared");
-    assert_eq!(item_rows(&again), "summed-passed");
+    assert_eq!(item_rows(&model(2)), "gathered-shared");
+    assert_eq!(item_rows(&again), "gathered-passed");
+    // The other item side (every rank sums its parts of every item's steps: taken when users
+    // far outnumber items), both ways: the same model bit for bit, ranking alike.
+    let summed = ("FUNKSVD_ITEM_SIDE", "summed");
+    let (in_memory, as_messages) = (dir.join("summed-shared"), dir.join("summed-passed"));
+    mpirun_env(3, &ml_implicit(s(&data), s(&in_memory), &[]), &[summed]).ok();
+    mpirun_env(
+        3,
+        &ml_implicit(s(&data), s(&as_messages), &[]),
+        &[summed, passed],
+    )
+    .ok();
+    assert!(same_tables(&in_memory, &as_messages));
+    assert_eq!(item_rows(&in_memory), "summed-shared");
+    assert_eq!(item_rows(&as_messages), "summed-passed");
+    assert_close(
+        ndcg20(&in_memory),
+        ndcg[0],
+        0.01,
+        "summed item side vs 1 rank",
+    );
     // recommend reads it as any model: lists in score order, no seen item.
     let recs = dir.join("recs");
     let two = model(2);

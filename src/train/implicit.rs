@@ -6,15 +6,20 @@
 //!
 //! 1. Users. A user's normal equations need the item rows and the items' Gram matrix only,
 //!    both on every rank: each rank steps its own users, no messages. The Gram matrix is the
-//!    sum of every rank's part (its even share of the item rows), gathered and added in rank
-//!    order.
-//! 2. Items. An item's observed pairs are spread over every rank (its users live everywhere),
-//!    so its conjugate-gradient steps are taken together: each rank adds its users' part of
-//!    every item's residual (or of `A d`) into one buffer, the parts are summed in rank order
-//!    on the rank that owns the item (each rank owns an even range of items), the owner steps
-//!    its items and shares the new directions with everyone (`summed`: in memory the ranks of
-//!    a node share, or as messages). `cg_steps + 1` sums and `cg_steps` shares of directions,
-//!    then one of the new rows. The users' Gram matrix is summed like the items'.
+//!    sum of every rank's part (the Gram of its own range of the item rows), gathered and
+//!    added in rank order.
+//! 2. Items. An item's observed pairs are spread over every rank (its users live everywhere).
+//!    Each rank owns a range of items. Two ways (`ItemSide`, chosen by the floats each moves):
+//!    - gathered (`gathered`): the owner holds every pair of its items (sent once, before the
+//!      first epoch) and, each epoch, every user's row (one share); it steps its items alone.
+//!      The ranges are cut so that every rank has about as many pairs to step.
+//!    - summed (`summed`, when users far outnumber items): each rank adds its users' part of
+//!      every item's residual (or of `A d`) into one buffer, the parts are summed in rank
+//!      order on the owner, which steps its items (an even range) and shares the new
+//!      directions: `cg_steps + 1` sums and `cg_steps` shares of directions.
+//!
+//!    Either way the new item rows are then shared with everyone, in memory the ranks of a
+//!    node map or as messages. The users' Gram matrix is summed like the items'.
 //! 3. The items' new Gram matrix (the next epoch's first step uses it too) and the loss.
 //!
 //! Nothing depends on which algorithm MPI picks for a reduction, so the same data, seed and rank
@@ -34,7 +39,8 @@ use crate::mf::kernel::score;
 use crate::mf::{EpochStats, Hyper, ImplicitHyper, Params, ParamsRef};
 
 use super::data::{ItemBlocks, RankData, RankRatings, UNKNOWN};
-use super::ordered::{even_ranges, gather_parts};
+use super::gathered::{self, Everywhere};
+use super::ordered::{balanced_ranges, even_ranges, gather_parts};
 use super::summed::ItemSums;
 use super::{ItemRows, Progress, TrainState};
 
@@ -69,8 +75,8 @@ pub fn fit(
         params: initial(job),
         history: Vec::new(),
     });
-    let mut epochs = Epochs::new(comm, job, &params, settings);
-    let item_rows = epochs.sums.item_rows(settings.cg_steps);
+    let mut epochs = Epochs::new(comm, job, &params, settings)?;
+    let item_rows = epochs.item_rows(comm.size());
     if comm.is_root() {
         log::info!(
             "item rows: {}",
@@ -123,25 +129,35 @@ struct ByItem {
 }
 
 impl ByItem {
+    /// This rank's own pairs, users by their place on this rank.
     fn new(ratings: &RankRatings, n_items: usize) -> ByItem {
+        let pairs = (0..ratings.n_users()).flat_map(|u| {
+            let (items, values) = ratings.ratings_of(u);
+            items
+                .iter()
+                .zip(values)
+                .map(move |(&i, &v)| (i, u as u32, v))
+        });
+        ByItem::from_pairs(n_items, pairs.collect())
+    }
+
+    /// `(item, user, value)` pairs, each item's in the order given.
+    fn from_pairs(n_items: usize, pairs: Vec<(u32, u32, f32)>) -> ByItem {
         let mut offsets = vec![0usize; n_items + 1];
-        for &i in &ratings.items {
+        for &(i, _, _) in &pairs {
             offsets[i as usize + 1] += 1;
         }
         for i in 0..n_items {
             offsets[i + 1] += offsets[i];
         }
         let mut next = offsets.clone();
-        let mut users = vec![0u32; ratings.items.len()];
-        let mut values = vec![0.0f32; ratings.items.len()];
-        for u in 0..ratings.n_users() {
-            let (items, vals) = ratings.ratings_of(u);
-            for (&i, &v) in items.iter().zip(vals) {
-                let at = &mut next[i as usize];
-                users[*at] = u as u32;
-                values[*at] = v;
-                *at += 1;
-            }
+        let mut users = vec![0u32; pairs.len()];
+        let mut values = vec![0.0f32; pairs.len()];
+        for (i, u, v) in pairs {
+            let at = &mut next[i as usize];
+            users[*at] = u;
+            values[*at] = v;
+            *at += 1;
         }
         ByItem {
             offsets,
@@ -154,6 +170,89 @@ impl ByItem {
         let range = self.offsets[i]..self.offsets[i + 1];
         (&self.users[range.clone()], &self.values[range])
     }
+}
+
+/// How the items' steps are taken (docs/DESIGN.md has the measurements behind the choice).
+enum ItemSide {
+    /// Every rank adds its users' parts of every item's sums, the owner of the item steps it
+    /// (`summed`): `cg_steps + 1` sums and `cg_steps + 1` shares of item-sized buffers.
+    Summed { sums: ItemSums, by_item: ByItem },
+    /// The owner of an item steps it alone from all its pairs (`by_item`: this rank's items,
+    /// users numbered rank by rank) and every user's row (`gathered`): one share of the
+    /// users' rows, one of the items'.
+    Gathered {
+        by_item: ByItem,
+        users: Everywhere,
+        items: Everywhere,
+        /// Every user's row, rank by rank, on several ranks (one rank reads its own rows).
+        all_users: Vec<f32>,
+        /// This rank's floats of `all_users`.
+        mine: std::ops::Range<usize>,
+        /// The most rows one rank shares at once.
+        rows: usize,
+    },
+}
+
+impl ItemSide {
+    /// The gathered side: this rank's items' pairs from every rank, and the users' and items'
+    /// tables placed (a collective call). `starts`: each rank's first user among all users.
+    fn gathered(
+        comm: &dyn Collective,
+        ratings: &RankRatings,
+        starts: &[usize],
+        item_ranges: &[std::ops::Range<usize>],
+        width: usize,
+    ) -> Result<ItemSide> {
+        let rank = comm.rank();
+        let pairs = gathered::owned_pairs(comm, ratings, item_ranges, starts[rank])?;
+        let user_ranges: Vec<_> = starts.windows(2).map(|w| w[0]..w[1]).collect();
+        let floats = |r: &std::ops::Range<usize>| r.start * width..r.end * width;
+        let most = |r: &[std::ops::Range<usize>]| r.iter().map(|r| r.len()).max().unwrap_or(0);
+        let (users, items) = Everywhere::place_two(
+            comm,
+            user_ranges.iter().map(floats).collect(),
+            item_ranges.iter().map(floats).collect(),
+        );
+        let n_users = starts[starts.len() - 1];
+        Ok(ItemSide::Gathered {
+            by_item: ByItem::from_pairs(item_ranges[rank].len(), pairs),
+            all_users: if comm.size() == 1 {
+                Vec::new()
+            } else {
+                vec![0.0; n_users * width]
+            },
+            mine: floats(&user_ranges[rank]),
+            rows: most(&user_ranges).max(most(item_ranges)),
+            users,
+            items,
+        })
+    }
+}
+
+/// Whether the items' owners step them alone (`ItemSide::Gathered`): one rank always does; on
+/// several, when sharing every user's row and every item's moves fewer floats than summing
+/// `2 cg_steps + 2` item-sized buffers, i.e. `users <= (2 cg_steps + 1) items`.
+/// `FUNKSVD_ITEM_SIDE=summed` or `gathered` decides instead (tests, measurements).
+fn gathers(ranks: usize, users: usize, items: usize, cg_steps: usize) -> bool {
+    match std::env::var("FUNKSVD_ITEM_SIDE").as_deref() {
+        Ok("summed") => false,
+        Ok("gathered") => true,
+        _ => ranks == 1 || users <= (2 * cg_steps + 1) * items,
+    }
+}
+
+/// What stepping each item costs its owner, in pairs: its pairs on every rank, and a row's own
+/// work (the Gram matrix's product, the step) of about 8 pairs' at 64 factors (a sum over
+/// the ranks: a collective call).
+fn item_costs(comm: &dyn Collective, ratings: &RankRatings, n_items: usize) -> Vec<u64> {
+    const ROW: u64 = 8;
+    let mut costs = vec![0u64; n_items];
+    for &i in &ratings.items {
+        costs[i as usize] += 1;
+    }
+    comm.reduce_u64(&mut costs, Op::Sum);
+    costs.iter_mut().for_each(|c| *c += ROW);
+    costs
 }
 
 /// What every epoch of one `fit` shares, and its work space.
@@ -170,10 +269,8 @@ struct Epochs<'a> {
     mine: std::ops::Range<usize>,
     /// The job's training pairs.
     total_pairs: f64,
-    /// The item side's sums and shares.
-    sums: ItemSums,
-    /// This rank's pairs item by item.
-    by_item: ByItem,
+    /// How the items' steps are taken.
+    side: ItemSide,
     /// The conjugate-gradient state of this rank's items.
     items_cg: CgRows,
     /// Of blocks of this rank's users.
@@ -188,17 +285,32 @@ impl<'a> Epochs<'a> {
         job: &'a ImplicitJob<'a>,
         params: &Params,
         settings: ImplicitHyper,
-    ) -> Self {
+    ) -> Result<Self> {
         let hyper = job.hyper;
         let n_items = job.item_ids.len();
         let width = params.width;
-        let float_ranges: Vec<_> = even_ranges(n_items, comm.size())
-            .iter()
-            .map(|r| r.start * width..r.end * width)
-            .collect();
-        let mut total = [job.data.ratings.n_ratings() as f64];
+        let ratings = &job.data.ratings;
+        let starts = gathered::user_starts(comm, ratings.n_users())?;
+        let n_users = *starts.last().expect("a start per rank");
+        let gather = gathers(comm.size(), n_users, n_items, settings.cg_steps);
+        let item_ranges = if gather && comm.size() > 1 {
+            balanced_ranges(&item_costs(comm, ratings, n_items), comm.size())
+        } else {
+            even_ranges(n_items, comm.size())
+        };
+        let floats = |r: &std::ops::Range<usize>| r.start * width..r.end * width;
+        let float_ranges: Vec<_> = item_ranges.iter().map(floats).collect();
+        let mut total = [ratings.n_ratings() as f64];
         comm.reduce_f64(&mut total, Op::Sum);
-        Epochs {
+        let side = if gather {
+            ItemSide::gathered(comm, ratings, &starts, &item_ranges, width)?
+        } else {
+            ItemSide::Summed {
+                sums: ItemSums::place(comm, n_items * width, float_ranges.clone()),
+                by_item: ByItem::new(ratings, n_items),
+            }
+        };
+        Ok(Epochs {
             comm,
             data: job.data,
             weights: Weights {
@@ -214,13 +326,24 @@ impl<'a> Epochs<'a> {
             },
             factors: params.factors,
             width,
-            by_item: ByItem::new(&job.data.ratings, n_items),
             items_cg: CgRows::default(),
             users_cg: CgRows::default(),
             mine: float_ranges[comm.rank()].clone(),
             total_pairs: total[0],
-            sums: ItemSums::place(comm, n_items * width, float_ranges),
+            side,
             synced: 0.0,
+        })
+    }
+
+    /// How the ranks keep the item rows, for the log and `model.json`.
+    fn item_rows(&self, ranks: usize) -> ItemRows {
+        match &self.side {
+            ItemSide::Summed { sums, .. } => sums.item_rows(self.steps),
+            ItemSide::Gathered { .. } if ranks == 1 => ItemRows::Own,
+            ItemSide::Gathered { users, rows, .. } => ItemRows::Gathered {
+                shared: users.shared(),
+                rows: *rows,
+            },
         }
     }
 
@@ -330,54 +453,50 @@ impl<'a> Epochs<'a> {
         )
     }
 
-    /// The items' steps, taken together by every rank; how many of this rank's items' systems
-    /// failed.
+    /// The items' steps; how many of this rank's items' systems failed.
     fn solve_items(&mut self, params: &mut Params, gram_users: &Gram) -> Result<Failed> {
-        let (w, slot0, width) = (self.weights, self.item_slot0, self.width);
-        let (comm, by_item) = (self.comm, &self.by_item);
-        let mine = self.mine.clone();
-        let sums = &mut self.sums;
-        let users = params.users.as_slice();
-        let parts = sums.parts_mut();
-        add_parts(
-            &w,
-            by_item,
-            width,
-            users,
-            params.items.as_slice(),
-            Observed::Residual,
-            parts,
-        );
-        let summed = sums.sum(comm)?;
-        let items = &mut params.items.as_mut_slice()[mine];
-        let cg = &mut self.items_cg;
-        cg.resize(items.len() / width, width);
-        gram_apply_rows(gram_users, -w.unobserved, -w.reg, items, &mut cg.r);
-        axpy(1.0, summed, &mut cg.r);
-        cg.start(slot0);
-        sums.share(comm, &cg.d)?;
-        let mut failed = Failed::default();
-        for step in 0..self.steps {
-            let (parts, directions) = sums.parts_and_directions(&cg.d);
-            add_parts(
-                &w,
-                by_item,
-                width,
-                users,
-                directions,
-                Observed::Product,
-                parts,
-            );
-            let summed = sums.sum(comm)?;
-            gram_apply_rows(gram_users, w.unobserved, w.reg, &cg.d, &mut cg.ad);
-            axpy(1.0, summed, &mut cg.ad);
-            failed.add(cg.step(items, slot0));
-            if step + 1 < self.steps {
-                sums.share(comm, &cg.d)?;
+        let (w, slot0, steps, comm) = (self.weights, self.item_slot0, self.steps, self.comm);
+        let failed = match &mut self.side {
+            ItemSide::Summed { sums, by_item } => {
+                let mine = self.mine.clone();
+                let failed = summed_steps(
+                    (&w, slot0, steps),
+                    comm,
+                    sums,
+                    by_item,
+                    gram_users,
+                    params,
+                    mine,
+                    &mut self.items_cg,
+                )?;
+                self.synced += sums.take_synced();
+                failed
             }
-        }
-        sums.share_rows(comm, params.items.as_mut_slice())?;
-        self.synced += sums.take_synced();
+            ItemSide::Gathered {
+                by_item,
+                users,
+                items,
+                all_users,
+                mine,
+                ..
+            } => {
+                let own = params.users.as_slice();
+                let others: &[f32] = if comm.size() == 1 {
+                    own
+                } else {
+                    all_users[mine.clone()].copy_from_slice(own);
+                    users.share(comm, all_users)?;
+                    all_users
+                };
+                let rows = &mut params.items.as_mut_slice()[self.mine.clone()];
+                let pairs_of = |i| by_item.of(i);
+                let cg = &mut self.items_cg;
+                let failed = cg_rows(&w, gram_users, slot0, steps, rows, others, pairs_of, cg);
+                items.share(comm, params.items.as_mut_slice())?;
+                self.synced += users.take_synced() + items.take_synced();
+                failed
+            }
+        };
         Ok(failed)
     }
 
@@ -396,6 +515,63 @@ impl<'a> Epochs<'a> {
         }
         (loss, sse)
     }
+}
+
+/// The items' steps taken together by every rank (`ItemSide::Summed`): each rank adds its users'
+/// part of every item's sums (`by_item`: its own pairs), summed on the owner of the items, which
+/// steps its `mine` (floats of the item rows) and shares the directions and the new rows.
+#[allow(clippy::too_many_arguments)]
+fn summed_steps(
+    (w, slot0, steps): (&Weights, Slot0, usize),
+    comm: &dyn Collective,
+    sums: &mut ItemSums,
+    by_item: &ByItem,
+    gram_users: &Gram,
+    params: &mut Params,
+    mine: std::ops::Range<usize>,
+    cg: &mut CgRows,
+) -> Result<Failed> {
+    let width = params.width;
+    let users = params.users.as_slice();
+    let parts = sums.parts_mut();
+    add_parts(
+        w,
+        by_item,
+        width,
+        users,
+        params.items.as_slice(),
+        Observed::Residual,
+        parts,
+    );
+    let summed = sums.sum(comm)?;
+    let items = &mut params.items.as_mut_slice()[mine];
+    cg.resize(items.len() / width, width);
+    gram_apply_rows(gram_users, -w.unobserved, -w.reg, items, &mut cg.r);
+    axpy(1.0, summed, &mut cg.r);
+    cg.start(slot0);
+    sums.share(comm, &cg.d)?;
+    let mut failed = Failed::default();
+    for step in 0..steps {
+        let (parts, directions) = sums.parts_and_directions(&cg.d);
+        add_parts(
+            w,
+            by_item,
+            width,
+            users,
+            directions,
+            Observed::Product,
+            parts,
+        );
+        let summed = sums.sum(comm)?;
+        gram_apply_rows(gram_users, w.unobserved, w.reg, &cg.d, &mut cg.ad);
+        axpy(1.0, summed, &mut cg.ad);
+        failed.add(cg.step(items, slot0));
+        if step + 1 < steps {
+            sums.share(comm, &cg.d)?;
+        }
+    }
+    sums.share_rows(comm, params.items.as_mut_slice())?;
+    Ok(failed)
 }
 
 /// This rank's users' part of every item's observed `sum` into `parts`: the residual at the

@@ -26,6 +26,11 @@ pub enum ItemRows {
     /// their parts of each item's conjugate-gradient steps (`train::summed`), in memory the
     /// ranks of a node share or as messages.
     Summed { cg_steps: usize, shared: bool },
+    /// The implicit objective on several ranks: every rank holds every row, each item's owner
+    /// steps it alone from all its pairs and every user's row (`train::gathered`), the rows
+    /// shared in memory the ranks of a node map or as messages.
+    /// `rows`: the most rows one rank shares at once (its users or its items).
+    Gathered { shared: bool, rows: usize },
 }
 
 impl ItemRows {
@@ -37,6 +42,8 @@ impl ItemRows {
             ItemRows::Passed => "passed",
             ItemRows::Summed { shared: true, .. } => "summed-shared",
             ItemRows::Summed { shared: false, .. } => "summed-passed",
+            ItemRows::Gathered { shared: true, .. } => "gathered-shared",
+            ItemRows::Gathered { shared: false, .. } => "gathered-passed",
         }
     }
 
@@ -50,15 +57,21 @@ impl ItemRows {
             // Two Gram matrices, cg_steps + 1 sums, cg_steps passes of directions, the rows,
             // the loss.
             ItemRows::Summed { cg_steps, .. } => 2 * cg_steps + 5,
+            // Two Gram matrices, the users' rows, the items' rows, the loss.
+            ItemRows::Gathered { .. } => 5,
         }
     }
 
     /// Floats a rank sends per synchronisation at most.
     pub fn floats_per_sync(self, blocks: &ItemBlocks, factors: usize) -> usize {
         match self {
-            ItemRows::Own | ItemRows::Shared | ItemRows::Summed { shared: true, .. } => 0,
+            ItemRows::Own
+            | ItemRows::Shared
+            | ItemRows::Summed { shared: true, .. }
+            | ItemRows::Gathered { shared: true, .. } => 0,
             ItemRows::Passed => floats_per_exchange(blocks, factors),
             ItemRows::Summed { .. } => blocks.order.len() * padded_width(factors),
+            ItemRows::Gathered { rows, .. } => rows * padded_width(factors),
         }
     }
 
@@ -90,6 +103,20 @@ impl ItemRows {
                 } else {
                     format!(
                         "{what}; passed as messages, {} floats per rank each",
+                        self.floats_per_sync(blocks, factors)
+                    )
+                }
+            }
+            ItemRows::Gathered { shared, .. } => {
+                let what = format!(
+                    "on every rank; each item stepped by its owner from all its pairs and every user's row; {} synchronisations per epoch (the users' rows, the items' rows, two Gram matrices, the loss)",
+                    self.syncs_per_epoch(ranks),
+                );
+                if shared {
+                    format!("{what}; the rows in memory the {ranks} ranks of this node share")
+                } else {
+                    format!(
+                        "{what}; passed as messages, at most {} floats per rank each",
                         self.floats_per_sync(blocks, factors)
                     )
                 }

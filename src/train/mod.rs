@@ -35,6 +35,7 @@
 
 pub mod checkpoint;
 pub mod data;
+mod gathered;
 pub mod implicit;
 pub mod item_rows;
 pub mod ordered;

@@ -15,6 +15,24 @@ pub fn even_ranges(n: usize, ranks: usize) -> Vec<Range<usize>> {
         .collect()
 }
 
+/// `costs.len()` things cut into `ranks` contiguous ranges of nearly equal total cost: range r
+/// ends at the first thing where the running total reaches `r + 1` shares of the whole.
+pub fn balanced_ranges(costs: &[u64], ranks: usize) -> Vec<Range<usize>> {
+    let total: u64 = costs.iter().sum();
+    let mut ranges = Vec::with_capacity(ranks);
+    let (mut start, mut running, mut at) = (0, 0u64, 0);
+    for r in 0..ranks {
+        let goal = (total as u128 * (r as u128 + 1) / ranks as u128) as u64;
+        while at < costs.len() && (running < goal || r + 1 == ranks) {
+            running += costs[at];
+            at += 1;
+        }
+        ranges.push(start..at);
+        start = at;
+    }
+    ranges
+}
+
 fn as_bytes(floats: &[f32]) -> &[u8] {
     // SAFETY: f32 has no padding and every bit pattern of its bytes is a valid u8; u8 needs no
     // alignment.
@@ -116,6 +134,35 @@ mod tests {
                 assert!(w[0].len().abs_diff(w[1].len()) <= 1);
             }
         }
+    }
+
+    #[test]
+    fn balanced_ranges_cover_everything_once_with_near_equal_costs() {
+        // A long tail (the popular things first, as ids often are) and the edge cases.
+        let tail: Vec<u64> = (1..=1000u64).map(|i| 1 + 5000 / i).collect();
+        for (costs, ranks) in [
+            (vec![], 3),
+            (vec![5], 3),
+            (vec![1; 10], 3),
+            (tail.clone(), 2),
+            (tail.clone(), 7),
+        ] {
+            let r = balanced_ranges(&costs, ranks);
+            assert_eq!(r.len(), ranks);
+            assert_eq!(r[0].start, 0);
+            assert_eq!(r[ranks - 1].end, costs.len());
+            for w in r.windows(2) {
+                assert_eq!(w[0].end, w[1].start);
+            }
+            // No range is more than one thing's cost over its share.
+            let total: u64 = costs.iter().sum();
+            let biggest = costs.iter().copied().max().unwrap_or(0);
+            for range in &r {
+                let cost: u64 = costs[range.clone()].iter().sum();
+                assert!(cost <= total / ranks as u64 + biggest + 1, "{r:?}");
+            }
+        }
+        assert_eq!(balanced_ranges(&[1; 10], 3), vec![0..3, 3..6, 6..10]);
     }
 
     #[test]
