@@ -35,7 +35,8 @@ pub(super) struct Everywhere {
 enum Way {
     Own,
     Shared(Box<dyn SharedFloats>),
-    Passed,
+    /// The whole table, for `gather` (empty for `share`, whose caller holds it).
+    Passed(Vec<f32>),
 }
 
 impl Everywhere {
@@ -62,7 +63,13 @@ impl Everywhere {
         let b = comm.node_floats(&vec![0.0; end(&second)], a.is_some());
         match (a, b) {
             (Some(a), Some(b)) => (table(first, Way::Shared(a)), table(second, Way::Shared(b))),
-            _ => (table(first, Way::Passed), table(second, Way::Passed)),
+            _ => {
+                let whole = vec![0.0; end(&first)];
+                (
+                    table(first, Way::Passed(whole)),
+                    table(second, Way::Passed(Vec::new())),
+                )
+            }
         }
     }
 
@@ -76,6 +83,38 @@ impl Everywhere {
         std::mem::take(&mut self.synced)
     }
 
+    /// The whole table, given this rank's range `own` (the first table of `place_two`): read
+    /// in place from the shared memory, gathered into a buffer from messages, `own` itself on
+    /// one rank.
+    ///
+    /// Valid until this rank's next call: every rank reads it only before the other table's
+    /// next barrier, and writes its range again only after that barrier.
+    pub(super) fn gather<'s>(
+        &'s mut self,
+        comm: &dyn Collective,
+        own: &'s [f32],
+    ) -> Result<&'s [f32]> {
+        let started = Instant::now();
+        let range = self.ranges[self.rank].clone();
+        let whole: &[f32] = match &mut self.way {
+            Way::Own => own,
+            Way::Passed(whole) => {
+                whole[range].copy_from_slice(own);
+                allgather(comm, whole, &self.ranges)?;
+                whole
+            }
+            Way::Shared(window) => {
+                // SAFETY: only this rank writes `range`; see above for the readers.
+                unsafe { window.part_mut(range) }.copy_from_slice(own);
+                window.sync();
+                // SAFETY: every rank wrote its range before the barrier just passed; see above.
+                unsafe { window.all() }
+            }
+        };
+        self.synced += started.elapsed().as_secs_f64();
+        Ok(whole)
+    }
+
     /// Every rank's range into `rows` (the whole table; this rank's range already holds its
     /// own).
     ///
@@ -87,7 +126,7 @@ impl Everywhere {
         let range = self.ranges[self.rank].clone();
         match &mut self.way {
             Way::Own => return Ok(()),
-            Way::Passed => allgather(comm, rows, &self.ranges)?,
+            Way::Passed(_) => allgather(comm, rows, &self.ranges)?,
             Way::Shared(window) => {
                 // SAFETY: only this rank writes `range`; see above for the readers.
                 unsafe { window.part_mut(range.clone()) }.copy_from_slice(&rows[range]);

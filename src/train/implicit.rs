@@ -184,10 +184,6 @@ enum ItemSide {
         by_item: ByItem,
         users: Everywhere,
         items: Everywhere,
-        /// Every user's row, rank by rank, on several ranks (one rank reads its own rows).
-        all_users: Vec<f32>,
-        /// This rank's floats of `all_users`.
-        mine: std::ops::Range<usize>,
         /// The most rows one rank shares at once.
         rows: usize,
     },
@@ -213,15 +209,8 @@ impl ItemSide {
             user_ranges.iter().map(floats).collect(),
             item_ranges.iter().map(floats).collect(),
         );
-        let n_users = starts[starts.len() - 1];
         Ok(ItemSide::Gathered {
             by_item: ByItem::from_pairs(item_ranges[rank].len(), pairs),
-            all_users: if comm.size() == 1 {
-                Vec::new()
-            } else {
-                vec![0.0; n_users * width]
-            },
-            mine: floats(&user_ranges[rank]),
             rows: most(&user_ranges).max(most(item_ranges)),
             users,
             items,
@@ -476,18 +465,9 @@ impl<'a> Epochs<'a> {
                 by_item,
                 users,
                 items,
-                all_users,
-                mine,
                 ..
             } => {
-                let own = params.users.as_slice();
-                let others: &[f32] = if comm.size() == 1 {
-                    own
-                } else {
-                    all_users[mine.clone()].copy_from_slice(own);
-                    users.share(comm, all_users)?;
-                    all_users
-                };
+                let others = users.gather(comm, params.users.as_slice())?;
                 let rows = &mut params.items.as_mut_slice()[self.mine.clone()];
                 let pairs_of = |i| by_item.of(i);
                 let cg = &mut self.items_cg;
