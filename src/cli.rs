@@ -114,6 +114,7 @@ impl InputArgs {
             },
             weights: EventWeights::parse(&self.event_weights)?,
             read_time: false,
+            user_cost: 0,
         })
     }
 }
@@ -426,6 +427,7 @@ impl TrainedInputArgs {
             settings: mut s,
             mut weights,
             read_time,
+            user_cost,
         } = trained;
         let given = |flag: &Option<String>, field: &mut String| {
             if let Some(v) = flag {
@@ -447,6 +449,7 @@ impl TrainedInputArgs {
             settings: s,
             weights,
             read_time,
+            user_cost,
         })
     }
 }

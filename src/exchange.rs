@@ -4,7 +4,8 @@
 //! into equal ranges, one per rank (`Owners::even`): every (user, item) pair then lives on
 //! exactly one rank, where its aggregation is exact (each rank aggregates locally first, so
 //! repeated events cost no traffic). Then the ranks count their ratings per range of hashes
-//! and cut again where the job's ratings are split evenly (`Owners::balance`), and the users
+//! and cut again where the job's ratings (and, for the implicit objective, a cost per user:
+//! `Input::user_cost`) are split evenly (`Owners::balance`), and the users
 //! between the old and new cuts move, whole: ranks get equal work whatever the users' activity
 //! (hash ranges of equal width left ranks 1.6-12% apart on 2 to 8 ranks). Both cuts depend on
 //! the ratings alone, never on which rank read which file.
@@ -88,18 +89,21 @@ impl Owners {
     }
 }
 
-/// This rank's ratings per bucket of users.
-fn ratings_per_bucket<R: Rated>(owned: &Owned<R>) -> Vec<u64> {
+/// This rank's work per bucket of users: its ratings, and `user_cost` per user.
+fn work_per_bucket<R: Rated>(owned: &Owned<R>, user_cost: u64) -> Vec<u64> {
     let buckets: Vec<u32> = owned
         .users
         .iter()
         .map(|id| bucket(id.stable_hash()) as u32)
         .collect();
-    let mut ratings = vec![0u64; 1 << BUCKET_BITS];
-    for t in &owned.triples {
-        ratings[buckets[t.user as usize] as usize] += 1;
+    let mut work = vec![0u64; 1 << BUCKET_BITS];
+    for &b in &buckets {
+        work[b as usize] += user_cost;
     }
-    ratings
+    for t in &owned.triples {
+        work[buckets[t.user as usize] as usize] += 1;
+    }
+    work
 }
 
 /// What one rank sends in the exchange: the message for each destination rank, back to back
@@ -386,7 +390,14 @@ fn in_id_order<R: Rated>(
 }
 
 /// Send every rating to its user's owner.
-pub fn route(comm: &dyn Collective, local: LocalRatings, agg: Aggregate) -> Result<OwnedRatings> {
+///
+/// `user_cost`: what each user weighs besides its ratings when the ranks are balanced.
+pub fn route(
+    comm: &dyn Collective,
+    local: LocalRatings,
+    agg: Aggregate,
+    user_cost: u64,
+) -> Result<OwnedRatings> {
     let LocalRatings {
         users,
         items,
@@ -395,18 +406,21 @@ pub fn route(comm: &dyn Collective, local: LocalRatings, agg: Aggregate) -> Resu
         ..
     } = local;
     match times.is_empty() {
-        true => Ok(route_ratings(comm, users, items, plain(triples), agg)?.plain()),
-        false => Ok(route_ratings(comm, users, items, timed(triples, times), agg)?.split()),
+        true => Ok(route_ratings(comm, (users, items), plain(triples), agg, user_cost)?.plain()),
+        false => {
+            let timed = timed(triples, times);
+            Ok(route_ratings(comm, (users, items), timed, agg, user_cost)?.split())
+        }
     }
 }
 
 /// `route` of ratings of either kind.
 fn route_ratings<R: Rated>(
     comm: &dyn Collective,
-    users: Interner,
-    items: Interner,
+    (users, items): (Interner, Interner),
     triples: Vec<R>,
     agg: Aggregate,
+    user_cost: u64,
 ) -> Result<Owned<R>> {
     let started = std::time::Instant::now();
     if comm.size() == 1 {
@@ -429,7 +443,7 @@ fn route_ratings<R: Rated>(
     let owned = comm.agree(decode_ratings::<R>(&incoming, &lens, agg))?;
     drop(incoming);
     let decoded = started.elapsed().as_secs_f64();
-    let mut ratings = ratings_per_bucket(&owned);
+    let mut ratings = work_per_bucket(&owned, user_cost);
     comm.reduce_u64(&mut ratings, Op::Sum);
     let owners = Owners::balance(&ratings, comm.size());
     let (owned, moved) = if owners == even {
@@ -749,6 +763,30 @@ mod tests {
             let mut merged = crate::ratings::plain(into);
             merge_sorted(&mut merged, &crate::ratings::plain(from));
             assert_eq!(crate::ratings::unplain(merged), expected);
+        }
+    }
+
+    #[test]
+    fn a_bucket_weighs_its_ratings_and_the_cost_of_each_of_its_users() {
+        let (heavy, light) = (Id::Int(1), Id::Int(2));
+        let t = |user, item| Triple {
+            user,
+            item,
+            value: 1.0,
+        };
+        let owned = Owned {
+            users: vec![heavy.clone(), light.clone()],
+            items: vec![Id::Int(10), Id::Int(11), Id::Int(12)],
+            triples: crate::ratings::plain(vec![t(0, 0), t(0, 1), t(0, 2), t(1, 0)]),
+        };
+        let at = |id: &Id| bucket(id.stable_hash());
+        for cost in [0, 16] {
+            let work = work_per_bucket(&owned, cost);
+            assert_eq!(work.iter().sum::<u64>(), 4 + 2 * cost);
+            if at(&heavy) != at(&light) {
+                assert_eq!(work[at(&heavy)], 3 + cost);
+                assert_eq!(work[at(&light)], 1 + cost);
+            }
         }
     }
 

@@ -232,6 +232,10 @@ pub struct Input {
     pub weights: EventWeights,
     /// Read the time column too (a hold-out by time needs each pair's latest time).
     pub read_time: bool,
+    /// What a user costs the trainer besides its pairs, in pairs, when the ranks are given
+    /// equal work (`exchange::Owners::balance`): the implicit objective's work per row; 0
+    /// elsewhere.
+    pub user_cost: u64,
 }
 
 impl Input {

@@ -70,7 +70,12 @@ pub fn load_ratings(
     }
     let local = read(comm, loc, input, &dataset, &mut report)?;
     let started = Instant::now();
-    let owned = comm.agree(exchange::route(comm, local, input.settings.aggregate))?;
+    let owned = comm.agree(exchange::route(
+        comm,
+        local,
+        input.settings.aggregate,
+        input.user_cost,
+    ))?;
     report.exchange_seconds = started.elapsed().as_secs_f64();
     log::debug!(
         "rank {}: {} ratings after the exchange; peak memory {:.0} MB",

@@ -181,6 +181,7 @@ impl ModelMeta {
                 .unwrap_or_default(),
             // The split by time needs the times again to tell the pairs apart.
             read_time: !self.hyperparameters.holdout_by.is_pair(),
+            user_cost: 0,
         }
     }
 

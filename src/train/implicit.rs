@@ -230,17 +230,21 @@ fn gathers(ranks: usize, users: usize, items: usize, cg_steps: usize) -> bool {
     }
 }
 
-/// What stepping each item costs its owner, in pairs: its pairs on every rank, and a row's own
-/// work (the Gram matrix's product, the step) of about 8 pairs' at 64 factors (a sum over
-/// the ranks: a collective call).
+/// A row's own work in an epoch (its steps' products with the Gram matrix, the steps), in
+/// observed pairs' work: 4 x (k+1) x width multiply-adds in a matrix product against
+/// 4 x 2 x width per pair in the pair loops, which run about half as many per second; at
+/// 64 factors about 16 pairs. How the ranks' users and items are balanced.
+pub const ROW_COST: u64 = 16;
+
+/// What stepping each item costs its owner, in pairs: its pairs on every rank and `ROW_COST`
+/// (a sum over the ranks: a collective call).
 fn item_costs(comm: &dyn Collective, ratings: &RankRatings, n_items: usize) -> Vec<u64> {
-    const ROW: u64 = 8;
     let mut costs = vec![0u64; n_items];
     for &i in &ratings.items {
         costs[i as usize] += 1;
     }
     comm.reduce_u64(&mut costs, Op::Sum);
-    costs.iter_mut().for_each(|c| *c += ROW);
+    costs.iter_mut().for_each(|c| *c += ROW_COST);
     costs
 }
 
