@@ -78,8 +78,10 @@ pub struct Training {
     pub seconds_per_epoch: f64,
     /// Where the ranks kept the item rows: "own" (one rank), "shared" (memory all ranks of one
     /// node map) or "passed" (round the ring); for the implicit objective on several ranks,
-    /// "summed-shared" or "summed-passed" (the ranks' parts of every item's steps summed in
-    /// memory the node's ranks share, or as messages).
+    /// "gathered-shared" or "gathered-passed" (each item stepped by its owner from all its
+    /// pairs and every user's row, the rows shared in memory the node's ranks map, or as
+    /// messages), or "summed-shared" or "summed-passed" (the ranks' parts of every item's steps
+    /// summed in that memory, or as messages).
     #[serde(default)]
     pub item_rows: String,
     /// Synchronisations of the item rows per epoch: for "passed", R - 1 block hand-overs
