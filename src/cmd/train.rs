@@ -162,7 +162,7 @@ fn settings(comm: &dyn Collective, args: &TrainArgs) -> Result<Settings> {
     input.read_time = !hyper.holdout_by.is_pair() && hyper.holdout > 0.0;
     // Each implicit user's row has its own work (its steps' products with the Gram matrix).
     input.user_cost = match hyper.implicit {
-        Some(_) => crate::train::implicit::ROW_COST,
+        Some(_) => crate::train::implicit::row_cost(hyper.factors),
         None => 0,
     };
     Ok(Settings {

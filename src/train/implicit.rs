@@ -232,19 +232,26 @@ fn gathers(ranks: usize, users: usize, items: usize, cg_steps: usize) -> bool {
 
 /// A row's own work in an epoch (its steps' products with the Gram matrix, the steps), in
 /// observed pairs' work: 4 x (k+1) x width multiply-adds in a matrix product against
-/// 4 x 2 x width per pair in the pair loops, which run about half as many per second; at
-/// 64 factors about 16 pairs. How the ranks' users and items are balanced.
-pub const ROW_COST: u64 = 16;
+/// 4 x 2 x width per pair in the pair loops, which run about half as many per second, so
+/// about (k + 1) / 4 pairs (16 at 64 factors). How the ranks' users and items are balanced.
+pub fn row_cost(factors: usize) -> u64 {
+    (factors as u64 + 1).div_ceil(4)
+}
 
-/// What stepping each item costs its owner, in pairs: its pairs on every rank and `ROW_COST`
+/// What stepping each item costs its owner, in pairs: its pairs on every rank and `row_cost`
 /// (a sum over the ranks: a collective call).
-fn item_costs(comm: &dyn Collective, ratings: &RankRatings, n_items: usize) -> Vec<u64> {
+fn item_costs(
+    comm: &dyn Collective,
+    ratings: &RankRatings,
+    n_items: usize,
+    factors: usize,
+) -> Vec<u64> {
     let mut costs = vec![0u64; n_items];
     for &i in &ratings.items {
         costs[i as usize] += 1;
     }
     comm.reduce_u64(&mut costs, Op::Sum);
-    costs.iter_mut().for_each(|c| *c += ROW_COST);
+    costs.iter_mut().for_each(|c| *c += row_cost(factors));
     costs
 }
 
@@ -287,7 +294,8 @@ impl<'a> Epochs<'a> {
         let n_users = *starts.last().expect("a start per rank");
         let gather = gathers(comm.size(), n_users, n_items, settings.cg_steps);
         let item_ranges = if gather && comm.size() > 1 {
-            balanced_ranges(&item_costs(comm, ratings, n_items), comm.size())
+            let costs = item_costs(comm, ratings, n_items, params.factors);
+            balanced_ranges(&costs, comm.size())
         } else {
             even_ranges(n_items, comm.size())
         };

@@ -98,29 +98,37 @@ impl ItemRows {
                     self.syncs_per_epoch(ranks),
                     cg_steps + 1,
                 );
-                if shared {
-                    format!("{what}; parts and directions in memory the {ranks} ranks of this node share, none copied")
-                } else {
-                    format!(
-                        "{what}; passed as messages, {} floats per rank each",
-                        self.floats_per_sync(blocks, factors)
-                    )
-                }
+                let memory = "parts and directions in memory";
+                format!("{what}; {}", self.how(shared, memory, ranks, blocks, factors))
             }
             ItemRows::Gathered { shared, .. } => {
                 let what = format!(
                     "on every rank; each item stepped by its owner from all its pairs and every user's row; {} synchronisations per epoch (the users' rows, the items' rows, two Gram matrices, the loss)",
                     self.syncs_per_epoch(ranks),
                 );
-                if shared {
-                    format!("{what}; the rows in memory the {ranks} ranks of this node share")
-                } else {
-                    format!(
-                        "{what}; passed as messages, at most {} floats per rank each",
-                        self.floats_per_sync(blocks, factors)
-                    )
-                }
+                let memory = "the rows in memory";
+                format!("{what}; {}", self.how(shared, memory, ranks, blocks, factors))
             }
+        }
+    }
+
+    /// How the implicit objective's rows travel, for `describe`: `memory` the node's ranks
+    /// share, or messages of at most `floats_per_sync` floats.
+    fn how(
+        self,
+        shared: bool,
+        memory: &str,
+        ranks: usize,
+        blocks: &ItemBlocks,
+        factors: usize,
+    ) -> String {
+        if shared {
+            format!("{memory} the {ranks} ranks of this node share")
+        } else {
+            format!(
+                "passed as messages, at most {} floats per rank each",
+                self.floats_per_sync(blocks, factors)
+            )
         }
     }
 }
