@@ -6,7 +6,8 @@
 //!
 //! - One rank: its rows are everyone's; nothing moves.
 //! - Ranks on one node: each rank writes its range into a window the ranks map (MPI shared
-//!   memory); after a barrier everyone copies the whole.
+//!   memory); after a barrier everyone reads the users' rows in place (`gather`) and copies
+//!   the items' into its own rows (`share`).
 //! - Ranks on several nodes (or `FUNKSVD_SHARED_ROWS=0`, or no room in /dev/shm): an allgather.
 //!
 //! Both ways give every rank the same floats, so the model does not depend on the way.
