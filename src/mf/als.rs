@@ -90,6 +90,18 @@ impl Weights {
             if value > 0.0 { 1.0 } else { 0.0 },
         )
     }
+
+    /// How much of the other side's row an observed pair with `value` and score `s` adds to
+    /// `sum` (see `Observed`): one formula for every form of the loops, so they agree bit for
+    /// bit.
+    #[inline(always)]
+    pub fn scale(&self, sum: Observed, value: f32, s: f32) -> f32 {
+        let (c, y) = self.observed(value);
+        match sum {
+            Observed::Residual => c * y - (c - self.unobserved) * s,
+            Observed::Product => (c - self.unobserved) * s,
+        }
+    }
 }
 
 /// Whether a row's slot 0 is solved for (an item's bias) or held (a user's constant 1, an
@@ -227,13 +239,7 @@ unsafe fn observed_avx2(
     if width % LANES != 0 || x.len() < width || out.len() < width {
         return observed_rows(sum, w, x, others, width, pairs, values, out);
     }
-    let scale = |value: f32, s: f32| {
-        let (c, y) = w.observed(value);
-        match sum {
-            Observed::Residual => c * y - (c - w.unobserved) * s,
-            Observed::Product => (c - w.unobserved) * s,
-        }
-    };
+    let scale = |value: f32, s: f32| w.scale(sum, value, s);
     let row = |j: u32| others[j as usize * width..][..width].as_ptr();
     let vectors = width / LANES;
     // Four pairs at a time: their dots are independent, and `out` is read and written once for
@@ -342,13 +348,7 @@ fn observed_rows(
     for (n, (&j, &value)) in pairs.iter().zip(values).enumerate() {
         ahead(others, width, pairs, n);
         let other = &others[j as usize * width..][..width];
-        let (c, y) = w.observed(value);
-        let s = dot(x, other);
-        let scale = match sum {
-            Observed::Residual => c * y - (c - w.unobserved) * s,
-            Observed::Product => (c - w.unobserved) * s,
-        };
-        axpy(scale, other, out);
+        axpy(w.scale(sum, value, dot(x, other)), other, out);
     }
 }
 
