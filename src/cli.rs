@@ -559,7 +559,7 @@ pub enum OutFormat {
 /// Events `generate` builds in memory for one file (about 1 GB with its encoding).
 const MAX_EVENTS_PER_FILE: usize = 20_000_000;
 
-#[derive(Args, Debug)]
+#[derive(Args, Debug, Clone)]
 pub struct GenerateArgs {
     /// Output folder (/dir, file:///dir, s3://bucket/prefix).
     #[arg(long)]
@@ -582,6 +582,11 @@ pub struct GenerateArgs {
     /// Rank of the hidden user/item structure.
     #[arg(long, default_value_t = 8)]
     pub latent: usize,
+    /// The share of views a user picks by taste (0 to 1): such a view keeps a popular item only
+    /// as often as the user's hidden vector likes it. 0 (the default): which items a user views
+    /// follows popularity alone, and only carts and purchases depend on the user.
+    #[arg(long, default_value_t = 0.0)]
+    pub taste: f64,
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
     #[arg(long, value_enum, default_value_t = OutFormat::Parquet)]
@@ -617,6 +622,12 @@ impl GenerateArgs {
             if v > most {
                 return Err(Error::usage(format!("{flag} {v}: at most {most}")));
             }
+        }
+        if !(0.0..=1.0).contains(&self.taste) {
+            return Err(Error::usage(format!(
+                "--taste {}: must be between 0 and 1 (the share of views picked by taste)",
+                self.taste
+            )));
         }
         let per_file = self.events.div_ceil(self.files);
         if per_file > MAX_EVENTS_PER_FILE {

@@ -376,6 +376,16 @@ fn cases() -> Vec<Case> {
             },
         },
         Case {
+            name: "generate --taste above 1",
+            code: 2,
+            says: "--taste 2: must be between 0 and 1",
+            args: |d| {
+                ["generate", "--out", s(&d.join("g")), "--taste", "2"]
+                    .map(String::from)
+                    .to_vec()
+            },
+        },
+        Case {
             name: "AWS_ENDPOINT_URL that is not a URL",
             code: 2,
             says: "AWS_ENDPOINT_URL=not a url: not a URL",
