@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Install what funksvd needs to build and run on Debian: OpenMPI, clang (for the MPI bindings),
-# pkg-config and GNU time; with --test also what the tests need (a one-node Slurm, Python venv).
+# pkg-config and GNU time; with --test also what the tests need (a one-node Slurm, Python venv,
+# headless Chromium for the serve page).
 # Safe to run again; installs only what is missing.
 set -euo pipefail
 
 packages=(openmpi-bin libopenmpi-dev libclang-dev clang pkg-config time libopenblas-dev)
 if [ "${1:-}" = "--test" ]; then
-  packages+=(slurm-wlm munge libpmix-bin python3-venv)
+  packages+=(slurm-wlm munge libpmix-bin python3-venv chromium)
 fi
 missing=()
 for p in "${packages[@]}"; do

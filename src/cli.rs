@@ -63,6 +63,14 @@ pub enum Command {
         funksvd generate --out data/events\n  \
         mpirun -n 2 funksvd generate --out data/big --users 100000 --items 20000 --events 5000000 --files 8")]
     Generate(GenerateArgs),
+    /// Recommendations over HTTP/JSON from the published model (one process, no MPI; picks up
+    /// each newly published model by itself).
+    #[command(after_help = "Examples:\n  \
+        funksvd serve --model models/demo --data data/events\n  \
+        funksvd serve --model s3://shop/models/funksvd --data s3://shop/clickstream/ --listen 0.0.0.0:8080 --token-file /run/secrets/token\n\n\
+        Endpoints: GET /v1/recommend?user=ID&n=10, POST /v1/recommend {\"items\": [...], \"n\": 10},\n  \
+        GET /v1/similar?item=ID&n=10, GET /v1/predict?user=ID&item=ID, GET /healthz, GET /metrics, GET /")]
+    Serve(ServeArgs),
 }
 
 /// Where the ratings come from in the input rows.
@@ -545,6 +553,68 @@ impl VerifyArgs {
                 "--items {} x --factors {}: the bandwidth test's item rows must be between 1 item and 4 GiB",
                 self.items, self.factors
             )));
+        }
+        Ok(())
+    }
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ServeArgs {
+    /// The model (a prefix holding model.json), local or s3://; watched for new publications.
+    #[arg(long)]
+    pub model: String,
+    /// Address and port to listen on. The default takes connections from this machine only; give
+    /// 0.0.0.0:8080 in a container (and --token-file where others can reach it).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub listen: String,
+    /// The interactions behind the model, read as it was trained (re-read with each new model):
+    /// the items left out of a user's recommendations, the rows folded in for users of the
+    /// data the model does not know, and popularity. Without it nothing is left out.
+    #[arg(long)]
+    pub data: Option<String>,
+    /// Seconds between two looks at model.json for a newly published model (0: never).
+    #[arg(long, default_value_t = 10.0)]
+    pub poll_seconds: f64,
+    /// A file holding a bearer token: every /v1 request must then carry
+    /// `Authorization: Bearer <token>` (/healthz and /metrics stay open).
+    #[arg(long)]
+    pub token_file: Option<String>,
+    /// The most items one request may ask for (`n`).
+    #[arg(long, default_value_t = 1000)]
+    pub max_n: usize,
+    /// Seconds a request may take before it is answered 503.
+    #[arg(long, default_value_t = 10.0)]
+    pub timeout_seconds: f64,
+    /// Worker threads answering requests [default: the cores this process may use].
+    #[arg(long)]
+    pub threads: Option<usize>,
+    #[command(flatten)]
+    pub input: TrainedInputArgs,
+}
+
+impl ServeArgs {
+    pub fn check(&self) -> Result<()> {
+        for (flag, v) in [
+            ("--poll-seconds", self.poll_seconds),
+            ("--timeout-seconds", self.timeout_seconds),
+        ] {
+            if !(v.is_finite() && (0.0..=86_400.0).contains(&v)) {
+                return Err(Error::usage(format!(
+                    "{flag} {v}: must be a number of seconds between 0 and 86400"
+                )));
+            }
+        }
+        if self.timeout_seconds == 0.0 {
+            return Err(Error::usage("--timeout-seconds 0: must be above 0"));
+        }
+        if !(1..=1_000_000).contains(&self.max_n) {
+            return Err(Error::usage(format!(
+                "--max-n {}: must be between 1 and 1000000",
+                self.max_n
+            )));
+        }
+        if self.threads == Some(0) {
+            return Err(Error::usage("--threads 0: must be at least 1"));
         }
         Ok(())
     }

@@ -13,6 +13,7 @@
 //! - the pipeline, in order: `plan` (who reads what) -> `ingest` (read a slice) -> `features`
 //!   (events to ratings) -> `exchange` (ratings to their user's rank) -> `train` (the trainer,
 //!   over a `Collective`) -> `model_io` (publish);
+//! - `serve`, the HTTP server (no MPI) over `model_io` and the model core;
 //! - `cli` and `cmd`, the commands.
 //!
 //! ```
@@ -52,6 +53,7 @@ pub mod ranking;
 pub mod ratings;
 pub mod recommend;
 pub mod rng;
+pub mod serve;
 pub mod store;
 pub mod times;
 pub mod train;

@@ -1,5 +1,5 @@
-//! `funksvd`: parse arguments, start MPI for the commands that run as ranks, run the command,
-//! map errors to exit codes.
+//! `funksvd`: parse arguments, start MPI for the commands that run as ranks (every one but
+//! `serve`), run the command, map errors to exit codes.
 
 use std::io::Write;
 
@@ -25,7 +25,22 @@ fn run() -> i32 {
             }
             e.exit_code()
         }
-        Ok(cli) => run_ranks(&cli.command),
+        Ok(cli) => match &cli.command {
+            Command::Serve(args) => serve(args),
+            command => run_ranks(command),
+        },
+    }
+}
+
+/// `serve`: one process, no MPI.
+fn serve(args: &funksvd::cli::ServeArgs) -> i32 {
+    init_logging(0, 1);
+    match funksvd::cmd::serve::run(args) {
+        Ok(()) => 0,
+        Err(e) => {
+            say(&format!("funksvd: error: {e}\n"));
+            e.exit_code()
+        }
     }
 }
 
@@ -44,6 +59,7 @@ fn run_ranks(command: &Command) -> i32 {
         Command::Recommend(args) => funksvd::cmd::recommend::run(&comm, args),
         Command::Generate(args) => funksvd::cmd::generate::run(&comm, args),
         Command::Verify(args) => funksvd::cmd::verify::run(&comm, args),
+        Command::Serve(_) => unreachable!("serve runs without MPI"),
     };
     let code = match result {
         Ok(()) => 0,

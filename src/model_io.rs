@@ -244,7 +244,11 @@ pub async fn load_meta(loc: &Location) -> Result<ModelMeta> {
 
 /// Read a whole model: `model.json`, then the tables it names.
 pub async fn load(loc: &Location) -> Result<Model> {
-    let meta = load_meta(loc).await?;
+    load_with_meta(loc, load_meta(loc).await?).await
+}
+
+/// Read the tables `meta` (a `model.json` read from `loc`) names.
+pub async fn load_with_meta(loc: &Location, meta: ModelMeta) -> Result<Model> {
     let users_key = loc.child_key(&meta.table("users"));
     let items_key = loc.child_key(&meta.table("items"));
     let (users, items) = futures::try_join!(loc.get(&users_key), loc.get(&items_key))?;

@@ -386,6 +386,39 @@ fn cases() -> Vec<Case> {
             },
         },
         Case {
+            name: "serve --listen that is not HOST:PORT",
+            code: 2,
+            says: "--listen nowhere: ",
+            args: |d| {
+                let model = s(&d.join("m")).to_string();
+                ["serve", "--model", &model, "--listen", "nowhere"]
+                    .map(String::from)
+                    .to_vec()
+            },
+        },
+        Case {
+            name: "serve --token-file that cannot be read",
+            code: 2,
+            says: "cannot read it",
+            args: |d| {
+                let (model, token) = (s(&d.join("m")).to_string(), s(&d.join("none")).to_string());
+                ["serve", "--model", &model, "--token-file", &token]
+                    .map(String::from)
+                    .to_vec()
+            },
+        },
+        Case {
+            name: "serve --max-n 0",
+            code: 2,
+            says: "--max-n 0: must be between 1 and 1000000",
+            args: |d| {
+                let model = s(&d.join("m")).to_string();
+                ["serve", "--model", &model, "--max-n", "0"]
+                    .map(String::from)
+                    .to_vec()
+            },
+        },
+        Case {
             name: "AWS_ENDPOINT_URL that is not a URL",
             code: 2,
             says: "AWS_ENDPOINT_URL=not a url: not a URL",

@@ -7,60 +7,8 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
-use arrow::array::{Array, AsArray};
-use arrow::datatypes::{Float32Type, Int32Type, Int64Type};
 use common::*;
 use funksvd::mf::Model;
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-
-/// One output row: key id (as text), rank, listed id (as text), score, source.
-#[derive(Clone, Debug, PartialEq)]
-struct Row {
-    key: String,
-    rank: i32,
-    value: String,
-    score: f32,
-    source: String,
-}
-
-/// Every row of an output folder, parts in name order; panics if `_SUCCESS` is missing.
-fn read_output(out: &Path) -> Vec<Row> {
-    assert!(out.join("_SUCCESS").exists(), "no _SUCCESS in {out:?}");
-    let mut parts: Vec<PathBuf> = std::fs::read_dir(out)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "parquet"))
-        .collect();
-    parts.sort();
-    let text = |a: &dyn Array, r: usize| match a.data_type() {
-        arrow::datatypes::DataType::Int64 => a.as_primitive::<Int64Type>().value(r).to_string(),
-        _ => a.as_string::<i32>().value(r).to_string(),
-    };
-    let mut rows = Vec::new();
-    for part in parts {
-        let file = std::fs::File::open(&part).unwrap();
-        for batch in ParquetRecordBatchReaderBuilder::try_new(file)
-            .unwrap()
-            .build()
-            .unwrap()
-        {
-            let b = batch.unwrap();
-            for r in 0..b.num_rows() {
-                rows.push(Row {
-                    key: text(b.column(0).as_ref(), r),
-                    rank: b.column(1).as_primitive::<Int32Type>().value(r),
-                    value: text(b.column(2).as_ref(), r),
-                    score: b.column(3).as_primitive::<Float32Type>().value(r),
-                    source: match b.num_columns() {
-                        5 => b.column(4).as_string::<i32>().value(r).to_string(),
-                        _ => String::new(),
-                    },
-                });
-            }
-        }
-    }
-    rows
-}
 
 /// A ratings CSV of `users` x `items` with about `per_user` ratings each (deterministic), and
 /// the pairs in it.

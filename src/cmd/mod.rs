@@ -3,5 +3,6 @@
 pub mod evaluate;
 pub mod generate;
 pub mod recommend;
+pub mod serve;
 pub mod train;
 pub mod verify;
