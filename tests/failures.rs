@@ -800,10 +800,34 @@ fn cases() -> Vec<Case> {
     ]
 }
 
+/// Runs at a time: most of a case is processes starting and stopping, not work, so two at once
+/// take about half the time on two cores.
+const AT_ONCE: usize = 2;
+
 #[test]
 fn every_failure_exits_with_its_code_and_names_the_culprit_on_two_ranks() {
+    let cases = cases();
+    let problems: Vec<String> = std::thread::scope(|scope| {
+        let runs: Vec<_> = (0..AT_ONCE)
+            .map(|first| {
+                let cases = &cases;
+                scope.spawn(move || {
+                    (first..cases.len())
+                        .step_by(AT_ONCE)
+                        .flat_map(|n| case_problems(n, &cases[n]))
+                        .collect::<Vec<String>>()
+                })
+            })
+            .collect();
+        runs.into_iter().flat_map(|r| r.join().unwrap()).collect()
+    });
+    assert!(problems.is_empty(), "{}", problems.join("\n---\n"));
+}
+
+/// What is wrong with how case `n` ends (nothing: empty).
+fn case_problems(n: usize, case: &Case) -> Vec<String> {
     let mut problems = Vec::new();
-    for (n, case) in cases().iter().enumerate() {
+    {
         let dir = temp_dir(&format!("failure-{n}"));
         let mut args = (case.args)(&dir);
         // Leading NAME=VALUE arguments are the environment of the run.
@@ -828,7 +852,7 @@ fn every_failure_exits_with_its_code_and_names_the_culprit_on_two_ranks() {
             problems.push(format!("{}: published a model", case.name));
         }
     }
-    assert!(problems.is_empty(), "{}", problems.join("\n---\n"));
+    problems
 }
 
 #[test]
