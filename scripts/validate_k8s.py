@@ -1,7 +1,10 @@
 #!/usr/bin/env python3
-"""Validate the MPIJob manifests under k8s/ offline, as `kubectl apply` with strict field
-validation and the MPI Operator would: against the CRD's openAPIV3Schema with unknown fields
-rejected, plus the operator's own rules the schema does not carry.
+"""Validate the manifests under k8s/ offline, as `kubectl apply` with strict field validation
+and the MPI Operator would: MPIJobs against the CRD's openAPIV3Schema with unknown fields
+rejected, plus the operator's own rules the schema does not carry; the serving Deployment's pod
+template against the same CRD's pod template schema (Kubernetes' own PodTemplateSpec, embedded
+in it), its apps/v1 and the Service's v1 fields against the API's shapes written out here, and
+the rules the API server and kubelet apply (selectors that match, probes on declared ports).
 
     validate_k8s.py CRD.yaml MANIFEST.yaml...   # exit 0 when every document is valid
     validate_k8s.py --self-test CRD.yaml MANIFEST.yaml   # broken copies must be rejected
@@ -44,6 +47,98 @@ def mpijob_schema(crd_path):
     # apiVersion/kind/metadata are checked by the API server, not the CRD schema.
     schema.setdefault("properties", {})
     return schema
+
+
+def pod_template_schema(mpijob):
+    """Kubernetes' PodTemplateSpec schema, as the MPIJob CRD embeds it for its replicas."""
+    replicas = mpijob["properties"]["spec"]["properties"]["mpiReplicaSpecs"]
+    return replicas["additionalProperties"]["properties"]["template"]
+
+
+def closed(properties, required=()):
+    return {"type": "object", "properties": properties, "required": list(required), "additionalProperties": False}
+
+
+LABELS = {"type": "object", "additionalProperties": {"type": "string"}}
+METADATA = closed({"name": {"type": "string"}, "namespace": {"type": "string"}, "labels": LABELS,
+                   "annotations": LABELS}, ["name"])
+INT_OR_STRING = {"anyOf": [{"type": "integer"}, {"type": "string"}]}
+
+
+def deployment_schema(mpijob):
+    """apps/v1 Deployment (the fields a Deployment has), its pod template the real schema."""
+    return closed({
+        "apiVersion": {"const": "apps/v1"}, "kind": {"const": "Deployment"}, "metadata": METADATA,
+        "spec": closed({
+            "replicas": {"type": "integer", "minimum": 0},
+            "selector": closed({"matchLabels": LABELS, "matchExpressions": {"type": "array"}}),
+            "strategy": closed({"type": {"enum": ["RollingUpdate", "Recreate"]},
+                                "rollingUpdate": closed({"maxUnavailable": INT_OR_STRING, "maxSurge": INT_OR_STRING})}),
+            "template": pod_template_schema(mpijob),
+            "minReadySeconds": {"type": "integer"}, "revisionHistoryLimit": {"type": "integer"},
+            "progressDeadlineSeconds": {"type": "integer"}, "paused": {"type": "boolean"},
+        }, ["selector", "template"]),
+    }, ["apiVersion", "kind", "metadata", "spec"])
+
+
+SERVICE_SCHEMA = closed({
+    "apiVersion": {"const": "v1"}, "kind": {"const": "Service"}, "metadata": METADATA,
+    "spec": closed({
+        "type": {"enum": ["ClusterIP", "NodePort", "LoadBalancer", "ExternalName"]},
+        "selector": LABELS,
+        "ports": {"type": "array", "minItems": 1, "items": closed({
+            "name": {"type": "string"}, "port": {"type": "integer", "minimum": 1, "maximum": 65535},
+            "targetPort": INT_OR_STRING, "protocol": {"enum": ["TCP", "UDP", "SCTP"]},
+            "nodePort": {"type": "integer"}, "appProtocol": {"type": "string"}}, ["port"])},
+        "sessionAffinity": {"type": "string"},
+    }, ["ports"]),
+}, ["apiVersion", "kind", "metadata", "spec"])
+
+
+def deployment_errors(doc):
+    """What the API server and kubelet check beyond the schema."""
+    errors = []
+    spec = doc["spec"]
+    labels = spec["template"].get("metadata", {}).get("labels", {})
+    selector = spec["selector"].get("matchLabels", {})
+    if not selector or any(labels.get(k) != v for k, v in selector.items()):
+        errors.append("spec.selector.matchLabels must be non-empty and match spec.template.metadata.labels")
+    pod = spec["template"]["spec"]
+    if pod.get("restartPolicy", "Always") != "Always":
+        errors.append("a Deployment's pods must have restartPolicy Always")
+    for c in pod.get("containers", []):
+        ports = c.get("ports", [])
+        names = {p.get("name") for p in ports} - {None}
+        numbers = {p["containerPort"] for p in ports}
+        for probe in ("readinessProbe", "livenessProbe"):
+            get = c.get(probe, {}).get("httpGet")
+            if get is None:
+                errors.append(f"container {c['name']}: {probe}.httpGet is required (the server's health endpoints)")
+            elif get["port"] not in names | numbers:
+                errors.append(f"container {c['name']}: {probe} port {get['port']!r} is not a declared port")
+        argv = list(c.get("args", []))
+        if "--listen" in argv:
+            port = int(argv[argv.index("--listen") + 1].rsplit(":", 1)[1])
+            if port not in numbers:
+                errors.append(f"container {c['name']}: --listen port {port} is not a containerPort {sorted(numbers)}")
+        mounts = {m["name"] for m in c.get("volumeMounts", [])}
+        volumes = {v["name"] for v in pod.get("volumes", [])}
+        for m in sorted(mounts - volumes):
+            errors.append(f"container {c['name']}: volumeMount {m!r} has no volume")
+    return errors
+
+
+def service_errors(doc, deployments):
+    """The Service must select a Deployment's pods and target one of their ports."""
+    selector = doc["spec"].get("selector", {})
+    for d in deployments:
+        labels = d["spec"]["template"].get("metadata", {}).get("labels", {})
+        if selector and all(labels.get(k) == v for k, v in selector.items()):
+            ports = [p for c in d["spec"]["template"]["spec"]["containers"] for p in c.get("ports", [])]
+            targets = {p.get("name") for p in ports} | {p["containerPort"] for p in ports}
+            return [f"port {p.get('name', p['port'])}: targetPort {p.get('targetPort', p['port'])!r} is not a port of the pods"
+                    for p in doc["spec"]["ports"] if p.get("targetPort", p["port"]) not in targets]
+    return [f"spec.selector {selector} selects no Deployment's pods in these files"]
 
 
 def mpirun_ranks(args):
@@ -95,14 +190,56 @@ S3_VARIABLES = {
 }
 
 
-def validate(doc, schema):
-    if doc.get("kind") == "Secret":
+def schema_errors(doc, schema):
+    return [f"{e.json_path}: {e.message}" for e in jsonschema.Draft7Validator(schema).iter_errors(doc)]
+
+
+def validate(doc, schema, others=()):
+    """The errors of one document (`others`: every document of the files, for the Service)."""
+    kind = doc.get("kind")
+    if kind == "Secret":
         unknown = set(doc.get("stringData", {})) - S3_VARIABLES
         return [f"stringData key {k!r} is not a variable funksvd reads" for k in sorted(unknown)]
-    if doc.get("kind") != "MPIJob":
-        return [f"unexpected kind {doc.get('kind')!r}"]
-    errors = [f"{e.json_path}: {e.message}" for e in jsonschema.Draft7Validator(schema).iter_errors(doc)]
-    return errors + operator_errors(doc)
+    if kind == "Deployment":
+        errors = schema_errors(doc, deployment_schema(schema))
+        return errors or deployment_errors(doc)
+    if kind == "Service":
+        deployments = [d for d in others if d.get("kind") == "Deployment"]
+        return schema_errors(doc, SERVICE_SCHEMA) or service_errors(doc, deployments)
+    if kind != "MPIJob":
+        return [f"unexpected kind {kind!r}"]
+    return schema_errors(doc, schema) + operator_errors(doc)
+
+
+def serve_self_test(schema, docs):
+    """Broken copies of the serving Deployment and Service; the cases wrongly accepted."""
+    deployment = next(d for d in docs if d.get("kind") == "Deployment")
+    service = next(d for d in docs if d.get("kind") == "Service")
+    def container(d):
+        return d["spec"]["template"]["spec"]["containers"][0]
+    broken = {}
+    def case(name, change, of=deployment):
+        copied = copy.deepcopy(of)
+        change(copied)
+        broken[name] = copied
+    case("misspelt field in the pod template (readinesProbe)",
+         lambda d: container(d).__setitem__("readinesProbe", container(d).pop("readinessProbe")))
+    case("wrong type (replicas: 'two')", lambda d: d["spec"].__setitem__("replicas", "two"))
+    case("selector that does not match the labels",
+         lambda d: d["spec"]["selector"]["matchLabels"].__setitem__("app.kubernetes.io/component", "train"))
+    case("liveness probe on an undeclared port",
+         lambda d: container(d)["livenessProbe"]["httpGet"].__setitem__("port", "metrics"))
+    case("--listen on a port the container does not declare",
+         lambda d: container(d)["args"].__setitem__(container(d)["args"].index("0.0.0.0:8080"), "0.0.0.0:9090"))
+    case("unknown field in the Deployment spec (replica)",
+         lambda d: d["spec"].__setitem__("replica", d["spec"].pop("replicas")))
+    case("Service selecting no pods", lambda s: s["spec"]["selector"].__setitem__("app.kubernetes.io/name", "other"),
+         service)
+    case("Service targeting a port the pods lack", lambda s: s["spec"]["ports"][0].__setitem__("targetPort", "grpc"),
+         service)
+    others = [deployment]
+    return [name for name, d in broken.items()
+            if not validate(d, schema, others + ([d] if d.get("kind") == "Deployment" else []))]
 
 
 def self_test(schema, doc):
@@ -144,15 +281,23 @@ def main(argv):
         return 2
     schema = mpijob_schema(argv[0])
     failed = False
+    every = [d for path in argv[1:] for d in yaml.safe_load_all(open(path)) if d]
     for path in argv[1:]:
-        for n, doc in enumerate(d for d in yaml.safe_load_all(open(path)) if d):
+        docs = [d for d in yaml.safe_load_all(open(path)) if d]
+        if self and any(d.get("kind") == "Deployment" for d in docs):
+            accepted = serve_self_test(schema, docs)
+            for case in accepted:
+                print(f"{path}: broken copy accepted: {case}")
+            failed |= bool(accepted)
+            continue
+        for n, doc in enumerate(docs):
             if self:
                 accepted = self_test(schema, doc)
                 for case in accepted:
                     print(f"{path}[{n}]: broken copy accepted: {case}")
                 failed |= bool(accepted)
                 continue
-            errors = validate(doc, schema)
+            errors = validate(doc, schema, every)
             for e in errors:
                 print(f"{path}[{n}] {doc.get('kind')}: {e}")
             failed |= bool(errors)

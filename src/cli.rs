@@ -576,7 +576,7 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 10.0)]
     pub poll_seconds: f64,
     /// A file holding a bearer token: every /v1 request must then carry
-    /// `Authorization: Bearer <token>` (/healthz and /metrics stay open).
+    /// `Authorization: Bearer <token>` (/healthz, /livez and /metrics stay open).
     #[arg(long)]
     pub token_file: Option<String>,
     /// The most items one request may ask for (`n`).

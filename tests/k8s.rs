@@ -1,6 +1,8 @@
 //! The Kubernetes files, checked offline: every manifest against the MPIJob CRD schema (unknown
-//! fields rejected) and the operator's rules, the validator against broken copies, and the
-//! Dockerfile and manifests against the binary's real path and flags.
+//! fields rejected) and the operator's rules, the serving Deployment's pod template against the
+//! PodTemplateSpec schema that CRD embeds, the validator against broken copies, the Dockerfile
+//! and manifests against the binary's real path and flags, and the server against the training
+//! job's model location and credentials.
 
 mod common;
 
@@ -46,8 +48,8 @@ fn manifests() -> Vec<PathBuf> {
         .collect();
     files.sort();
     assert!(
-        files.len() >= 3,
-        "k8s/ should hold mpijob.yaml, verify-mpijob.yaml and the secret example"
+        files.len() >= 4,
+        "k8s/ should hold mpijob.yaml, verify-mpijob.yaml, serve.yaml and the secret example"
     );
     files
 }
@@ -70,7 +72,11 @@ fn every_manifest_is_valid_against_the_mpijob_crd_and_the_operator_rules() {
         "{text}{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert_eq!(text.matches(": valid").count(), 3, "{text}");
+    assert_eq!(text.matches(": valid").count(), 5, "{text}");
+    assert!(
+        text.contains("serve.yaml[0] Deployment funksvd-serve: valid"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -79,7 +85,11 @@ fn the_validator_rejects_broken_copies_of_the_manifests() {
         return;
     };
     let Some(py) = python() else { return };
-    for manifest in ["k8s/mpijob.yaml", "k8s/verify-mpijob.yaml"] {
+    for manifest in [
+        "k8s/mpijob.yaml",
+        "k8s/verify-mpijob.yaml",
+        "k8s/serve.yaml",
+    ] {
         let out = Command::new(&py)
             .arg(repo("scripts/validate_k8s.py"))
             .arg("--self-test")
@@ -123,15 +133,7 @@ fn dockerfile_and_manifests_name_the_real_binary_path_and_flags() {
         if !text.contains("kind: MPIJob") {
             continue;
         }
-        let args: Vec<String> = text
-            .lines()
-            .filter_map(|l| {
-                l.trim()
-                    .strip_prefix("- \"")
-                    .and_then(|a| a.strip_suffix('"'))
-            })
-            .map(String::from)
-            .collect();
+        let args = quoted_args(&text);
         let at = args
             .iter()
             .position(|a| a == "/usr/local/bin/funksvd")
@@ -155,5 +157,55 @@ fn dockerfile_and_manifests_name_the_real_binary_path_and_flags() {
                 w[1]
             );
         }
+    }
+}
+
+/// The quoted list items (`- "..."`) of a manifest: its command lines.
+fn quoted_args(text: &str) -> Vec<String> {
+    text.lines()
+        .filter_map(|l| {
+            l.trim()
+                .strip_prefix("- \"")
+                .and_then(|a| a.strip_suffix('"'))
+        })
+        .map(String::from)
+        .collect()
+}
+
+/// The value after `flag` in `args`.
+fn flag_value<'a>(args: &'a [String], flag: &str) -> &'a str {
+    let at = args
+        .iter()
+        .position(|a| a == flag)
+        .unwrap_or_else(|| panic!("no {flag}"));
+    &args[at + 1]
+}
+
+#[test]
+fn the_server_reads_the_model_training_publishes_with_the_same_credentials() {
+    let serve = std::fs::read_to_string(repo("k8s/serve.yaml")).unwrap();
+    let train = std::fs::read_to_string(repo("k8s/mpijob.yaml")).unwrap();
+    let (serve_args, train_args) = (quoted_args(&serve), quoted_args(&train));
+    assert_eq!(serve_args[0], "serve");
+    assert!(serve.contains("command: [\"/usr/local/bin/funksvd\"]"));
+    for flag in ["--model", "--data"] {
+        assert_eq!(
+            flag_value(&serve_args, flag),
+            flag_value(&train_args, flag),
+            "{flag}"
+        );
+    }
+    let secret = |text: &str| {
+        let at = text.find("secretRef:").expect("a secretRef");
+        text[at..].split_whitespace().nth(2).unwrap().to_string()
+    };
+    assert_eq!(secret(&serve), secret(&train));
+    // Every flag is one `funksvd serve` has.
+    let help = solo(&["serve", "--help"]).ok().stdout;
+    for flag in serve_args.iter().filter(|a| a.starts_with("--")) {
+        assert!(
+            help.contains(&format!("{flag} ")),
+            "funksvd serve has no {flag}"
+        );
     }
 }

@@ -2,7 +2,7 @@
 //! the test, its answers equal `funksvd recommend`'s lists and the model's own methods (fold-in,
 //! similar items, predictions); bad requests get 400 or 404 with a reason and never take it
 //! down; a newly published model is picked up and a broken one refused while the old one keeps
-//! answering; the token; the page in headless Chromium.
+//! answering, as it does while S3 is down; the token; the page in headless Chromium.
 
 mod common;
 
@@ -29,9 +29,15 @@ struct Server {
 impl Server {
     /// `funksvd serve --listen 127.0.0.1:0 ARGS`, once it listens.
     fn start(args: &[&str]) -> Server {
+        Server::start_with(args, &[])
+    }
+
+    /// `start` with extra environment (an S3 server's).
+    fn start_with(args: &[&str], env: &[(&'static str, String)]) -> Server {
         let mut child = Command::new(BIN)
             .arg("serve")
             .args(args)
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .args(["--listen", "127.0.0.1:0"])
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -507,6 +513,80 @@ fn a_new_model_is_picked_up_and_a_broken_one_refused() {
     let _ = data;
 }
 
+/// The count of failed reloads `/metrics` shows.
+fn failed_reloads(server: &Server) -> u64 {
+    let (_, text) = server.request("GET", "/metrics", "", "");
+    text.lines()
+        .find_map(|l| l.strip_prefix("funksvd_reloads_total{result=\"failed\"} "))
+        .map_or(0, |n| n.parse().unwrap())
+}
+
+#[test]
+fn with_s3_down_the_served_model_keeps_answering_and_a_new_one_comes_after() {
+    let Some(mut s3) = S3Server::start("serve-s3", &["shop"]) else {
+        return;
+    };
+    let Some(data) = shared_data("ml-latest-small/ratings.csv") else {
+        return;
+    };
+    let env = s3.env();
+    let train = |seed: &str| {
+        let mut args = ml_args(s(&data), "s3://shop/model");
+        args.extend([
+            "--objective",
+            "implicit",
+            "--factors",
+            "8",
+            "--epochs",
+            "2",
+            "--seed",
+            seed,
+        ]);
+        mpirun_with(2, &args, &env).ok();
+    };
+    train("1");
+    let server = Server::start_with(
+        &["--model", "s3://shop/model", "--poll-seconds", "0.2"],
+        &s3.env(),
+    );
+    let first = server.wait_version(|_| true);
+    let (_, before) = server.get("/v1/recommend?user=1&n=5");
+    s3.stop();
+    let started = Instant::now();
+    while failed_reloads(&server) < 3 {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "no failure seen:\n{}",
+            server.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (status, during) = server.get("/v1/recommend?user=1&n=5");
+    assert_eq!(
+        (status, &during),
+        (200, &before),
+        "the old model answers while S3 is down"
+    );
+    assert_eq!(server.get("/healthz").0, 200);
+    let log = server.log();
+    assert_eq!(
+        log.matches("model not loaded").count(),
+        1,
+        "said once:\n{log}"
+    );
+    assert!(log.contains(&format!("still serving {first}")), "{log}");
+    // S3 back, and a new publication: picked up.
+    s3.resume();
+    train("2");
+    let second = server.wait_version(|v| v != first);
+    assert!(server.log().contains("answers again"), "{}", server.log());
+    let (status, after) = server.get("/v1/recommend?user=1&n=5");
+    assert_eq!(
+        (status, after["model_version"].as_str()),
+        (200, Some(second.as_str()))
+    );
+}
+
 #[test]
 fn a_token_guards_the_api_but_not_the_probes() {
     let dir = temp_dir("serve-token");
@@ -532,7 +612,9 @@ fn a_token_guards_the_api_but_not_the_probes() {
         "",
     );
     assert_eq!(status, 200);
-    assert_eq!(server.get("/metrics").0, 200);
+    for open in ["/metrics", "/healthz", "/livez"] {
+        assert_eq!(server.get(open).0, 200, "{open} needs no token");
+    }
     assert!(
         !server.log().contains("s3cret"),
         "the token is never logged"

@@ -299,6 +299,12 @@ pub async fn healthz(State(app): State<Arc<App>>) -> Response {
     }
 }
 
+/// `GET /livez`: 200 while the server answers at all, model or not (the liveness probe: a pod
+/// waiting for its first model must not be restarted for it).
+pub async fn livez() -> Response {
+    axum::Json(json!({"status": "alive"})).into_response()
+}
+
 /// `GET /metrics`: the Prometheus text format.
 pub async fn metrics(State(app): State<Arc<App>>) -> Response {
     let text = app.metrics.render(app.current().as_deref());

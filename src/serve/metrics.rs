@@ -9,13 +9,14 @@ use std::sync::Mutex;
 use super::loaded::Loaded;
 
 /// The endpoints, as the `endpoint` label names them.
-pub const ENDPOINTS: [&str; 9] = [
+pub const ENDPOINTS: [&str; 10] = [
     "recommend_user",
     "recommend_items",
     "similar",
     "predict",
     "history",
     "healthz",
+    "livez",
     "metrics",
     "page",
     "other",

@@ -116,6 +116,7 @@ fn router(app: Arc<App>) -> Router {
     Router::new()
         .merge(v1)
         .route("/healthz", get(api::healthz))
+        .route("/livez", get(api::livez))
         .route("/metrics", get(api::metrics))
         .route("/", get(api::page))
         .fallback(|| async {
@@ -164,6 +165,7 @@ fn endpoint_of(request: &Request) -> usize {
         ("/v1/predict", _) => "predict",
         ("/v1/history", _) => "history",
         ("/healthz", _) => "healthz",
+        ("/livez", _) => "livez",
         ("/metrics", _) => "metrics",
         ("/", _) => "page",
         _ => "other",

@@ -28,9 +28,16 @@ fn watch(app: &App, sources: &Sources, poll: Option<Duration>) {
     // The publication last refused: not tried again until model.json changes.
     let mut refused: Option<Tag> = None;
     let mut said_waiting = false;
+    // Storage failing: said once when it starts and once when it ends, counted at every look.
+    let mut outage = false;
     loop {
         let served = app.current();
-        match look(sources, served.as_deref(), refused.as_ref()) {
+        let looked = look(sources, served.as_deref(), refused.as_ref());
+        if outage && !matches!(looked, Err((_, None))) {
+            log::info!("{} answers again", sources.model.url());
+            outage = false;
+        }
+        match looked {
             Ok(None) if served.is_none() && refused.is_none() && !said_waiting => {
                 log::info!(
                     "no model at {} yet: looking again every {:.0} s",
@@ -62,7 +69,14 @@ fn watch(app: &App, sources: &Sources, poll: Option<Duration>) {
                     Some(old) => format!("; still serving {}", old.version),
                     None => "; nothing to serve yet".to_string(),
                 };
-                log::warn!("model not loaded: {e}{kept}");
+                match tag {
+                    Some(_) => log::warn!("model refused: {e}{kept}"),
+                    None if !outage => {
+                        log::warn!("model not loaded: {e}{kept}; trying again at every look")
+                    }
+                    None => {}
+                }
+                outage |= tag.is_none();
                 app.metrics.reload_failed(now(), e.to_string());
                 if tag.is_some() {
                     refused = tag;

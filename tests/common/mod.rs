@@ -290,16 +290,19 @@ impl S3Server {
             port: 0,
             root,
         };
-        server.spawn(&bin);
+        server.spawn(&bin, None);
         Some(server)
     }
 
-    fn spawn(&mut self, bin: &Path) {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+    /// Run s3s-fs on `port`, or on a free one.
+    fn spawn(&mut self, bin: &Path, port: Option<u16>) {
+        let port = port.unwrap_or_else(|| {
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port()
+        });
         let child = Command::new(bin)
             .args(["--host", "127.0.0.1", "--port", &port.to_string()])
             .args(["--access-key", S3_ACCESS_KEY, "--secret-key", S3_SECRET_KEY])
@@ -345,7 +348,15 @@ impl S3Server {
     pub fn restart(&mut self) {
         self.stop();
         let bin = s3s_fs_binary().expect("s3s-fs");
-        self.spawn(&bin);
+        self.spawn(&bin, None);
+    }
+
+    /// Start again on the same folder and port (a store back after an outage: its clients'
+    /// endpoint still holds).
+    pub fn resume(&mut self) {
+        self.stop();
+        let bin = s3s_fs_binary().expect("s3s-fs");
+        self.spawn(&bin, Some(self.port));
     }
 }
 
