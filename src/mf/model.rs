@@ -29,6 +29,8 @@ pub struct Model {
     items: FastMap<Id, u32>,
     /// The item rows' Gram matrix, made on the first fold-in of an implicit model.
     pub(super) item_gram: std::sync::OnceLock<super::als::Gram>,
+    /// The items' factors scaled to unit length, made on the first `similar_many`.
+    pub(super) unit_items: std::sync::OnceLock<ndarray::Array2<f32>>,
 }
 
 /// An item and its score, as `top_n` and `similar` list them (best first).
@@ -86,6 +88,7 @@ impl Model {
             item_rows,
             item_counts: None,
             item_gram: std::sync::OnceLock::new(),
+            unit_items: std::sync::OnceLock::new(),
         }
     }
 

@@ -69,18 +69,22 @@ impl Model {
     /// For each of `items` (item indices), the `n` items most similar to it by the cosine of
     /// their factors (biases left out), most similar first (equal: the lower index first), the
     /// item itself left out: `Model::similar` for many items, by blocks of GEMMs over the unit
-    /// vectors of the factors (a copy of the item matrix, for the call). An item whose factors
-    /// are all zero has cosine 0 with every item.
+    /// vectors of the factors (a copy of the item matrix made on the first call and kept with
+    /// the model, so a server's requests do not each make it). An item whose factors are all
+    /// zero has cosine 0 with every item.
     pub fn similar_many(&self, items: &[u32], n: usize) -> Vec<Vec<Scored>> {
         let k = self.meta.factors;
-        let factors = rows_view(&self.item_rows, self.item_ids.len(), self.stride(), 1, k);
-        let mut unit = factors.to_owned();
-        for mut row in unit.rows_mut() {
-            let norm = row.dot(&row).sqrt();
-            if norm > 0.0 {
-                row.mapv_inplace(|v| v / norm);
+        let unit = self.unit_items.get_or_init(|| {
+            let factors = rows_view(&self.item_rows, self.item_ids.len(), self.stride(), 1, k);
+            let mut unit = factors.to_owned();
+            for mut row in unit.rows_mut() {
+                let norm = row.dot(&row).sqrt();
+                if norm > 0.0 {
+                    row.mapv_inplace(|v| v / norm);
+                }
             }
-        }
+            unit
+        });
         let mut out = Vec::with_capacity(items.len());
         for block in items.chunks(USER_BLOCK) {
             let mut left = Array2::<f32>::zeros((block.len(), k));
