@@ -30,13 +30,9 @@ cargo build --release --quiet --example kernel_bench
 echo "== kernel (examples/kernel_bench.rs)"
 target/release/examples/kernel_bench --factors "20 100"
 echo
-bin=target/release/funksvd
-out=target/bench
-data=$out/events-$events
-mkdir -p "$out"
-if [ ! -e "$data" ]; then
-  scripts/mpirun.sh -n 2 "$bin" generate --out "$data" --users 100000 --items 20000 --events "$events" --files 8 --seed 7
-fi
+# shellcheck source=scripts/bench_data.sh
+. scripts/bench_data.sh
+bench_data
 
 results=$out/results.jsonl
 : > "$results"

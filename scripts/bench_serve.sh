@@ -28,17 +28,9 @@ command -v wrk >/dev/null || {
   sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
   $sudo apt-get install -y -qq --no-install-recommends wrk >/dev/null
 }
-bin=target/release/funksvd
-out=target/bench
-data=$out/events-$events
-model=$out/model-recommend-$events
-mkdir -p "$out"
-if [ ! -e "$data" ]; then
-  scripts/mpirun.sh -n 2 "$bin" generate --out "$data" --users 100000 --items 20000 --events "$events" --files 8 --seed 7
-fi
-if [ ! -e "$model/model.json" ]; then
-  scripts/mpirun.sh -n 2 "$bin" train --data "$data" --model "$model" --epochs 10 --factors 20
-fi
+# shellcheck source=scripts/bench_data.sh
+. scripts/bench_data.sh
+bench_model
 venv=target/venv
 if [ "$ray" = 1 ] && ! "$venv/bin/python" -c "import ray.serve, pandas, pyarrow, scipy" 2>/dev/null; then
   [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
