@@ -14,7 +14,7 @@ use parquet::file::properties::WriterProperties;
 use crate::collective::{Collective, CollectiveExt};
 use crate::error::{Error, Result};
 use crate::ids::Id;
-use crate::mf::Scored;
+use crate::mf::{Model, Scored};
 use crate::ratings::OwnedRatings;
 use crate::store::ObjectWriter;
 use crate::wire::{Reader, Writer};
@@ -35,7 +35,23 @@ pub fn owner_of(p: usize, n: usize, ranks: usize) -> usize {
 }
 
 /// Marks an item the model does not know.
-const UNKNOWN: u32 = u32::MAX;
+pub const UNKNOWN: u32 = u32::MAX;
+
+/// The model's index of each of `owned`'s items (`owned.items[i]`), `UNKNOWN` where it has none.
+pub fn item_index(model: &Model, owned: &OwnedRatings) -> Vec<u32> {
+    owned
+        .items
+        .iter()
+        .map(|id| model.item(id).map_or(UNKNOWN, |i| i as u32))
+        .collect()
+}
+
+/// One user's (item, value) pairs as distinct items, ascending, each with its largest value: two
+/// ids of the data can name one item of the model, and a pair counts its strongest event.
+pub fn distinct_items(pairs: &mut Vec<(u32, f32)>) {
+    pairs.sort_unstable_by(|a, b| a.0.cmp(&b.0).then(b.1.total_cmp(&a.1)));
+    pairs.dedup_by_key(|p| p.0);
+}
 
 /// Each of `targets`' users' items in `owned` (this rank's users after the exchange), as the
 /// model's item indices (`item_index[i]` for `owned.items[i]`, UNKNOWN if the model lacks it),
@@ -60,9 +76,7 @@ pub fn route_seen(
                     .map(|t| (item_index[t.item as usize], t.value))
                     .filter(|&(i, _)| i != UNKNOWN),
             );
-            // An item twice (two ids of the data for one of the model): its larger value.
-            pairs.sort_unstable_by(|a, b| a.0.cmp(&b.0).then(b.1.total_cmp(&a.1)));
-            pairs.dedup_by_key(|p| p.0);
+            distinct_items(&mut pairs);
             let w = &mut outgoing[owner_of(p, targets.len(), ranks)];
             w.u64(p as u64);
             w.u32(pairs.len() as u32);

@@ -17,8 +17,8 @@ use crate::model_io;
 use crate::output;
 use crate::pipeline;
 use crate::recommend::{
-    all_ints, popular_for, popularity_order, route_seen, share, ListColumns, ListWriter, Seen,
-    Source,
+    all_ints, item_index, popular_for, popularity_order, route_seen, share, ListColumns,
+    ListWriter, Seen, Source, UNKNOWN,
 };
 use crate::store::Location;
 
@@ -304,14 +304,10 @@ fn seen_and_counts(
     // Seen items need no times.
     input.read_time = false;
     let (owned, _report) = pipeline::load_ratings(comm, &data_loc, &input)?;
-    let item_index: Vec<u32> = owned
-        .items
-        .iter()
-        .map(|id| model.item(id).map_or(u32::MAX, |i| i as u32))
-        .collect();
+    let item_index = item_index(model, &owned);
     let mut counts = vec![0u64; model.item_ids.len()];
     for t in &owned.triples {
-        if let Some(&i) = item_index.get(t.item as usize).filter(|&&i| i != u32::MAX) {
+        if let Some(&i) = item_index.get(t.item as usize).filter(|&&i| i != UNKNOWN) {
             counts[i as usize] += 1;
         }
     }

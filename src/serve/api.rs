@@ -16,7 +16,7 @@ use super::loaded::Loaded;
 use super::App;
 use crate::ids::Id;
 use crate::mf::Scored;
-use crate::recommend::{popular_for, popularity_order};
+use crate::recommend::{distinct_items, popular_for, popularity_order};
 
 /// Items a POST may name.
 const MAX_POSTED_ITEMS: usize = 10_000;
@@ -208,9 +208,7 @@ pub async fn recommend_items(State(app): State<Arc<App>>, body: Bytes) -> Answer
             None => unknown.push(id_json(&id)),
         }
     }
-    // An item twice: its larger weight, as training keeps a pair's strongest event.
-    pairs.sort_unstable_by(|a, b| a.0.cmp(&b.0).then(b.1.total_cmp(&a.1)));
-    pairs.dedup_by_key(|p| p.0);
+    distinct_items(&mut pairs);
     let known: Vec<u32> = pairs.iter().map(|p| p.0).collect();
     let values: Vec<f32> = pairs.iter().map(|p| p.1).collect();
     let (list, source) = match model.fold_in(&known, &values) {

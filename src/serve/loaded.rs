@@ -12,6 +12,7 @@ use crate::mf::meta::{ModelMeta, MODEL_JSON};
 use crate::mf::Model;
 use crate::pipeline;
 use crate::ratings::OwnedRatings;
+use crate::recommend::{distinct_items, item_index, UNKNOWN};
 use crate::store::{block_on, Location, Tag};
 
 /// Where the server's models and data come from.
@@ -67,11 +68,7 @@ impl SeenIndex {
     }
 
     fn build(model: &Model, owned: &OwnedRatings) -> SeenIndex {
-        let item_index: Vec<u32> = owned
-            .items
-            .iter()
-            .map(|id| model.item(id).map_or(u32::MAX, |i| i as u32))
-            .collect();
+        let item_index = item_index(model, owned);
         let mut index = SeenIndex {
             known: vec![Interactions::default(); model.user_ids.len()],
             counts: vec![0; model.item_ids.len()],
@@ -82,15 +79,13 @@ impl SeenIndex {
             let mut pairs: Vec<(u32, f32)> = owned.triples[run.clone()]
                 .iter()
                 .map(|t| (item_index[t.item as usize], t.value))
-                .filter(|&(i, _)| i != u32::MAX)
+                .filter(|&(i, _)| i != UNKNOWN)
                 .collect();
-            // An item twice (two ids of the data for one of the model): its larger value.
             // Popularity counts the data's pairs, as `recommend` does.
             for &(i, _) in &pairs {
                 index.counts[i as usize] += 1;
             }
-            pairs.sort_unstable_by(|a, b| a.0.cmp(&b.0).then(b.1.total_cmp(&a.1)));
-            pairs.dedup_by_key(|p| p.0);
+            distinct_items(&mut pairs);
             let seen = Interactions {
                 items: pairs.iter().map(|p| p.0).collect(),
                 values: pairs.iter().map(|p| p.1).collect(),
