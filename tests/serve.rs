@@ -270,6 +270,14 @@ fn answers_equal_recommend_and_the_model_and_bad_requests_do_not_hurt() {
         (Some("folded"), &json!([99999999]))
     );
     assert_eq!(listed(&answer), from_model(&model, &expected));
+    // None of the visitor's items known: the most popular items in --data (Forrest Gump first).
+    let (status, answer) = server.post("/v1/recommend", r#"{"items": [99999999], "n": 3}"#);
+    assert_eq!(
+        (status, answer["source"].as_str()),
+        (200, Some("popular")),
+        "{answer}"
+    );
+    assert_eq!(listed(&answer)[0], ("356".to_string(), 329.0));
     // Similar items and a prediction, as the model computes them.
     let i = model.item(&Id::Int(1)).unwrap();
     let (status, answer) = server.get("/v1/similar?item=1&n=5");

@@ -16,7 +16,7 @@ use super::loaded::Loaded;
 use super::App;
 use crate::ids::Id;
 use crate::mf::Scored;
-use crate::recommend::{distinct_items, popular_for, popularity_order};
+use crate::recommend::{distinct_items, popular_for};
 
 /// Items a POST may name.
 const MAX_POSTED_ITEMS: usize = 10_000;
@@ -117,8 +117,7 @@ fn top_for(loaded: &Loaded, row: &[f32], n: usize, exclude: &[u32]) -> Vec<Score
 }
 
 fn popular(loaded: &Loaded, n: usize, exclude: &[u32]) -> Vec<Scored> {
-    let counts = loaded.counts();
-    popular_for(&popularity_order(counts), counts, exclude, n)
+    popular_for(&loaded.popular, loaded.counts(), exclude, n)
 }
 
 /// `GET /v1/recommend?user=ID&n=10`: a user of the model (its row), or a user of `--data` the

@@ -12,7 +12,7 @@ use crate::mf::meta::{ModelMeta, MODEL_JSON};
 use crate::mf::Model;
 use crate::pipeline;
 use crate::ratings::OwnedRatings;
-use crate::recommend::{distinct_items, item_index, UNKNOWN};
+use crate::recommend::{distinct_items, item_index, popularity_order, UNKNOWN};
 use crate::store::{block_on, Location, Tag};
 
 /// Where the server's models and data come from.
@@ -35,6 +35,8 @@ pub struct Loaded {
     /// Unix seconds when it was loaded, and how long loading took.
     pub loaded_at: f64,
     pub load_seconds: f64,
+    /// The model's items, most popular first (`recommend::popularity_order` of `counts()`).
+    pub popular: Vec<u32>,
 }
 
 /// A user's interactions: the model's item indices, ascending, and their values.
@@ -143,14 +145,18 @@ impl Loaded {
         let loaded_at = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0.0, |d| d.as_secs_f64());
-        Ok(Loaded {
+        let mut loaded = Loaded {
             model,
             seen,
             tag: Some(tag),
             version,
             loaded_at,
-            load_seconds: started.elapsed().as_secs_f64(),
-        })
+            load_seconds: 0.0,
+            popular: Vec::new(),
+        };
+        loaded.popular = popularity_order(loaded.counts());
+        loaded.load_seconds = started.elapsed().as_secs_f64();
+        Ok(loaded)
     }
 
     /// Popularity: `--data`'s distinct users per item, else the training counts the model
