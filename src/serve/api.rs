@@ -21,8 +21,9 @@ use crate::recommend::{distinct_items, popular_for};
 /// Items a POST may name.
 const MAX_POSTED_ITEMS: usize = 10_000;
 
-/// An error answer: its status and reason.
-pub struct Failure(StatusCode, String);
+/// An error answer: its status and reason (`{"error": reason}`), for every error the server
+/// gives.
+pub struct Failure(pub StatusCode, pub String);
 
 impl IntoResponse for Failure {
     fn into_response(self) -> Response {

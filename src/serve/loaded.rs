@@ -142,9 +142,7 @@ impl Loaded {
             }
             None => SeenIndex::default(),
         };
-        let loaded_at = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0.0, |d| d.as_secs_f64());
+        let loaded_at = unix_now();
         let mut loaded = Loaded {
             model,
             seen,
@@ -182,4 +180,11 @@ fn version_of(meta: &ModelMeta) -> String {
             }
         })
         .unwrap_or_else(|| "unversioned".to_string())
+}
+
+/// Seconds since the Unix epoch, now (as /metrics gives times).
+pub fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
 }

@@ -67,7 +67,7 @@ pub fn run(settings: Settings) -> Result<()> {
     let app = Arc::new(App {
         served: RwLock::new(None),
         metrics: Metrics::default(),
-        token: settings.token.clone().map(String::into_bytes),
+        token: settings.token.map(String::into_bytes),
         max_n: settings.max_n,
         timeout: settings.timeout,
     });
@@ -131,7 +131,7 @@ fn router(app: Arc<App>) -> Router {
 }
 
 fn api_error(status: StatusCode, reason: &str) -> Response {
-    (status, axum::Json(serde_json::json!({ "error": reason }))).into_response()
+    api::Failure(status, reason.to_string()).into_response()
 }
 
 /// Every request: answered within `--timeout-seconds` (else 503), counted and timed by endpoint.

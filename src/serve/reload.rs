@@ -5,9 +5,9 @@
 
 use std::sync::Arc;
 use std::thread;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use super::loaded::{Loaded, Sources};
+use super::loaded::{unix_now, Loaded, Sources};
 use super::App;
 use crate::error::{Error, Result};
 use crate::mf::meta::MODEL_JSON;
@@ -77,7 +77,7 @@ fn watch(app: &App, sources: &Sources, poll: Option<Duration>) {
                     None => {}
                 }
                 outage |= tag.is_none();
-                app.metrics.reload_failed(now(), e.to_string());
+                app.metrics.reload_failed(unix_now(), e.to_string());
                 if tag.is_some() {
                     refused = tag;
                 }
@@ -113,10 +113,4 @@ fn look(
         Err(e @ Error::Usage(_)) => Err((e, Some(tag))),
         Err(e) => Err((e, None)),
     }
-}
-
-fn now() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64())
 }
