@@ -281,9 +281,9 @@ def main(argv):
         return 2
     schema = mpijob_schema(argv[0])
     failed = False
-    every = [d for path in argv[1:] for d in yaml.safe_load_all(open(path)) if d]
-    for path in argv[1:]:
-        docs = [d for d in yaml.safe_load_all(open(path)) if d]
+    by_path = {path: [d for d in yaml.safe_load_all(open(path)) if d] for path in argv[1:]}
+    every = [d for docs in by_path.values() for d in docs]
+    for path, docs in by_path.items():
         if self and any(d.get("kind") == "Deployment" for d in docs):
             accepted = serve_self_test(schema, docs)
             for case in accepted:
