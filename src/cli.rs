@@ -71,6 +71,20 @@ pub enum Command {
         Endpoints: GET /v1/recommend?user=ID&n=10, POST /v1/recommend {\"items\": [...], \"n\": 10},\n  \
         GET /v1/similar?item=ID&n=10, GET /v1/predict?user=ID&item=ID, GET /healthz, GET /metrics, GET /")]
     Serve(ServeArgs),
+    /// Search hyperparameters: trials of train's flags over groups of ranks, ASHA early
+    /// stopping, then the best configuration trained on all ranks and published.
+    #[command(after_help = "Examples:\n  \
+        mpirun -n 2 funksvd tune --data ratings.csv --rating-col rating --user-col userId --item-col movieId --model models/ml \\\n      \
+        --space 'lr=log:0.002..0.05 reg=log:0.005..0.2 factors=16,32,64,128 epochs=10..60' --trials 40\n  \
+        mpirun -n 4 funksvd tune --data data/events --model models/shop --objective implicit --metric ndcg@20 \\\n      \
+        --space 'alpha=log:1..100 reg=log:0.1..1000 factors=32,64' --ranks-per-trial 2\n  \
+        mpirun -n 2 funksvd tune ... --resume     (the same flags: runs the trials not finished)\n\n\
+        Space: NAME=a,b,c (a list), NAME=lo..hi (uniform), NAME=log:lo..hi (log-uniform); NAME is one of\n  \
+        factors, epochs, lr, reg, objective, alpha, unobserved-weight, cg-steps, no-bias. Every dimension a\n  \
+        list: the grid. The other flags of train set what every trial shares.\n\n\
+        Output: MODEL/_tune/trials.parquet (a row per trial and measurement), MODEL/_tune/best.json, and the\n  \
+        best trial's configuration trained on all ranks and published at MODEL (model.json \"tuned\").")]
+    Tune(TuneArgs),
 }
 
 /// Where the ratings come from in the input rows.
@@ -193,7 +207,7 @@ fn format_parser() -> impl TypedValueParser<Value = Format> {
 /// (about 100 bytes each), and SGD on any real dataset has long converged.
 pub const MAX_EPOCHS: usize = 100_000;
 
-#[derive(Args, Debug)]
+#[derive(Args, Debug, Clone)]
 pub struct TrainArgs {
     /// Dataset: a file or a prefix (/dir, file:///dir, s3://bucket/prefix).
     #[arg(long)]
@@ -556,6 +570,44 @@ impl VerifyArgs {
         }
         Ok(())
     }
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct TuneArgs {
+    /// The search space: NAME=VALUES terms separated by spaces (see below).
+    #[arg(long, value_name = "SPEC")]
+    pub space: String,
+    /// Trials to run [random search: 20; a grid: all of its points].
+    #[arg(long, value_name = "N")]
+    pub trials: Option<usize>,
+    /// What the trials are judged by on the hold-out: holdout_rmse, holdout_mae (smaller is
+    /// better), or ndcg@K, recall@K, precision@K, map@K, hit_rate@K (larger is better)
+    /// [holdout_rmse; ndcg@20 when a trial may train the implicit objective].
+    #[arg(long, value_name = "NAME")]
+    pub metric: Option<String>,
+    /// Ranks that train one trial together; the job's ranks form groups of this many, each
+    /// running trials one after another.
+    #[arg(long, value_name = "K", default_value_t = 1)]
+    pub ranks_per_trial: usize,
+    /// Early stopping: `asha` stops a trial whose metric at a rung is below the top 1/eta of
+    /// the trials measured there; `none` runs every trial to its last epoch.
+    #[arg(long, value_enum, default_value = "asha")]
+    pub scheduler: Scheduler,
+    /// ASHA's first rung, in epochs (the next ones are --eta times further each).
+    #[arg(long, value_name = "EPOCHS", default_value_t = 1)]
+    pub grace_epochs: usize,
+    /// ASHA's reduction factor: the share of trials that pass a rung is 1/eta.
+    #[arg(long, default_value_t = 3)]
+    pub eta: usize,
+    /// The flags every trial shares (those of train; --seed also draws the trials).
+    #[command(flatten)]
+    pub train: TrainArgs,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Scheduler {
+    Asha,
+    None,
 }
 
 #[derive(Args, Debug, Clone)]

@@ -50,6 +50,19 @@ pub trait Collective {
     /// the job maps, if all ranks run on one node and every rank passes `wanted`; `None` on
     /// every rank alike otherwise (one rank, several nodes, or no room for them).
     fn node_floats(&self, init: &[f32], wanted: bool) -> Option<Box<dyn SharedFloats>>;
+    /// The ranks that pass the same `color`, as a collective of their own (ranks in the same
+    /// order); every rank calls it.
+    fn split(&self, color: usize) -> Box<dyn Collective>;
+    /// Send `bytes` to rank `dest` alone (a message of its own, apart from the collectives).
+    fn send_bytes(&self, dest: usize, bytes: &[u8]);
+    /// A message some rank sent this one with `send_bytes`, if one has arrived: (its rank,
+    /// its bytes).
+    fn try_receive_bytes(&self) -> Option<(usize, Vec<u8>)>;
+    /// Return once every rank got here, sleeping while others are still busy (a rank that
+    /// waits long must not take a core from those that work).
+    fn wait_for_all(&self);
+    /// End every process of the job now, with `code` (after this rank said why).
+    fn abort(&self, code: i32) -> !;
 }
 
 /// Floats that every rank of a node maps (an MPI shared-memory window): each rank reads and
@@ -178,6 +191,19 @@ impl Collective for Solo {
     fn barrier(&self) {}
     fn node_floats(&self, _init: &[f32], _wanted: bool) -> Option<Box<dyn SharedFloats>> {
         None
+    }
+    fn split(&self, _color: usize) -> Box<dyn Collective> {
+        Box::new(Solo)
+    }
+    fn send_bytes(&self, _dest: usize, _bytes: &[u8]) {
+        unreachable!("one process sends no messages to itself")
+    }
+    fn try_receive_bytes(&self) -> Option<(usize, Vec<u8>)> {
+        None
+    }
+    fn wait_for_all(&self) {}
+    fn abort(&self, code: i32) -> ! {
+        std::process::exit(code)
     }
 }
 

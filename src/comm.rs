@@ -8,13 +8,16 @@ use mpi::collective::SystemOperation;
 use mpi::datatype::{Equivalence, Partition, PartitionMut};
 use mpi::ffi;
 use mpi::raw::AsRaw;
-use mpi::topology::{Communicator, SimpleCommunicator};
+use mpi::topology::{Color, Communicator, SimpleCommunicator};
 use mpi::traits::*;
 
 use crate::collective::{split_by_lengths, Collective, Op, SharedFloats};
 use crate::error::{Error, Result};
 
-/// The world communicator of this job.
+/// The tag of `send_bytes` messages (the collectives do not use tags).
+const MESSAGE_TAG: i32 = 0x7475;
+
+/// A communicator of this job (the world, or a part `split` made).
 pub struct Comm {
     world: SimpleCommunicator,
     rank: usize,
@@ -26,11 +29,6 @@ impl Comm {
         let rank = world.rank() as usize;
         let size = world.size() as usize;
         Comm { world, rank, size }
-    }
-
-    /// End every rank of the job now. Only for failures that cannot be agreed on.
-    pub fn abort(&self, code: i32) -> ! {
-        self.world.abort(code)
     }
 
     /// The host this rank runs on, as MPI names it.
@@ -169,6 +167,46 @@ impl Collective for Comm {
 
     fn barrier(&self) {
         self.world.barrier();
+    }
+
+    fn split(&self, color: usize) -> Box<dyn Collective> {
+        let color = Color::with_value(i32::try_from(color).expect("a color per group of ranks"));
+        let part = self
+            .world
+            .split_by_color(color)
+            .expect("every rank passes a color");
+        Box::new(Comm::new(part))
+    }
+
+    fn send_bytes(&self, dest: usize, bytes: &[u8]) {
+        self.world
+            .process_at_rank(dest as i32)
+            .send_with_tag(bytes, MESSAGE_TAG);
+    }
+
+    fn try_receive_bytes(&self) -> Option<(usize, Vec<u8>)> {
+        let (message, status) = self
+            .world
+            .any_process()
+            .immediate_matched_probe_with_tag(MESSAGE_TAG)?;
+        let source = status.source_rank() as usize;
+        let (bytes, _) = (message, status).matched_receive_vec::<u8>();
+        Some((source, bytes))
+    }
+
+    fn wait_for_all(&self) {
+        let mut request = self.world.immediate_barrier();
+        loop {
+            match request.test() {
+                Ok(_) => return,
+                Err(pending) => request = pending,
+            }
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+    }
+
+    fn abort(&self, code: i32) -> ! {
+        self.world.abort(code)
     }
 
     fn node_floats(&self, init: &[f32], wanted: bool) -> Option<Box<dyn SharedFloats>> {

@@ -57,4 +57,5 @@ pub mod serve;
 pub mod store;
 pub mod times;
 pub mod train;
+pub mod tune;
 pub mod wire;

@@ -59,6 +59,7 @@ fn run_ranks(command: &Command) -> i32 {
         Command::Recommend(args) => funksvd::cmd::recommend::run(&comm, args),
         Command::Generate(args) => funksvd::cmd::generate::run(&comm, args),
         Command::Verify(args) => funksvd::cmd::verify::run(&comm, args),
+        Command::Tune(args) => funksvd::cmd::tune::run(&comm, args),
         Command::Serve(_) => unreachable!("serve runs without MPI"),
     };
     let code = match result {

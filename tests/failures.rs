@@ -34,6 +34,17 @@ fn train(data: &Path, model: &Path, extra: &[&str]) -> Vec<String> {
     v
 }
 
+/// `tune` over `space` on a small Parquet dataset in `dir`, then `extra`.
+fn tune(dir: &Path, space: &str, extra: &[&str]) -> Vec<String> {
+    let data = dir.join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(data.join("a.parquet"), good_parquet(3000)).unwrap();
+    let mut args = train(&data, &dir.join("m"), extra);
+    args[0] = "tune".into();
+    args.extend(["--space".to_string(), space.to_string()]);
+    args
+}
+
 /// A model trained (one process) on a small CSV in `dir`, and that CSV's folder: (model, data).
 fn tiny_model(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
     let data = csv(
@@ -782,6 +793,52 @@ fn cases() -> Vec<Case> {
                     b"user_id,product_id,event_type\n1,2,view\n2,3,purchase\n3,2,view\n",
                 );
                 train(&data, Path::new("/proc/funksvd-cannot-write-here"), &[])
+            },
+        },
+        Case {
+            name: "tune: a search space that does not parse",
+            code: 2,
+            says: "--space: 'lr=0.1..x': expected a range of numbers lo..hi",
+            args: |d| tune(d, "lr=0.1..x", &[]),
+        },
+        Case {
+            name: "tune: a flag in the space that train does not have",
+            code: 2,
+            says: "train has no flag --learning-rate",
+            args: |d| tune(d, "learning-rate=0.1,0.2", &[]),
+        },
+        Case {
+            name: "tune: a flag in the space every trial must share",
+            code: 2,
+            says: "--holdout is the same for every trial",
+            args: |d| tune(d, "holdout=0.1,0.2", &[]),
+        },
+        Case {
+            name: "tune: --ranks-per-trial that does not divide the ranks",
+            code: 2,
+            says: "the job's 2 ranks must split into groups of that many",
+            args: |d| tune(d, "reg=0.01,0.1", &["--ranks-per-trial", "3"]),
+        },
+        Case {
+            name: "tune: a rating metric for implicit trials",
+            code: 2,
+            says: "implicit models predict preferences, not ratings",
+            args: |d| {
+                tune(
+                    d,
+                    "objective=explicit,implicit",
+                    &["--metric", "holdout_rmse"],
+                )
+            },
+        },
+        Case {
+            name: "tune: a rank that fails mid-search",
+            code: 1,
+            says: "injected fault at trial-0",
+            args: |d| {
+                let mut args = tune(d, "reg=0.01,0.1", &[]);
+                args.insert(0, "FUNKSVD_FAULT=trial-0@0".into());
+                args
             },
         },
         Case {

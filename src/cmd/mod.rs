@@ -5,4 +5,5 @@ pub mod generate;
 pub mod recommend;
 pub mod serve;
 pub mod train;
+pub mod tune;
 pub mod verify;

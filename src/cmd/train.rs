@@ -23,21 +23,30 @@ use crate::pipeline::{self, IngestReport};
 use crate::store::Location;
 use crate::train::checkpoint::Checkpoints;
 use crate::train::data::{prepare, ItemBlocks, Prepared, RankData};
-use crate::train::implicit::{self, preference_errors, ImplicitJob};
+use crate::train::implicit::preference_errors;
 use crate::train::pass::{holdout_errors, train_errors};
 use crate::train::ranked::RankCheck;
-use crate::train::{fit, ItemRows, Job, Progress, TrainState};
+use crate::train::{fit_objective, ControlFlow, ItemRows, Progress, TrainState};
 use crate::wire::{Reader, Writer};
 
 /// The flags, checked (every rank checks them alike).
-struct Settings {
-    hyper: Hyper,
-    input: Input,
-    data: Location,
-    model: Location,
+pub(crate) struct Settings {
+    pub hyper: Hyper,
+    pub input: Input,
+    pub data: Location,
+    pub model: Location,
 }
 
 pub fn run(comm: &dyn Collective, args: &TrainArgs) -> Result<()> {
+    run_as(comm, args, None)
+}
+
+/// `run`, recording in model.json where the flags came from (`tune`'s search and trial).
+pub(crate) fn run_as(
+    comm: &dyn Collective,
+    args: &TrainArgs,
+    tuned: Option<serde_json::Value>,
+) -> Result<()> {
     let job_started = Instant::now();
     interrupt::catch();
     let settings = comm.agree(settings(comm, args))?;
@@ -102,6 +111,7 @@ pub fn run(comm: &dyn Collective, args: &TrainArgs) -> Result<()> {
         item_rows,
         ranks: comm.size(),
         job_started,
+        tuned,
     };
     save.publish(comm, prepared, state.params)?;
     log::debug!(
@@ -125,7 +135,7 @@ fn stop_if_interrupted(comm: &dyn Collective) -> Result<()> {
     }
 }
 
-fn settings(comm: &dyn Collective, args: &TrainArgs) -> Result<Settings> {
+pub(crate) fn settings(comm: &dyn Collective, args: &TrainArgs) -> Result<Settings> {
     if let (Some(n), true) = (args.syncs_per_epoch, comm.is_root()) {
         log::warn!(
             "--syncs-per-epoch {n} is ignored: ranks hand item blocks to each other at each step, which needs no tuning"
@@ -174,19 +184,33 @@ fn settings(comm: &dyn Collective, args: &TrainArgs) -> Result<Settings> {
 }
 
 /// The job's counts, the ratings' mean and range, and what the model records of them.
-struct Totals {
+pub(crate) struct Totals {
     /// The training values' mean and range.
-    values: Globals,
-    /// The model's: the values' for the explicit objective; for the implicit one no mean, and
-    /// predictions (preferences) clipped to [0, 1].
-    globals: Globals,
-    n_users: u64,
-    n_ratings: u64,
-    n_holdout: u64,
+    pub values: Globals,
+    /// The model's (`globals_for` the job's objective).
+    pub globals: Globals,
+    pub n_users: u64,
+    pub n_ratings: u64,
+    pub n_holdout: u64,
+}
+
+impl Totals {
+    /// What a model of `objective` records: the values' mean and range for the explicit
+    /// objective; for the implicit one no mean, and predictions (preferences) clipped to
+    /// [0, 1].
+    pub fn globals_for(&self, objective: Objective) -> Globals {
+        match objective {
+            Objective::Explicit => self.values,
+            Objective::Implicit => Globals {
+                global_mean: 0.0,
+                rating_range: (0.0, 1.0),
+            },
+        }
+    }
 }
 
 /// Job-wide mean and range of the training ratings, and the counts; refuses an empty job.
-fn agree_totals(
+pub(crate) fn agree_totals(
     comm: &dyn Collective,
     data: &RankData,
     report: &IngestReport,
@@ -221,26 +245,22 @@ fn agree_totals(
         global_mean: (sums[0] / sums[1]) as f32,
         rating_range: (lo[0] as f32, hi[0] as f32),
     };
-    Ok(Totals {
+    let mut totals = Totals {
         values,
-        globals: match hyper.objective {
-            Objective::Explicit => values,
-            Objective::Implicit => Globals {
-                global_mean: 0.0,
-                rating_range: (0.0, 1.0),
-            },
-        },
+        globals: values,
         n_users: sums[3] as u64,
         n_ratings: sums[1] as u64,
         n_holdout: sums[2] as u64,
-    })
+    };
+    totals.globals = totals.globals_for(hyper.objective);
+    Ok(totals)
 }
 
 /// Refuse a model this rank's host cannot hold before allocating it: the rows of its users and
 /// of every item, twice (training, and the copy a checkpoint or the save makes), and on rank 0
 /// every user's row once more (the model's table is assembled there). The implicit objective
 /// also holds two sums the size of the item rows and its pairs by item.
-fn fits_in_memory(
+pub(crate) fn fits_in_memory(
     comm: &dyn Collective,
     prepared: &Prepared,
     totals: &Totals,
@@ -270,7 +290,7 @@ fn fits_in_memory(
 
 /// What the job trains on, and how evenly the users' spread left the work (a step waits for
 /// the busiest rank).
-fn log_set_up(comm: &dyn Collective, prepared: &Prepared, totals: &Totals) {
+pub(crate) fn log_set_up(comm: &dyn Collective, prepared: &Prepared, totals: &Totals) {
     let g = &totals.values;
     if comm.is_root() {
         log::info!(
@@ -361,44 +381,12 @@ fn train(
                 signal,
                 &format!("after epoch {epoch} of {epochs}; run the same command with --resume to continue"),
             )),
-            None => Ok(()),
+            None => Ok(ControlFlow::Continue(())),
         }
     };
     let trained = fit_objective(comm, prepared, hyper, globals, start, after_epoch);
     // Divergence is seen by every rank at once (the sums are allreduced).
     comm.agree(trained)
-}
-
-/// The epochs of the objective `hyper` names, from `start`; where the item rows were kept.
-fn fit_objective(
-    comm: &dyn Collective,
-    prepared: &Prepared,
-    hyper: &Hyper,
-    globals: Globals,
-    start: Option<TrainState>,
-    after_epoch: impl FnMut(&Progress) -> Result<()>,
-) -> Result<(TrainState, ItemRows)> {
-    match hyper.implicit {
-        None => {
-            let job = Job {
-                data: &prepared.data,
-                blocks: &prepared.blocks,
-                item_ids: &prepared.item_ids,
-                hyper,
-                globals,
-            };
-            fit(comm, &job, start, after_epoch)
-        }
-        Some(_) => {
-            let job = ImplicitJob {
-                data: &prepared.data,
-                blocks: &prepared.blocks,
-                item_ids: &prepared.item_ids,
-                hyper,
-            };
-            implicit::fit(comm, &job, start, after_epoch)
-        }
-    }
 }
 
 /// `--rank-metrics K`: what scoring the epochs needs, and the popularity baseline's figures,
@@ -636,6 +624,8 @@ struct Save<'a> {
     item_rows: ItemRows,
     ranks: usize,
     job_started: Instant,
+    /// `ModelMeta::tuned`.
+    tuned: Option<serde_json::Value>,
 }
 
 impl Save<'_> {
@@ -761,6 +751,7 @@ impl Save<'_> {
             metrics: self.metrics.clone(),
             files: Default::default(),
             created_by: format!("funksvd {}", env!("CARGO_PKG_VERSION")),
+            tuned: self.tuned.clone(),
         }
     }
 

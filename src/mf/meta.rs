@@ -142,6 +142,10 @@ pub struct ModelMeta {
     /// top-level `users.parquet`/`items.parquet` are copies of them.
     pub files: BTreeMap<String, String>,
     pub created_by: String,
+    /// For a model `tune` published: the search (its folder, metric, space) and the trial
+    /// whose configuration it was trained with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tuned: Option<serde_json::Value>,
 }
 
 impl ModelMeta {

@@ -42,7 +42,7 @@ use super::data::{ItemBlocks, RankData, RankRatings, UNKNOWN};
 use super::gathered::{self, Everywhere};
 use super::ordered::{balanced_ranges, even_ranges, gather_parts};
 use super::summed::ItemSums;
-use super::{ItemRows, Progress, TrainState};
+use super::{ControlFlow, ItemRows, Progress, TrainState};
 
 /// What a rank trains with the implicit objective.
 pub struct ImplicitJob<'a> {
@@ -60,7 +60,7 @@ pub fn fit(
     comm: &dyn Collective,
     job: &ImplicitJob,
     start: Option<TrainState>,
-    mut after_epoch: impl FnMut(&Progress) -> Result<()>,
+    mut after_epoch: impl FnMut(&Progress) -> Result<ControlFlow<()>>,
 ) -> Result<(TrainState, ItemRows)> {
     let hyper = job.hyper;
     let settings = hyper
@@ -84,6 +84,7 @@ pub fn fit(
         );
     }
     let mut gram_items = epochs.gram(&params.items.as_slice()[epochs.my_item_floats()])?;
+    let mut last = done;
     for epoch in done + 1..=hyper.epochs {
         let fault = crate::fault::point("epoch", comm.rank())
             .and_then(|_| crate::fault::point(&format!("epoch-{epoch}"), comm.rank()));
@@ -91,18 +92,22 @@ pub fn fit(
         let (stats, next) = epochs.run(epoch, &mut params, &gram_items)?;
         gram_items = next;
         history.push(stats);
-        after_epoch(&Progress {
+        last = epoch;
+        let flow = after_epoch(&Progress {
             epoch,
             history: &history,
             params: params.view(),
         })?;
+        if flow.is_break() {
+            break;
+        }
     }
     let width = params.width;
     for row in params.users.as_mut_slice().chunks_exact_mut(width) {
         row[0] = 0.0;
     }
     let state = TrainState {
-        epoch: hyper.epochs.max(done),
+        epoch: last,
         params,
         history,
     };
@@ -682,7 +687,7 @@ mod tests {
             item_ids: items,
             hyper,
         };
-        let (state, rows) = fit(&Solo, &job, start, |_| Ok(())).unwrap();
+        let (state, rows) = fit(&Solo, &job, start, |_| Ok(ControlFlow::Continue(()))).unwrap();
         assert_eq!(rows, ItemRows::Own);
         state
     }
@@ -784,7 +789,7 @@ mod tests {
             item_ids: &items,
             hyper: &h,
         };
-        let err = fit(&Solo, &job, None, |_| Ok(())).unwrap_err();
+        let err = fit(&Solo, &job, None, |_| Ok(ControlFlow::Continue(()))).unwrap_err();
         assert!(err.to_string().contains("--alpha"), "{err}");
     }
 }

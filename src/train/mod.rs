@@ -44,6 +44,7 @@ pub mod ranked;
 pub mod schedule;
 mod summed;
 
+pub use std::ops::ControlFlow;
 use std::time::Instant;
 
 use crate::collective::{Collective, CollectiveExt, Op};
@@ -53,7 +54,8 @@ use crate::mf::kernel::Step;
 use crate::mf::{EpochStats, Globals, Hyper, Params, ParamsRef, Rows};
 use crate::rng::Rng;
 
-use data::{ItemBlocks, RankData};
+use data::{ItemBlocks, Prepared, RankData};
+use implicit::ImplicitJob;
 pub use item_rows::ItemRows;
 use item_rows::{group_floats, ItemStore};
 use pass::{holdout_errors, sgd_pass, PassRows};
@@ -101,7 +103,7 @@ pub fn fit(
     comm: &dyn Collective,
     job: &Job,
     start: Option<TrainState>,
-    mut after_epoch: impl FnMut(&Progress) -> Result<()>,
+    mut after_epoch: impl FnMut(&Progress) -> Result<ControlFlow<()>>,
 ) -> Result<(TrainState, ItemRows)> {
     assert_eq!(
         job.blocks.groups(),
@@ -133,23 +135,28 @@ pub fn fit(
     }
     let epochs = Epochs::new(comm, job, factors, width);
     let mut order = Vec::with_capacity(epochs.schedule.n_runs());
+    let mut last = done;
     for epoch in done + 1..=hyper.epochs {
         let stats = epochs.run(epoch, &mut users, &mut items, &mut order)?;
         history.push(stats);
+        last = epoch;
         // SAFETY: every rank is past the epoch's last step and its sync, and the next epoch
         // starts with a sync before anyone writes; the view is gone by then.
         let item_floats = unsafe { items.all() };
-        after_epoch(&Progress {
+        let flow = after_epoch(&Progress {
             epoch,
             history: &history,
             params: epochs.view(&users, item_floats),
         })?;
+        if flow.is_break() {
+            break;
+        }
     }
     // Back in this process's memory (freeing shared rows is collective: every rank gets here,
     // or leaves above at the same epoch with the same error).
     let items = items.into_own();
     let state = TrainState {
-        epoch: hyper.epochs.max(done),
+        epoch: last,
         params: Params {
             factors,
             width,
@@ -159,6 +166,38 @@ pub fn fit(
         history,
     };
     Ok((state, item_rows))
+}
+
+/// The epochs of the objective `hyper` names, from `start`; where the item rows were kept.
+pub fn fit_objective(
+    comm: &dyn Collective,
+    prepared: &Prepared,
+    hyper: &Hyper,
+    globals: Globals,
+    start: Option<TrainState>,
+    after_epoch: impl FnMut(&Progress) -> Result<ControlFlow<()>>,
+) -> Result<(TrainState, ItemRows)> {
+    match hyper.implicit {
+        None => {
+            let job = Job {
+                data: &prepared.data,
+                blocks: &prepared.blocks,
+                item_ids: &prepared.item_ids,
+                hyper,
+                globals,
+            };
+            fit(comm, &job, start, after_epoch)
+        }
+        Some(_) => {
+            let job = ImplicitJob {
+                data: &prepared.data,
+                blocks: &prepared.blocks,
+                item_ids: &prepared.item_ids,
+                hyper,
+            };
+            implicit::fit(comm, &job, start, after_epoch)
+        }
+    }
 }
 
 /// What every epoch of one `fit` shares.
@@ -388,7 +427,7 @@ mod tests {
             hyper,
             globals,
         };
-        fit(&Solo, &job, start, |_| Ok(())).map(|(state, rows)| {
+        fit(&Solo, &job, start, |_| Ok(ControlFlow::Continue(()))).map(|(state, rows)| {
             assert_eq!(rows, ItemRows::Own);
             state
         })

@@ -1,0 +1,10 @@
+//! `funksvd tune`'s parts that are not the command's flow: the search space and the trials'
+//! configurations (`space`), the metric and its measurement (`metric`), ASHA and the search's
+//! bookkeeping (`search`), rank 0 answering the groups (`coordinator`), and the files a search
+//! leaves (`record`). `cmd::tune` puts them in order.
+
+pub mod coordinator;
+pub mod metric;
+pub mod record;
+pub mod search;
+pub mod space;
