@@ -217,7 +217,7 @@ def main():
     p.add_argument("--bpr-epochs", type=int, default=100)
     p.add_argument("--explicit-epochs", type=int, default=20)
     p.add_argument("--ranks", type=int, default=2)
-    p.add_argument("--timing-rounds", type=int, default=3)
+    p.add_argument("--timing-rounds", type=int, default=7)
     p.add_argument("--out", required=True)
     a = p.parse_args()
     alphas = [float(x) for x in a.alphas.split(",")]

@@ -9,7 +9,8 @@
 # Prints the table (NDCG@20, recall@20, hit rate@10, fit seconds, seconds per epoch, peak
 # memory) and the ratios the issue's targets name. Seconds per epoch: the median epoch of a fit
 # (both funksvd and implicit time each epoch); for funksvd implicit (2 ranks and 1) and implicit
-# ALS the fastest of 4 fits each (3 on 1 rank), taken in turn. Figures go in issue notes and the
+# ALS the fastest of 8 fits each (7 on 1 rank), taken in turn: a 10 ms epoch (REES46) needs a
+# quiet moment of this shared machine on both cores. Figures go in issue notes and the
 # README.
 #   scripts/bench_topn.sh [--events N] [--quick]
 # --quick: a smaller grid and fewer epochs, to check the script itself.

@@ -48,6 +48,7 @@ pub mod model_io;
 pub mod output;
 pub mod pipeline;
 pub mod plan;
+pub mod plot;
 pub mod prefetch;
 pub mod ranking;
 pub mod ratings;

@@ -14,6 +14,8 @@ use crate::store::{block_on, Location, Tag};
 
 /// Where a model's versions live below its prefix (the `_` hides them from dataset listings).
 pub const VERSIONS_DIR: &str = "_versions";
+/// A picture of the training epochs, written beside model.json after each publication.
+pub const TRAINING_SVG: &str = "training.svg";
 /// Complete checkpoints kept: the newest and the one before it.
 const CHECKPOINTS_KEPT: usize = 2;
 

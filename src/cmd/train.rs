@@ -689,6 +689,15 @@ impl Save<'_> {
                 meta.training.seconds = self.job_started.elapsed().as_secs_f64();
             },
         )?;
+        // The epochs as a picture beside the model; the model stands if it cannot be written.
+        let loc = &self.settings.model;
+        let picture = crate::plot::training_svg(&meta.metrics.history).and_then(|svg| {
+            let key = loc.child_key(model_io::TRAINING_SVG);
+            loc.blocking().put(&key, svg.into_bytes().into())
+        });
+        if let Err(e) = picture {
+            log::warn!("{} not written: {e}", model_io::TRAINING_SVG);
+        }
         self.log_saved(&meta);
         Ok(())
     }

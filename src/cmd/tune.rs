@@ -19,11 +19,12 @@ use crate::model_io;
 use crate::pipeline;
 use crate::train::data::{prepare, Prepared};
 use crate::train::{fit_objective, ControlFlow};
+use crate::tune::charts::{params_svg, trials_svg};
 use crate::tune::coordinator::{Coordinator, Director, Local, OnFinished, Remote};
 use crate::tune::metric::{Measure, Metric};
 use crate::tune::record::{
     config_flags, config_json, decode_trials, encode_trials, SearchRecord, BEST_JSON, FOLDER,
-    SEARCH_JSON, TRIALS_PARQUET,
+    PARAMS_SVG, SEARCH_JSON, TRIALS_PARQUET, TRIALS_SVG,
 };
 use crate::tune::search::{Asha, Search, Status, DEFAULT_ASHA};
 use crate::tune::space::{Config, Space};
@@ -328,9 +329,15 @@ fn on_finished(plan: &Plan) -> OnFinished<'_> {
         let loc = &plan.settings.model;
         let bytes = encode_trials(&plan.space, &plan.configs, &search.rows)?;
         loc.blocking().put(&loc.child_key(TRIALS_PARQUET), bytes)?;
+        let (metric, best) = (plan.metric.name(), search.best().map(|b| b.0));
+        let trials = trials_svg(&metric, &search.rows, best)?;
+        let params = params_svg(&metric, &plan.space, &plan.configs, &search.rows, best)?;
+        loc.blocking()
+            .put(&loc.child_key(TRIALS_SVG), trials.into_bytes().into())?;
+        loc.blocking()
+            .put(&loc.child_key(PARAMS_SVG), params.into_bytes().into())?;
         let rows = search.rows_of(trial);
         let last = rows.last().expect("a finished trial has a row");
-        let metric = plan.metric.name();
         let what = match (last.status, last.metric) {
             (Status::Failed, _) => format!(
                 "failed after epoch {}: {}",

@@ -1,6 +1,7 @@
 //! What a search leaves under `MODEL/_tune/`: `search.json` (what was asked, to refuse a
 //! `--resume` with other settings), `trials.parquet` (one row per trial and measurement: the
-//! trial's configuration, epoch, metric, seconds, status, reason) and `best.json`.
+//! trial's configuration, epoch, metric, seconds, status, reason), `best.json`, and the
+//! pictures `trials.svg` and `params.svg` (`charts`).
 
 use std::sync::Arc;
 
@@ -19,6 +20,8 @@ pub const FOLDER: &str = "_tune";
 pub const SEARCH_JSON: &str = "_tune/search.json";
 pub const TRIALS_PARQUET: &str = "_tune/trials.parquet";
 pub const BEST_JSON: &str = "_tune/best.json";
+pub const TRIALS_SVG: &str = "_tune/trials.svg";
+pub const PARAMS_SVG: &str = "_tune/params.svg";
 
 /// The settings a search is defined by (`search.json`): a `--resume` must repeat them.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

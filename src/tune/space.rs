@@ -554,7 +554,10 @@ mod tests {
         for (text, expected) in cases {
             let e = Space::parse(text).unwrap_err().to_string();
             assert!(e.contains(expected), "{text}: {e}");
-            assert!(e.contains(text.split(' ').next_back().unwrap()), "{text}: {e}");
+            assert!(
+                e.contains(text.split(' ').next_back().unwrap()),
+                "{text}: {e}"
+            );
         }
     }
 
