@@ -50,6 +50,7 @@ pub mod pipeline;
 pub mod plan;
 pub mod plot;
 pub mod prefetch;
+pub mod progress;
 pub mod ranking;
 pub mod ratings;
 pub mod recommend;

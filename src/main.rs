@@ -121,5 +121,9 @@ fn init_logging(rank: usize, size: usize) {
                 record.args()
             )
         })
+        // Above rank 0's progress bar while one is shown; stderr otherwise.
+        .target(env_logger::Target::Pipe(Box::new(
+            funksvd::progress::LogWriter,
+        )))
         .init();
 }

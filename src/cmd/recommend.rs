@@ -16,6 +16,7 @@ use crate::mf::{Model, Scored};
 use crate::model_io;
 use crate::output;
 use crate::pipeline;
+use crate::progress::Bar;
 use crate::recommend::{
     all_ints, item_index, popular_for, popularity_order, route_seen, share, ListColumns,
     ListWriter, Seen, Source, UNKNOWN,
@@ -176,7 +177,9 @@ fn user_lists(
     let written = (|| {
         let mut writer = ListWriter::new(out.writer(&key), columns, int_ids)?;
         let mut made = [0u64; 3];
+        let bar = Bar::new(comm.rank(), mine.len() as u64, "users (rank 0's share)");
         for start in (mine.start..mine.end).step_by(CHUNK) {
+            bar.set((start - mine.start) as u64, String::new);
             let chunk = start..(start + CHUNK).min(mine.end);
             let lists = chunk_lists(
                 model,
@@ -334,7 +337,9 @@ fn similar_items(
     let started = Instant::now();
     let written = (|| {
         let mut writer = ListWriter::new(out.writer(&key), columns, [int_ids, int_ids])?;
+        let bar = Bar::new(comm.rank(), mine.len() as u64, "items (rank 0's share)");
         for start in (mine.start..mine.end).step_by(CHUNK) {
+            bar.set((start - mine.start) as u64, String::new);
             let items: Vec<u32> = (start as u32..(start + CHUNK).min(mine.end) as u32).collect();
             let lists = model.similar_many(&items, top);
             let rows: Vec<(&Id, &[Scored], Source)> = items

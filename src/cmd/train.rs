@@ -20,6 +20,7 @@ use crate::mf::tables::encode_tables;
 use crate::mf::{Globals, Hyper, Objective, Params, ParamsRef};
 use crate::model_io::{self, Found};
 use crate::pipeline::{self, IngestReport};
+use crate::progress::Bar;
 use crate::store::Location;
 use crate::train::checkpoint::Checkpoints;
 use crate::train::data::{prepare, ItemBlocks, Prepared, RankData};
@@ -348,8 +349,10 @@ fn train(
     let ranked = args
         .rank_metrics
         .map(|k| ranked_epochs(comm, prepared, k, hyper));
+    let bar = Bar::new(comm.rank(), hyper.epochs as u64, "epochs");
     let after_epoch = |progress: &Progress| {
         let (epoch, epochs) = (progress.epoch, hyper.epochs);
+        bar.set(epoch as u64, || bar_message(progress));
         // A signal after the last epoch changes nothing: the model is about to be published.
         let signal = interrupt::agreed(comm).filter(|_| epoch < epochs);
         let shown = shows_epoch(epoch, epochs) || signal.is_some();
@@ -421,6 +424,18 @@ fn ranked_epochs(comm: &dyn Collective, prepared: &Prepared, k: usize, hyper: &H
         log::info!("--rank-metrics: the popularity baseline's hold-out {} (the most training interactions, minus each user's own)", check.describe(&r, true));
     }
     check
+}
+
+/// What the epochs' bar says beside the count: the epoch's figures.
+fn bar_message(progress: &Progress) -> String {
+    let Some(s) = progress.history.last() else {
+        return String::new();
+    };
+    match (s.loss, s.holdout_rmse) {
+        (Some(loss), _) => format!("loss {loss:.5}"),
+        (None, Some(h)) => format!("hold-out RMSE {h:.4}"),
+        (None, None) => format!("train RMSE {:.4}", s.train_rmse),
+    }
 }
 
 /// Epoch lines a person can read: every epoch up to `ALWAYS_SHOWN`, then about

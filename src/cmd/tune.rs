@@ -17,6 +17,7 @@ use crate::error::{Error, Result};
 use crate::mf::Objective;
 use crate::model_io;
 use crate::pipeline;
+use crate::progress::Bar;
 use crate::train::data::{prepare, Prepared};
 use crate::train::{fit_objective, ControlFlow};
 use crate::tune::charts::{params_svg, trials_svg};
@@ -296,7 +297,8 @@ fn search(
             .map(|t| plan.trial_args(t).epochs)
             .collect();
         let search = Search::resumed(epochs, plan.scheduler, plan.metric.goal(), saved);
-        Coordinator::new(world, search, plan.groups, on_finished(plan))
+        let done = search.finished();
+        Coordinator::new(world, search, plan.groups, on_finished(plan, done))
     });
     {
         let mut local;
@@ -323,8 +325,11 @@ fn search(
     }
 }
 
-/// Rank 0, each time a trial finishes: the trials table saved, a line in the log.
-fn on_finished(plan: &Plan) -> OnFinished<'_> {
+/// Rank 0, each time a trial finishes: the trials table and pictures saved, a line in the
+/// log, the bar of trials moved on.
+fn on_finished(plan: &Plan, done: usize) -> OnFinished<'_> {
+    let bar = Bar::new(0, plan.configs.len() as u64, "trials");
+    bar.set(done as u64, String::new);
     Box::new(move |search: &Search, trial: usize| {
         let loc = &plan.settings.model;
         let bytes = encode_trials(&plan.space, &plan.configs, &search.rows)?;
