@@ -599,6 +599,10 @@ pub struct TuneArgs {
     /// ASHA's reduction factor: the share of trials that pass a rung is 1/eta.
     #[arg(long, default_value_t = 3)]
     pub eta: usize,
+    /// Start no trial after this many seconds of search (the trials running then finish);
+    /// the best so far is published.
+    #[arg(long, value_name = "SECONDS")]
+    pub max_seconds: Option<f64>,
     /// The flags every trial shares (those of train; --seed also draws the trials).
     #[command(flatten)]
     pub train: TrainArgs,

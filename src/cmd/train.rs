@@ -74,6 +74,13 @@ pub(crate) fn run_as(
 
     let started = Instant::now();
     let (state, item_rows) = train(comm, args, &settings, &prepared, &report, totals.globals)?;
+    if comm.is_root() {
+        let (blocks, factors) = (&prepared.blocks, settings.hyper.factors);
+        log::info!(
+            "item rows: {}",
+            item_rows.describe(comm.size(), blocks, factors)
+        );
+    }
     let train_seconds = started.elapsed().as_secs_f64();
     let metrics = match settings.hyper.objective {
         Objective::Explicit => final_metrics(

@@ -5,7 +5,7 @@
 //! configuration is trained on all ranks and published like `train` (model.json `tuned` says
 //! which search and trial it came from), and `best.json` is written.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -43,6 +43,9 @@ struct Plan {
     groups: usize,
     record: SearchRecord,
     resume: bool,
+    /// `--max-seconds`, counted from `started`.
+    max_seconds: Option<f64>,
+    started: Instant,
 }
 
 impl Plan {
@@ -169,6 +172,11 @@ fn plan(world: &dyn Collective, args: &TuneArgs) -> Result<Plan> {
             world.size()
         )));
     }
+    if let Some(s) = args.max_seconds.filter(|s| !(s.is_finite() && *s > 0.0)) {
+        return Err(Error::usage(format!(
+            "--max-seconds {s}: give a number of seconds above 0"
+        )));
+    }
     if args.trials == Some(0) {
         return Err(Error::usage("--trials 0: give at least 1"));
     }
@@ -206,6 +214,8 @@ fn plan(world: &dyn Collective, args: &TuneArgs) -> Result<Plan> {
         groups: world.size() / k,
         record,
         resume: args.train.resume,
+        max_seconds: args.max_seconds,
+        started: Instant::now(),
     })
 }
 
@@ -298,7 +308,13 @@ fn search(
             .collect();
         let search = Search::resumed(epochs, plan.scheduler, plan.metric.goal(), saved);
         let done = search.finished();
-        Coordinator::new(world, search, plan.groups, on_finished(plan, done))
+        let deadline = plan
+            .max_seconds
+            .map(|s| plan.started + Duration::from_secs_f64(s));
+        let mut recorder = Recorder::new(plan, done);
+        let on_finished: OnFinished =
+            Box::new(move |search, trial| recorder.finished(search, trial));
+        Coordinator::new(world, search, plan.groups, deadline, on_finished)
     });
     {
         let mut local;
@@ -319,30 +335,113 @@ fn search(
     match coordinator {
         Some(mut c) => {
             c.serve_until_released()?;
+            c.conclude()?;
             Ok(Some(c.search))
         }
         None => Ok(None),
     }
 }
 
-/// Rank 0, each time a trial finishes: the trials table and pictures saved, a line in the
-/// log, the bar of trials moved on.
-fn on_finished(plan: &Plan, done: usize) -> OnFinished<'_> {
-    let bar = Bar::new(0, plan.configs.len() as u64, "trials");
-    bar.set(done as u64, String::new);
-    Box::new(move |search: &Search, trial: usize| {
-        let loc = &plan.settings.model;
-        let bytes = encode_trials(&plan.space, &plan.configs, &search.rows)?;
-        loc.blocking().put(&loc.child_key(TRIALS_PARQUET), bytes)?;
-        let (metric, best) = (plan.metric.name(), search.best().map(|b| b.0));
-        let trials = trials_svg(&metric, &search.rows, best)?;
-        let params = params_svg(&metric, &plan.space, &plan.configs, &search.rows, best)?;
-        loc.blocking()
-            .put(&loc.child_key(TRIALS_SVG), trials.into_bytes().into())?;
-        loc.blocking()
-            .put(&loc.child_key(PARAMS_SVG), params.into_bytes().into())?;
+/// Rank 0 saves the trials table (and redraws the pictures) after a trial finishes unless
+/// the last save was less than this many times its own duration ago: saving takes at most
+/// about 1/20 of the search, short searches save after every trial, and a rank failing loses
+/// little (`--resume` reruns the trials finished since).
+const SAVE_SHARE: u32 = 20;
+/// How often the log states the search as a whole.
+const STATUS_EVERY: Duration = Duration::from_secs(30);
+
+/// When something was last done and how long it took.
+struct Paced {
+    at: Instant,
+    took: Duration,
+}
+
+impl Paced {
+    fn new() -> Paced {
+        Paced {
+            at: Instant::now(),
+            took: Duration::ZERO,
+        }
+    }
+
+    fn due(&self) -> bool {
+        self.at.elapsed() >= self.took * SAVE_SHARE
+    }
+
+    fn run(&mut self, work: impl FnOnce() -> Result<()>) -> Result<()> {
+        let started = Instant::now();
+        work()?;
+        (self.at, self.took) = (Instant::now(), started.elapsed());
+        Ok(())
+    }
+}
+
+/// What rank 0 does as trials finish: the table and pictures saved as often as they are cheap
+/// enough (rewriting them after each of thousands of short trials would cost more than the
+/// trials), a log line for each trial that ran all its epochs, failed or became the best, a
+/// status line now and then, and the bar.
+struct Recorder<'p> {
+    plan: &'p Plan,
+    bar: Bar,
+    saved: Paced,
+    drawn: Paced,
+    told: Instant,
+    best: Option<usize>,
+}
+
+impl<'p> Recorder<'p> {
+    fn new(plan: &'p Plan, done: usize) -> Recorder<'p> {
+        let bar = Bar::new(0, plan.configs.len() as u64, "trials");
+        bar.set(done as u64, String::new);
+        Recorder {
+            plan,
+            bar,
+            saved: Paced::new(),
+            drawn: Paced::new(),
+            told: Instant::now(),
+            best: None,
+        }
+    }
+
+    /// `trial` finished (`None`: the search is over, save everything).
+    fn finished(&mut self, search: &Search, trial: Option<usize>) -> Result<()> {
+        let metric = self.plan.metric.name();
+        let best = search.best();
+        if let Some(trial) = trial {
+            self.log_trial(search, trial, best);
+        }
+        let (plan, last) = (self.plan, trial.is_none());
+        if last || self.saved.due() {
+            self.saved.run(|| save_table(plan, search))?;
+        }
+        if last || self.drawn.due() {
+            self.drawn.run(|| draw(plan, search))?;
+        }
+        if trial.is_some() && self.told.elapsed() >= STATUS_EVERY {
+            self.told = Instant::now();
+            let [completed, stopped, failed] = counts(search);
+            log::info!(
+                "tune: {} of {} trials finished ({completed} completed, {stopped} stopped early, {failed} failed){}",
+                search.finished(),
+                search.trials(),
+                best.map(|(t, m)| format!("; best: trial {t}, {metric} {m:.4}")).unwrap_or_default()
+            );
+        }
+        let said = best
+            .map(|(t, m)| format!("best: trial {t}, {metric} {m:.4}"))
+            .unwrap_or_default();
+        self.bar.set(search.finished() as u64, || said);
+        Ok(())
+    }
+
+    fn log_trial(&mut self, search: &Search, trial: usize, best: Option<(usize, f64)>) {
+        let metric = self.plan.metric.name();
         let rows = search.rows_of(trial);
         let last = rows.last().expect("a finished trial has a row");
+        let new_best = best.is_some_and(|(t, _)| t == trial) && self.best != Some(trial);
+        if new_best {
+            self.best = Some(trial);
+        }
         let what = match (last.status, last.metric) {
             (Status::Failed, _) => format!(
                 "failed after epoch {}: {}",
@@ -356,19 +455,34 @@ fn on_finished(plan: &Plan, done: usize) -> OnFinished<'_> {
             ),
             (status, None) => status.name().to_string(),
         };
-        let best = search
-            .best()
-            .map(|(t, m)| format!("; best: trial {t} ({metric} {m:.4})"))
-            .unwrap_or_default();
-        log::info!(
-            "{}: {what} in {:.1}s [{} of {} done{best}]",
-            plan.describe(trial),
+        let line = format!(
+            "{}: {what} in {:.1}s{}",
+            self.plan.describe(trial),
             last.seconds,
-            search.finished(),
-            search.trials()
+            if new_best { " (the best so far)" } else { "" }
         );
-        Ok(())
-    })
+        match last.status {
+            Status::Stopped | Status::Continued if !new_best => log::debug!("{line}"),
+            _ => log::info!("{line}"),
+        }
+    }
+}
+
+fn save_table(plan: &Plan, search: &Search) -> Result<()> {
+    let loc = &plan.settings.model;
+    let bytes = encode_trials(&plan.space, &plan.configs, &search.rows)?;
+    loc.blocking().put(&loc.child_key(TRIALS_PARQUET), bytes)
+}
+
+fn draw(plan: &Plan, search: &Search) -> Result<()> {
+    let loc = &plan.settings.model;
+    let (metric, best) = (plan.metric.name(), search.best().map(|b| b.0));
+    let trials = trials_svg(&metric, &search.rows, best)?;
+    let params = params_svg(&metric, &plan.space, &plan.configs, &search.rows, best)?;
+    loc.blocking()
+        .put(&loc.child_key(TRIALS_SVG), trials.into_bytes().into())?;
+    loc.blocking()
+        .put(&loc.child_key(PARAMS_SVG), params.into_bytes().into())
 }
 
 /// A group's trials, one after another, until the director has none left.
@@ -479,7 +593,8 @@ fn log_summary(plan: &Plan, search: &Search, started: Instant) {
         .map(|(t, m)| format!("best: {}, {} {m:.4}", plan.describe(t), plan.metric.name()))
         .unwrap_or_default();
     log::info!(
-        "tune: {} trials in {:.1}s: {completed} completed, {stopped} stopped early, {failed} failed; {best}",
+        "tune: {} of {} trials run in {:.1}s: {completed} completed, {stopped} stopped early, {failed} failed; {best}",
+        search.finished(),
         search.trials(),
         started.elapsed().as_secs_f64()
     );
@@ -504,7 +619,7 @@ fn write_best(
         "value": tuned["value"],
         "config": tuned["config"],
         "flags": config_flags(&plan.space, &plan.configs[trial]),
-        "trials": {"total": search.trials(), "completed": completed, "stopped": stopped, "failed": failed},
+        "trials": {"total": search.trials(), "run": search.finished(), "completed": completed, "stopped": stopped, "failed": failed, "out_of_time": search.out_of_time},
         "seconds": started.elapsed().as_secs_f64(),
         "model": plan.settings.model.url(),
         "space": plan.space.text,

@@ -77,8 +77,9 @@ pub fn fit(
     });
     let mut epochs = Epochs::new(comm, job, &params, settings)?;
     let item_rows = epochs.item_rows(comm.size());
+    // `train` states it at info once the epochs are done (tune trains many models).
     if comm.is_root() {
-        log::info!(
+        log::debug!(
             "item rows: {}",
             item_rows.describe(comm.size(), job.blocks, params.factors)
         );

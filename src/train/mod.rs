@@ -127,8 +127,9 @@ pub fn fit(
         items,
     } = params;
     let (mut items, item_rows) = ItemStore::place(comm, items);
+    // `train` states it at info once the epochs are done (tune trains many models).
     if comm.is_root() {
-        log::info!(
+        log::debug!(
             "item rows: {}",
             item_rows.describe(comm.size(), job.blocks, factors)
         );

@@ -4,7 +4,7 @@
 //! at rungs, so that wait is rare. Groups never wait for each other otherwise (asynchronous
 //! ASHA: a trial is judged against the trials measured at its rung so far).
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
@@ -50,8 +50,9 @@ pub trait Director {
     fn between_epochs(&mut self) -> Result<()>;
 }
 
-/// Told each time a trial finishes (rank 0 saves the trials table and logs it).
-pub type OnFinished<'a> = Box<dyn FnMut(&Search, usize) -> Result<()> + 'a>;
+/// Told each time a trial finishes, and once more (`None`) when the search is over: rank 0
+/// saves the trials table and logs.
+pub type OnFinished<'a> = Box<dyn FnMut(&Search, Option<usize>) -> Result<()> + 'a>;
 
 /// The search, on world rank 0.
 pub struct Coordinator<'a> {
@@ -61,6 +62,8 @@ pub struct Coordinator<'a> {
     /// Leaders of the other groups, and how many of them were told there is nothing left.
     remote_leaders: usize,
     released: usize,
+    /// No trial starts after this (`--max-seconds`).
+    deadline: Option<Instant>,
 }
 
 impl<'a> Coordinator<'a> {
@@ -68,6 +71,7 @@ impl<'a> Coordinator<'a> {
         world: &'a dyn Collective,
         search: Search,
         groups: usize,
+        deadline: Option<Instant>,
         on_finished: OnFinished<'a>,
     ) -> Self {
         Coordinator {
@@ -76,24 +80,37 @@ impl<'a> Coordinator<'a> {
             on_finished,
             remote_leaders: groups - 1,
             released: 0,
+            deadline,
         }
     }
 
     fn next(&mut self) -> Option<usize> {
+        if self.deadline.is_some_and(|d| Instant::now() >= d) {
+            if !self.search.out_of_time {
+                self.search.out_of_time = true;
+                log::info!("tune: --max-seconds is up: no new trials; those running finish");
+            }
+            return None;
+        }
         self.search.take_next()
     }
 
     fn report(&mut self, trial: usize, epoch: usize, metric: f64, seconds: f64) -> Result<Status> {
         let status = self.search.report(trial, epoch, metric, seconds);
         if status.is_final() {
-            (self.on_finished)(&self.search, trial)?;
+            (self.on_finished)(&self.search, Some(trial))?;
         }
         Ok(status)
     }
 
     fn fail(&mut self, trial: usize, epoch: usize, seconds: f64, reason: String) -> Result<()> {
         self.search.fail(trial, epoch, seconds, reason);
-        (self.on_finished)(&self.search, trial)
+        (self.on_finished)(&self.search, Some(trial))
+    }
+
+    /// The search is over: what is kept of it is saved.
+    pub fn conclude(&mut self) -> Result<()> {
+        (self.on_finished)(&self.search, None)
     }
 
     /// Answer every request that has arrived.

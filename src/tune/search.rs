@@ -119,6 +119,8 @@ pub struct Search {
     pub rows: Vec<Row>,
     /// Running trials' measurements so far.
     pending: BTreeMap<usize, Vec<Row>>,
+    /// The time budget ended the search before every trial ran.
+    pub out_of_time: bool,
 }
 
 impl Search {
@@ -131,6 +133,7 @@ impl Search {
             rungs: BTreeMap::new(),
             rows: Vec::new(),
             pending: BTreeMap::new(),
+            out_of_time: false,
         }
     }
 
