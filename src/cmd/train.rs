@@ -92,11 +92,7 @@ pub(crate) fn run_as(
         ),
         Objective::Implicit => implicit_metrics(comm, &prepared, &state, &settings.hyper),
     };
-    log::debug!(
-        "rank {}: trained; peak memory {:.0} MB",
-        comm.rank(),
-        crate::memory::peak_rss_mb().unwrap_or(0.0)
-    );
+    log_memory(comm, "trained");
     let mut phases = [
         report.plan_seconds,
         report.read_seconds,
@@ -122,12 +118,13 @@ pub(crate) fn run_as(
         tuned,
     };
     save.publish(comm, prepared, state.params)?;
-    log::debug!(
-        "rank {}: saved; peak memory {:.0} MB",
-        comm.rank(),
-        crate::memory::peak_rss_mb().unwrap_or(0.0)
-    );
+    log_memory(comm, "saved");
     Ok(())
+}
+
+fn log_memory(comm: &dyn Collective, when: &str) {
+    let peak = crate::memory::peak_rss_mb().unwrap_or(0.0);
+    log::debug!("rank {}: {when}; peak memory {peak:.0} MB", comm.rank());
 }
 
 /// A signal during reading ends the job once the data is in (every rank at once): nothing to
