@@ -593,9 +593,10 @@ pub struct TuneArgs {
     /// the trials measured there; `none` runs every trial to its last epoch.
     #[arg(long, value_enum, default_value = "asha")]
     pub scheduler: Scheduler,
-    /// ASHA's first rung, in epochs (the next ones are --eta times further each).
-    #[arg(long, value_name = "EPOCHS", default_value_t = 1)]
-    pub grace_epochs: usize,
+    /// ASHA's first rung, in epochs (the next ones are --eta times further each) [the longest
+    /// trial's epochs / eta^3, at least 1: 3 rungs before its end].
+    #[arg(long, value_name = "EPOCHS")]
+    pub grace_epochs: Option<usize>,
     /// ASHA's reduction factor: the share of trials that pass a rung is 1/eta.
     #[arg(long, default_value_t = 3)]
     pub eta: usize,

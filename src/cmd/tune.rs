@@ -27,7 +27,7 @@ use crate::tune::record::{
     config_flags, config_json, decode_trials, encode_trials, SearchRecord, BEST_JSON, FOLDER,
     PARAMS_SVG, SEARCH_JSON, TRIALS_PARQUET, TRIALS_SVG,
 };
-use crate::tune::search::{Asha, Search, Status, DEFAULT_ASHA};
+use crate::tune::search::{Asha, Search, Status};
 use crate::tune::space::{Config, Space};
 
 /// The search, as every rank understands it from the flags.
@@ -39,6 +39,8 @@ struct Plan {
     settings: Settings,
     metric: Metric,
     scheduler: Option<Asha>,
+    /// Where trials are measured: ASHA's rungs, with early stopping or without.
+    measure: Asha,
     ranks_per_trial: usize,
     groups: usize,
     record: SearchRecord,
@@ -55,7 +57,7 @@ impl Plan {
 
     /// Where trial `trial` is measured: its rungs and its last epoch.
     fn checkpoints(&self, epochs: usize) -> Vec<usize> {
-        let mut at = self.scheduler.unwrap_or(DEFAULT_ASHA).rungs(epochs);
+        let mut at = self.measure.rungs(epochs);
         at.push(epochs);
         at
     }
@@ -180,17 +182,22 @@ fn plan(world: &dyn Collective, args: &TuneArgs) -> Result<Plan> {
     if args.trials == Some(0) {
         return Err(Error::usage("--trials 0: give at least 1"));
     }
-    let scheduler = match args.scheduler {
-        Scheduler::Asha => Some(Asha {
-            grace: args.grace_epochs,
-            eta: args.eta,
-        }),
-        Scheduler::None => None,
-    };
-    if args.grace_epochs == 0 || args.eta < 2 {
-        return Err(Error::usage(format!("--grace-epochs {} --eta {}: ASHA needs a first rung of at least 1 epoch and eta of at least 2", args.grace_epochs, args.eta)));
+    if args.grace_epochs == Some(0) || args.eta < 2 {
+        return Err(Error::usage(format!("--grace-epochs {} --eta {}: ASHA needs a first rung of at least 1 epoch and eta of at least 2", args.grace_epochs.unwrap_or(1), args.eta)));
     }
     let configs = space.configs(args.trials, base.seed, &base);
+    let longest = configs
+        .iter()
+        .map(|c| space.trial_args(c, &base).epochs)
+        .max()
+        .unwrap_or(1);
+    let measure = Asha {
+        grace: args
+            .grace_epochs
+            .unwrap_or_else(|| default_grace(longest, args.eta)),
+        eta: args.eta,
+    };
+    let scheduler = (args.scheduler == Scheduler::Asha).then_some(measure);
     let settings = settings(world, &base)?;
     let record = SearchRecord {
         space: space.text.clone(),
@@ -198,7 +205,7 @@ fn plan(world: &dyn Collective, args: &TuneArgs) -> Result<Plan> {
         seed: base.seed,
         metric: metric.name(),
         scheduler: format!("{:?}", args.scheduler).to_lowercase(),
-        grace_epochs: args.grace_epochs,
+        grace_epochs: measure.grace,
         eta: args.eta,
         data: base.data.clone(),
         base: settings.hyper.flags(),
@@ -210,6 +217,7 @@ fn plan(world: &dyn Collective, args: &TuneArgs) -> Result<Plan> {
         settings,
         metric,
         scheduler,
+        measure,
         ranks_per_trial: k,
         groups: world.size() / k,
         record,
@@ -217,6 +225,14 @@ fn plan(world: &dyn Collective, args: &TuneArgs) -> Result<Plan> {
         max_seconds: args.max_seconds,
         started: Instant::now(),
     })
+}
+
+/// ASHA's first rung without `--grace-epochs`: the longest trial's epochs / eta^3 (at least 1),
+/// so the longest trials pass 3 rungs before their end. A first rung after 1 epoch judges
+/// learning rates by their first step: in bench_tune it stopped the slow, long trials that
+/// win (lr 0.005, 137 epochs) and found a worse best than no early stopping.
+fn default_grace(longest: usize, eta: usize) -> usize {
+    (longest / eta.saturating_pow(3)).max(1)
 }
 
 /// Rank 0: start the search's folder, or read what a resumed one finished.
@@ -306,7 +322,8 @@ fn search(
         let epochs = (0..plan.configs.len())
             .map(|t| plan.trial_args(t).epochs)
             .collect();
-        let search = Search::resumed(epochs, plan.scheduler, plan.metric.goal(), saved);
+        let search = Search::resumed(epochs, plan.scheduler, plan.metric.goal(), saved)
+            .measured_at(plan.measure);
         let done = search.finished();
         let deadline = plan
             .max_seconds

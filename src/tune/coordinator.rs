@@ -244,3 +244,46 @@ fn unexpected(reply: &Reply) -> Error {
         "tune: rank 0 answered {reply:?} out of turn (a bug)"
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::cell::RefCell;
+    use std::rc::Rc;
+
+    use super::*;
+    use crate::collective::Solo;
+    use crate::tune::search::{Asha, Goal};
+
+    #[test]
+    fn rank_zeros_own_group_is_answered_directly_and_each_finished_trial_is_told() {
+        let told = Rc::new(RefCell::new(Vec::new()));
+        let log = told.clone();
+        let search = Search::new(vec![4, 4], Some(Asha { grace: 1, eta: 2 }), Goal::Minimise);
+        let on_finished: OnFinished = Box::new(move |_, trial| {
+            log.borrow_mut().push(trial);
+            Ok(())
+        });
+        let mut c = Coordinator::new(&Solo, search, 1, None, on_finished);
+        let mut d = Local(&mut c);
+        assert_eq!(d.next().unwrap(), Some(0));
+        assert_eq!(d.report(0, 1, 0.9, 0.1).unwrap(), Status::Continued);
+        assert_eq!(d.report(0, 4, 0.8, 0.2).unwrap(), Status::Completed);
+        assert_eq!(d.next().unwrap(), Some(1));
+        d.fail(1, 2, 0.1, "diverged".into()).unwrap();
+        assert_eq!(d.next().unwrap(), None);
+        c.conclude().unwrap();
+        assert_eq!(*told.borrow(), vec![Some(0), Some(1), None]);
+        // With one group there is nobody else to release.
+        c.serve_until_released().unwrap();
+    }
+
+    #[test]
+    fn no_trial_starts_after_the_deadline() {
+        let search = Search::new(vec![4; 3], None, Goal::Minimise);
+        let deadline = Some(Instant::now());
+        let mut c = Coordinator::new(&Solo, search, 1, deadline, Box::new(|_, _| Ok(())));
+        assert_eq!(Local(&mut c).next().unwrap(), None);
+        assert!(c.search.out_of_time);
+        assert_eq!(c.search.finished(), 0);
+    }
+}

@@ -111,6 +111,8 @@ pub struct Search {
     /// Epochs of each trial (its configuration's).
     epochs: Vec<usize>,
     scheduler: Option<Asha>,
+    /// Where trials are measured without early stopping (`measured_at`).
+    measure: Asha,
     goal: Goal,
     /// By rung epoch: the scores recorded there (larger is better).
     rungs: BTreeMap<usize, Vec<f64>>,
@@ -129,6 +131,7 @@ impl Search {
             state: vec![State::Waiting; epochs.len()],
             epochs,
             scheduler,
+            measure: DEFAULT_ASHA,
             goal,
             rungs: BTreeMap::new(),
             rows: Vec::new(),
@@ -159,6 +162,12 @@ impl Search {
         search
     }
 
+    /// Without early stopping, measure trials at `asha`'s rungs (with it, its own).
+    pub fn measured_at(mut self, asha: Asha) -> Search {
+        self.measure = asha;
+        self
+    }
+
     pub fn trials(&self) -> usize {
         self.state.len()
     }
@@ -178,7 +187,7 @@ impl Search {
     /// Where measurements are taken: ASHA's rungs, also without early stopping (so curves
     /// with and without it are measured alike).
     fn schedule(&self) -> Asha {
-        self.scheduler.unwrap_or(DEFAULT_ASHA)
+        self.scheduler.unwrap_or(self.measure)
     }
 
     /// The next trial to run, if any is left.
