@@ -5,7 +5,7 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use arrow::array::{Array, AsArray};
 use arrow::datatypes::{Float64Type, Int64Type};
@@ -109,6 +109,12 @@ fn ml_tune<'a>(data: &'a str, model: &'a str, extra: &[&'a str]) -> Vec<&'a str>
     args
 }
 
+/// ml-latest-small's ratings and a fresh model folder for test `name` (None: no data here).
+fn ml_search(name: &str) -> Option<(PathBuf, PathBuf)> {
+    let data = shared_data("ml-latest-small/ratings.csv")?;
+    Some((data, temp_dir(name).join("m")))
+}
+
 /// The final row of each trial.
 fn finals(rows: &[TrialRow]) -> BTreeMap<usize, TrialRow> {
     rows.iter()
@@ -119,11 +125,9 @@ fn finals(rows: &[TrialRow]) -> BTreeMap<usize, TrialRow> {
 
 #[test]
 fn a_search_over_groups_stops_weak_trials_and_publishes_the_best_one() {
-    let Some(data) = shared_data("ml-latest-small/ratings.csv") else {
+    let Some((data, model)) = ml_search("tune-asha") else {
         return;
     };
-    let dir = temp_dir("tune-asha");
-    let model = dir.join("m");
     let space = "lr=log:0.002..0.05 reg=0.02,0.05,0.1 factors=4,16 epochs=4..12";
     let run = mpirun(
         2,
@@ -206,11 +210,9 @@ fn a_search_over_groups_stops_weak_trials_and_publishes_the_best_one() {
 
 #[test]
 fn a_grid_runs_every_point_and_groups_of_two_ranks_publish_the_trial_bit_for_bit() {
-    let Some(data) = shared_data("ml-latest-small/ratings.csv") else {
+    let Some((data, model)) = ml_search("tune-grid") else {
         return;
     };
-    let dir = temp_dir("tune-grid");
-    let model = dir.join("m");
     let space = "factors=4,8 reg=0.05,0.1";
     let args = ml_tune(
         s(&data),
@@ -281,11 +283,9 @@ fn a_grid_runs_every_point_and_groups_of_two_ranks_publish_the_trial_bit_for_bit
 
 #[test]
 fn a_diverging_trial_is_recorded_as_failed_and_the_search_goes_on() {
-    let Some(data) = shared_data("ml-latest-small/ratings.csv") else {
+    let Some((data, model)) = ml_search("tune-diverge") else {
         return;
     };
-    let dir = temp_dir("tune-diverge");
-    let model = dir.join("m");
     let args = ml_tune(
         s(&data),
         s(&model),
@@ -310,11 +310,9 @@ fn a_diverging_trial_is_recorded_as_failed_and_the_search_goes_on() {
 
 #[test]
 fn a_search_whose_rank_failed_resumes_without_rerunning_finished_trials() {
-    let Some(data) = shared_data("ml-latest-small/ratings.csv") else {
+    let Some((data, model)) = ml_search("tune-resume") else {
         return;
     };
-    let dir = temp_dir("tune-resume");
-    let model = dir.join("m");
     let space = "reg=0.02,0.04,0.06,0.08,0.1,0.12";
     let args = ml_tune(
         s(&data),

@@ -144,17 +144,7 @@ pub fn run(world: &dyn Collective, args: &TuneArgs) -> Result<()> {
 fn plan(world: &dyn Collective, args: &TuneArgs) -> Result<Plan> {
     let mut base = args.train.clone();
     base.resume = false;
-    if let Some(n) = base.checkpoint_every {
-        return Err(Error::usage(format!("--checkpoint-every {n}: tune does not checkpoint trials (a search resumes by trials: --resume)")));
-    }
-    if base.rank_metrics.is_some() {
-        return Err(Error::usage(
-            "--rank-metrics: tune measures --metric instead (e.g. --metric ndcg@20)",
-        ));
-    }
-    if base.holdout <= 0.0 {
-        return Err(Error::usage(format!("--holdout {}: tune judges every trial on the hold-out; give a fraction above 0 (the default is 0.2)", base.holdout)));
-    }
+    check_flags(world, args)?;
     let space = Space::parse(&args.space)?;
     space.check(&base)?;
     let implicit = space.objectives(&base).contains(&Objective::Implicit);
@@ -167,24 +157,6 @@ fn plan(world: &dyn Collective, args: &TuneArgs) -> Result<Plan> {
         return Err(Error::usage(format!("--metric {}: implicit models predict preferences, not ratings; judge them by a ranking metric such as ndcg@20", metric.name())));
     }
     let k = args.ranks_per_trial;
-    if k == 0 || world.size() % k != 0 {
-        return Err(Error::usage(format!(
-            "--ranks-per-trial {k}: the job's {} ranks must split into groups of that many; give a divisor of {} (or launch a multiple of {k} ranks)",
-            world.size(),
-            world.size()
-        )));
-    }
-    if let Some(s) = args.max_seconds.filter(|s| !(s.is_finite() && *s > 0.0)) {
-        return Err(Error::usage(format!(
-            "--max-seconds {s}: give a number of seconds above 0"
-        )));
-    }
-    if args.trials == Some(0) {
-        return Err(Error::usage("--trials 0: give at least 1"));
-    }
-    if args.grace_epochs == Some(0) || args.eta < 2 {
-        return Err(Error::usage(format!("--grace-epochs {} --eta {}: ASHA needs a first rung of at least 1 epoch and eta of at least 2", args.grace_epochs.unwrap_or(1), args.eta)));
-    }
     let configs = space.configs(args.trials, base.seed, &base);
     let longest = configs
         .iter()
@@ -225,6 +197,42 @@ fn plan(world: &dyn Collective, args: &TuneArgs) -> Result<Plan> {
         max_seconds: args.max_seconds,
         started: Instant::now(),
     })
+}
+
+/// The flags that do not depend on the space, checked.
+fn check_flags(world: &dyn Collective, args: &TuneArgs) -> Result<()> {
+    let base = &args.train;
+    if let Some(n) = base.checkpoint_every {
+        return Err(Error::usage(format!("--checkpoint-every {n}: tune does not checkpoint trials (a search resumes by trials: --resume)")));
+    }
+    if base.rank_metrics.is_some() {
+        return Err(Error::usage(
+            "--rank-metrics: tune measures --metric instead (e.g. --metric ndcg@20)",
+        ));
+    }
+    if base.holdout <= 0.0 {
+        return Err(Error::usage(format!("--holdout {}: tune judges every trial on the hold-out; give a fraction above 0 (the default is 0.2)", base.holdout)));
+    }
+    let k = args.ranks_per_trial;
+    if k == 0 || world.size() % k != 0 {
+        return Err(Error::usage(format!(
+            "--ranks-per-trial {k}: the job's {} ranks must split into groups of that many; give a divisor of {} (or launch a multiple of {k} ranks)",
+            world.size(),
+            world.size()
+        )));
+    }
+    if let Some(s) = args.max_seconds.filter(|s| !(s.is_finite() && *s > 0.0)) {
+        return Err(Error::usage(format!(
+            "--max-seconds {s}: give a number of seconds above 0"
+        )));
+    }
+    if args.trials == Some(0) {
+        return Err(Error::usage("--trials 0: give at least 1"));
+    }
+    if args.grace_epochs == Some(0) || args.eta < 2 {
+        return Err(Error::usage(format!("--grace-epochs {} --eta {}: ASHA needs a first rung of at least 1 epoch and eta of at least 2", args.grace_epochs.unwrap_or(1), args.eta)));
+    }
+    Ok(())
 }
 
 /// ASHA's first rung without `--grace-epochs`: the longest trial's epochs / eta^3 (at least 1),
