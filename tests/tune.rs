@@ -7,9 +7,10 @@ mod common;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use arrow::array::{Array, AsArray};
-use arrow::datatypes::{Float64Type, Int64Type};
+use arrow::array::{Array, ArrayRef};
+use arrow::util::display::array_value_to_string;
 use common::*;
+use funksvd::tune::record::decode_trials;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
 /// A row of trials.parquet.
@@ -25,76 +26,50 @@ struct TrialRow {
     config: BTreeMap<String, String>,
 }
 
+/// trials.parquet's rows: the fixed columns through tune's own reader, the configuration's
+/// columns (those after the fixed six) as the text arrow shows for them.
 fn trials(model: &Path) -> Vec<TrialRow> {
-    let file = std::fs::File::open(model.join("_tune/trials.parquet")).unwrap();
-    let mut rows = Vec::new();
-    for batch in ParquetRecordBatchReaderBuilder::try_new(file)
+    let path = model.join("_tune/trials.parquet");
+    let bytes = bytes::Bytes::from(file_bytes(&path));
+    let fixed = decode_trials(bytes.clone(), &path.display().to_string()).unwrap();
+    let mut configs = Vec::new();
+    for batch in ParquetRecordBatchReaderBuilder::try_new(bytes)
         .unwrap()
         .build()
         .unwrap()
     {
         let batch = batch.unwrap();
-        let ints = |name: &str| {
-            batch
-                .column_by_name(name)
-                .unwrap()
-                .as_primitive::<Int64Type>()
-                .clone()
-        };
-        let floats = |name: &str| {
-            batch
-                .column_by_name(name)
-                .unwrap()
-                .as_primitive::<Float64Type>()
-                .clone()
-        };
-        let texts = |name: &str| {
-            batch
-                .column_by_name(name)
-                .unwrap()
-                .as_string::<i32>()
-                .clone()
-        };
-        let (trial, epoch, metric, seconds) = (
-            ints("trial"),
-            ints("epoch"),
-            floats("metric"),
-            floats("seconds"),
-        );
-        let (status, reason) = (texts("status"), texts("reason"));
         let schema = batch.schema();
-        let config_columns: Vec<(String, arrow::array::ArrayRef)> = schema
+        let columns: Vec<(&String, &ArrayRef)> = schema
             .fields()
             .iter()
             .skip(6)
-            .map(|f| {
-                (
-                    f.name().clone(),
-                    batch.column_by_name(f.name()).unwrap().clone(),
-                )
-            })
+            .map(|f| f.name())
+            .zip(batch.columns().iter().skip(6))
             .collect();
         for i in 0..batch.num_rows() {
-            let config = config_columns
-                .iter()
-                .filter(|(_, c)| c.is_valid(i))
-                .map(|(name, c)| {
-                    let text = arrow::util::display::array_value_to_string(c, i).unwrap();
-                    (name.clone(), text)
-                })
-                .collect();
-            rows.push(TrialRow {
-                trial: trial.value(i) as usize,
-                epoch: epoch.value(i) as usize,
-                metric: metric.is_valid(i).then(|| metric.value(i)),
-                seconds: seconds.value(i),
-                status: status.value(i).to_string(),
-                reason: reason.is_valid(i).then(|| reason.value(i).to_string()),
-                config,
-            });
+            let shown = |c: &ArrayRef| array_value_to_string(c, i).unwrap();
+            let config = columns.iter().filter(|(_, c)| c.is_valid(i));
+            configs.push(
+                config
+                    .map(|(name, c)| (name.to_string(), shown(c)))
+                    .collect(),
+            );
         }
     }
-    rows
+    fixed
+        .into_iter()
+        .zip(configs)
+        .map(|(r, config)| TrialRow {
+            trial: r.trial,
+            epoch: r.epoch,
+            metric: r.metric,
+            seconds: r.seconds,
+            status: r.status.name().to_string(),
+            reason: r.reason,
+            config,
+        })
+        .collect()
 }
 
 fn json(path: &Path) -> serde_json::Value {
