@@ -279,8 +279,6 @@ fn open_search(plan: &Plan) -> Result<Vec<crate::tune::search::Row>> {
                 true => decode_trials(io.get(&trials_key)?, &loc.display_key(&trials_key))?,
                 false => Vec::new(),
             };
-            let finished: std::collections::BTreeSet<usize> = rows.iter().filter(|r| r.status.is_final()).map(|r| r.trial).collect();
-            log::info!("--resume: {} of {} trials finished before; running the rest", finished.len(), plan.configs.len());
             Ok(rows)
         }
     }
@@ -333,6 +331,12 @@ fn search(
         let search = Search::resumed(epochs, plan.scheduler, plan.metric.goal(), saved)
             .measured_at(plan.measure);
         let done = search.finished();
+        if plan.resume {
+            log::info!(
+                "--resume: {done} of {} trials finished before; running the rest",
+                plan.configs.len()
+            );
+        }
         let deadline = plan
             .max_seconds
             .map(|s| plan.started + Duration::from_secs_f64(s));
