@@ -17,6 +17,7 @@ fn main() {
 
 fn run() -> i32 {
     funksvd::memory::tune_allocator();
+    funksvd::mf::blas::one_thread();
     match Cli::try_parse() {
         Err(e) => {
             // Under a launcher every rank parsed the same arguments: rank 0 prints for them.

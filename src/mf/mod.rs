@@ -6,6 +6,7 @@
 //! and `model_io` moves its bytes to and from storage. `tests/layout.rs` keeps it so.
 
 pub mod als;
+pub mod blas;
 pub mod checkpoint;
 pub mod fold_in;
 pub mod hyper;
