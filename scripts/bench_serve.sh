@@ -5,7 +5,7 @@
 # core 0 (funksvd with one request thread; Ray and every process it starts), wrk to core 1.
 # For each of GET /v1/recommend (random users), POST /v1/recommend (20 random items) and
 # GET /v1/similar (random items): the peak (wrk, --connections open, --duration seconds) with
-# its p50 and p99, then funksvd's p99 at 80% of its peak (each connection paced by wrk's
+# its p50 and p99, then funksvd's p99 at 80% of its peak (connections paced by wrk's
 # delay()). Prints a table and the ratios; numbers go in issue notes and the README, never in
 # timed tests.
 #   scripts/bench_serve.sh [--events N] [--duration S] [--connections N] [--no-ray]
@@ -72,11 +72,11 @@ request = function() return wrk.format("POST", "/v1/recommend", headers, bodies[
 {pace}""")
 PY
 
-# run SYSTEM URL ENDPOINT [PACE_MS]: one wrk run on core 1; its JSON line, tagged.
+# run SYSTEM URL ENDPOINT [PACE_MS [CONNECTIONS]]: one wrk run on core 1; its JSON line, tagged.
 run() {
-  local line
-  line=$(PACE_MS=${4:-0} taskset -c 1 wrk -t1 -c"$connections" -d"${duration}s" -s "$work/$3.lua" "$2" | tail -1)
-  echo "{\"system\": \"$1\", \"endpoint\": \"$3\", \"pace_ms\": ${4:-0}, \"result\": $line}" | tee -a "$results"
+  local line c=${5:-$connections}
+  line=$(PACE_MS=${4:-0} taskset -c 1 wrk -t1 -c"$c" -d"${duration}s" -s "$work/$3.lua" "$2" | tail -1)
+  echo "{\"system\": \"$1\", \"endpoint\": \"$3\", \"pace_ms\": ${4:-0}, \"connections\": $c, \"result\": $line}" | tee -a "$results"
 }
 wait_for() {
   for _ in $(seq 600); do
@@ -95,19 +95,20 @@ wait_for "http://127.0.0.1:8080/healthz"
 for endpoint in get post similar; do
   run funksvd http://127.0.0.1:8080 "$endpoint"
 done
-# funksvd at 80% of its peak: each connection waits between its requests so that it sends
-# 0.8 x peak / connections a second. wrk waits whole milliseconds after each answer: a first run
-# waits connections / (0.8 x peak), and a second that time less the first's median latency.
-rate() { # ENDPOINT PACE: requests/s and p50 of funksvd's run
+# funksvd at 80% of its peak: each connection waits 2 ms after each answer (wrk waits whole
+# milliseconds), and there are as many connections as that rate needs, 0.8 x peak x (2 ms + the
+# latency): a first run guesses 1 ms of latency, a second takes the first's median.
+rate() { # ENDPOINT PACE: requests/s and p50 of funksvd's last run at that pace
   python3 -c "import json; r=[json.loads(l) for l in open('$results')]; x=[e['result'] for e in r if e['system']=='funksvd' and e['endpoint']=='$1' and e['pace_ms']==$2][-1]; print(x['requests']/x['seconds'], x['p50_ms'])"
 }
+pace=2
 for endpoint in get post similar; do
   read -r peak _ < <(rate "$endpoint" 0)
-  pace=$(python3 -c "print(max(1, round($connections * 1000 / (0.8 * $peak))))")
-  run funksvd http://127.0.0.1:8080 "$endpoint" "$pace"
+  first=$(python3 -c "print(max(1, round(0.8 * $peak * ($pace + 1.0) / 1000)))")
+  run funksvd http://127.0.0.1:8080 "$endpoint" "$pace" "$first"
   read -r _ p50 < <(rate "$endpoint" "$pace")
-  second=$(python3 -c "print(max(1, round($connections * 1000 / (0.8 * $peak) - $p50)))")
-  [ "$second" = "$pace" ] || run funksvd http://127.0.0.1:8080 "$endpoint" "$second"
+  second=$(python3 -c "print(max(1, round(0.8 * $peak * ($pace + $p50) / 1000)))")
+  [ "$second" = "$first" ] || run funksvd http://127.0.0.1:8080 "$endpoint" "$pace" "$second"
 done
 kill "$funksvd_pid"; wait "$funksvd_pid" 2>/dev/null || true
 
@@ -129,7 +130,7 @@ print(f"\n{sys.argv[2]} connections, {sys.argv[3]} s per run; server on core 0, 
 print(f"{'system':8s} {'endpoint':8s} {'load':>10s} {'req/s':>9s} {'p50 ms':>8s} {'p99 ms':>8s} {'errors':>7s}")
 for r in runs:
     x = r["result"]
-    load = "peak" if r["pace_ms"] == 0 else f"paced {r['pace_ms']}ms"
+    load = "peak" if r["pace_ms"] == 0 else f"{r['connections']} x {r['pace_ms']}ms"
     print(f"{r['system']:8s} {r['endpoint']:8s} {load:>10s} {x['requests'] / x['seconds']:9.0f} {x['p50_ms']:8.2f} {x['p99_ms']:8.2f} {x['errors']:7d}")
 peak = {(r["system"], r["endpoint"]): r["result"] for r in runs if r["pace_ms"] == 0}
 rps = lambda x: x["requests"] / x["seconds"]

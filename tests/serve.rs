@@ -307,6 +307,7 @@ fn answers_equal_recommend_and_the_model_and_bad_requests_do_not_hurt() {
         "{answer}"
     );
 
+    concurrent_requests_get_the_answers_of_one(&server, &batch);
     bad_requests_get_reasons(&server);
     random_requests_do_not_take_it_down(&server);
     // Still answering, the same.
@@ -325,6 +326,41 @@ fn answers_equal_recommend_and_the_model_and_bad_requests_do_not_hurt() {
     ] {
         assert!(metrics.contains(needle), "{needle} not in:\n{metrics}");
     }
+}
+
+/// Requests at once from 8 clients (scored in batches by the server) get the lists each gets
+/// alone: recommend's, to the bit; the batches are counted in /metrics.
+fn concurrent_requests_get_the_answers_of_one(
+    server: &Server,
+    batch: &BTreeMap<String, Vec<(String, f32)>>,
+) {
+    let users: Vec<(&String, &Vec<(String, f32)>)> = batch.iter().step_by(3).collect();
+    std::thread::scope(|scope| {
+        for client in 0..8 {
+            let users = &users;
+            scope.spawn(move || {
+                for (user, list) in users.iter().skip(client).step_by(2) {
+                    let (status, answer) = server.get(&format!("/v1/recommend?user={user}&n=10"));
+                    assert_eq!(status, 200, "{answer}");
+                    assert_eq!(&listed(&answer), *list, "user {user}, client {client}");
+                }
+            });
+        }
+    });
+    let (_, metrics) = server.request("GET", "/metrics", "", "");
+    let count = |name: &str| -> u64 {
+        let line = metrics.lines().find(|l| l.starts_with(name));
+        line.and_then(|l| l.split(' ').nth(1)?.parse().ok())
+            .unwrap_or_else(|| panic!("{name} not in:\n{metrics}"))
+    };
+    let (batches, asks) = (
+        count("funksvd_scoring_batches_total "),
+        count("funksvd_scoring_requests_total "),
+    );
+    assert!(
+        batches >= 1 && asks >= batches,
+        "{batches} batches, {asks} asks"
+    );
 }
 
 fn bad_requests_get_reasons(server: &Server) {

@@ -92,6 +92,20 @@ impl Model {
         }
     }
 
+    /// A model of `users` x `items` with `k` factors, every value drawn from N(0, 1) (seeded):
+    /// for tests of what reads a model.
+    #[cfg(test)]
+    pub fn random_for_tests(users: usize, items: usize, k: usize, biased: bool) -> Model {
+        let mut rng = crate::rng::Rng::new(7, 1);
+        let mut rows =
+            |n: usize| -> Vec<f32> { (0..n * (k + 1)).map(|_| rng.normal() as f32).collect() };
+        let (user_rows, item_rows) = (rows(users), rows(items));
+        let mut meta = ModelMeta::for_tests(users as u64, items as u64, biased);
+        meta.factors = k;
+        let ids = |n: usize| (0..n as i64).map(Id::Int).collect::<Vec<_>>();
+        Model::new(meta, ids(users), user_rows, ids(items), item_rows)
+    }
+
     /// Floats per row: the bias, then the factors.
     pub fn stride(&self) -> usize {
         self.meta.factors + 1

@@ -158,21 +158,10 @@ fn best_per_row(
 
 #[cfg(test)]
 mod tests {
-    use crate::ids::Id;
-    use crate::mf::meta::ModelMeta;
     use crate::mf::{Model, Scored};
-    use crate::rng::Rng;
 
-    /// A random model of `users` x `items` with `k` factors.
     fn random_model(users: usize, items: usize, k: usize, biased: bool) -> Model {
-        let mut rng = Rng::new(7, 1);
-        let mut rows =
-            |n: usize| -> Vec<f32> { (0..n * (k + 1)).map(|_| rng.normal() as f32).collect() };
-        let (user_rows, item_rows) = (rows(users), rows(items));
-        let mut meta = ModelMeta::for_tests(users as u64, items as u64, biased);
-        meta.factors = k;
-        let ids = |n: usize| (0..n as i64).map(Id::Int).collect::<Vec<_>>();
-        Model::new(meta, ids(users), user_rows, ids(items), item_rows)
+        Model::random_for_tests(users, items, k, biased)
     }
 
     /// The naive reference: every item scored in f64, sorted.

@@ -1,7 +1,8 @@
 //! The endpoints: what each reads from a request, what it answers, and the errors (JSON with
 //! the reason, 400 for a bad request, 404 for a user or item the model does not know, 503 until
 //! a model is loaded). Answers are those of `funksvd recommend`: the same scoring
-//! (`Model::top_n_rows`, `similar_many`), the same items left out, the same fold-in.
+//! (`Model::top_n_rows`, `similar_many`, through `batch` with the requests of the same moment),
+//! the same items left out, the same fold-in.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -12,6 +13,7 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::{json, Value};
 
+use super::batch::{Ask, Exclude, Row};
 use super::loaded::Loaded;
 use super::App;
 use crate::ids::Id;
@@ -111,10 +113,22 @@ fn listed(loaded: &Loaded, list: &[Scored]) -> Value {
     )
 }
 
-/// The top `n` for a row, leaving out `exclude`: one row through the batch scoring.
-fn top_for(loaded: &Loaded, row: &[f32], n: usize, exclude: &[u32]) -> Vec<Scored> {
-    let mut lists = loaded.model.top_n_rows(&[row], n, &[exclude]);
-    lists.pop().unwrap_or_default()
+/// The `n` best items for `ask`, scored with the other requests of the moment (`batch`).
+async fn scored(
+    app: &App,
+    loaded: &Arc<Loaded>,
+    n: usize,
+    ask: Ask,
+) -> Result<Vec<Scored>, Failure> {
+    app.batcher
+        .score(&app.metrics, loaded.clone(), n, ask)
+        .await
+        .ok_or_else(|| {
+            Failure(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "scoring failed (see the server's log)".into(),
+            )
+        })
 }
 
 fn popular(loaded: &Loaded, n: usize, exclude: &[u32]) -> Vec<Scored> {
@@ -129,10 +143,13 @@ pub async fn recommend_user(State(app): State<Arc<App>>, Query(q): Params) -> An
     let id = Id::from_str_value(required(&q, "user")?);
     let model = &loaded.model;
     let (list, source) = match model.user(&id) {
-        Some(u) => (
-            top_for(&loaded, model.user_row(u), n, loaded.seen.of_known(u)),
-            "model",
-        ),
+        Some(u) => {
+            let ask = Ask::Top {
+                row: Row::User(u),
+                exclude: Exclude::SeenBy(u),
+            };
+            (scored(&app, &loaded, n, ask).await?, "model")
+        }
         None => {
             let seen =
                 loaded.seen.of_other(&id).ok_or_else(|| {
@@ -142,7 +159,13 @@ pub async fn recommend_user(State(app): State<Arc<App>>, Query(q): Params) -> An
                 ))
                 })?;
             match model.fold_in(&seen.items, &seen.values) {
-                Some(row) => (top_for(&loaded, &row, n, &seen.items), "folded"),
+                Some(row) => {
+                    let ask = Ask::Top {
+                        row: Row::Given(row),
+                        exclude: Exclude::Given(seen.items.clone()),
+                    };
+                    (scored(&app, &loaded, n, ask).await?, "folded")
+                }
                 None => (popular(&loaded, n, &seen.items), "popular"),
             }
         }
@@ -212,7 +235,13 @@ pub async fn recommend_items(State(app): State<Arc<App>>, body: Bytes) -> Answer
     let known: Vec<u32> = pairs.iter().map(|p| p.0).collect();
     let values: Vec<f32> = pairs.iter().map(|p| p.1).collect();
     let (list, source) = match model.fold_in(&known, &values) {
-        Some(row) => (top_for(&loaded, &row, n, &known), "folded"),
+        Some(row) => {
+            let ask = Ask::Top {
+                row: Row::Given(row),
+                exclude: Exclude::Given(known),
+            };
+            (scored(&app, &loaded, n, ask).await?, "folded")
+        }
         None => (popular(&loaded, n, &known), "popular"),
     };
     Ok(axum::Json(json!({
@@ -234,11 +263,7 @@ pub async fn similar(State(app): State<Arc<App>>, Query(q): Params) -> Answer {
     let loaded = current(&app)?;
     let n = query_count(&app, &q)?;
     let (id, i) = item_of(&loaded, &q)?;
-    let list = loaded
-        .model
-        .similar_many(&[i as u32], n)
-        .pop()
-        .unwrap_or_default();
+    let list = scored(&app, &loaded, n, Ask::Similar { item: i as u32 }).await?;
     Ok(axum::Json(json!({
         "item": id_json(&id), "items": listed(&loaded, &list), "model_version": loaded.version,
     })))

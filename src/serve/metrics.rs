@@ -41,6 +41,9 @@ pub struct Metrics {
     latency: [Histogram; ENDPOINTS.len()],
     reloads_ok: AtomicU64,
     reloads_failed: AtomicU64,
+    /// Scoring calls, and the asks they answered (`batch::Batcher`).
+    batches: AtomicU64,
+    batched: AtomicU64,
     /// The last failed reload: unix seconds and the message.
     last_failure: Mutex<Option<(f64, String)>>,
 }
@@ -62,6 +65,20 @@ impl Metrics {
             .fetch_add((seconds * 1e9) as u64, Ordering::Relaxed);
     }
 
+    /// One scoring call that answered `asks` requests.
+    pub fn scored(&self, asks: usize) {
+        self.batches.fetch_add(1, Ordering::Relaxed);
+        self.batched.fetch_add(asks as u64, Ordering::Relaxed);
+    }
+
+    /// Scoring calls so far, and the asks they answered.
+    pub fn batches(&self) -> (u64, u64) {
+        (
+            self.batches.load(Ordering::Relaxed),
+            self.batched.load(Ordering::Relaxed),
+        )
+    }
+
     pub fn reloaded(&self) {
         self.reloads_ok.fetch_add(1, Ordering::Relaxed);
     }
@@ -76,6 +93,7 @@ impl Metrics {
         let mut out = String::with_capacity(16 * 1024);
         self.render_requests(&mut out);
         self.render_latency(&mut out);
+        self.render_scoring(&mut out);
         let line = |out: &mut String, name: &str, help: &str, kind: &str, value: String| {
             let _ = writeln!(
                 out,
@@ -166,6 +184,17 @@ impl Metrics {
                 }
             }
         }
+    }
+
+    fn render_scoring(&self, out: &mut String) {
+        let (batches, asks) = self.batches();
+        let _ = writeln!(
+            out,
+            "# HELP funksvd_scoring_batches_total Scoring calls (requests ready together are scored in one).\n\
+             # TYPE funksvd_scoring_batches_total counter\nfunksvd_scoring_batches_total {batches}\n\
+             # HELP funksvd_scoring_requests_total Recommend and similar requests scored (over batches: the mean batch).\n\
+             # TYPE funksvd_scoring_requests_total counter\nfunksvd_scoring_requests_total {asks}"
+        );
     }
 
     fn render_latency(&self, out: &mut String) {

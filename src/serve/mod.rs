@@ -6,6 +6,7 @@
 //! that does not load or validate is refused, and the one being served stays.
 
 mod api;
+mod batch;
 mod loaded;
 mod metrics;
 mod reload;
@@ -43,6 +44,8 @@ pub struct Settings {
 pub struct App {
     served: RwLock<Option<Arc<Loaded>>>,
     pub metrics: Metrics,
+    /// Recommend and similar requests ready at the same moment, scored together.
+    pub batcher: batch::Batcher,
     token: Option<Vec<u8>>,
     pub max_n: usize,
     timeout: Duration,
@@ -67,6 +70,7 @@ pub fn run(settings: Settings) -> Result<()> {
     let app = Arc::new(App {
         served: RwLock::new(None),
         metrics: Metrics::default(),
+        batcher: batch::Batcher::default(),
         token: settings.token.map(String::into_bytes),
         max_n: settings.max_n,
         timeout: settings.timeout,
