@@ -311,8 +311,10 @@ fn a_search_whose_rank_failed_resumes_without_rerunning_finished_trials() {
         "{}",
         failed.stderr
     );
+    // At least the first finished trial is saved (rank 0 saves at once, then as often as saving
+    // stays cheap: ms-long trials can finish between two saves and are rerun on resume).
     let before = finals(&trials(&model));
-    assert!(before.len() >= 2 && !before.contains_key(&4), "{before:?}");
+    assert!(!before.is_empty() && !before.contains_key(&4), "{before:?}");
     assert!(
         !model.join("model.json").exists(),
         "nothing is published by a failed search"

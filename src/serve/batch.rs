@@ -68,6 +68,9 @@ impl Batcher {
         n: usize,
         ask: Ask,
     ) -> Option<Vec<Scored>> {
+        // Declared first, dropped last: a request dropped while its ask waits (its client
+        // gone) takes the ask out, so no queued ask keeps a replaced model alive.
+        let _sweep = Sweep(self);
         let (answer, answered) = oneshot::channel();
         self.lock().push(Job {
             loaded,
@@ -93,6 +96,15 @@ impl Batcher {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Job>> {
         self.queue.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Takes the asks nobody waits for any more out of the queue when dropped.
+struct Sweep<'a>(&'a Batcher);
+
+impl Drop for Sweep<'_> {
+    fn drop(&mut self) {
+        self.0.lock().retain(|job| !job.answer.is_closed());
     }
 }
 
@@ -171,8 +183,8 @@ mod tests {
         })
     }
 
-    /// Requests ready at the same moment: a few batches, each answer what the model gives
-    /// that ask alone, across two models, both kinds and several `n`.
+    /// Requests ready at the same moment: one batch, each answer what the model gives that
+    /// ask alone, across two models, both kinds and several `n`.
     #[test]
     fn asks_made_together_are_scored_together_and_answered_as_alone() {
         let models = [
@@ -234,5 +246,25 @@ mod tests {
         assert_eq!(scored, asks as u64);
         // One turn of the runtime queued them all: one batch (at most USER_BLOCK each).
         assert_eq!(batches, 1, "{batches} batches for {asks} asks");
+    }
+
+    /// A request dropped while its ask waits in the queue (its client gone) takes the ask and
+    /// its model out with it.
+    #[test]
+    fn a_dropped_request_leaves_nothing_queued() {
+        let model = loaded(Model::random_for_tests(3, 10, 2, true));
+        let (batcher, metrics) = (Batcher::default(), Metrics::default());
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("a runtime");
+        runtime.block_on(async {
+            let ask = Ask::Similar { item: 1 };
+            let request = batcher.score(&metrics, model.clone(), 2, ask);
+            // Polled once: queued, then waiting for its turn; dropped there.
+            assert!(futures::FutureExt::now_or_never(request).is_none());
+        });
+        assert!(batcher.lock().is_empty());
+        assert_eq!(Arc::strong_count(&model), 1);
+        assert_eq!(metrics.batches(), (0, 0));
     }
 }
