@@ -604,6 +604,11 @@ pub struct TuneArgs {
     /// the best so far is published.
     #[arg(long, value_name = "SECONDS")]
     pub max_seconds: Option<f64>,
+    /// The hold-out of the model published at the end: the best trial's flags trained again
+    /// with this fraction kept out; 0 trains on all of the data (no hold-out metrics then)
+    /// [--holdout: the best trial's model as the search trained it].
+    #[arg(long, value_name = "FRACTION", allow_negative_numbers = true)]
+    pub final_holdout: Option<f64>,
     /// The flags every trial shares (those of train; --seed also draws the trials).
     #[command(flatten)]
     pub train: TrainArgs,

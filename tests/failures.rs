@@ -820,6 +820,12 @@ fn cases() -> Vec<Case> {
             args: |d| tune(d, "reg=0.01,0.1", &["--ranks-per-trial", "3"]),
         },
         Case {
+            name: "tune: --final-holdout 1",
+            code: 2,
+            says: "--final-holdout 1: must be at least 0 (all of the data) and below 1",
+            args: |d| tune(d, "reg=0.01,0.1", &["--final-holdout", "1"]),
+        },
+        Case {
             name: "tune: a rating metric for implicit trials",
             code: 2,
             says: "implicit models predict preferences, not ratings",

@@ -283,6 +283,52 @@ fn a_diverging_trial_is_recorded_as_failed_and_the_search_goes_on() {
     assert_eq!(json(&model.join("_tune/best.json"))["trial"], 0);
 }
 
+/// `--final-holdout 0`: the best trial's flags trained again on all of the data, the search
+/// judged on the hold-out as always.
+#[test]
+fn the_final_model_can_train_on_all_of_the_data() {
+    let Some((data, model)) = ml_search("tune-final") else {
+        return;
+    };
+    let extra = [
+        "--space",
+        "reg=0.05,0.1",
+        "--epochs",
+        "3",
+        "--scheduler",
+        "none",
+        "--final-holdout",
+        "0",
+    ];
+    let run = mpirun(2, &ml_tune(s(&data), s(&model), &extra)).ok();
+    assert!(
+        run.stderr
+            .contains("on all of the data (--final-holdout 0)"),
+        "{}",
+        run.stderr
+    );
+    let (best, meta) = (
+        json(&model.join("_tune/best.json")),
+        json(&model.join("model.json")),
+    );
+    let trial = best["trial"].as_u64().unwrap() as usize;
+    assert!(finals(&trials(&model))[&trial].metric.is_some());
+    // Every rating of ml-latest-small trained the model; nothing was held out to measure.
+    assert_eq!(meta["n_ratings"], 100_836);
+    assert_eq!(meta["hyperparameters"]["holdout"], 0.0);
+    assert_eq!(meta["tuned"]["final_holdout"], 0.0);
+    assert_eq!(meta["tuned"]["trial"], trial);
+    assert!(
+        meta["metrics"]["holdout_rmse"].is_null(),
+        "{}",
+        meta["metrics"]
+    );
+    assert_eq!(
+        meta["hyperparameters"]["reg"].as_f64().unwrap().to_string(),
+        finals(&trials(&model))[&trial].config["reg"]
+    );
+}
+
 #[test]
 fn a_search_whose_rank_failed_resumes_without_rerunning_finished_trials() {
     let Some((data, model)) = ml_search("tune-resume") else {

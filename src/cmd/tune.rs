@@ -48,11 +48,20 @@ struct Plan {
     /// `--max-seconds`, counted from `started`.
     max_seconds: Option<f64>,
     started: Instant,
+    /// `--final-holdout`: the published model's hold-out, if not the trials'.
+    final_holdout: Option<f64>,
 }
 
 impl Plan {
     fn trial_args(&self, trial: usize) -> TrainArgs {
         self.space.trial_args(&self.configs[trial], &self.base)
+    }
+
+    /// The flags the published model is trained with: trial `trial`'s, with `--final-holdout`.
+    fn final_args(&self, trial: usize) -> TrainArgs {
+        let mut args = self.trial_args(trial);
+        args.holdout = self.final_holdout.unwrap_or(args.holdout);
+        args
     }
 
     /// Where trial `trial` is measured: its rungs and its last epoch.
@@ -123,16 +132,22 @@ pub fn run(world: &dyn Collective, args: &TuneArgs) -> Result<()> {
         "value": value,
         "config": config_json(&plan.space, &plan.configs[trial]),
         "space": plan.space.text,
+        "final_holdout": plan.final_args(trial).holdout,
     });
     if world.is_root() {
         log::info!(
-            "tune: training {} on all {} ranks, to publish at {}",
+            "tune: training {} on all {} ranks{}, to publish at {}",
             plan.describe(trial),
             world.size(),
+            match plan.final_holdout {
+                Some(0.0) => " on all of the data (--final-holdout 0)".to_string(),
+                Some(h) => format!(" with --holdout {h} (--final-holdout)"),
+                None => String::new(),
+            },
             plan.settings.model.url()
         );
     }
-    run_as(world, &plan.trial_args(trial), Some(tuned.clone()))?;
+    run_as(world, &plan.final_args(trial), Some(tuned.clone()))?;
     let written = match (world.is_root(), &search) {
         (true, Some(search)) => write_best(&plan, search, tuned, started),
         _ => Ok(()),
@@ -196,6 +211,7 @@ fn plan(world: &dyn Collective, args: &TuneArgs) -> Result<Plan> {
         resume: args.train.resume,
         max_seconds: args.max_seconds,
         started: Instant::now(),
+        final_holdout: args.final_holdout,
     })
 }
 
@@ -219,6 +235,11 @@ fn check_flags(world: &dyn Collective, args: &TuneArgs) -> Result<()> {
             "--ranks-per-trial {k}: the job's {} ranks must split into groups of that many; give a divisor of {} (or launch a multiple of {k} ranks)",
             world.size(),
             world.size()
+        )));
+    }
+    if let Some(h) = args.final_holdout.filter(|h| !(0.0..1.0).contains(h)) {
+        return Err(Error::usage(format!(
+            "--final-holdout {h}: must be at least 0 (all of the data) and below 1"
         )));
     }
     if let Some(s) = args.max_seconds.filter(|s| !(s.is_finite() && *s > 0.0)) {
