@@ -1,7 +1,7 @@
 //! Requests that arrive together are scored together. Scoring one user against every item is a
 //! matrix product with one row, and the product's set-up (packing the item matrix into the
 //! kernel's panels, computing 8 rows to use 1) costs as much as the work: on the bench model
-//! (20k items, 20 factors) a user alone takes 130 us, in a block of 8 about 21 us each. So a
+//! (20k items, 20 factors) a user alone takes 145 us, in a block of 8 about 23 us each. So a
 //! request puts what it asks in a queue and yields once to the runtime, which runs every other
 //! request that is ready (their bytes read while the last batch was scored) before it comes
 //! back; then whichever request resumes first takes up to a block of asks from the queue,
