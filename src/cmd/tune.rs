@@ -125,6 +125,7 @@ pub fn run(world: &dyn Collective, args: &TuneArgs) -> Result<()> {
     if let Some(search) = &search {
         log_summary(&plan, search, started);
     }
+    let final_args = plan.final_args(trial);
     let tuned = serde_json::json!({
         "search": plan.settings.model.display_key(&plan.settings.model.child_key(FOLDER)),
         "trial": trial,
@@ -132,7 +133,7 @@ pub fn run(world: &dyn Collective, args: &TuneArgs) -> Result<()> {
         "value": value,
         "config": config_json(&plan.space, &plan.configs[trial]),
         "space": plan.space.text,
-        "final_holdout": plan.final_args(trial).holdout,
+        "final_holdout": final_args.holdout,
     });
     if world.is_root() {
         log::info!(
@@ -147,7 +148,7 @@ pub fn run(world: &dyn Collective, args: &TuneArgs) -> Result<()> {
             plan.settings.model.url()
         );
     }
-    run_as(world, &plan.final_args(trial), Some(tuned.clone()))?;
+    run_as(world, &final_args, Some(tuned.clone()))?;
     let written = match (world.is_root(), &search) {
         (true, Some(search)) => write_best(&plan, search, tuned, started),
         _ => Ok(()),

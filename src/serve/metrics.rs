@@ -94,12 +94,6 @@ impl Metrics {
         self.render_requests(&mut out);
         self.render_latency(&mut out);
         self.render_scoring(&mut out);
-        let line = |out: &mut String, name: &str, help: &str, kind: &str, value: String| {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
-            );
-        };
         let ok = self.reloads_ok.load(Ordering::Relaxed);
         let failed = self.reloads_failed.load(Ordering::Relaxed);
         let _ = writeln!(
@@ -188,12 +182,19 @@ impl Metrics {
 
     fn render_scoring(&self, out: &mut String) {
         let (batches, asks) = self.batches();
-        let _ = writeln!(
+        line(
             out,
-            "# HELP funksvd_scoring_batches_total Scoring calls (requests ready together are scored in one).\n\
-             # TYPE funksvd_scoring_batches_total counter\nfunksvd_scoring_batches_total {batches}\n\
-             # HELP funksvd_scoring_requests_total Recommend and similar requests scored (over batches: the mean batch).\n\
-             # TYPE funksvd_scoring_requests_total counter\nfunksvd_scoring_requests_total {asks}"
+            "funksvd_scoring_batches_total",
+            "Scoring calls (requests ready together are scored in one).",
+            "counter",
+            batches.to_string(),
+        );
+        line(
+            out,
+            "funksvd_scoring_requests_total",
+            "Recommend and similar requests scored (over batches: the mean batch).",
+            "counter",
+            asks.to_string(),
         );
     }
 
@@ -223,6 +224,14 @@ impl Metrics {
             );
         }
     }
+}
+
+/// One unlabelled metric: its help, its type and its value.
+fn line(out: &mut String, name: &str, help: &str, kind: &str, value: String) {
+    let _ = writeln!(
+        out,
+        "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+    );
 }
 
 /// A label value as the text format quotes it.
