@@ -312,7 +312,8 @@ fn the_final_model_can_train_on_all_of_the_data() {
         json(&model.join("model.json")),
     );
     let trial = best["trial"].as_u64().unwrap() as usize;
-    assert!(finals(&trials(&model))[&trial].metric.is_some());
+    let chosen = &finals(&trials(&model))[&trial];
+    assert!(chosen.metric.is_some());
     // Every rating of ml-latest-small trained the model; nothing was held out to measure.
     assert_eq!(meta["n_ratings"], 100_836);
     assert_eq!(meta["hyperparameters"]["holdout"], 0.0);
@@ -325,7 +326,7 @@ fn the_final_model_can_train_on_all_of_the_data() {
     );
     assert_eq!(
         meta["hyperparameters"]["reg"].as_f64().unwrap().to_string(),
-        finals(&trials(&model))[&trial].config["reg"]
+        chosen.config["reg"]
     );
 }
 
