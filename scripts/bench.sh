@@ -43,7 +43,7 @@ for ranks in $rank_list; do
   model=$out/model-$ranks
   # GNU time reports the largest RSS of the processes it waits for: wrap each rank, not mpirun.
   rm -f "$out"/rss-"$ranks"-*.txt
-  scripts/mpirun.sh -n "$ranks" sh -c "/usr/bin/time -v -o $out/rss-$ranks-\$OMPI_COMM_WORLD_RANK.txt $bin train --data $data --model $model --epochs $epochs" 2>"$out/log-$ranks.txt"
+  scripts/mpirun.sh -n "$ranks" sh -c "/usr/bin/time -v -o $out/rss-$ranks-\$OMPI_COMM_WORLD_RANK.txt $bin train --data $data --model $model --objective explicit --epochs $epochs" 2>"$out/log-$ranks.txt"
   rss=$(grep -h "Maximum resident" "$out"/rss-"$ranks"-*.txt | awk '{ if ($6 > m) m = $6 } END { printf "%.0f", m / 1024 }')
   python3 - "$model/model.json" "$ranks" "$rss" "$results" <<'PY'
 import json, sys

@@ -17,6 +17,6 @@ bench_data() {
 bench_model() {
   bench_data
   if [ ! -e "$model/model.json" ]; then
-    scripts/mpirun.sh -n 2 "$bin" train --data "$data" --model "$model" --epochs 10 --factors 20
+    scripts/mpirun.sh -n 2 "$bin" train --data "$data" --model "$model" --objective explicit --epochs 10 --factors 20
   fi
 }

@@ -1,5 +1,6 @@
-"""Top-N quality and speed, side by side: funksvd explicit and implicit, popularity, and the
-`implicit` library's ALS and BPR, on the same splits, factors and cores, every system's alpha
+"""Top-N quality and speed, side by side: funksvd as it comes (every flag at its default),
+funksvd explicit and implicit tuned, popularity, and the `implicit` library's ALS (at the
+default's 20 factors and at --factors) and BPR, on the same splits, factors and cores, every system's alpha
 and regularisation chosen on the same grid by a validation split carved from its training part.
 Called by scripts/bench_topn.sh (which builds funksvd, installs the venv and makes the data).
 
@@ -128,19 +129,31 @@ def popularity(space):
     return lambda users: np.tile(counts, (len(users), 1))
 
 
-def write_csv(space, path):
+def write_csv(space, path, times):
+    """The training pairs as CSV (user, item, value, time: the pair's latest event)."""
     m = space.matrix.tocoo()
-    pd.DataFrame({"user": space.users[m.row], "item": space.items[m.col], "value": m.data}).to_csv(path, index=False)
+    df = pd.DataFrame({"user": space.users[m.row], "item": space.items[m.col], "value": m.data})
+    df = df.merge(times, on=["user", "item"], how="left")
+    df.to_csv(path, index=False)
 
 
-def funksvd(space, csv, objective, config, ranks, epochs, factors, workdir):
-    """Train funksvd on `csv`; its scorer, fit seconds, seconds per epoch, peak RSS (MB per rank)."""
+def funksvd(space, csv, objective, config, ranks, epochs, factors, workdir, how="pair"):
+    """Train funksvd on `csv`; its scorer, fit seconds, seconds per epoch, peak RSS (MB per rank).
+    objective "default": every flag at its default for event data (the values are the events'
+    weights, or ratings read as interactions), the split's kind named for the popularity
+    weight's validation split."""
     model = tempfile.mkdtemp(dir=workdir)
     args = [BIN, "train", "--data", csv, "--model", model, "--rating-col", "value", "--user-col", "user",
-            "--item-col", "item", "--holdout", "0", "--factors", str(factors), "--epochs", str(epochs),
-            "--reg", str(config["reg"])]
+            "--item-col", "item", "--holdout", "0"]
+    if objective == "default":
+        args += ["--objective", "implicit", "--time-col", "time", "--holdout-by", how]
+        factors = 20
+    else:
+        args += ["--factors", str(factors), "--epochs", str(epochs), "--reg", str(config["reg"])]
     if objective == "implicit":
         args += ["--objective", "implicit", "--alpha", str(config["alpha"])]
+    if objective == "explicit":
+        args += ["--objective", "explicit"]
         if not config.get("item_biases", True):
             args += ["--no-bias"]
     rss = [os.path.join(model, f"rss-{r}.txt") for r in range(ranks)]
@@ -168,7 +181,12 @@ def funksvd(space, csv, objective, config, ranks, epochs, factors, workdir):
     # The median epoch: the steady speed, not the first epochs' warm-up or one epoch a neighbour
     # on this shared machine slowed (the mean swung the 2-rank figure by up to 30%).
     per_epoch = float(np.median([h["seconds"] for h in meta["metrics"]["history"]]))
-    return (lambda users: U[users] @ V.T + b), meta["training"]["phases"]["train"], per_epoch, peak
+    fit_seconds = meta["training"]["phases"]["train"]
+    choice = meta["metrics"].get("popularity_weight")
+    if choice:
+        # The default's fit includes the fit that chose its popularity weight.
+        fit_seconds += choice["seconds"]
+    return (lambda users: U[users] @ V.T + b), fit_seconds, per_epoch, peak
 
 
 def implicit_fit(space, system, config, threads, epochs, factors):
@@ -223,6 +241,12 @@ def main():
     alphas = [float(x) for x in a.alphas.split(",")]
     regs = [float(x) for x in a.regs.split(",")]
     grids = {
+        # funksvd as it comes: every flag at its default (20 factors; the popularity weight
+        # chosen inside train on its own validation split), nothing tuned here.
+        "funksvd-default": [{}],
+        # implicit's ALS at the default's 20 factors, tuned on the alpha x reg grid: the bar
+        # the default must clear.
+        "implicit-als-20": [{"alpha": al, "reg": r} for al in alphas for r in regs],
         # The same alpha x reg grid, with and without the item biases (a structural choice
         # the other systems do not have: both are tried, the validation split chooses).
         "funksvd-implicit": [{"alpha": al, "reg": r, "item_biases": b}
@@ -240,9 +264,10 @@ def main():
             fit_part, valid = split(train, how, 0.2, 2)
             final, tuning = Space(train, test), Space(fit_part, valid)
             csvs = {}
+            times = df[["user", "item", "time"]]
             for label, space in [("final", final), ("tuning", tuning)]:
                 csvs[label] = os.path.join(workdir, f"{name}-{how}-{label}.csv")
-                write_csv(space, csvs[label])
+                write_csv(space, csvs[label], times)
             row = {"data": name, "split": how, "pairs": int(final.matrix.nnz), "users": int(len(final.users)),
                    "items": int(len(final.items))}
             figures = {"popularity": dict(final.evaluate(popularity(final)))}
@@ -251,13 +276,15 @@ def main():
                 if system.startswith("funksvd"):
                     objective = system.split("-")[1]
                     epochs = a.epochs if objective == "implicit" else a.explicit_epochs
-                    return funksvd(space, csv, objective, config, ranks, epochs, a.factors, workdir)
+                    return funksvd(space, csv, objective, config, ranks, epochs, a.factors, workdir, how)
+                factors = 20 if system == "implicit-als-20" else a.factors
+                system = "implicit-als" if system == "implicit-als-20" else system
                 epochs = a.epochs if system == "implicit-als" else a.bpr_epochs
-                return implicit_fit(space, system, config, a.ranks, epochs, a.factors) + (None,)
+                return implicit_fit(space, system, config, a.ranks, epochs, factors) + (None,)
 
             for system, grid in grids.items():
-                best, best_ndcg = None, -1.0
-                for config in grid:
+                best, best_ndcg = grid[0], -1.0
+                for config in (grid if len(grid) > 1 else []):
                     fitted = fit(system, tuning, csvs["tuning"], config)
                     if fitted is None:
                         continue
@@ -275,8 +302,11 @@ def main():
                     sp.save_npz(npz, final.matrix)
                     ctx = mp.get_context("spawn")
                     q = ctx.Queue()
-                    epochs = a.epochs if system == "implicit-als" else a.bpr_epochs
-                    proc = ctx.Process(target=child_rss, args=(npz, system, best, a.ranks, epochs, a.factors, q))
+                    als = system.startswith("implicit-als")
+                    epochs = a.epochs if als else a.bpr_epochs
+                    proc = ctx.Process(target=child_rss, args=(
+                        npz, "implicit-als" if als else system, best, a.ranks, epochs,
+                        20 if system == "implicit-als-20" else a.factors, q))
                     proc.start()
                     rss = q.get()
                     proc.join()
@@ -286,15 +316,20 @@ def main():
             # The speed figures: funksvd implicit on 2 ranks and on 1, and implicit ALS, fitted again
             # in turn, the fastest of each (one fit each swung the ratios by up to 2x here).
             fi, als = figures["funksvd-implicit"], figures["implicit-als"]
-            runs = {"2": [fi["seconds_per_epoch"]], "1": [], "als": [als["seconds_per_epoch"]]}
+            de, als20 = figures["funksvd-default"], figures["implicit-als-20"]
+            runs = {"2": [fi["seconds_per_epoch"]], "1": [], "als": [als["seconds_per_epoch"]],
+                    "default": [de["seconds_per_epoch"]], "als-20": [als20["seconds_per_epoch"]]}
             for _ in range(a.timing_rounds):
                 one = fit("funksvd-implicit", final, csvs["final"], fi["config"], ranks=1)
                 runs["1"].append(one[2])
                 fi["peak_rss_mb_1_rank"] = one[3]
                 runs["2"].append(fit("funksvd-implicit", final, csvs["final"], fi["config"])[2])
                 runs["als"].append(fit("implicit-als", final, csvs["final"], als["config"])[2])
+                runs["default"].append(fit("funksvd-default", final, csvs["final"], {})[2])
+                runs["als-20"].append(fit("implicit-als-20", final, csvs["final"], als20["config"])[2])
             fi["seconds_per_epoch"], fi["seconds_per_epoch_1_rank"] = min(runs["2"]), min(runs["1"])
             als["seconds_per_epoch"] = min(runs["als"])
+            de["seconds_per_epoch"], als20["seconds_per_epoch"] = min(runs["default"]), min(runs["als-20"])
             fi["seconds_per_epoch_runs"] = runs
             row["systems"] = figures
             results.append(row)
@@ -316,6 +351,22 @@ def table(results):
                 "-" if fit is None else f"{fit:.2f}", "-" if per is None else f"{per:.3f}",
                 "-" if f.get("peak_rss_mb") is None else f"{f['peak_rss_mb']:.0f}",
                 json.dumps(f.get("config", {})).replace("|", "/")))
+    print()
+    print("Targets of the default (issue 31): NDCG@20 at least popularity's and the best of implicit ALS's")
+    print("alpha x reg grid at the same 20 factors; seconds per epoch at most 0.5x that ALS's.")
+    for r in results:
+        s = r["systems"]
+        de, als20, pop = s["funksvd-default"], s["implicit-als-20"], s["popularity"]
+        for what, ok, figures in [
+            ("NDCG@20 >= popularity", de["ndcg@20"] >= pop["ndcg@20"],
+             f"{de['ndcg@20']:.4f} vs {pop['ndcg@20']:.4f} ({de['ndcg@20'] / pop['ndcg@20']:.2f}x)"),
+            ("NDCG@20 >= implicit ALS (20 factors, best of its grid)", de["ndcg@20"] >= als20["ndcg@20"],
+             f"{de['ndcg@20']:.4f} vs {als20['ndcg@20']:.4f} ({de['ndcg@20'] / als20['ndcg@20']:.2f}x)"),
+            ("s/epoch <= 0.5x implicit ALS (20 factors)", de["seconds_per_epoch"] <= 0.5 * als20["seconds_per_epoch"],
+             f"{de['seconds_per_epoch']:.4f} vs {als20['seconds_per_epoch']:.4f} "
+             f"({de['seconds_per_epoch'] / als20['seconds_per_epoch']:.2f}x)"),
+        ]:
+            print(f"{r['data']} {r['split']}: default {what}: {'holds' if ok else 'falls short'}: {figures}")
     print()
     for r in results:
         s = r["systems"]

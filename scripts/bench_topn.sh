@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# Top-N quality and training speed side by side (issue 16): funksvd explicit and implicit,
-# popularity, and the `implicit` library's ALS and BPR (pip, CPU) on ml-latest-small (every
-# rating an interaction), a real clickstream sample (REES46, 17k events) and a generated
-# clickstream (views picked by taste), each split by the pair hold-out and by the
+# Top-N quality and training speed side by side (issues 16 and 31): funksvd as it comes (every
+# flag at its default), funksvd explicit and implicit tuned, popularity, and the `implicit`
+# library's ALS (at the default's 20 factors and at 64) and BPR (pip, CPU) on ml-latest-small
+# (every rating an interaction), a real clickstream sample (REES46, 17k events) and generated
+# clickstreams (the quickstart's demo, views picked by taste at 0.2, 0.5 and 1), each split by
+# the pair hold-out and by the
 # time hold-out (20%); the same factors (64) and cores for all; each system's alpha and
 # regularisation chosen on the same grid by NDCG@20 on a validation split of its training part
 # (funksvd implicit: that grid with and without item biases).
@@ -32,12 +34,22 @@ out=target/bench
 mkdir -p "$out"
 ml=../shared/data/ml-latest-small/ratings.csv
 [ -f "$ml" ] || { echo "bench_topn: $ml is missing" >&2; exit 1; }
-# Views picked by taste (--taste 1): without it which items a user views does not depend on the
-# user, and popularity is the best ranking there is (every system ties it).
-data=$out/clicks-taste-$events
-if [ ! -e "$data" ]; then
-  scripts/mpirun.sh -n 2 "$bin" generate --out "$data" --users 20000 --items 5000 --events "$events" --files 4 --seed 11 --taste 1
-fi
+# Generated clickstreams: the quickstart's demo data (--taste 0: which items a user views does
+# not depend on the user, only carts and purchases do, so popularity is the best ranking there
+# is and a model can only tie it), views partly picked by taste (0.2, 0.5), and all of them
+# (1, another seed).
+generated=()
+for taste in 0 0.2 0.5 1; do
+  data=$out/clicks-taste-$taste-$events
+  seed=42
+  [ "$taste" = 1 ] && { data=$out/clicks-taste-$events; seed=11; }
+  if [ ! -e "$data" ]; then
+    scripts/mpirun.sh -n 2 "$bin" generate --out "$data" --users 20000 --items 5000 --events "$events" --files 4 --seed "$seed" --taste "$taste"
+  fi
+  name="generated-taste-$taste"
+  [ "$taste" = 0 ] && name="demo (generated, taste 0)"
+  generated+=(--dataset "$name" "$data")
+done
 venv=target/venv
 if ! "$venv/bin/python" -c "import implicit, threadpoolctl, pandas, pyarrow, scipy" 2>/dev/null; then
   [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
@@ -47,5 +59,5 @@ export OPENBLAS_NUM_THREADS=1
 rees=../shared/data/rees46-sample/events.csv
 [ -f "$rees" ] || { echo "bench_topn: $rees is missing" >&2; exit 1; }
 "$venv/bin/python" scripts/bench_topn.py --dataset ml-latest-small "$ml" --dataset rees46-sample "$rees" \
-  --dataset generated "$data" \
+  "${generated[@]}" \
   --out "$out/topn-results.json" "${extra[@]}"

@@ -80,8 +80,8 @@ pub enum Command {
         --space 'alpha=log:1..100 reg=log:0.1..1000 factors=32,64' --ranks-per-trial 2\n  \
         mpirun -n 2 funksvd tune ... --resume     (the same flags: runs the trials not finished)\n\n\
         Space: NAME=a,b,c (a list), NAME=lo..hi (uniform), NAME=log:lo..hi (log-uniform); NAME is one of\n  \
-        factors, epochs, lr, reg, objective, alpha, unobserved-weight, cg-steps, no-bias. Every dimension a\n  \
-        list: the grid. The other flags of train set what every trial shares.\n\n\
+        factors, epochs, lr, reg, objective, alpha, balance, popularity-weight, unobserved-weight,\n  \
+        cg-steps, no-bias. Every dimension a list: the grid. The other flags of train set what every trial shares.\n\n\
         Output: MODEL/_tune/trials.parquet (a row per trial and measurement), MODEL/_tune/best.json, and the\n  \
         best trial's configuration trained on all ranks and published at MODEL (model.json \"tuned\").")]
     Tune(TuneArgs),
@@ -220,12 +220,13 @@ pub struct TrainArgs {
     /// Latent factors per user and item.
     #[arg(long, default_value_t = Hyper::DEFAULT.factors)]
     pub factors: usize,
-    /// Passes over the training ratings.
-    #[arg(long, default_value_t = Hyper::DEFAULT.epochs)]
-    pub epochs: usize,
-    /// SGD learning rate.
-    #[arg(long, default_value_t = Hyper::DEFAULT.lr, allow_negative_numbers = true)]
-    pub lr: f32,
+    /// Passes over the training ratings [10 for the explicit objective, 15 for the implicit
+    /// one].
+    #[arg(long)]
+    pub epochs: Option<usize>,
+    /// SGD learning rate (the explicit objective's; the implicit objective has none) [0.01].
+    #[arg(long, allow_negative_numbers = true)]
+    pub lr: Option<f32>,
     /// L2 regularisation.
     #[arg(long, default_value_t = Hyper::DEFAULT.reg, allow_negative_numbers = true)]
     pub reg: f32,
@@ -243,12 +244,22 @@ pub struct TrainArgs {
     #[arg(long)]
     pub no_bias: bool,
     /// What the model fits: the observed values (FunkSVD), or every pair as a preference
-    /// weighted by confidence (iALS, for clickstreams).
-    #[arg(long, value_parser = objective_parser(), default_value = "explicit")]
-    pub objective: Objective,
-    /// Implicit: confidence per unit of value, an observed pair weighs 1 + alpha x value [1].
+    /// weighted by confidence (iALS, for clickstreams) [default: implicit for events, explicit
+    /// with --rating-col].
+    #[arg(long, value_parser = objective_parser())]
+    pub objective: Option<Objective>,
+    /// Implicit: confidence per unit of value, an observed pair weighs 1 + alpha x value, the
+    /// same for every user [default: confidences balanced per user, see --balance].
     #[arg(long, allow_negative_numbers = true)]
     pub alpha: Option<f32>,
+    /// Implicit: each user's observed pairs together weigh B x the number of items beyond
+    /// their weight of 1, however many pairs the user has [0.05].
+    #[arg(long, value_name = "B", allow_negative_numbers = true)]
+    pub balance: Option<f32>,
+    /// Implicit: the weight W of the popularity term, W ln(1 + the item's training pairs)
+    /// added to every score [default: chosen on a validation split of the training pairs].
+    #[arg(long, value_name = "W", allow_negative_numbers = true)]
+    pub popularity_weight: Option<f32>,
     /// Implicit: the weight of every pair not observed [1].
     #[arg(long, allow_negative_numbers = true)]
     pub unobserved_weight: Option<f32>,
@@ -273,6 +284,32 @@ pub struct TrainArgs {
 }
 
 impl TrainArgs {
+    /// `--objective`, or the default for the data: the implicit objective for events, the
+    /// explicit one for ratings (`--rating-col`).
+    pub fn objective(&self) -> Objective {
+        match (self.objective, &self.input.rating_col) {
+            (Some(objective), _) => objective,
+            (None, Some(_)) => Objective::Explicit,
+            (None, None) => Objective::Implicit,
+        }
+    }
+
+    /// `--epochs`, or the objective's default: conjugate gradient with few steps per epoch
+    /// needs more epochs than SGD (15 reach what `implicit`'s 15 reach; 10 fall short on a
+    /// clickstream of short histories).
+    pub fn epochs(&self) -> usize {
+        self.epochs.unwrap_or(match self.objective() {
+            Objective::Explicit => Hyper::DEFAULT.epochs,
+            Objective::Implicit => ImplicitHyper::EPOCHS,
+        })
+    }
+
+    /// Whether the popularity term's weight is chosen on a validation split: the implicit
+    /// objective with item biases (the term lives in them) and no --popularity-weight.
+    pub fn chooses_popularity_weight(&self) -> bool {
+        self.objective() == Objective::Implicit && !self.no_bias && self.popularity_weight.is_none()
+    }
+
     /// The hyperparameters, checked; errors name the flag.
     pub fn hyper(&self) -> Result<Hyper> {
         if self.factors == 0 || self.factors > 4096 {
@@ -281,16 +318,16 @@ impl TrainArgs {
                 self.factors
             )));
         }
-        if self.epochs == 0 || self.epochs > MAX_EPOCHS {
+        let epochs = self.epochs();
+        if epochs == 0 || epochs > MAX_EPOCHS {
             return Err(Error::usage(format!(
-                "--epochs {}: must be between 1 and {MAX_EPOCHS}",
-                self.epochs
+                "--epochs {epochs}: must be between 1 and {MAX_EPOCHS}"
             )));
         }
-        if !(self.lr.is_finite() && self.lr > 0.0) {
+        let lr = self.lr.unwrap_or(Hyper::DEFAULT.lr);
+        if !(lr.is_finite() && lr > 0.0) {
             return Err(Error::usage(format!(
-                "--lr {}: must be a positive number",
-                self.lr
+                "--lr {lr}: must be a positive number"
             )));
         }
         if !(self.reg.is_finite() && self.reg >= 0.0) {
@@ -310,10 +347,10 @@ impl TrainArgs {
         }
         Ok(Hyper {
             implicit: self.implicit_hyper()?,
-            objective: self.objective,
+            objective: self.objective(),
             factors: self.factors,
-            epochs: self.epochs,
-            lr: self.lr,
+            epochs,
+            lr,
             reg: self.reg,
             seed: self.seed,
             biased: !self.no_bias,
@@ -332,8 +369,10 @@ impl TrainArgs {
             ("--alpha", self.alpha.is_some()),
             ("--unobserved-weight", self.unobserved_weight.is_some()),
             ("--cg-steps", self.cg_steps.is_some()),
+            ("--balance", self.balance.is_some()),
+            ("--popularity-weight", self.popularity_weight.is_some()),
         ];
-        if self.objective == Objective::Explicit {
+        if self.objective() == Objective::Explicit {
             if let Some((flag, _)) = given.iter().find(|(_, set)| *set) {
                 return Err(Error::usage(format!(
                     "{flag} applies to --objective implicit only (this run trains the explicit objective)"
@@ -360,10 +399,37 @@ impl TrainArgs {
                 "--cg-steps {cg_steps}: must be between 1 and 1000"
             )));
         }
+        let balance = match (self.alpha, self.balance) {
+            (Some(_), Some(_)) => {
+                return Err(Error::usage(
+                    "--alpha and --balance: give one (--alpha weighs every user's values alike, --balance balances them per user)",
+                ))
+            }
+            (Some(_), None) => None,
+            (None, b) => Some(b.unwrap_or(d.balance.expect("balanced by default"))),
+        };
+        if let Some(b) = balance.filter(|b| !(b.is_finite() && *b > 0.0)) {
+            return Err(Error::usage(format!(
+                "--balance {b}: must be a positive number (a user's observed pairs weigh B x the number of items)"
+            )));
+        }
+        let popularity_weight = self.popularity_weight.unwrap_or(0.0);
+        if !(popularity_weight.is_finite() && popularity_weight >= 0.0) {
+            return Err(Error::usage(format!(
+                "--popularity-weight {popularity_weight}: must be zero or positive"
+            )));
+        }
+        if self.no_bias && popularity_weight > 0.0 {
+            return Err(Error::usage(format!(
+                "--popularity-weight {popularity_weight} needs the item biases it is added to: leave out --no-bias"
+            )));
+        }
         Ok(Some(ImplicitHyper {
             alpha,
             unobserved_weight,
             cg_steps,
+            balance,
+            popularity_weight,
         }))
     }
 }
@@ -789,7 +855,8 @@ mod tests {
 
     #[test]
     fn train_flags_default_to_the_model_cores_hyperparameters_and_the_default_input() {
-        assert_eq!(train(&[]).hyper().unwrap(), Hyper::DEFAULT);
+        let explicit = ["--objective", "explicit"];
+        assert_eq!(train(&explicit).hyper().unwrap(), Hyper::DEFAULT);
         assert_eq!(train(&[]).input.input().unwrap(), Input::default());
         let h = train(&["--holdout", "0.1", "--no-bias", "--factors", "7"])
             .hyper()
@@ -798,9 +865,78 @@ mod tests {
     }
 
     #[test]
+    fn events_default_to_the_implicit_objective_and_ratings_to_the_explicit_one() {
+        let events = train(&[]);
+        let h = events.hyper().unwrap();
+        assert_eq!(h.objective, Objective::Implicit);
+        assert_eq!(h.implicit, Some(ImplicitHyper::DEFAULT));
+        assert_eq!(h.epochs, ImplicitHyper::EPOCHS);
+        assert_eq!((h.factors, h.reg), (20, 0.02));
+        assert!(events.chooses_popularity_weight());
+        let ratings = train(&["--rating-col", "rating"]);
+        assert_eq!(ratings.hyper().unwrap(), Hyper::DEFAULT);
+        assert!(!ratings.chooses_popularity_weight());
+        // Named, either way.
+        let h = train(&["--rating-col", "rating", "--objective", "implicit"]).hyper();
+        assert_eq!(h.unwrap().objective, Objective::Implicit);
+        assert_eq!(
+            train(&["--objective", "explicit"])
+                .hyper()
+                .unwrap()
+                .objective,
+            Objective::Explicit
+        );
+        // The original job's flags keep running under the implicit default.
+        let original = [
+            "--factors",
+            "20",
+            "--epochs",
+            "10",
+            "--lr",
+            "0.01",
+            "--reg",
+            "0.02",
+        ];
+        let h = train(&original).hyper().unwrap();
+        assert_eq!(
+            (h.objective, h.epochs, h.lr),
+            (Objective::Implicit, 10, 0.01)
+        );
+    }
+
+    #[test]
+    fn the_implicit_confidences_are_balanced_unless_alpha_is_given() {
+        let implicit = |extra: &[&str]| train(extra).hyper().map(|h| h.implicit.unwrap());
+        assert_eq!(implicit(&["--alpha", "4"]).unwrap().balance, None);
+        assert_eq!(implicit(&["--balance", "0.2"]).unwrap().balance, Some(0.2));
+        let given = implicit(&["--popularity-weight", "0.3"]).unwrap();
+        assert_eq!(given.popularity_weight, 0.3);
+        assert!(!train(&["--popularity-weight", "0.3"]).chooses_popularity_weight());
+        assert!(!train(&["--no-bias"]).chooses_popularity_weight());
+        for (flags, named) in [
+            (&["--alpha", "4", "--balance", "0.2"][..], "--balance"),
+            (&["--balance", "0"][..], "--balance 0"),
+            (&["--popularity-weight", "-1"][..], "--popularity-weight -1"),
+            (&["--popularity-weight", "1", "--no-bias"][..], "--no-bias"),
+            (
+                &["--objective", "explicit", "--balance", "1"][..],
+                "--balance",
+            ),
+            (
+                &["--rating-col", "r", "--popularity-weight", "1"][..],
+                "--popularity-weight",
+            ),
+        ] {
+            let err = implicit(flags).unwrap_err();
+            assert_eq!(err.exit_code(), 2, "{flags:?}");
+            assert!(err.to_string().contains(named), "{flags:?}: {err}");
+        }
+    }
+
+    #[test]
     fn syncs_per_epoch_is_accepted_and_does_nothing_whatever_its_value() {
         for n in ["0", "1", "8"] {
-            let args = train(&["--syncs-per-epoch", n]);
+            let args = train(&["--syncs-per-epoch", n, "--objective", "explicit"]);
             assert_eq!(args.hyper().unwrap(), Hyper::DEFAULT, "{n}");
         }
     }

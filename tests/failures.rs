@@ -30,6 +30,10 @@ fn train(data: &Path, model: &Path, extra: &[&str]) -> Vec<String> {
     if !extra.contains(&"--epochs") {
         v.extend(["--epochs".to_string(), "2".to_string()]);
     }
+    // The cases written for the explicit objective name it (events default to the implicit).
+    if !extra.contains(&"--objective") && !extra.contains(&"--rating-col") {
+        v.extend(["--objective".to_string(), "explicit".to_string()]);
+    }
     v.extend(extra.iter().map(|a| a.to_string()));
     v
 }
@@ -592,6 +596,39 @@ fn cases() -> Vec<Case> {
             args: |d| {
                 let data = csv(d, "a.csv", b"user_id,product_id,event_type\n1,2,view\n");
                 train(&data, &d.join("m"), &["--alpha", "40"])
+            },
+        },
+        Case {
+            name: "--alpha with --balance",
+            code: 2,
+            says: "--alpha and --balance: give one",
+            args: |d| {
+                let data = csv(d, "a.csv", b"user_id,product_id,event_type\n1,2,view\n");
+                let flags = [
+                    "--objective",
+                    "implicit",
+                    "--alpha",
+                    "2",
+                    "--balance",
+                    "0.1",
+                ];
+                train(&data, &d.join("m"), &flags)
+            },
+        },
+        Case {
+            name: "--popularity-weight with --no-bias",
+            code: 2,
+            says: "needs the item biases it is added to: leave out --no-bias",
+            args: |d| {
+                let data = csv(d, "a.csv", b"user_id,product_id,event_type\n1,2,view\n");
+                let flags = [
+                    "--objective",
+                    "implicit",
+                    "--no-bias",
+                    "--popularity-weight",
+                    "1",
+                ];
+                train(&data, &d.join("m"), &flags)
             },
         },
         Case {

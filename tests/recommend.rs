@@ -201,9 +201,9 @@ fn users_of_the_data_the_model_does_not_know_get_rows_folded_in_from_their_inter
     std::fs::write(&users, "user\n7\n8\n5\nnobody\n").unwrap();
     for objective in ["explicit", "implicit"] {
         let model_dir = dir.join(format!("model-{objective}"));
-        let mut args = train_args(s(&train_csv), s(&model_dir), &["--epochs", "8"]);
+        let flags = ["--epochs", "8", "--objective", objective];
+        let mut args = train_args(s(&train_csv), s(&model_dir), &flags);
         args.extend_from_slice(&COLUMNS);
-        args.extend(["--objective", objective]);
         mpirun(2, &args).ok();
         let out = dir.join(format!("recs-{objective}"));
         let run = mpirun(2, &for_users(&model_dir, &out, &csv, &users)).ok();

@@ -125,6 +125,8 @@ fn a_rank_killed_mid_training_ends_the_job_fast_and_resume_finishes_it() {
         epochs,
         "--checkpoint-every",
         "1",
+        "--objective",
+        "explicit",
     ];
     // A previous model that must survive the crash.
     mpirun(2, &train_args(s(&data), s(&model), &["--epochs", "2"])).ok();

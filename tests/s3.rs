@@ -409,6 +409,8 @@ fn on_s3_a_failed_save_keeps_the_previous_model_and_resume_continues_a_stopped_r
         "s3://shop/model",
         "--epochs",
         "4",
+        "--objective",
+        "explicit",
     ];
     mpirun_with(2, &train, &env).ok();
     let model_dir = server.root.join("shop/model");
@@ -434,6 +436,8 @@ fn on_s3_a_failed_save_keeps_the_previous_model_and_resume_continues_a_stopped_r
         "4",
         "--checkpoint-every",
         "1",
+        "--objective",
+        "explicit",
     ];
     assert_eq!(mpirun_with(2, &ckpt, &faulty).code, 1);
     let run = mpirun_with(2, &[&ckpt[..], &["--resume"]].concat(), &env).ok();

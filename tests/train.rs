@@ -565,9 +565,11 @@ fn a_bad_flag_or_help_under_mpirun_is_printed_once_before_mpi_starts() {
     // The defaults shown are the model core's.
     let defaults = funksvd::mf::Hyper::DEFAULT;
     for (flag, value) in [
-        ("--factors", defaults.factors.to_string()),
-        ("--lr", defaults.lr.to_string()),
-        ("--holdout", defaults.holdout.to_string()),
+        ("--factors", format!("[default: {}]", defaults.factors)),
+        // A default that depends on the objective, or a flag whose absence the log reports.
+        ("--lr", format!("[{}]", defaults.lr)),
+        ("--epochs", format!("[{} for the explicit", defaults.epochs)),
+        ("--holdout", format!("[default: {}]", defaults.holdout)),
     ] {
         // The flag's own paragraph: from its line to the next flag's.
         let paragraph: String = help
@@ -576,10 +578,8 @@ fn a_bad_flag_or_help_under_mpirun_is_printed_once_before_mpi_starts() {
             .find(|p| p.starts_with(&flag[2..]))
             .unwrap_or_else(|| panic!("{flag} missing:\n{}", help.stdout))
             .into();
-        assert!(
-            paragraph.contains(&format!("[default: {value}]")),
-            "{flag}: {paragraph}"
-        );
+        let paragraph = paragraph.split_whitespace().collect::<Vec<_>>().join(" ");
+        assert!(paragraph.contains(&value), "{flag}: {paragraph}");
     }
 }
 
@@ -617,7 +617,7 @@ fn a_long_run_logs_at_most_fifty_epoch_lines_and_its_figures_say_what_they_measu
     let last = run
         .stderr
         .lines()
-        .find(|l| l.contains("final model: train RMSE"))
+        .find(|l| l.contains("final model: hold-out NDCG@20 ") && l.contains("; train RMSE"))
         .unwrap_or_else(|| panic!("no final line:\n{}", run.stderr));
     assert!(
         last.contains("after the last epoch") && last.contains("of predicting the training mean"),
@@ -708,4 +708,191 @@ fn a_model_inside_its_dataset_folder_and_tab_separated_files_just_work() {
     );
     assert_eq!(run.code, 2);
     assert!(run.stderr.contains("give --delimiter"), "{}", run.stderr);
+}
+
+/// NDCG@20 of the model's and the popularity list's hold-out ranking in model.json.
+fn ndcg20(meta: &funksvd::mf::meta::ModelMeta) -> (f64, f64) {
+    let ranking = meta.metrics.ranking.as_ref().expect("a hold-out ranking");
+    let get = |side: &str| ranking[side]["ndcg@20"].as_f64().expect("ndcg@20");
+    (get("model"), get("popularity"))
+}
+
+#[test]
+fn events_train_the_ranking_objective_by_default_and_the_log_says_what_each_flag_does() {
+    let (dir, data) = generated("default-objective", 3000, 400, 60000, 2);
+    // The original job's flags: they keep running, and --lr says it does nothing here.
+    let model = dir.join("model");
+    let original = [
+        "--factors",
+        "20",
+        "--epochs",
+        "10",
+        "--lr",
+        "0.01",
+        "--reg",
+        "0.02",
+    ];
+    let run = mpirun(2, &default_train_args(s(&data), s(&model), &original)).ok();
+    for needle in [
+        "objective implicit (iALS on the event weights, the default for events; --objective explicit",
+        "--epochs 10, --reg 0.02 (L2 on every row)",
+        "--lr 0.01 has no effect",
+        "popularity weight chosen on a validation split",
+        "chosen in",
+        "final model: hold-out NDCG@20 ",
+    ] {
+        assert!(run.stderr.contains(needle), "{needle}:\n{}", run.stderr);
+    }
+    let meta = load_model(&model).meta;
+    let h = &meta.hyperparameters;
+    assert_eq!(
+        (h.objective, h.epochs),
+        (funksvd::mf::Objective::Implicit, 10)
+    );
+    let implicit = h.implicit.expect("implicit settings");
+    assert_eq!(implicit.balance, Some(0.05));
+    // The choice, recorded: every weight tried, the one kept the best on the validation pairs.
+    let choice = meta.metrics.popularity_weight.as_ref().expect("the choice");
+    let tried = choice["ndcg"].as_array().unwrap();
+    assert_eq!(tried.len(), 10);
+    let best = tried
+        .iter()
+        .map(|t| t[1].as_f64().unwrap())
+        .fold(f64::MIN, f64::max);
+    let kept = tried
+        .iter()
+        .find(|t| t[0].as_f64().unwrap() as f32 == implicit.popularity_weight)
+        .expect("the weight kept was tried");
+    assert_eq!(kept[1].as_f64().unwrap(), best);
+    assert!(
+        best >= choice["popularity_ndcg"].as_f64().unwrap(),
+        "{choice}"
+    );
+    // Beside the popularity list, in model.json and the closing line; evaluate ranks the same
+    // model the same way. generate's default data (--taste 0) has no personal signal in which
+    // items a user views: the best-seller list is the best ranking there, tied within noise.
+    let (model_ndcg, popular_ndcg) = ndcg20(&meta);
+    assert!(
+        model_ndcg >= 0.99 * popular_ndcg,
+        "{model_ndcg} < {popular_ndcg}\n{}",
+        run.stderr
+    );
+    assert!(run.stderr.contains(&format!(
+        "hold-out NDCG@20 {model_ndcg:.4} (popularity {popular_ndcg:.4})"
+    )));
+    let evaluated = mpirun(
+        2,
+        &[
+            "evaluate",
+            "--model",
+            s(&model),
+            "--data",
+            s(&data),
+            "--split",
+            "holdout",
+        ],
+    )
+    .ok();
+    let json: serde_json::Value = serde_json::from_str(&evaluated.stdout).unwrap();
+    assert_eq!(
+        json["ranking"]["model"]["ndcg@20"].as_f64(),
+        Some(model_ndcg)
+    );
+    // The list's ties (items of equal counts) fall in row order in train, in id order here.
+    assert_close(
+        json["ranking"]["popularity"]["ndcg@20"].as_f64().unwrap(),
+        popular_ndcg,
+        0.005,
+        "evaluate's popularity list vs train's",
+    );
+
+    // The explicit objective, named: the seed's FunkSVD, with its ranking beside popularity's.
+    let explicit = dir.join("explicit");
+    let run = mpirun(2, &train_args(s(&data), s(&explicit), &[])).ok();
+    assert!(
+        run.stderr.contains(
+            "objective explicit (FunkSVD by SGD on the event weights, as --objective asks)"
+        ),
+        "{}",
+        run.stderr
+    );
+    let meta = load_model(&explicit).meta;
+    assert_eq!(
+        meta.hyperparameters.objective,
+        funksvd::mf::Objective::Explicit
+    );
+    assert!(meta.metrics.popularity_weight.is_none());
+    let (model_ndcg, popular_ndcg) = ndcg20(&meta);
+    assert!(run.stderr.contains(&format!(
+        "final model: hold-out NDCG@20 {model_ndcg:.4} (popularity {popular_ndcg:.4})"
+    )));
+    // Below the list here: said as a warning, naming the objective to try.
+    if model_ndcg < popular_ndcg {
+        assert!(
+            run.stderr
+                .contains("ranks the hold-out below the popularity list")
+                && run.stderr.contains("--objective implicit"),
+            "{}",
+            run.stderr
+        );
+    }
+}
+
+#[test]
+fn ratings_train_the_explicit_objective_by_default_and_rank_beside_popularity() {
+    let Some(ratings) = shared_data("ml-latest-small/ratings.csv") else {
+        return;
+    };
+    let dir = temp_dir("ratings-default");
+    let model = dir.join("model");
+    let mut args = ml_args(s(&ratings), s(&model));
+    args.extend(["--epochs", "3"]);
+    let run = mpirun(2, &args).ok();
+    assert!(
+        run.stderr.contains("objective explicit (FunkSVD by SGD on the ratings of --rating-col rating, the default for ratings (--rating-col))"),
+        "{}",
+        run.stderr
+    );
+    let meta = load_model(&model).meta;
+    assert_eq!(
+        meta.hyperparameters.objective,
+        funksvd::mf::Objective::Explicit
+    );
+    assert!(meta.metrics.holdout_rmse.is_some());
+    let (model_ndcg, popular_ndcg) = ndcg20(&meta);
+    assert!(model_ndcg > 0.0 && popular_ndcg > 0.0);
+    assert!(run.stderr.contains("hold-out RMSE"), "{}", run.stderr);
+}
+
+#[test]
+fn the_default_ranks_a_real_clickstream_well_above_the_best_seller_list() {
+    let Some(events) = shared_data("rees46-sample/events.csv") else {
+        return;
+    };
+    let dir = temp_dir("rees46-default");
+    let model = dir.join("model");
+    let flags = [
+        "--event-weights",
+        "view=1,cart=3,purchase=5",
+        "--time-col",
+        "event_time",
+    ];
+    let run = mpirun(2, &default_train_args(s(&events), s(&model), &flags)).ok();
+    let meta = load_model(&model).meta;
+    assert_eq!(
+        meta.hyperparameters.objective,
+        funksvd::mf::Objective::Implicit
+    );
+    // Measured 0.1149 against 0.0462 (issue 31); implicit's ALS at 20 factors, tuned, 0.113.
+    let (model_ndcg, popular_ndcg) = ndcg20(&meta);
+    assert!(
+        model_ndcg > 2.0 * popular_ndcg && model_ndcg > 0.1,
+        "{model_ndcg} vs {popular_ndcg}\n{}",
+        run.stderr
+    );
+    assert!(
+        !run.stderr.contains("below the popularity list"),
+        "{}",
+        run.stderr
+    );
 }

@@ -21,11 +21,13 @@ use crate::mf::{Globals, Hyper, Objective, Params, ParamsRef};
 use crate::model_io::{self, Found};
 use crate::pipeline::{self, IngestReport};
 use crate::progress::Bar;
+use crate::ratings::OwnedRatings;
 use crate::store::Location;
 use crate::train::checkpoint::Checkpoints;
 use crate::train::data::{prepare, ItemBlocks, Prepared, RankData};
 use crate::train::implicit::preference_errors;
 use crate::train::pass::{holdout_errors, train_errors};
+use crate::train::popularity::{self, counts_by_row, Choice};
 use crate::train::ranked::RankCheck;
 use crate::train::{fit_objective, ControlFlow, ItemRows, Progress, TrainState};
 use crate::wire::{Reader, Writer};
@@ -50,7 +52,7 @@ pub(crate) fn run_as(
 ) -> Result<()> {
     let job_started = Instant::now();
     interrupt::catch();
-    let settings = comm.agree(settings(comm, args))?;
+    let mut settings = comm.agree(settings(comm, args))?;
     // Before any data is read: a model location that refuses writes fails now, not after hours
     // of training; and the model there now is the one this job's publication may replace.
     let found = comm.agree(match comm.is_root() {
@@ -58,6 +60,11 @@ pub(crate) fn run_as(
         false => Ok(Found::default()),
     })?;
     let (owned, report) = pipeline::load_ratings(comm, &settings.data, &settings.input)?;
+    stop_if_interrupted(comm)?;
+    let choice = match args.chooses_popularity_weight() {
+        true => Some(choose_popularity_weight(comm, &owned, &mut settings.hyper)?),
+        false => None,
+    };
     stop_if_interrupted(comm)?;
     let started = Instant::now();
     let prepared = prepare(comm, owned, &settings.hyper)?;
@@ -73,7 +80,7 @@ pub(crate) fn run_as(
     comm.agree(fits_in_memory(comm, &prepared, &totals, &settings.hyper))?;
 
     let started = Instant::now();
-    let (state, item_rows) = train(comm, args, &settings, &prepared, &report, totals.globals)?;
+    let (mut state, item_rows) = train(comm, args, &settings, &prepared, &report, totals.globals)?;
     if comm.is_root() {
         let (blocks, factors) = (&prepared.blocks, settings.hyper.factors);
         log::info!(
@@ -82,16 +89,13 @@ pub(crate) fn run_as(
         );
     }
     let train_seconds = started.elapsed().as_secs_f64();
-    let metrics = match settings.hyper.objective {
-        Objective::Explicit => final_metrics(
-            comm,
-            &prepared.data,
-            &state,
-            &settings.hyper,
-            totals.globals,
-        ),
-        Objective::Implicit => implicit_metrics(comm, &prepared, &state, &settings.hyper),
+    let mut metrics = match settings.hyper.objective {
+        Objective::Explicit => {
+            final_metrics(comm, &prepared, &state, &settings.hyper, totals.globals)
+        }
+        Objective::Implicit => implicit_metrics(comm, &prepared, &mut state, &settings.hyper),
     };
+    metrics.popularity_weight = choice.map(|c| serde_json::to_value(c).expect("plain numbers"));
     log_memory(comm, "trained");
     let mut phases = [
         report.plan_seconds,
@@ -102,7 +106,7 @@ pub(crate) fn run_as(
     ];
     comm.reduce_f64(&mut phases, Op::Max);
     if comm.is_root() {
-        log_final(&metrics);
+        log_final(&metrics, settings.hyper.objective);
     }
     let save = Save {
         args,
@@ -120,6 +124,42 @@ pub(crate) fn run_as(
     save.publish(comm, prepared, state.params)?;
     log_memory(comm, "saved");
     Ok(())
+}
+
+/// Choose the implicit objective's popularity weight on a validation split of the training
+/// pairs (`train::popularity`), set it in `hyper` and say what each weight scored.
+fn choose_popularity_weight(
+    comm: &dyn Collective,
+    owned: &OwnedRatings,
+    hyper: &mut Hyper,
+) -> Result<Choice> {
+    if comm.is_root() {
+        log::info!(
+            "popularity weight: fitting on {:.0}% of the training pairs to choose it on the rest ({} epochs; --popularity-weight W skips this)",
+            (1.0 - popularity::VALIDATION_SHARE) * 100.0,
+            hyper.epochs
+        );
+    }
+    let choice = popularity::choose_weight(comm, owned, hyper)?;
+    if let Some(implicit) = hyper.implicit.as_mut() {
+        implicit.popularity_weight = choice.weight;
+    }
+    if comm.is_root() {
+        let tried: Vec<String> = choice
+            .ndcg
+            .iter()
+            .map(|(w, v)| format!("{w} {v:.4}"))
+            .collect();
+        log::info!(
+            "popularity weight {} chosen in {:.1}s: validation NDCG@20 by weight {} (popularity list {:.4}, {} users)",
+            choice.weight,
+            choice.seconds,
+            tried.join(", "),
+            choice.popularity_ndcg,
+            choice.validation_users
+        );
+    }
+    Ok(choice)
 }
 
 fn log_memory(comm: &dyn Collective, when: &str) {
@@ -162,19 +202,12 @@ pub(crate) fn settings(comm: &dyn Collective, args: &TrainArgs) -> Result<Settin
     }
     let hyper = args.hyper()?;
     let mut input = args.input.input()?;
-    if let (Some(implicit), true) = (hyper.implicit, comm.is_root()) {
-        let values = match &input.settings.rating_col {
-            Some(col) => format!("the ratings of --rating-col {col}"),
-            None => "the event weights".into(),
-        };
-        log::info!(
-            "--objective implicit: {values} become confidences: a pair with value v is a preference (1 if v > 0, else 0) weighing 1 + {} x |v|, every pair not observed weighs {}",
-            implicit.alpha,
-            implicit.unobserved_weight
-        );
+    if comm.is_root() {
+        log_objective(args, &hyper, &input);
     }
     // A hold-out by time needs each pair's latest time.
-    input.read_time = !hyper.holdout_by.is_pair() && hyper.holdout > 0.0;
+    input.read_time =
+        !hyper.holdout_by.is_pair() && (hyper.holdout > 0.0 || args.chooses_popularity_weight());
     // Each implicit user's row has its own work (its steps' products with the Gram matrix).
     input.user_cost = match hyper.implicit {
         Some(_) => crate::train::implicit::row_cost(hyper.factors),
@@ -186,6 +219,48 @@ pub(crate) fn settings(comm: &dyn Collective, args: &TrainArgs) -> Result<Settin
         data,
         model,
     })
+}
+
+/// What the run fits and what each hyperparameter flag does under it; a flag given that does
+/// nothing under it is a warning (job scripts written for the other objective keep running).
+fn log_objective(args: &TrainArgs, hyper: &Hyper, input: &Input) {
+    let values = match &input.settings.rating_col {
+        Some(col) => format!("the ratings of --rating-col {col}"),
+        None => "the event weights".into(),
+    };
+    let why = match (args.objective, hyper.objective) {
+        (Some(_), _) => "as --objective asks",
+        (None, Objective::Implicit) => {
+            "the default for events; --objective explicit fits FunkSVD to the event weights"
+        }
+        (None, Objective::Explicit) => "the default for ratings (--rating-col)",
+    };
+    let Some(implicit) = hyper.implicit else {
+        log::info!(
+            "objective explicit (FunkSVD by SGD on {values}, {why}): --factors {}, --epochs {}, --lr {} (the SGD step), --reg {} (L2 per rating)",
+            hyper.factors, hyper.epochs, hyper.lr, hyper.reg
+        );
+        return;
+    };
+    let confidence = match implicit.balance {
+        Some(b) => format!(
+            "each user's pairs together weigh {b} x the number of items beyond 1 each (--balance)"
+        ),
+        None => format!("1 + {} x |v| (--alpha)", implicit.alpha),
+    };
+    let popularity = match args.chooses_popularity_weight() {
+        true => "chosen on a validation split".to_string(),
+        false => implicit.popularity_weight.to_string(),
+    };
+    log::info!(
+        "objective implicit (iALS on {values}, {why}): every pair a preference, 1 if its value v > 0; confidence {confidence}; every pair not observed weighs {}; --factors {}, --epochs {}, --reg {} (L2 on every row), --cg-steps {}; popularity weight {popularity}",
+        implicit.unobserved_weight, hyper.factors, hyper.epochs, hyper.reg, implicit.cg_steps
+    );
+    if let Some(lr) = args.lr {
+        log::warn!(
+            "--lr {lr} has no effect: the implicit objective solves each row by conjugate gradient, with no learning rate (--objective explicit trains by SGD with it)"
+        );
+    }
 }
 
 /// The job's counts, the ratings' mean and range, and what the model records of them.
@@ -482,52 +557,53 @@ fn log_epoch(progress: &Progress, epochs: usize, ranking: &str) {
     );
 }
 
-/// The final figures, each saying what it measures, beside the bar the model must clear.
-fn log_final(m: &Metrics) {
-    if let Some(ranking) = &m.ranking {
-        log_final_ranking(m, ranking);
-        return;
-    }
-    if m.history.last().is_some_and(|s| s.loss.is_some()) {
-        log::info!(
-            "final model: preference RMSE {:.4} on the training pairs; no hold-out pairs (--holdout 0)",
+/// The final figures, each saying what it measures, beside the bar the model must clear: the
+/// hold-out ranking beside the popularity list's for every model, and for the explicit
+/// objective its RMSE beside predicting the training mean.
+fn log_final(m: &Metrics, objective: Objective) {
+    let ranking = m.ranking.as_ref().and_then(ranking_line);
+    let line = match (objective, m.holdout_rmse, m.baseline_holdout_rmse) {
+        (Objective::Implicit, _, _) => {
+            format!("preference RMSE {:.4} on the training pairs", m.train_rmse)
+        }
+        (Objective::Explicit, Some(model), Some(baseline)) => {
+            let change = (model / baseline - 1.0) * 100.0;
+            let side = if change < 0.0 { "below" } else { "above" };
+            format!(
+                "train RMSE {:.4} (after the last epoch; the epoch lines measure it during each epoch), hold-out RMSE {model:.4} ({:.1}% {side} the {baseline:.4} of predicting the training mean)",
+                m.train_rmse,
+                change.abs()
+            )
+        }
+        (Objective::Explicit, _, _) => format!(
+            "train RMSE {:.4} (after the last epoch; the epoch lines measure it during each epoch)",
             m.train_rmse
-        );
-        return;
-    }
-    let train = format!(
-        "final model: train RMSE {:.4} (after the last epoch; the epoch lines measure it during each epoch)",
-        m.train_rmse
-    );
-    let (Some(model), Some(baseline)) = (m.holdout_rmse, m.baseline_holdout_rmse) else {
-        log::info!("{train}; no hold-out pairs (--holdout 0)");
-        return;
+        ),
     };
-    let change = (model / baseline - 1.0) * 100.0;
-    let side = if change < 0.0 { "below" } else { "above" };
-    log::info!(
-        "{train}, hold-out RMSE {model:.4} ({:.1}% {side} the {baseline:.4} of predicting the training mean)",
-        change.abs()
-    );
-    if model >= baseline {
-        log::warn!(
-            "the model does not beat predicting the training mean on the hold-out pairs: try more --epochs, another --lr or a larger --reg"
-        );
+    match ranking {
+        Some(figures) => log::info!("final model: hold-out {figures}; {line}"),
+        None => log::info!("final model: {line}; no hold-out pairs (--holdout 0)"),
     }
-}
-
-/// The implicit objective's final line: the hold-out ranking beside popularity's.
-fn log_final_ranking(m: &Metrics, ranking: &serde_json::Value) {
-    let figures = ranking_line(ranking).unwrap_or_else(|| "no ranking figures".into());
-    log::info!(
-        "final model: hold-out {figures}; preference RMSE {:.4} on the training pairs",
-        m.train_rmse
-    );
-    let ndcg = |side: &str| ranking[side][format!("ndcg@{IMPLICIT_K}")].as_f64();
+    if let (Some(model), Some(baseline)) = (m.holdout_rmse, m.baseline_holdout_rmse) {
+        if model >= baseline {
+            log::warn!(
+                "the model does not beat predicting the training mean on the hold-out pairs: try more --epochs, another --lr or a larger --reg"
+            );
+        }
+    }
+    let ndcg = |side: &str| {
+        let ranking = m.ranking.as_ref()?;
+        ranking[side][format!("ndcg@{RANKING_K}")].as_f64()
+    };
     if let (Some(model), Some(popular)) = (ndcg("model"), ndcg("popularity")) {
         if model < popular {
+            let advice = match objective {
+                Objective::Implicit if model >= 0.99 * popular => "by less than 1%: where which items a user picks hardly depends on the user, nothing ranks better than the best-seller list, and a model can only tie it",
+                Objective::Implicit => "try more --factors or --epochs, another --reg or --balance, or leave --popularity-weight to the validation split",
+                Objective::Explicit => "for clicks, views and purchases train --objective implicit (the default without --rating-col)",
+            };
             log::warn!(
-                "the model ranks the hold-out below the popularity list: try more --factors or --epochs, another --alpha, --reg or --unobserved-weight"
+                "the model ranks the hold-out below the popularity list (NDCG@{RANKING_K} {model:.4} < {popular:.4}): {advice}"
             );
         }
     }
@@ -536,11 +612,12 @@ fn log_final_ranking(m: &Metrics, ranking: &serde_json::Value) {
 /// The final model's errors on the training and the hold-out pairs, job-wide.
 fn final_metrics(
     comm: &dyn Collective,
-    data: &RankData,
+    prepared: &Prepared,
     state: &TrainState,
     hyper: &Hyper,
     globals: Globals,
 ) -> Metrics {
+    let data = &prepared.data;
     let params = state.params.view();
     let mut baseline = ErrorSums::default();
     for h in &data.holdout {
@@ -566,16 +643,44 @@ fn final_metrics(
         baseline_holdout_rmse: baseline.rmse(),
         n_holdout: hold.n as u64,
         history: state.history.clone(),
-        ranking: None,
+        ranking: holdout_ranking(comm, prepared, state, hyper, globals),
+        popularity_weight: None,
     }
 }
 
-/// The implicit objective's final figures: the errors of the predicted preferences, and the
-/// hold-out ranking at 20 beside the popularity list's (what the objective is judged by).
-fn implicit_metrics(
+/// The final model's hold-out ranking at 20 beside the popularity list's, as `evaluate`
+/// reports it (`None` without hold-out pairs; collective).
+fn holdout_ranking(
     comm: &dyn Collective,
     prepared: &Prepared,
     state: &TrainState,
+    hyper: &Hyper,
+    globals: Globals,
+) -> Option<serde_json::Value> {
+    let data = &prepared.data;
+    let mut held = [data.holdout.len() as u64];
+    comm.reduce_u64(&mut held, Op::Sum);
+    (held[0] > 0).then(|| {
+        let check = RankCheck::new(comm, data, prepared.item_ids.len(), RANKING_K);
+        let ranking = check.rank(
+            comm,
+            state.params.view(),
+            &data.ratings.user_ids,
+            &prepared.item_ids,
+            hyper.biased,
+            globals,
+        );
+        ranking.to_json()
+    })
+}
+
+/// The implicit objective's final figures: the errors of the predicted preferences (the
+/// model's own, before its popularity term is added to the item biases), and the hold-out
+/// ranking at 20 beside the popularity list's (what the objective is judged by), with it.
+fn implicit_metrics(
+    comm: &dyn Collective,
+    prepared: &Prepared,
+    state: &mut TrainState,
     hyper: &Hyper,
 ) -> Metrics {
     let data = &prepared.data;
@@ -586,22 +691,14 @@ fn implicit_metrics(
         ErrorSums::from_slice(&sums[..3]),
         ErrorSums::from_slice(&sums[3..]),
     );
-    let ranking = (hold.n > 0.0).then(|| {
-        let check = RankCheck::new(comm, data, prepared.item_ids.len(), IMPLICIT_K);
-        let globals = Globals {
-            global_mean: 0.0,
-            rating_range: (0.0, 1.0),
-        };
-        let ranking = check.rank(
-            comm,
-            state.params.view(),
-            &data.ratings.user_ids,
-            &prepared.item_ids,
-            hyper.biased,
-            globals,
-        );
-        ranking.to_json()
-    });
+    if let Some(implicit) = hyper.implicit {
+        popularity::add_term(&mut state.params, &counts_by_row(prepared), &implicit);
+    }
+    let globals = Globals {
+        global_mean: 0.0,
+        rating_range: (0.0, 1.0),
+    };
+    let ranking = holdout_ranking(comm, prepared, state, hyper, globals);
     Metrics {
         train_rmse: train.rmse().unwrap_or(f64::NAN),
         train_mae: train.mae().unwrap_or(f64::NAN),
@@ -611,17 +708,18 @@ fn implicit_metrics(
         n_holdout: hold.n as u64,
         history: state.history.clone(),
         ranking,
+        popularity_weight: None,
     }
 }
 
-/// The cut-off of the implicit objective's final hold-out ranking.
-const IMPLICIT_K: usize = 20;
+/// The cut-off of the final hold-out ranking (every model's, beside the popularity list's).
+const RANKING_K: usize = 20;
 
 /// `NDCG@20 0.1234 (popularity 0.0987), recall@20 0.2345` from a recorded ranking.
 fn ranking_line(ranking: &serde_json::Value) -> Option<String> {
-    let get = |side: &str, metric: &str| ranking[side][format!("{metric}@{IMPLICIT_K}")].as_f64();
+    let get = |side: &str, metric: &str| ranking[side][format!("{metric}@{RANKING_K}")].as_f64();
     Some(format!(
-        "NDCG@{IMPLICIT_K} {:.4} (popularity {:.4}), recall@{IMPLICIT_K} {:.4} (popularity {:.4})",
+        "NDCG@{RANKING_K} {:.4} (popularity {:.4}), recall@{RANKING_K} {:.4} (popularity {:.4})",
         get("model", "ndcg")?,
         get("popularity", "ndcg")?,
         get("model", "recall")?,

@@ -176,7 +176,7 @@ fn plan(world: &dyn Collective, args: &TuneArgs) -> Result<Plan> {
     let configs = space.configs(args.trials, base.seed, &base);
     let longest = configs
         .iter()
-        .map(|c| space.trial_args(c, &base).epochs)
+        .map(|c| space.trial_args(c, &base).epochs())
         .max()
         .unwrap_or(1);
     let measure = Asha {
@@ -348,7 +348,7 @@ fn search(
 ) -> Result<Option<Search>> {
     let mut coordinator = world.is_root().then(|| {
         let epochs = (0..plan.configs.len())
-            .map(|t| plan.trial_args(t).epochs)
+            .map(|t| plan.trial_args(t).epochs())
             .collect();
         let search = Search::resumed(epochs, plan.scheduler, plan.metric.goal(), saved)
             .measured_at(plan.measure);

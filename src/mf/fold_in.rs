@@ -8,7 +8,34 @@ use ndarray_linalg::cholesky::{FactorizeC, SolveC, UPLO};
 
 use super::als::{gram_part, solve_exact, Gram, Slot0, Weights};
 use super::model::Model;
-use super::Objective;
+use super::{ImplicitHyper, Objective};
+
+/// The item rows an implicit model's users were solved against: the published rows less the
+/// popularity term their biases carry (`None`: the published rows, without the term), and
+/// their Gram matrix.
+pub(super) struct FoldItems {
+    rows: Option<Vec<f32>>,
+    gram: Gram,
+}
+
+impl FoldItems {
+    fn new(model: &Model, settings: &ImplicitHyper) -> FoldItems {
+        let stride = model.stride();
+        let rows = match (&model.item_counts, settings.popularity_weight > 0.0) {
+            (Some(counts), true) => {
+                let mut rows = model.item_rows.clone();
+                for (row, &n) in rows.chunks_exact_mut(stride).zip(counts) {
+                    row[0] -= settings.popularity_bonus(n);
+                }
+                Some(rows)
+            }
+            _ => None,
+        };
+        let trained = rows.as_deref().unwrap_or(&model.item_rows);
+        let gram = Gram::from_parts(stride, stride, [&gram_part(trained, stride, stride)[..]]);
+        FoldItems { rows, gram }
+    }
+}
 
 impl Model {
     /// The row (`[bias, factors...]`, as `user_rows` holds them) of a user who interacted with
@@ -16,9 +43,11 @@ impl Model {
     /// event weights, as training aggregated them). `None` without interactions or when the
     /// equations have no unique solution.
     ///
-    /// - Implicit model: the user's iALS equations (confidence `1 + alpha |value|`, the
-    ///   unobserved weight, `reg`) against the item rows and their Gram matrix, the user's
-    ///   constant 1 meeting the item biases; the bias is 0, as for every user of such a model.
+    /// - Implicit model: the user's iALS equations (confidence `1 + alpha |value|` with the
+    ///   values balanced as training balanced them, the unobserved weight, `reg`) against the
+    ///   item rows training left (the popularity term taken out of their biases) and their Gram
+    ///   matrix, the user's constant 1 meeting the item biases; the bias is 0, as for every
+    ///   user of such a model.
     /// - Explicit model: the regularised least-squares fit of the ratings,
     ///   `sum (r - mean - b_i - b_u - <p, q_i>)^2 + reg n (b_u^2 + |p|^2)` over the user's n
     ///   ratings: SGD's objective, which regularises the user's row once per rating. Without
@@ -35,15 +64,26 @@ impl Model {
                     unobserved: settings.unobserved_weight,
                     reg: hyper.reg,
                 };
-                let gram = self.item_gram.get_or_init(|| {
-                    let dims = self.stride();
-                    Gram::from_parts(dims, dims, [&gram_part(&self.item_rows, dims, dims)[..]])
-                });
+                let fold = self
+                    .fold_items
+                    .get_or_init(|| FoldItems::new(self, &settings));
+                let rows = fold.rows.as_deref().unwrap_or(&self.item_rows);
+                // The user's confidences, as training balanced them.
+                let sum = values.iter().map(|v| v.abs() as f64).sum();
+                let scale = settings.confidence_scale(self.item_ids.len(), sum);
+                let values: Vec<f32> = values.iter().map(|v| v * scale).collect();
                 // The constant that meets the item biases (none in a model without them).
                 let mut row = vec![0.0f32; self.stride()];
                 row[0] = if self.meta.biased { 1.0 } else { 0.0 };
-                let rows = &self.item_rows;
-                solve_exact(&weights, gram, Slot0::Frozen, &mut row, rows, items, values)?;
+                solve_exact(
+                    &weights,
+                    &fold.gram,
+                    Slot0::Frozen,
+                    &mut row,
+                    rows,
+                    items,
+                    &values,
+                )?;
                 row[0] = 0.0;
                 Some(row)
             }
@@ -117,11 +157,55 @@ mod tests {
                 alpha: 3.0,
                 unobserved_weight: 0.5,
                 cg_steps: 3,
+                balance: None,
+                popularity_weight: 0.0,
             }),
             ..Hyper::default()
         };
         let ids = |n: usize| (0..n).map(|i| Id::Int(i as i64)).collect();
         Model::new(meta, ids(users), user_rows, ids(items), item_rows)
+    }
+
+    fn assert_close(a: &[f32], b: &[f32], what: &str) {
+        for (x, y) in a.iter().zip(b) {
+            assert!(
+                (x - y).abs() <= 1e-4 * (1.0 + x.abs()),
+                "{what}: {a:?} vs {b:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn fold_in_balances_the_values_and_takes_the_popularity_term_out_as_training_did() {
+        let items = [2u32, 7, 19, 33];
+        let values = [4.0f32, 1.0, 5.0, 2.0];
+        let with = |balance: Option<f32>, weight: f32| {
+            let mut m = model(5, Objective::Implicit, true);
+            let implicit = m.meta.hyperparameters.implicit.as_mut().unwrap();
+            implicit.balance = balance;
+            implicit.popularity_weight = weight;
+            let settings = *implicit;
+            let counts: Vec<u64> = (0..40u64).map(|i| i * 7 % 13).collect();
+            let stride = m.stride();
+            for (row, &n) in m.item_rows.chunks_exact_mut(stride).zip(&counts) {
+                row[0] += settings.popularity_bonus(n);
+            }
+            m.item_counts = Some(counts);
+            m
+        };
+        let balanced = with(Some(0.1), 0.0);
+        let row = balanced.fold_in(&items, &values).unwrap();
+        // Balanced: the user's confidences do not depend on the values' scale...
+        let doubled: Vec<f32> = values.iter().map(|v| v * 2.0).collect();
+        assert_close(&row, &balanced.fold_in(&items, &doubled).unwrap(), "scale");
+        // ... and are the fixed rule's on values scaled to 0.1 x 40 items in all.
+        let scaled: Vec<f32> = values.iter().map(|v| v * 0.1 * 40.0 / 12.0).collect();
+        let fixed = with(None, 0.0).fold_in(&items, &scaled).unwrap();
+        assert_close(&row, &fixed, "fixed rule");
+        // The popularity term in the published biases changes nothing the user is solved from.
+        let blended = with(Some(0.1), 0.7).fold_in(&items, &values).unwrap();
+        assert_close(&row, &blended, "popularity term");
+        assert_ne!(row, with(None, 0.0).fold_in(&items, &values).unwrap());
     }
 
     /// The loss the fold-in minimises, written out pair by pair, at `row`.

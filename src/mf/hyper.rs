@@ -67,14 +67,45 @@ pub struct ImplicitHyper {
     pub unobserved_weight: f32,
     /// Conjugate-gradient steps per row and epoch [3].
     pub cg_steps: usize,
+    /// Confidences balanced per user: each user's values are scaled so that their observed
+    /// pairs' extra confidence (`c - 1`) sums to `balance` x the number of items, whatever
+    /// how many pairs the user has [0.05]. `None`: `1 + alpha |value|` as the values come
+    /// (`--alpha` given, and every model written before it existed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub balance: Option<f32>,
+    /// The weight `w` of the popularity term: an item's score is its bias plus the users'
+    /// dot product plus `w ln(1 + n)`, `n` its training pairs (published in the item's bias;
+    /// `popularity_bonus`). Chosen on a validation split unless given; 0 in models written
+    /// before it existed.
+    #[serde(default)]
+    pub popularity_weight: f32,
 }
 
 impl ImplicitHyper {
+    /// The objective's default epoch count (`Hyper::DEFAULT.epochs` is the explicit one's).
+    pub const EPOCHS: usize = 15;
+
     pub const DEFAULT: ImplicitHyper = ImplicitHyper {
         alpha: 1.0,
         unobserved_weight: 1.0,
         cg_steps: 3,
+        balance: Some(0.05),
+        popularity_weight: 0.0,
     };
+
+    /// What multiplies the values of a user whose values' magnitudes sum to `value_sum`
+    /// against `n_items` items (training and fold-in alike): see `balance`.
+    pub fn confidence_scale(&self, n_items: usize, value_sum: f64) -> f32 {
+        match self.balance {
+            Some(share) if value_sum > 0.0 => (share as f64 * n_items as f64 / value_sum) as f32,
+            _ => 1.0,
+        }
+    }
+
+    /// What the popularity term adds to the score of an item with `count` training pairs.
+    pub fn popularity_bonus(&self, count: u64) -> f32 {
+        self.popularity_weight * (count as f32).ln_1p()
+    }
 }
 
 /// How the hold-out pairs are chosen.
@@ -120,10 +151,16 @@ impl Hyper {
     /// The flags that set these hyperparameters (the epoch count aside), for messages.
     pub fn flags(&self) -> String {
         let objective = match &self.implicit {
-            None => format!("--lr {}", self.lr),
+            None => format!("--objective explicit --lr {}", self.lr),
             Some(i) => format!(
-                "--objective implicit --alpha {} --unobserved-weight {} --cg-steps {}",
-                i.alpha, i.unobserved_weight, i.cg_steps
+                "--objective implicit {} --unobserved-weight {} --cg-steps {} --popularity-weight {}",
+                match i.balance {
+                    Some(b) => format!("--balance {b}"),
+                    None => format!("--alpha {}", i.alpha),
+                },
+                i.unobserved_weight,
+                i.cg_steps,
+                i.popularity_weight
             ),
         };
         format!(

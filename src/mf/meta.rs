@@ -116,6 +116,10 @@ pub struct Metrics {
     /// the RMSE and MAE above are of the predicted preference (1 for an interaction).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ranking: Option<serde_json::Value>,
+    /// How the implicit objective's popularity weight was chosen (`train::popularity::Choice`:
+    /// each weight's validation NDCG@20), when it was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub popularity_weight: Option<serde_json::Value>,
 }
 
 /// `model.json`.

@@ -27,8 +27,9 @@ pub struct Model {
     pub item_counts: Option<Vec<u64>>,
     users: FastMap<Id, u32>,
     items: FastMap<Id, u32>,
-    /// The item rows' Gram matrix, made on the first fold-in of an implicit model.
-    pub(super) item_gram: std::sync::OnceLock<super::als::Gram>,
+    /// The item rows fold-in solves against and their Gram matrix, made on the first fold-in
+    /// of an implicit model.
+    pub(super) fold_items: std::sync::OnceLock<super::fold_in::FoldItems>,
     /// The items' factors scaled to unit length, made on the first `similar_many`.
     pub(super) unit_items: std::sync::OnceLock<ndarray::Array2<f32>>,
 }
@@ -87,7 +88,7 @@ impl Model {
             item_ids,
             item_rows,
             item_counts: None,
-            item_gram: std::sync::OnceLock::new(),
+            fold_items: std::sync::OnceLock::new(),
             unit_items: std::sync::OnceLock::new(),
         }
     }

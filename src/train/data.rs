@@ -49,8 +49,12 @@ impl RankRatings {
         self.values.len()
     }
     pub fn ratings_of(&self, user: usize) -> (&[u32], &[f32]) {
+        self.ratings_with(user, &self.values)
+    }
+    /// `ratings_of`, the values taken from `values` (one per rating, as `self.values`).
+    pub fn ratings_with<'v>(&self, user: usize, values: &'v [f32]) -> (&[u32], &'v [f32]) {
         let r = self.user_offsets[user]..self.user_offsets[user + 1];
-        (&self.items[r.clone()], &self.values[r])
+        (&self.items[r.clone()], &values[r])
     }
 }
 

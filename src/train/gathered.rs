@@ -150,6 +150,7 @@ impl Everywhere {
 pub(super) fn owned_pairs(
     comm: &dyn Collective,
     ratings: &RankRatings,
+    values: &[f32],
     item_ranges: &[Range<usize>],
     first_user: usize,
 ) -> Result<Vec<(u32, u32, f32)>> {
@@ -162,7 +163,7 @@ pub(super) fn owned_pairs(
     for u in 0..ratings.n_users() {
         let user = u32::try_from(first_user + u)
             .map_err(|_| Error::usage("more than 4 billion users".to_string()))?;
-        let (items, values) = ratings.ratings_of(u);
+        let (items, values) = ratings.ratings_with(u, values);
         for (&i, &v) in items.iter().zip(values) {
             let r = owner[i as usize] as usize;
             let local = i - item_ranges[r].start as u32;
@@ -217,7 +218,7 @@ mod tests {
             values: vec![1.0, 3.0, 5.0],
         };
         let items = even_ranges(3, 1);
-        let pairs = owned_pairs(&Solo, &ratings, &items, 10).unwrap();
+        let pairs = owned_pairs(&Solo, &ratings, &ratings.values, &items, 10).unwrap();
         assert_eq!(pairs, vec![(0, 10, 1.0), (2, 10, 3.0), (2, 11, 5.0)]);
         assert_eq!(user_starts(&Solo, 2).unwrap(), vec![0, 2]);
     }

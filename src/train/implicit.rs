@@ -126,6 +126,27 @@ fn initial(job: &ImplicitJob) -> Params {
     params
 }
 
+/// The values the confidences weigh: each user's scaled by `ImplicitHyper::confidence_scale`
+/// when the confidences are balanced per user (a user's pairs are all on one rank), else the
+/// values as they come.
+fn weighed_values<'a>(
+    ratings: &'a RankRatings,
+    n_items: usize,
+    settings: &ImplicitHyper,
+) -> std::borrow::Cow<'a, [f32]> {
+    if settings.balance.is_none() {
+        return std::borrow::Cow::Borrowed(&ratings.values);
+    }
+    let mut values = ratings.values.clone();
+    for u in 0..ratings.n_users() {
+        let range = ratings.user_offsets[u]..ratings.user_offsets[u + 1];
+        let sum = values[range.clone()].iter().map(|v| v.abs() as f64).sum();
+        let scale = settings.confidence_scale(n_items, sum);
+        values[range].iter_mut().for_each(|v| *v *= scale);
+    }
+    std::borrow::Cow::Owned(values)
+}
+
 /// A rank's pairs by item (its users in order, with their values): the transpose of
 /// `RankRatings`, so an item's sum over its users is taken in one place.
 struct ByItem {
@@ -136,9 +157,9 @@ struct ByItem {
 
 impl ByItem {
     /// This rank's own pairs, users by their place on this rank.
-    fn new(ratings: &RankRatings, n_items: usize) -> ByItem {
+    fn new(ratings: &RankRatings, values: &[f32], n_items: usize) -> ByItem {
         let pairs = (0..ratings.n_users()).flat_map(|u| {
-            let (items, values) = ratings.ratings_of(u);
+            let (items, values) = ratings.ratings_with(u, values);
             items
                 .iter()
                 .zip(values)
@@ -201,12 +222,13 @@ impl ItemSide {
     fn gathered(
         comm: &dyn Collective,
         ratings: &RankRatings,
+        values: &[f32],
         starts: &[usize],
         item_ranges: &[std::ops::Range<usize>],
         width: usize,
     ) -> Result<ItemSide> {
         let rank = comm.rank();
-        let pairs = gathered::owned_pairs(comm, ratings, item_ranges, starts[rank])?;
+        let pairs = gathered::owned_pairs(comm, ratings, values, item_ranges, starts[rank])?;
         let user_ranges: Vec<_> = starts.windows(2).map(|w| w[0]..w[1]).collect();
         let floats = |r: &std::ops::Range<usize>| r.start * width..r.end * width;
         let most = |r: &[std::ops::Range<usize>]| r.iter().map(|r| r.len()).max().unwrap_or(0);
@@ -265,6 +287,9 @@ fn item_costs(
 struct Epochs<'a> {
     comm: &'a dyn Collective,
     data: &'a RankData,
+    /// The training pairs' values as the confidences weigh them (balanced per user, or as
+    /// they come), one per `data.ratings` value.
+    values: std::borrow::Cow<'a, [f32]>,
     weights: Weights,
     steps: usize,
     /// Item biases solved for, or held at 0.
@@ -296,6 +321,7 @@ impl<'a> Epochs<'a> {
         let n_items = job.item_ids.len();
         let width = params.width;
         let ratings = &job.data.ratings;
+        let values = weighed_values(ratings, n_items, &settings);
         let starts = gathered::user_starts(comm, ratings.n_users())?;
         let n_users = *starts.last().expect("a start per rank");
         let gather = gathers(comm.size(), n_users, n_items, settings.cg_steps);
@@ -310,16 +336,17 @@ impl<'a> Epochs<'a> {
         let mut total = [ratings.n_ratings() as f64];
         comm.reduce_f64(&mut total, Op::Sum);
         let side = if gather {
-            ItemSide::gathered(comm, ratings, &starts, &item_ranges, width)?
+            ItemSide::gathered(comm, ratings, &values, &starts, &item_ranges, width)?
         } else {
             ItemSide::Summed {
                 sums: ItemSums::place(comm, n_items * width, float_ranges.clone()),
-                by_item: ByItem::new(ratings, n_items),
+                by_item: ByItem::new(ratings, &values, n_items),
             }
         };
         Ok(Epochs {
             comm,
             data: job.data,
+            values,
             weights: Weights {
                 alpha: settings.alpha,
                 unobserved: settings.unobserved_weight,
@@ -447,7 +474,7 @@ impl<'a> Epochs<'a> {
 
     /// Every own user's steps against the item rows; how many systems failed.
     fn solve_users(&mut self, params: &mut Params, gram_items: &Gram) -> Failed {
-        let ratings = &self.data.ratings;
+        let (ratings, values) = (&self.data.ratings, &self.values);
         cg_rows(
             &self.weights,
             gram_items,
@@ -455,7 +482,7 @@ impl<'a> Epochs<'a> {
             self.steps,
             params.users.as_mut_slice(),
             params.items.as_slice(),
-            |u| ratings.ratings_of(u),
+            |u| ratings.ratings_with(u, values),
             &mut self.users_cg,
         )
     }
@@ -506,7 +533,7 @@ impl<'a> Epochs<'a> {
         let items = params.items.as_slice();
         let (mut loss, mut sse) = (0.0f64, 0.0f64);
         for (u, user) in params.users.as_slice().chunks_exact(width).enumerate() {
-            let (pairs, values) = self.data.ratings.ratings_of(u);
+            let (pairs, values) = self.data.ratings.ratings_with(u, &self.values);
             let (l, e) = observed_loss(&self.weights, user, items, width, pairs, values);
             loss += l;
             sse += e;
@@ -675,6 +702,8 @@ mod tests {
                 alpha: 2.0,
                 unobserved_weight: 1.0,
                 cg_steps: 3,
+                balance: None,
+                popularity_weight: 0.0,
             }),
             ..Hyper::default()
         }

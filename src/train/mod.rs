@@ -40,6 +40,7 @@ pub mod implicit;
 pub mod item_rows;
 pub mod ordered;
 pub mod pass;
+pub mod popularity;
 pub mod ranked;
 pub mod schedule;
 mod summed;

@@ -70,6 +70,8 @@ const TUNABLE: &[(&str, Kind)] = &[
     ("reg", Kind::Float),
     ("objective", Kind::Choice(&["explicit", "implicit"])),
     ("alpha", Kind::Float),
+    ("balance", Kind::Float),
+    ("popularity-weight", Kind::Float),
     ("unobserved-weight", Kind::Float),
     ("cg-steps", Kind::Int),
     ("no-bias", Kind::Switch),
@@ -101,7 +103,13 @@ pub const FIXED: &[(&str, &str)] = &[
 ];
 
 /// The flags of train that only the implicit objective takes (skipped for explicit trials).
-const IMPLICIT_ONLY: &[&str] = &["alpha", "unobserved-weight", "cg-steps"];
+const IMPLICIT_ONLY: &[&str] = &[
+    "alpha",
+    "balance",
+    "popularity-weight",
+    "unobserved-weight",
+    "cg-steps",
+];
 
 /// Where a dimension's values come from.
 #[derive(Clone, Debug, PartialEq)]
@@ -284,7 +292,7 @@ impl Space {
         match self.index("objective").map(|i| &values[i]) {
             Some(Value::Text(t)) if t == "implicit" => Objective::Implicit,
             Some(_) => Objective::Explicit,
-            None => base.objective,
+            None => base.objective(),
         }
     }
 
@@ -337,7 +345,7 @@ impl Space {
     /// The objectives the trials may train.
     pub fn objectives(&self, base: &TrainArgs) -> Vec<Objective> {
         match self.index("objective") {
-            None => vec![base.objective],
+            None => vec![base.objective()],
             Some(i) => self.dimensions[i]
                 .extremes()
                 .iter()
@@ -358,17 +366,19 @@ fn set_flag(args: &mut TrainArgs, name: &str, value: &Value) {
     let int = || value.as_f64().expect("checked numeric") as usize;
     match name {
         "factors" => args.factors = int(),
-        "epochs" => args.epochs = int(),
-        "lr" => args.lr = float(),
+        "epochs" => args.epochs = Some(int()),
+        "lr" => args.lr = Some(float()),
         "reg" => args.reg = float(),
         "alpha" => args.alpha = Some(float()),
+        "balance" => args.balance = Some(float()),
+        "popularity-weight" => args.popularity_weight = Some(float()),
         "unobserved-weight" => args.unobserved_weight = Some(float()),
         "cg-steps" => args.cg_steps = Some(int()),
         "objective" => {
-            args.objective = match value {
+            args.objective = Some(match value {
                 Value::Text(t) if t == "implicit" => Objective::Implicit,
                 _ => Objective::Explicit,
-            }
+            })
         }
         "no-bias" => args.no_bias = *value == Value::Text("true".into()),
         _ => unreachable!("parse_term accepts only TUNABLE flags"),
@@ -636,7 +646,7 @@ mod tests {
         assert!(e.contains("--lr -1"), "{e}");
         let e = Space::parse("alpha=1,2")
             .unwrap()
-            .check(&b)
+            .check(&base(&["--objective", "explicit"]))
             .unwrap_err()
             .to_string();
         assert!(

@@ -130,6 +130,18 @@ fn run_with_timeout(mut cmd: Command) -> Run {
 /// `train --data DATA --model MODEL`, then `extra`.
 pub fn train_args<'a>(data: &'a str, model: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
     let mut args = vec!["train", "--data", data, "--model", model];
+    // The tests written for the explicit objective name it: events now default to the
+    // implicit one (tests/train.rs pins the defaults).
+    if !extra.contains(&"--objective") && !extra.contains(&"--rating-col") {
+        args.extend_from_slice(&["--objective", "explicit"]);
+    }
+    args.extend_from_slice(extra);
+    args
+}
+
+/// `train` with every flag at its default (no `--objective`: what the data decide).
+pub fn default_train_args<'a>(data: &'a str, model: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec!["train", "--data", data, "--model", model];
     args.extend_from_slice(extra);
     args
 }

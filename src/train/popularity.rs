@@ -1,0 +1,194 @@
+//! The implicit objective's popularity term: `w ln(1 + n)` added to the score of an item with
+//! `n` training pairs, published in the item's bias so that every reader of the model
+//! (`recommend`, `serve`, `evaluate`, a Parquet reader) ranks by one rule. The personal part of
+//! an iALS score knows what a user likes, not how much more often everybody picks a best
+//! seller; where views follow popularity the personal part alone ranks below the best-seller
+//! list, and where taste rules a large `w` would drown it. `w` is chosen on the training data:
+//! the same model fitted on the training pairs less a validation share (held out the way the
+//! hold-out is, by another seed), its ranking of the validation pairs for each weight of
+//! `WEIGHTS`, the best one kept (the smallest of equals). The largest weight ranks as the
+//! popularity list does (the personal part only breaks its ties), so the choice is never worse
+//! than the best-seller list on the validation pairs.
+
+use std::time::Instant;
+
+use crate::collective::{Collective, CollectiveExt};
+use crate::error::Result;
+use crate::ids::mix64;
+use crate::mf::{Globals, Hyper, ImplicitHyper, Params};
+use crate::ratings::OwnedRatings;
+
+use super::data::{prepare, split_mask, Prepared};
+use super::ranked::RankCheck;
+use super::{fit_objective, ControlFlow};
+
+/// The weights tried, in increasing order.
+pub const WEIGHTS: [f32; 10] = [0.0, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0];
+/// The share of the training pairs the choice holds out.
+pub const VALIDATION_SHARE: f64 = 0.2;
+/// The ranking's cut-off the choice maximises (NDCG@K).
+const K: usize = 20;
+
+/// The weight chosen, and what each weight scored.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Choice {
+    pub weight: f32,
+    /// `(weight, validation NDCG@20)` for each of `WEIGHTS`.
+    pub ndcg: Vec<(f32, f64)>,
+    /// The popularity list's validation NDCG@20.
+    pub popularity_ndcg: f64,
+    /// The users ranked (those with validation pairs and training pairs).
+    pub validation_users: u64,
+    pub seconds: f64,
+}
+
+/// Choose the popularity weight of a model `hyper` describes, on `owned` (this rank's pairs
+/// before the hold-out split; collective).
+pub fn choose_weight(comm: &dyn Collective, owned: &OwnedRatings, hyper: &Hyper) -> Result<Choice> {
+    let started = Instant::now();
+    let mut settings = hyper.implicit.expect("the implicit objective's settings");
+    settings.popularity_weight = 0.0;
+    let validation = Hyper {
+        holdout: VALIDATION_SHARE,
+        seed: mix64(hyper.seed ^ 0x7A11_DA7E),
+        implicit: Some(settings),
+        ..hyper.clone()
+    };
+    let mut prepared = prepare(comm, training_pairs(owned, hyper), &validation)?;
+    let fitted = fit_objective(comm, &prepared, &validation, GLOBALS, None, |_| {
+        Ok(ControlFlow::Continue(()))
+    });
+    let (mut state, _) = comm.agree(fitted)?;
+    sample_users(comm, &mut prepared);
+    let mut choice = score_weights(comm, &prepared, &mut state.params, &settings);
+    choice.seconds = started.elapsed().as_secs_f64();
+    Ok(choice)
+}
+
+/// What an implicit model records of the values (none: preferences in [0, 1]).
+const GLOBALS: Globals = Globals {
+    global_mean: 0.0,
+    rating_range: (0.0, 1.0),
+};
+
+/// `owned` less the pairs `hyper`'s hold-out keeps out.
+fn training_pairs(owned: &OwnedRatings, hyper: &Hyper) -> OwnedRatings {
+    let held = split_mask(owned, hyper);
+    fn keep<T: Copy>(all: &[T], held: &[bool]) -> Vec<T> {
+        all.iter()
+            .zip(held)
+            .filter(|(_, &h)| !h)
+            .map(|(t, _)| *t)
+            .collect()
+    }
+    OwnedRatings {
+        users: owned.users.clone(),
+        items: owned.items.clone(),
+        triples: keep(&owned.triples, &held),
+        times: match owned.times.len() == owned.triples.len() {
+            true => keep(&owned.times, &held),
+            false => Vec::new(),
+        },
+    }
+}
+
+/// The validation NDCG@20 of the model `params` holds (trained on `prepared`) with each weight
+/// of `WEIGHTS`, and the first best (collective).
+fn score_weights(
+    comm: &dyn Collective,
+    prepared: &Prepared,
+    params: &mut Params,
+    settings: &ImplicitHyper,
+) -> Choice {
+    let check = RankCheck::new(comm, &prepared.data, prepared.item_ids.len(), K);
+    let counts = counts_by_row(prepared);
+    let width = params.width;
+    let biases: Vec<f32> = (params.items.as_slice().chunks_exact(width))
+        .map(|row| row[0])
+        .collect();
+    let mean = |sums: &[crate::metrics::RankSums]| {
+        sums.first().and_then(|s| s.means()).map_or(0.0, |m| m[2])
+    };
+    let mut choice = Choice {
+        weight: 0.0,
+        ndcg: Vec::with_capacity(WEIGHTS.len()),
+        popularity_ndcg: 0.0,
+        validation_users: 0,
+        seconds: 0.0,
+    };
+    for weight in WEIGHTS {
+        let term = ImplicitHyper {
+            popularity_weight: weight,
+            ..*settings
+        };
+        let rows = params.items.as_mut_slice().chunks_exact_mut(width);
+        for ((row, &bias), &n) in rows.zip(&biases).zip(&counts) {
+            row[0] = bias + term.popularity_bonus(n);
+        }
+        let user_ids = &prepared.data.ratings.user_ids;
+        let ranking = check.rank(
+            comm,
+            params.view(),
+            user_ids,
+            &prepared.item_ids,
+            true,
+            GLOBALS,
+        );
+        choice.ndcg.push((weight, mean(&ranking.model)));
+        choice.popularity_ndcg = mean(&ranking.popular);
+        choice.validation_users = ranking.model.first().map_or(0, |s| s.users as u64);
+    }
+    // The first best: the smallest weight among equals.
+    let mut best = f64::NEG_INFINITY;
+    for &(weight, ndcg) in &choice.ndcg {
+        if ndcg > best {
+            (best, choice.weight) = (ndcg, weight);
+        }
+    }
+    choice
+}
+
+/// Keep the validation pairs of about `MOST_USERS` users (drawn by a hash of their ids, so
+/// the same users whatever the rank count; collective): each weight's ranking scores every
+/// validation user against every item, and a mean over thousands of users tells the weights
+/// of the grid apart.
+fn sample_users(comm: &dyn Collective, prepared: &mut Prepared) {
+    let data = &mut prepared.data;
+    let mut users: Vec<u32> = data.holdout.iter().map(|h| h.user).collect();
+    users.dedup();
+    let mut total = [users.len() as u64];
+    comm.reduce_u64(&mut total, crate::collective::Op::Sum);
+    if total[0] <= MOST_USERS {
+        return;
+    }
+    let share = MOST_USERS as f64 / total[0] as f64;
+    let ids = &data.ratings.user_ids;
+    data.holdout.retain(|h| {
+        h.user != super::data::UNKNOWN
+            && crate::rng::unit_from_hash(mix64(ids[h.user as usize].stable_hash() ^ 0x5A3F))
+                < share
+    });
+}
+
+/// About how many validation users the choice ranks.
+const MOST_USERS: u64 = 5000;
+
+/// The job's training pairs of each item row (`prepared.item_counts` is by sorted id).
+pub fn counts_by_row(prepared: &Prepared) -> Vec<u64> {
+    prepared
+        .blocks
+        .order
+        .iter()
+        .map(|&sorted| prepared.item_counts[sorted as usize])
+        .collect()
+}
+
+/// Add the popularity term of `settings` to the item biases of `params` (rows in training
+/// order, `counts` by row).
+pub fn add_term(params: &mut Params, counts: &[u64], settings: &ImplicitHyper) {
+    let width = params.width;
+    let rows = params.items.as_mut_slice().chunks_exact_mut(width);
+    for (row, &n) in rows.zip(counts) {
+        row[0] += settings.popularity_bonus(n);
+    }
+}
