@@ -161,6 +161,7 @@ def funksvd(space, csv, objective, config, ranks, epochs, factors, workdir, how=
            "/usr/bin/time -v -o " + model + "/rss-$OMPI_COMM_WORLD_RANK.txt " + " ".join(args)]
     run = subprocess.run(cmd, capture_output=True, text=True)
     if run.returncode != 0:
+        print(f"funksvd {objective} {config} failed:\n{run.stderr[-2000:]}", file=sys.stderr, flush=True)
         return None
     meta = json.load(open(os.path.join(model, "model.json")))
     import pyarrow.parquet as pq

@@ -47,7 +47,7 @@ for taste in 0 0.2 0.5 1; do
     scripts/mpirun.sh -n 2 "$bin" generate --out "$data" --users 20000 --items 5000 --events "$events" --files 4 --seed "$seed" --taste "$taste"
   fi
   name="generated-taste-$taste"
-  [ "$taste" = 0 ] && name="demo (generated, taste 0)"
+  [ "$taste" = 0 ] && name="demo-generated-taste-0"
   generated+=(--dataset "$name" "$data")
 done
 venv=target/venv

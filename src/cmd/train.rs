@@ -883,13 +883,16 @@ impl Save<'_> {
 
     fn log_saved(&self, meta: &ModelMeta) {
         let m = &meta.metrics;
-        let figure = match (&m.ranking, m.holdout_rmse) {
-            (Some(ranking), _) => ranking_line(ranking).map(|f| format!("hold-out {f}")),
-            (None, rmse) => Some(format!(
-                "hold-out RMSE {}",
-                rmse.map(|v| format!("{v:.4}"))
-                    .unwrap_or_else(|| "-".into())
-            )),
+        let rmse = match meta.hyperparameters.objective {
+            Objective::Explicit => m.holdout_rmse.map(|v| format!("hold-out RMSE {v:.4}")),
+            Objective::Implicit => None,
+        };
+        let ranking = m.ranking.as_ref().and_then(ranking_line);
+        let figure = match (rmse, ranking) {
+            (Some(rmse), Some(ranking)) => Some(format!("{rmse}, {ranking}")),
+            (Some(rmse), None) => Some(rmse),
+            (None, Some(ranking)) => Some(format!("hold-out {ranking}")),
+            (None, None) => None,
         };
         log::info!(
             "model saved to {} ({} users, {} items, {}) in {:.2}s total",
