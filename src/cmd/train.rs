@@ -281,10 +281,7 @@ impl Totals {
     pub fn globals_for(&self, objective: Objective) -> Globals {
         match objective {
             Objective::Explicit => self.values,
-            Objective::Implicit => Globals {
-                global_mean: 0.0,
-                rating_range: (0.0, 1.0),
-            },
+            Objective::Implicit => Globals::PREFERENCES,
         }
     }
 }
@@ -694,11 +691,7 @@ fn implicit_metrics(
     if let Some(implicit) = hyper.implicit {
         popularity::add_term(&mut state.params, &counts_by_row(prepared), &implicit);
     }
-    let globals = Globals {
-        global_mean: 0.0,
-        rating_range: (0.0, 1.0),
-    };
-    let ranking = holdout_ranking(comm, prepared, state, hyper, globals);
+    let ranking = holdout_ranking(comm, prepared, state, hyper, Globals::PREFERENCES);
     Metrics {
         train_rmse: train.rmse().unwrap_or(f64::NAN),
         train_mae: train.mae().unwrap_or(f64::NAN),

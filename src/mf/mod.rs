@@ -31,6 +31,12 @@ pub struct Globals {
 }
 
 impl Globals {
+    /// What an implicit model records: no mean, predictions (preferences) clipped to [0, 1].
+    pub const PREFERENCES: Globals = Globals {
+        global_mean: 0.0,
+        rating_range: (0.0, 1.0),
+    };
+
     /// What the rows' scores are added to: the global mean in the biased model, else 0.
     pub fn offset(&self, biased: bool) -> f32 {
         if biased {

@@ -55,21 +55,20 @@ pub fn choose_weight(comm: &dyn Collective, owned: &OwnedRatings, hyper: &Hyper)
         ..hyper.clone()
     };
     let mut prepared = prepare(comm, training_pairs(owned, hyper), &validation)?;
-    let fitted = fit_objective(comm, &prepared, &validation, GLOBALS, None, |_| {
-        Ok(ControlFlow::Continue(()))
-    });
+    let fitted = fit_objective(
+        comm,
+        &prepared,
+        &validation,
+        Globals::PREFERENCES,
+        None,
+        |_| Ok(ControlFlow::Continue(())),
+    );
     let (mut state, _) = comm.agree(fitted)?;
     sample_users(comm, &mut prepared);
     let mut choice = score_weights(comm, &prepared, &mut state.params, &settings);
     choice.seconds = started.elapsed().as_secs_f64();
     Ok(choice)
 }
-
-/// What an implicit model records of the values (none: preferences in [0, 1]).
-const GLOBALS: Globals = Globals {
-    global_mean: 0.0,
-    rating_range: (0.0, 1.0),
-};
 
 /// `owned` less the pairs `hyper`'s hold-out keeps out.
 fn training_pairs(owned: &OwnedRatings, hyper: &Hyper) -> OwnedRatings {
@@ -132,7 +131,7 @@ fn score_weights(
             user_ids,
             &prepared.item_ids,
             true,
-            GLOBALS,
+            Globals::PREFERENCES,
         );
         choice.ndcg.push((weight, mean(&ranking.model)));
         choice.popularity_ndcg = mean(&ranking.popular);
