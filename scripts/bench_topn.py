@@ -24,7 +24,8 @@ import pandas as pd
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-BIN = os.path.join(ROOT, "target", "release", "funksvd")
+# FUNKSVD_BIN: a copy of the binary, so that a build during a long run does not change it.
+BIN = os.environ.get("FUNKSVD_BIN") or os.path.join(ROOT, "target", "release", "funksvd")
 MPIRUN = os.path.join(HERE, "mpirun.sh")
 
 

@@ -141,6 +141,23 @@ pub fn rank_users(
     }
 }
 
+/// Each user's NDCG@`k` by `model`'s lists, in `users`' order (this rank's users; no
+/// collective).
+pub fn ndcg_by_user(model: &Model, users: &[UserLists], k: usize) -> Vec<f64> {
+    let mut ndcg = Vec::with_capacity(users.len());
+    for block in users.chunks(USERS_PER_BLOCK) {
+        let ids: Vec<u32> = block.iter().map(|u| u.user).collect();
+        let exclude: Vec<&[u32]> = block.iter().map(|u| u.train.as_slice()).collect();
+        for (u, list) in block.iter().zip(model.top_n_many(&ids, k, &exclude)) {
+            let list: Vec<u32> = list.iter().map(|s| s.item).collect();
+            let mut sums = RankSums::default();
+            sums.add(&list, &u.relevant, k);
+            ndcg.push(sums.ndcg);
+        }
+    }
+    ndcg
+}
+
 /// Each user's training and relevant items (users the model knows, with something held out);
 /// and the counts of (users with held-out items the model does not know, relevant items the
 /// model does not know).

@@ -751,19 +751,29 @@ fn events_train_the_ranking_objective_by_default_and_the_log_says_what_each_flag
     );
     let implicit = h.implicit.expect("implicit settings");
     assert_eq!(implicit.balance, Some(0.05));
-    // The choice, recorded: every weight tried, the one kept the best on the validation pairs.
+    // The choice, recorded: every weight tried, the one kept the largest within one standard
+    // error (paired by user) of the best on the validation pairs.
     let choice = meta.metrics.popularity_weight.as_ref().expect("the choice");
     let tried = choice["ndcg"].as_array().unwrap();
-    assert_eq!(tried.len(), 10);
+    let errors = choice["standard_error"].as_array().unwrap();
+    assert_eq!((tried.len(), errors.len()), (10, 10));
+    let at = |list: &[serde_json::Value], weight: f64| {
+        let found = list.iter().find(|t| t[0].as_f64().unwrap() == weight);
+        found.expect("every weight tried")[1].as_f64().unwrap()
+    };
     let best = tried
         .iter()
         .map(|t| t[1].as_f64().unwrap())
         .fold(f64::MIN, f64::max);
-    let kept = tried
-        .iter()
-        .find(|t| t[0].as_f64().unwrap() as f32 == implicit.popularity_weight)
-        .expect("the weight kept was tried");
-    assert_eq!(kept[1].as_f64().unwrap(), best);
+    let best_weight = choice["best"].as_f64().unwrap();
+    assert_eq!(at(tried, best_weight), best);
+    let kept = implicit.popularity_weight as f64;
+    assert!(kept >= best_weight, "{choice}");
+    assert!(at(tried, kept) >= best - at(errors, kept), "{choice}");
+    for t in tried.iter().filter(|t| t[0].as_f64().unwrap() > kept) {
+        let w = t[0].as_f64().unwrap();
+        assert!(at(tried, w) < best - at(errors, w), "{w}: {choice}");
+    }
     assert!(
         best >= choice["popularity_ndcg"].as_f64().unwrap(),
         "{choice}"

@@ -150,8 +150,15 @@ fn choose_popularity_weight(
             .iter()
             .map(|(w, v)| format!("{w} {v:.4}"))
             .collect();
+        let why = match choice.weight == choice.best {
+            true => "the best".to_string(),
+            false => format!(
+                "the largest within one standard error of the best, {}",
+                choice.best
+            ),
+        };
         log::info!(
-            "popularity weight {} chosen in {:.1}s: validation NDCG@20 by weight {} (popularity list {:.4}, {} users)",
+            "popularity weight {} chosen in {:.1}s ({why}): validation NDCG@20 by weight {} (popularity list {:.4}, {} users)",
             choice.weight,
             choice.seconds,
             tried.join(", "),

@@ -6,13 +6,14 @@
 //! list, and where taste rules a large `w` would drown it. `w` is chosen on the training data:
 //! the same model fitted on the training pairs less a validation share (held out the way the
 //! hold-out is, by another seed), its ranking of the validation pairs for each weight of
-//! `WEIGHTS`, the best one kept (the smallest of equals). The largest weight ranks as the
-//! popularity list does (the personal part only breaks its ties), so the choice is never worse
-//! than the best-seller list on the validation pairs.
+//! `WEIGHTS`, and the largest weight within one standard error of the best kept (paired user
+//! by user). The largest weight ranks as the popularity list does (the personal part only
+//! breaks its ties), so where the personal part's gain is within the noise of the validation
+//! split the model ranks as the best sellers do, and above them only where it has shown it can.
 
 use std::time::Instant;
 
-use crate::collective::{Collective, CollectiveExt};
+use crate::collective::{Collective, CollectiveExt, Op};
 use crate::error::Result;
 use crate::ids::mix64;
 use crate::mf::{Globals, Hyper, ImplicitHyper, Params};
@@ -32,9 +33,14 @@ const K: usize = 20;
 /// The weight chosen, and what each weight scored.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct Choice {
+    /// The weight kept: the largest within one standard error of the best.
     pub weight: f32,
+    /// The weight of the highest validation NDCG@20 (the smallest of equals).
+    pub best: f32,
     /// `(weight, validation NDCG@20)` for each of `WEIGHTS`.
     pub ndcg: Vec<(f32, f64)>,
+    /// `(weight, standard error of its NDCG@20's difference from the best's)`, paired by user.
+    pub standard_error: Vec<(f32, f64)>,
     /// The popularity list's validation NDCG@20.
     pub popularity_ndcg: f64,
     /// The users ranked (those with validation pairs and training pairs).
@@ -92,7 +98,7 @@ fn training_pairs(owned: &OwnedRatings, hyper: &Hyper) -> OwnedRatings {
 }
 
 /// The validation NDCG@20 of the model `params` holds (trained on `prepared`) with each weight
-/// of `WEIGHTS`, and the first best (collective).
+/// of `WEIGHTS`, and the weight kept (collective).
 fn score_weights(
     comm: &dyn Collective,
     prepared: &Prepared,
@@ -105,17 +111,7 @@ fn score_weights(
     let biases: Vec<f32> = (params.items.as_slice().chunks_exact(width))
         .map(|row| row[0])
         .collect();
-    let mean = |sums: &[crate::metrics::RankSums]| {
-        sums.first().and_then(|s| s.means()).map_or(0.0, |m| m[2])
-    };
-    let mut choice = Choice {
-        weight: 0.0,
-        ndcg: Vec::with_capacity(WEIGHTS.len()),
-        popularity_ndcg: 0.0,
-        validation_users: 0,
-        seconds: 0.0,
-    };
-    for weight in WEIGHTS {
+    let set_weight = |params: &mut Params, weight: f32| {
         let term = ImplicitHyper {
             popularity_weight: weight,
             ..*settings
@@ -124,27 +120,109 @@ fn score_weights(
         for ((row, &bias), &n) in rows.zip(&biases).zip(&counts) {
             row[0] = bias + term.popularity_bonus(n);
         }
-        let user_ids = &prepared.data.ratings.user_ids;
-        let ranking = check.rank(
-            comm,
-            params.view(),
-            user_ids,
-            &prepared.item_ids,
-            true,
-            Globals::PREFERENCES,
-        );
-        choice.ndcg.push((weight, mean(&ranking.model)));
-        choice.popularity_ndcg = mean(&ranking.popular);
-        choice.validation_users = ranking.model.first().map_or(0, |s| s.users as u64);
+    };
+    let user_ids = &prepared.data.ratings.user_ids;
+    let by_weight: Vec<Vec<f64>> = WEIGHTS
+        .iter()
+        .map(|&weight| {
+            set_weight(params, weight);
+            let view = params.view();
+            check.ndcg_by_user(
+                view,
+                user_ids,
+                &prepared.item_ids,
+                true,
+                Globals::PREFERENCES,
+            )
+        })
+        .collect();
+    let paired = Paired::of(comm, &by_weight);
+    let kept = paired.kept();
+    // The popularity list's figure, from the same users (and the kept model's, as a check of
+    // the paired means).
+    set_weight(params, WEIGHTS[kept]);
+    let ranking = check.rank(
+        comm,
+        params.view(),
+        user_ids,
+        &prepared.item_ids,
+        true,
+        Globals::PREFERENCES,
+    );
+    let mean = |sums: &[crate::metrics::RankSums]| {
+        sums.first().and_then(|s| s.means()).map_or(0.0, |m| m[2])
+    };
+    Choice {
+        weight: WEIGHTS[kept],
+        best: WEIGHTS[paired.best],
+        ndcg: WEIGHTS.iter().copied().zip(paired.means.clone()).collect(),
+        standard_error: WEIGHTS.iter().copied().zip(paired.standard_error).collect(),
+        popularity_ndcg: mean(&ranking.popular),
+        validation_users: paired.users,
+        seconds: 0.0,
     }
-    // The first best: the smallest weight among equals.
-    let mut best = f64::NEG_INFINITY;
-    for &(weight, ndcg) in &choice.ndcg {
-        if ndcg > best {
-            (best, choice.weight) = (ndcg, weight);
+}
+
+/// Each weight's mean validation NDCG and, paired user by user, how far from the best one's.
+struct Paired {
+    means: Vec<f64>,
+    /// The first best: the smallest weight among equals.
+    best: usize,
+    /// The standard error of each weight's mean difference from the best's (0 for the best).
+    standard_error: Vec<f64>,
+    users: u64,
+}
+
+impl Paired {
+    /// `by_weight[w]`: this rank's users' NDCG with weight w, users in one order (collective).
+    fn of(comm: &dyn Collective, by_weight: &[Vec<f64>]) -> Paired {
+        let mut sums: Vec<f64> = by_weight.iter().map(|v| v.iter().sum()).collect();
+        sums.push(by_weight.first().map_or(0, |v| v.len()) as f64);
+        comm.reduce_f64(&mut sums, Op::Sum);
+        let n = sums.pop().unwrap_or(0.0);
+        let means: Vec<f64> = sums.iter().map(|s| s / n.max(1.0)).collect();
+        let mut best = 0;
+        for (w, &m) in means.iter().enumerate() {
+            if m > means[best] {
+                best = w;
+            }
+        }
+        let mut moments: Vec<f64> = by_weight
+            .iter()
+            .flat_map(|v| {
+                let d = v.iter().zip(&by_weight[best]).map(|(x, b)| x - b);
+                let (s1, s2) = d.fold((0.0, 0.0), |(s1, s2), d| (s1 + d, s2 + d * d));
+                [s1, s2]
+            })
+            .collect();
+        comm.reduce_f64(&mut moments, Op::Sum);
+        let standard_error = moments
+            .chunks_exact(2)
+            .map(|m| match n > 1.0 {
+                true => {
+                    let mean = m[0] / n;
+                    ((m[1] - n * mean * mean).max(0.0) / (n - 1.0) / n).sqrt()
+                }
+                false => 0.0,
+            })
+            .collect();
+        Paired {
+            means,
+            best,
+            standard_error,
+            users: n as u64,
         }
     }
-    choice
+
+    /// The largest weight within one standard error of the best: a personal ranking a shop
+    /// puts before its best sellers has to beat them by more than the validation split's
+    /// noise (the one-standard-error rule of choosing a penalty by cross-validation).
+    fn kept(&self) -> usize {
+        (0..self.means.len())
+            .rev()
+            .find(|&w| self.means[w] >= self.means[self.best] - self.standard_error[w])
+            .unwrap_or(self.best)
+    }
 }
 
 /// Keep the validation pairs of about `MOST_USERS` users (drawn by a hash of their ids, so

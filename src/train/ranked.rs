@@ -6,7 +6,7 @@ use crate::collective::{Collective, Op};
 use crate::ids::Id;
 use crate::mf::meta::ModelMeta;
 use crate::mf::{Globals, Model, ParamsRef};
-use crate::ranking::{rank_users, Ranking, UserLists};
+use crate::ranking::{ndcg_by_user, rank_users, Ranking, UserLists};
 
 use super::data::{RankData, UNKNOWN};
 
@@ -76,30 +76,7 @@ impl RankCheck {
         biased: bool,
         globals: Globals,
     ) -> Ranking {
-        let f = params.factors;
-        let unpadded = |rows: &[f32], n: usize| -> Vec<f32> {
-            (0..n)
-                .flat_map(|i| {
-                    rows[i * params.width..i * params.width + f + 1]
-                        .iter()
-                        .copied()
-                })
-                .collect()
-        };
-        let meta = ModelMeta::minimal(
-            user_ids.len() as u64,
-            item_ids.len() as u64,
-            f,
-            biased,
-            globals.global_mean,
-        );
-        let model = Model::new(
-            meta,
-            user_ids.to_vec(),
-            unpadded(params.users, user_ids.len()),
-            item_ids.to_vec(),
-            unpadded(params.items, item_ids.len()),
-        );
+        let model = model_of(params, user_ids, item_ids, biased, globals);
         rank_users(
             comm,
             &model,
@@ -108,6 +85,20 @@ impl RankCheck {
             &[self.k],
             self.unknown,
         )
+    }
+
+    /// Each of this rank's users' NDCG@K by the lists of the model `params` describes, in one
+    /// order call after call (no collective: the paired comparison of two models).
+    pub fn ndcg_by_user(
+        &self,
+        params: ParamsRef,
+        user_ids: &[Id],
+        item_ids: &[Id],
+        biased: bool,
+        globals: Globals,
+    ) -> Vec<f64> {
+        let model = model_of(params, user_ids, item_ids, biased, globals);
+        ndcg_by_user(&model, &self.users, self.k)
     }
 
     /// `NDCG@K 0.1234, recall@K 0.2345` of the model's lists (or of popularity's).
@@ -122,4 +113,38 @@ impl RankCheck {
             None => format!("NDCG@{} - (no held-out pairs)", self.k),
         }
     }
+}
+
+/// A `Model` over rows in training order (the padding of `params`' rows dropped).
+fn model_of(
+    params: ParamsRef,
+    user_ids: &[Id],
+    item_ids: &[Id],
+    biased: bool,
+    globals: Globals,
+) -> Model {
+    let f = params.factors;
+    let unpadded = |rows: &[f32], n: usize| -> Vec<f32> {
+        (0..n)
+            .flat_map(|i| {
+                rows[i * params.width..i * params.width + f + 1]
+                    .iter()
+                    .copied()
+            })
+            .collect()
+    };
+    let meta = ModelMeta::minimal(
+        user_ids.len() as u64,
+        item_ids.len() as u64,
+        f,
+        biased,
+        globals.global_mean,
+    );
+    Model::new(
+        meta,
+        user_ids.to_vec(),
+        unpadded(params.users, user_ids.len()),
+        item_ids.to_vec(),
+        unpadded(params.items, item_ids.len()),
+    )
 }
