@@ -7,7 +7,7 @@ set -euo pipefail
 
 packages=(openmpi-bin libopenmpi-dev libclang-dev clang pkg-config time libopenblas-dev)
 if [ "${1:-}" = "--test" ]; then
-  packages+=(slurm-wlm munge libpmix-bin python3-venv chromium)
+  packages+=(slurm-wlm munge libpmix-bin python3-venv chromium iproute2)
 fi
 missing=()
 for p in "${packages[@]}"; do

@@ -30,6 +30,10 @@ use crate::mf::{HoldoutBy, Hyper, ImplicitHyper, Objective};
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+    /// Seconds a rank may go unheard (its host down, cut off or frozen) before the job stops,
+    /// naming it; 0 turns the watch off [default: FUNKSVD_STALL_TIMEOUT, else 60].
+    #[arg(long, global = true, value_name = "SECONDS")]
+    pub stall_timeout: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]

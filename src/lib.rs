@@ -60,4 +60,5 @@ pub mod store;
 pub mod times;
 pub mod train;
 pub mod tune;
+pub mod watchdog;
 pub mod wire;

@@ -8,6 +8,7 @@ use funksvd::cli::{Cli, Command};
 use funksvd::collective::Collective;
 use funksvd::comm::{install_panic_hook, say, Comm};
 use funksvd::error::Error;
+use funksvd::watchdog;
 
 fn main() {
     let code = run();
@@ -28,7 +29,7 @@ fn run() -> i32 {
         }
         Ok(cli) => match &cli.command {
             Command::Serve(args) => serve(args),
-            command => run_ranks(command),
+            command => run_ranks(command, cli.stall_timeout.as_deref()),
         },
     }
 }
@@ -45,8 +46,9 @@ fn serve(args: &funksvd::cli::ServeArgs) -> i32 {
     }
 }
 
-/// Run a command as one rank of an MPI job (one rank alone without a launcher).
-fn run_ranks(command: &Command) -> i32 {
+/// Run a command as one rank of an MPI job (one rank alone without a launcher), its peers
+/// watched for stalls (`watchdog`).
+fn run_ranks(command: &Command, stall_timeout: Option<&str>) -> i32 {
     let Some(universe) = mpi::initialize() else {
         eprintln!("funksvd: error: MPI could not be initialised");
         return 1;
@@ -54,6 +56,12 @@ fn run_ranks(command: &Command) -> i32 {
     let comm = Comm::new(universe.world());
     install_panic_hook(comm.rank());
     init_logging(comm.rank(), comm.size());
+    // Every rank checks the same setting the same way: an error is every rank's, at once.
+    let watchdog = match watchdog::timeout(stall_timeout).and_then(|t| watchdog::start(&comm, t)) {
+        Ok(watchdog) => watchdog,
+        Err(e) if comm.is_root() => return report(&comm, &e),
+        Err(e) => return e.exit_code(),
+    };
     let result = match command {
         Command::Train(args) => funksvd::cmd::train::run(&comm, args),
         Command::Evaluate(args) => funksvd::cmd::evaluate::run(&comm, args),
@@ -70,6 +78,8 @@ fn run_ranks(command: &Command) -> i32 {
     let _ = std::io::stdout().flush();
     drop(comm);
     drop(universe);
+    // After MPI's finalize, where the ranks wait for each other (rank 0 may still be saving).
+    drop(watchdog);
     code
 }
 

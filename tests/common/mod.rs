@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod hosts;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -406,7 +408,12 @@ pub struct Streaming {
 impl Streaming {
     pub fn start(ranks: usize, args: &[&str], env: &[(&'static str, String)]) -> Streaming {
         let pairs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        let mut child = mpirun_command(ranks, args, &pairs)
+        Streaming::spawn(mpirun_command(ranks, args, &pairs))
+    }
+
+    /// Start `cmd` (an mpirun command) with its stderr streamed.
+    pub fn spawn(mut cmd: Command) -> Streaming {
+        let mut child = cmd
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()

@@ -1,0 +1,93 @@
+#!/usr/bin/env bash
+# Several hosts on one machine, for the tests and the benches (issue 32): each host a network
+# namespace with its own hostname (a UTS namespace), loopback up and one address in
+# 198.18.0.0/24 (the range set aside for network benchmarks, never a real network) on a veth
+# pair to a bridge here (198.18.0.254, which is how a host reaches this machine's services,
+# such as the tests' S3 server). mpirun reaches the hosts as the MPI Operator's launcher reaches
+# its worker pods: through an rsh agent (scripts/hosts-rsh) with a hostfile naming them.
+#   scripts/hosts.sh up N [NAME] [FIRST]  make hosts NAME1..NAME<N> (NAME default fsvd), host i
+#                                         at 198.18.0.<FIRST+i-1> (FIRST default 1); prints
+#                                         the hostfile's lines
+#   scripts/hosts.sh down [NAME]          remove them, and every process left in them
+#   scripts/hosts.sh run HOST CMD...      run CMD on HOST
+#   scripts/hosts.sh cut HOST             set HOST's link down (a partitioned node: its
+#                                         processes run on, nothing reaches them)
+#   scripts/hosts.sh mend HOST            set it up again
+#   scripts/hosts.sh slow HOST RATE DELAY shape HOST's link both ways (such as 1gbit 1ms)
+# Root only (namespaces and links); names at most 10 characters.
+set -euo pipefail
+state=/run/funksvd-hosts
+cmd=${1:-}
+[ -n "$cmd" ] || { sed -n '2,17p' "$0" >&2; exit 2; }
+shift
+
+bridge_of() { echo "${1}br"; }
+
+up() {
+  local n=$1 name=${2:-fsvd} first=${3:-1}
+  [[ "$n" =~ ^[0-9]+$ ]] && [ "$n" -ge 1 ] || { echo "hosts.sh: up N: give a number of hosts" >&2; exit 2; }
+  [ "${#name}" -le 10 ] || { echo "hosts.sh: NAME $name: at most 10 characters" >&2; exit 2; }
+  [ $((first + n - 1)) -le 253 ] || { echo "hosts.sh: 198.18.0.$first and $n hosts do not fit below .254" >&2; exit 2; }
+  mkdir -p "$state"
+  local br
+  br=$(bridge_of "$name")
+  if ! ip link show "$br" >/dev/null 2>&1; then
+    ip link add "$br" type bridge
+    ip addr add 198.18.0.254/24 dev "$br"
+    ip link set "$br" up
+  fi
+  for ((i = 1; i <= n; i++)); do
+    local host=$name$i addr=198.18.0.$((first + i - 1))
+    if ! ip netns list | grep -qx "$host\( .*\)\?"; then
+      ip netns add "$host"
+      ip link add "${host}v" type veth peer name eth0 netns "$host"
+      ip link set "${host}v" master "$br" up
+      ip -n "$host" addr add "$addr/24" dev eth0
+      ip -n "$host" link set eth0 up
+      ip -n "$host" link set lo up
+      touch "$state/$host.uts"
+      unshare --uts="$state/$host.uts" hostname "$host"
+      echo "$addr" >"$state/$host.addr"
+    fi
+    echo "$host slots=${SLOTS:-1}"
+  done
+}
+
+down() {
+  local name=${1:-fsvd} host
+  for host in $(ip netns list | awk '{print $1}' | grep "^$name[0-9]\+$" || true); do
+    ip netns pids "$host" | xargs -r kill -9 2>/dev/null || true
+    ip netns del "$host"
+    if [ -e "$state/$host.uts" ]; then
+      umount "$state/$host.uts" 2>/dev/null || true
+      rm -f "$state/$host.uts" "$state/$host.addr"
+    fi
+    ip link del "${host}v" 2>/dev/null || true
+  done
+  ip link del "$(bridge_of "$name")" 2>/dev/null || true
+  rmdir "$state" 2>/dev/null || true
+}
+
+run() {
+  local host=$1
+  shift
+  [ -e "$state/$host.uts" ] || { echo "hosts.sh: no host $host (scripts/hosts.sh up)" >&2; exit 2; }
+  exec nsenter --net="/run/netns/$host" --uts="$state/$host.uts" -- "$@"
+}
+
+case "$cmd" in
+  up) up "$@" ;;
+  down) down "$@" ;;
+  run) run "$@" ;;
+  cut) ip link set "${1}v" down ;;
+  mend) ip link set "${1}v" up ;;
+  slow)
+    host=$1 rate=$2 delay=$3
+    # Each direction: netem's delay, then tbf's rate (the veth's two ends).
+    for side in "ip netns exec $host tc qdisc replace dev eth0" "tc qdisc replace dev ${host}v"; do
+      $side root handle 1: netem delay "$delay"
+      $side parent 1: handle 2: tbf rate "$rate" burst 256kb latency 50ms
+    done
+    ;;
+  *) echo "hosts.sh: unknown command $cmd (up, down, run, cut, mend, slow)" >&2; exit 2 ;;
+esac
