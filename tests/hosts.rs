@@ -196,6 +196,237 @@ fn a_host_cut_off_mid_epoch_ends_the_job_by_itself_and_resume_finishes_it() {
     );
 }
 
+/// Ratings of `users` users (users 7 and 8 left out of the model's file): (all, model's).
+fn ratings(dir: &Path, users: u64) -> (std::path::PathBuf, std::path::PathBuf) {
+    let (mut all, mut known) = (
+        String::from("user,item,rating\n"),
+        String::from("user,item,rating\n"),
+    );
+    for u in 0..users {
+        for j in 0..20u64 {
+            let line = format!("{u},{},{}\n", (u * 7 + j * j * 13) % 150, 1 + (u + j) % 5);
+            all.push_str(&line);
+            if u != 7 && u != 8 {
+                known.push_str(&line);
+            }
+        }
+    }
+    let (all_csv, known_csv) = (dir.join("all.csv"), dir.join("known.csv"));
+    std::fs::write(&all_csv, all).unwrap();
+    std::fs::write(&known_csv, known).unwrap();
+    (all_csv, known_csv)
+}
+
+const COLUMNS: [&str; 6] = [
+    "--rating-col",
+    "rating",
+    "--user-col",
+    "user",
+    "--item-col",
+    "item",
+];
+
+#[test]
+fn recommend_across_hosts_writes_the_parts_one_host_writes() {
+    let Some(hosts) = Hosts::up("recommend", 2, 2) else {
+        return;
+    };
+    let dir = temp_dir("hosts-recommend");
+    let (all, known) = ratings(&dir, 400);
+    let model = dir.join("model");
+    let mut train = train_args(s(&known), s(&model), &["--epochs", "5"]);
+    train.extend_from_slice(&COLUMNS);
+    mpirun(2, &train).ok();
+    let users = dir.join("users.csv");
+    std::fs::write(&users, "user\n7\n8\n5\nnobody\n").unwrap();
+    let every = ["--data", s(&all), "--top", "10"];
+    let some = ["--data", s(&all), "--top", "5", "--users", s(&users)];
+    for (what, extra) in [("every", &every[..]), ("some", &some[..])] {
+        let mut outs = Vec::new();
+        for place in ["hosts", "one"] {
+            let out = dir.join(format!("{what}-{place}"));
+            let mut args = vec!["recommend", "--model", s(&model), "--out", s(&out)];
+            args.extend_from_slice(extra);
+            args.extend_from_slice(&COLUMNS[2..]);
+            let run = match place {
+                "hosts" => hosts.mpirun(4, &args, &[]),
+                _ => mpirun(4, &args),
+            }
+            .ok();
+            if what == "some" {
+                assert!(run.stderr.contains("2 folded in"), "{}", run.stderr);
+            }
+            outs.push(out);
+        }
+        assert_eq!(read_output(&outs[0]), read_output(&outs[1]), "{what}");
+        let parts = |d: &Path| {
+            let mut names: Vec<String> = std::fs::read_dir(d)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            names.sort();
+            names
+        };
+        assert_eq!(parts(&outs[0]), parts(&outs[1]), "{what}");
+    }
+}
+
+#[test]
+fn tune_with_groups_spanning_hosts_publishes_one_hosts_best_model() {
+    let Some(hosts) = Hosts::up("tune", 2, 2) else {
+        return;
+    };
+    let (dir, data) = generated("hosts-tune", 600, 200, 20000, 4);
+    let mut models = Vec::new();
+    for place in ["hosts", "one"] {
+        let model = dir.join(place);
+        let mut args = train_args(s(&data), s(&model), &[]);
+        args[0] = "tune";
+        args.extend_from_slice(&[
+            "--space",
+            "factors=4,8 reg=0.02,0.1",
+            "--epochs",
+            "3",
+            "--scheduler",
+            "none",
+            "--ranks-per-trial",
+            "2",
+        ]);
+        // By node: ranks 0 and 2 on the first host, 1 and 3 on the second; each group of two
+        // consecutive ranks spans both.
+        let run = match place {
+            "hosts" => run_command(hosts.command_with(4, &["--map-by", "node"], &args, &[])),
+            _ => one_host_passed(4, &args),
+        }
+        .ok();
+        assert!(
+            run.stderr.contains("2 groups of 2 rank(s)"),
+            "{}",
+            run.stderr
+        );
+        models.push(model);
+    }
+    let best = |m: &Path| {
+        let text = std::fs::read_to_string(m.join("_tune/best.json")).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        (v["trial"].clone(), v["value"].clone())
+    };
+    assert_eq!(best(&models[0]), best(&models[1]));
+    assert!(same_model_files(&models[0], &models[1]));
+}
+
+#[test]
+fn s3_data_read_by_every_host_and_a_replica_elsewhere_serves_the_published_model() {
+    let Some(hosts) = Hosts::up("s3", 2, 2) else {
+        return;
+    };
+    // The tests' S3 server, on this machine's side of the hosts' links.
+    let Some(server) = S3Server::start_on("hosts-s3", &["shop"], Hosts::HERE) else {
+        return;
+    };
+    let env = server.env();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let gen = [
+        "generate",
+        "--out",
+        "s3://shop/events",
+        "--users",
+        "600",
+        "--items",
+        "200",
+    ];
+    let gen = [&gen[..], &["--events", "20000", "--files", "4"]].concat();
+    hosts.mpirun(4, &gen, &env).ok();
+    let train = train_args(
+        "s3://shop/events/",
+        "s3://shop/models/m",
+        &["--epochs", "4"],
+    );
+    let run = hosts.mpirun(4, &train, &env).ok();
+    assert!(
+        run.stderr.contains("model saved to s3://shop/models/m"),
+        "{}",
+        run.stderr
+    );
+    let local = server.root.join("shop/events");
+    let one = temp_dir("hosts-s3-one").join("m");
+    one_host_passed(4, &train_args(s(&local), s(&one), &["--epochs", "4"])).ok();
+    assert!(same_model_files(&server.root.join("shop/models/m"), &one));
+
+    // A replica in the second host reads the published model over the link.
+    let mut serve = hosts.on(2, BIN);
+    serve
+        .args([
+            "serve",
+            "--model",
+            "s3://shop/models/m",
+            "--listen",
+            "198.18.0.2:0",
+        ])
+        .envs(env.iter().copied())
+        .stderr(std::process::Stdio::piped());
+    let mut child = serve.spawn().unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line);
+        }
+    });
+    let address = loop {
+        let line = rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("serve did not listen");
+        if let Some(at) = line.find("listening on http://") {
+            let rest = &line[at + "listening on http://".len()..];
+            break rest
+                .split(|c: char| c.is_whitespace() || c == '/')
+                .next()
+                .unwrap()
+                .to_string();
+        }
+    };
+    let user = load_model(&one).user_ids[0].to_string();
+    let answer = http_get(&address, &format!("/v1/recommend?user={user}&n=5"));
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains("\"items\""), "{answer}");
+}
+
+/// A GET over a plain TCP connection; the whole answer.
+fn http_get(address: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut stream = match std::net::TcpStream::connect(address) {
+            Ok(stream) => stream,
+            Err(e) => {
+                assert!(Instant::now() < deadline, "cannot reach {address}: {e}");
+                std::thread::sleep(Duration::from_millis(200));
+                continue;
+            }
+        };
+        write!(
+            stream,
+            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).unwrap();
+        // Not ready yet (the model still loading): ask again.
+        if answer.starts_with("HTTP/1.1 503") && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(200));
+            continue;
+        }
+        return answer;
+    }
+}
+
 /// The funksvd processes running on host `host`.
 fn funksvd_pids(hosts: &Hosts, host: usize) -> Vec<u32> {
     hosts

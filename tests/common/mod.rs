@@ -283,11 +283,18 @@ pub struct S3Server {
     child: Option<std::process::Child>,
     pub port: u16,
     pub root: PathBuf,
+    /// The address it listens on (loopback, or the hosts' bridge for tests/hosts.rs).
+    pub host: String,
 }
 
 impl S3Server {
     /// Start one, or `None` (skip) when s3s-fs is not installed outside CI.
     pub fn start(name: &str, buckets: &[&str]) -> Option<S3Server> {
+        S3Server::start_on(name, buckets, "127.0.0.1")
+    }
+
+    /// `start`, listening on `host` (an address of this machine).
+    pub fn start_on(name: &str, buckets: &[&str], host: &str) -> Option<S3Server> {
         let Some(bin) = s3s_fs_binary() else {
             if std::env::var("CI").is_ok_and(|v| v == "true") {
                 panic!("s3s-fs is not installed (scripts/test.sh installs it)");
@@ -303,6 +310,7 @@ impl S3Server {
             child: None,
             port: 0,
             root,
+            host: host.to_string(),
         };
         server.spawn(&bin, None);
         Some(server)
@@ -311,14 +319,14 @@ impl S3Server {
     /// Run s3s-fs on `port`, or on a free one.
     fn spawn(&mut self, bin: &Path, port: Option<u16>) {
         let port = port.unwrap_or_else(|| {
-            std::net::TcpListener::bind("127.0.0.1:0")
+            std::net::TcpListener::bind((self.host.as_str(), 0))
                 .unwrap()
                 .local_addr()
                 .unwrap()
                 .port()
         });
         let child = Command::new(bin)
-            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--host", &self.host, "--port", &port.to_string()])
             .args(["--access-key", S3_ACCESS_KEY, "--secret-key", S3_SECRET_KEY])
             .arg(&self.root)
             .stdout(Stdio::null())
@@ -328,7 +336,7 @@ impl S3Server {
         self.child = Some(child);
         self.port = port;
         let started = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        while std::net::TcpStream::connect((self.host.as_str(), port)).is_err() {
             assert!(
                 started.elapsed() < Duration::from_secs(10),
                 "s3s-fs did not start"
@@ -338,7 +346,7 @@ impl S3Server {
     }
 
     pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        format!("http://{}:{}", self.host, self.port)
     }
 
     /// The environment a rank needs to reach this server.
