@@ -13,12 +13,13 @@
 #   scripts/hosts.sh cut HOST             set HOST's link down (a partitioned node: its
 #                                         processes run on, nothing reaches them)
 #   scripts/hosts.sh mend HOST            set it up again
-#   scripts/hosts.sh slow HOST RATE DELAY shape HOST's link both ways (such as 1gbit 1ms)
+#   scripts/hosts.sh slow HOST RATE [DELAY] shape HOST's link both ways (such as 1gbit 1ms)
+#   scripts/hosts.sh fast HOST            the link as made again
 # Root only (namespaces and links); names at most 10 characters.
 set -euo pipefail
 state=/run/funksvd-hosts
 cmd=${1:-}
-[ -n "$cmd" ] || { sed -n '2,17p' "$0" >&2; exit 2; }
+[ -n "$cmd" ] || { sed -n '2,18p' "$0" >&2; exit 2; }
 shift
 
 bridge_of() { echo "${1}br"; }
@@ -82,12 +83,25 @@ case "$cmd" in
   cut) ip link set "${1}v" down ;;
   mend) ip link set "${1}v" up ;;
   slow)
-    host=$1 rate=$2 delay=$3
-    # Each direction: netem's delay, then tbf's rate (the veth's two ends).
-    for side in "ip netns exec $host tc qdisc replace dev eth0" "tc qdisc replace dev ${host}v"; do
-      $side root handle 1: netem delay "$delay"
-      $side parent 1: handle 2: tbf rate "$rate" burst 256kb latency 50ms
+    host=$1 rate=$2 delay=${3:-}
+    # Each direction (the veth's two ends): tbf's rate, behind netem's delay when the kernel
+    # has netem (sch_netem; some VM kernels do not: then the rate only, with a warning).
+    for side in "ip netns exec $host tc qdisc" "tc qdisc"; do
+      dev=eth0
+      [ "$side" = "tc qdisc" ] && dev=${host}v
+      $side del dev "$dev" root 2>/dev/null || true
+      if [ -n "$delay" ] && $side add dev "$dev" root handle 1: netem delay "$delay" 2>/dev/null; then
+        $side add dev "$dev" parent 1:1 handle 2: tbf rate "$rate" burst 256kb latency 50ms
+      else
+        [ -n "$delay" ] && echo "hosts.sh: no netem in this kernel: $dev gets the rate $rate only, no delay" >&2
+        $side add dev "$dev" root tbf rate "$rate" burst 256kb latency 50ms
+      fi
     done
     ;;
-  *) echo "hosts.sh: unknown command $cmd (up, down, run, cut, mend, slow)" >&2; exit 2 ;;
+  fast) # Back to the link as made.
+    host=$1
+    ip netns exec "$host" tc qdisc del dev eth0 root 2>/dev/null || true
+    tc qdisc del dev "${host}v" root 2>/dev/null || true
+    ;;
+  *) echo "hosts.sh: unknown command $cmd (up, down, run, cut, mend, slow, fast)" >&2; exit 2 ;;
 esac

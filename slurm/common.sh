@@ -11,6 +11,10 @@ if command -v module >/dev/null 2>&1; then
 fi
 # Since Slurm 22.05 srun does not inherit --cpus-per-task.
 export SRUN_CPUS_PER_TASK=${SLURM_CPUS_PER_TASK:-1}
+# A rank not heard from for this long (a node down, cut off or frozen) is named and the job
+# stops (funksvd --stall-timeout; heartbeats are UDP between the nodes). Slurm's own node checks
+# (SlurmdTimeout) end the step for a node that is gone.
+export FUNKSVD_STALL_TIMEOUT=${FUNKSVD_STALL_TIMEOUT:-60}
 # One core per rank: no library may start its own thread pool.
 export OMP_NUM_THREADS=$SRUN_CPUS_PER_TASK OPENBLAS_NUM_THREADS=1
 

@@ -401,6 +401,17 @@ fn cases() -> Vec<Case> {
             },
         },
         Case {
+            name: "--stall-timeout that is not a number of seconds",
+            code: 2,
+            says: "--stall-timeout soon: must be a number of seconds up to 86400",
+            args: |d| {
+                let data = csv(d, "a.csv", b"user_id,product_id,event_type\n1,2,view\n");
+                let mut args = train(&data, &d.join("m"), &[]);
+                args.extend(["--stall-timeout", "soon"].map(String::from));
+                args
+            },
+        },
+        Case {
             name: "serve --listen that is not HOST:PORT",
             code: 2,
             says: "--listen nowhere: ",

@@ -196,6 +196,45 @@ fn a_host_cut_off_mid_epoch_ends_the_job_by_itself_and_resume_finishes_it() {
     );
 }
 
+#[test]
+fn a_frozen_rank_ends_the_job_at_the_stall_timeout_naming_it() {
+    let Some(hosts) = Hosts::up("frozen", 2, 2) else {
+        return;
+    };
+    let (dir, data) = generated("hosts-frozen", 600, 200, 20000, 4);
+    let model = dir.join("model");
+    let job = long_job(s(&data), s(&model));
+    let watched = [&job[..], &["--stall-timeout", "10"]].concat();
+    let mut run = Streaming::spawn(hosts.command(4, &watched, &[]));
+    run.wait_for("checkpoint after epoch 2 saved");
+    // Rank 1 shares rank 0's host: stopped, it is a frozen process mpirun cannot see.
+    let frozen = rank_pid(&hosts, 1, 1);
+    let stopped = Instant::now();
+    kill(frozen, "STOP");
+    let status = run.wait_exit(Duration::from_secs(60));
+    assert!(!status.success());
+    assert!(
+        stopped.elapsed() >= Duration::from_secs(10),
+        "ended before the stall timeout"
+    );
+    let needle = "rank 1 on host fsvdt1 has not answered for 1";
+    assert!(run.log.contains(needle), "{needle}:\n{}", run.log);
+    assert!(!model.join("model.json").exists(), "a model was published");
+    assert!(funksvd_pids(&hosts, 1).is_empty() && funksvd_pids(&hosts, 2).is_empty());
+}
+
+/// The pid of rank `rank` on host `host` (from the environment mpirun gave it).
+fn rank_pid(hosts: &Hosts, host: usize, rank: usize) -> u32 {
+    let wanted = format!("OMPI_COMM_WORLD_RANK={rank}");
+    *funksvd_pids(hosts, host)
+        .iter()
+        .find(|pid| {
+            std::fs::read(format!("/proc/{pid}/environ"))
+                .is_ok_and(|env| env.split(|&b| b == 0).any(|v| v == wanted.as_bytes()))
+        })
+        .unwrap_or_else(|| panic!("no rank {rank} on host {host}"))
+}
+
 /// Ratings of `users` users (users 7 and 8 left out of the model's file): (all, model's).
 fn ratings(dir: &Path, users: u64) -> (std::path::PathBuf, std::path::PathBuf) {
     let (mut all, mut known) = (

@@ -137,7 +137,7 @@ fn choose_popularity_weight(
         log::info!(
             "popularity weight: fitting on {:.0}% of the training pairs to choose it on the rest ({} epochs; --popularity-weight W skips this)",
             (1.0 - popularity::VALIDATION_SHARE) * 100.0,
-            hyper.epochs
+            popularity::choice_epochs(hyper.epochs)
         );
     }
     let choice = popularity::choose_weight(comm, owned, hyper)?;

@@ -25,6 +25,15 @@ use super::{fit_objective, ControlFlow};
 
 /// The weights tried, in increasing order.
 pub const WEIGHTS: [f32; 10] = [0.0, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0];
+/// The most epochs the choice's fit runs: iALS has converged long before (15 by default), and
+/// a job started with `--epochs 100000` to run until preempted must not fit that long first.
+pub const MOST_CHOICE_EPOCHS: usize = 30;
+
+/// The epochs of the choice's fit for a run of `epochs`.
+pub fn choice_epochs(epochs: usize) -> usize {
+    epochs.min(MOST_CHOICE_EPOCHS)
+}
+
 /// The share of the training pairs the choice holds out.
 pub const VALIDATION_SHARE: f64 = 0.2;
 /// The ranking's cut-off the choice maximises (NDCG@K).
@@ -57,6 +66,7 @@ pub fn choose_weight(comm: &dyn Collective, owned: &OwnedRatings, hyper: &Hyper)
     let validation = Hyper {
         holdout: VALIDATION_SHARE,
         seed: mix64(hyper.seed ^ 0x7A11_DA7E),
+        epochs: choice_epochs(hyper.epochs),
         implicit: Some(settings),
         ..hyper.clone()
     };
@@ -67,7 +77,17 @@ pub fn choose_weight(comm: &dyn Collective, owned: &OwnedRatings, hyper: &Hyper)
         &validation,
         Globals::PREFERENCES,
         None,
-        |_| Ok(ControlFlow::Continue(())),
+        // A signal (preemption) is honoured between the choice's epochs as between training's.
+        |_| {
+            match crate::interrupt::agreed(comm) {
+            Some(signal) => Err(crate::interrupt::stopped(
+                comm,
+                signal,
+                "while choosing the popularity weight, before training began: nothing was saved; run the same command again",
+            )),
+            None => Ok(ControlFlow::Continue(())),
+        }
+        },
     );
     let (mut state, _) = comm.agree(fitted)?;
     sample_users(comm, &mut prepared);
