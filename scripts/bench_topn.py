@@ -240,6 +240,8 @@ def main():
     p.add_argument("--explicit-epochs", type=int, default=20)
     p.add_argument("--ranks", type=int, default=2)
     p.add_argument("--timing-rounds", type=int, default=7)
+    p.add_argument("--systems", default="",
+                   help="a comma-separated subset of the systems (popularity always), to check one change quickly")
     p.add_argument("--out", required=True)
     a = p.parse_args()
     alphas = [float(x) for x in a.alphas.split(",")]
@@ -259,6 +261,8 @@ def main():
         "implicit-bpr": [{"reg": r} for r in [0.0001, 0.001, 0.01, 0.1]],
         "funksvd-explicit": [{"reg": float(r)} for r in a.explicit_regs.split(",")],
     }
+    if a.systems:
+        grids = {k: v for k, v in grids.items() if k in a.systems.split(",")}
     workdir = tempfile.mkdtemp(prefix="bench-topn-")
     results = []
     for name, path in a.dataset:
@@ -319,6 +323,13 @@ def main():
                 print(f"{name} {how} {system}: {f}", flush=True)
             # The speed figures: funksvd implicit on 2 ranks and on 1, and implicit ALS, fitted again
             # in turn, the fastest of each (one fit each swung the ratios by up to 2x here).
+            timed = ["funksvd-implicit", "implicit-als", "funksvd-default", "implicit-als-20"]
+            if not set(timed) <= set(figures):  # --systems: no speed figures
+                row["systems"] = figures
+                results.append(row)
+                with open(a.out, "w") as out:
+                    json.dump(results, out, indent=1)
+                continue
             fi, als = figures["funksvd-implicit"], figures["implicit-als"]
             de, als20 = figures["funksvd-default"], figures["implicit-als-20"]
             runs = {"2": [fi["seconds_per_epoch"]], "1": [], "als": [als["seconds_per_epoch"]],
@@ -360,6 +371,11 @@ def table(results):
     print("alpha x reg grid at the same 20 factors; seconds per epoch at most 0.5x that ALS's.")
     for r in results:
         s = r["systems"]
+        if not {"funksvd-default", "implicit-als-20"} <= set(s):
+            if "funksvd-default" in s:  # --systems: the default beside popularity only
+                de, pop = s["funksvd-default"]["ndcg@20"], s["popularity"]["ndcg@20"]
+                print(f"{r['data']} {r['split']}: default NDCG@20 {de:.4f}, popularity {pop:.4f} ({de / pop:.3f}x)")
+            continue
         de, als20, pop = s["funksvd-default"], s["implicit-als-20"], s["popularity"]
         for what, ok, figures in [
             ("NDCG@20 >= popularity", de["ndcg@20"] >= pop["ndcg@20"],
@@ -374,6 +390,8 @@ def table(results):
     print()
     for r in results:
         s = r["systems"]
+        if not {"funksvd-implicit", "implicit-als", "funksvd-explicit"} <= set(s):
+            continue
         fi, als, pop = s["funksvd-implicit"], s["implicit-als"], s["popularity"]
         print(f"{r['data']} {r['split']}: funksvd implicit NDCG@20 {fi['ndcg@20'] / als['ndcg@20']:.2f}x implicit ALS, "
               f"{fi['ndcg@20'] / pop['ndcg@20']:.2f}x popularity; s/epoch {fi['seconds_per_epoch'] / als['seconds_per_epoch']:.2f}x "

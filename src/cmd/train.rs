@@ -153,7 +153,7 @@ fn choose_popularity_weight(
         let why = match choice.weight == choice.best {
             true => "the best".to_string(),
             false => format!(
-                "the largest within one standard error of the best, {}",
+                "the best, {}, beats it by less than one standard error: the best sellers' order",
                 choice.best
             ),
         };
