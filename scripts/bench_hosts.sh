@@ -74,7 +74,7 @@ python3 - "$results" "$events" "$rounds" <<'EOF'
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
 print(f"{int(sys.argv[2]):,} events, 2 ranks, fastest of {sys.argv[3]} runs each (median epoch of a run)")
-print("| objective | setting | item rows | s/epoch | x one host | MB sent per rank per epoch |")
+print("| objective | setting | item rows | s/epoch | x one host | MB a rank sends per epoch, at most |")
 print("| --- | --- | --- | --- | --- | --- |")
 for objective in ["explicit", "implicit"]:
     best = {}
