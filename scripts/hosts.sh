@@ -32,6 +32,13 @@ up() {
   mkdir -p "$state"
   local br
   br=$(bridge_of "$name")
+  # One set of hosts at a time: two bridges holding 198.18.0.254 would split the routes.
+  local other
+  other=$(ip -o -4 addr show | awk '$4 == "198.18.0.254/24" {print $2}' | grep -vx "$br" || true)
+  if [ -n "$other" ]; then
+    echo "hosts.sh: $other already holds 198.18.0.254 (other hosts are up: scripts/hosts.sh down ${other%br})" >&2
+    exit 2
+  fi
   if ! ip link show "$br" >/dev/null 2>&1; then
     ip link add "$br" type bridge
     ip addr add 198.18.0.254/24 dev "$br"
