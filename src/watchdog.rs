@@ -30,10 +30,14 @@ pub const DEFAULT_SECONDS: f64 = 60.0;
 /// The stall timeout: `--stall-timeout` when given, else `FUNKSVD_STALL_TIMEOUT` (what a launch
 /// file sets), else the default.
 pub fn timeout(flag: Option<&str>) -> Result<Duration> {
-    let (name, text) = match (flag, std::env::var("FUNKSVD_STALL_TIMEOUT")) {
+    timeout_from(flag, std::env::var("FUNKSVD_STALL_TIMEOUT").ok())
+}
+
+fn timeout_from(flag: Option<&str>, env: Option<String>) -> Result<Duration> {
+    let (name, text) = match (flag, env) {
         (Some(text), _) => ("--stall-timeout ".to_string(), text.to_string()),
-        (None, Ok(text)) => ("FUNKSVD_STALL_TIMEOUT=".to_string(), text),
-        (None, Err(_)) => return Ok(Duration::from_secs_f64(DEFAULT_SECONDS)),
+        (None, Some(text)) => ("FUNKSVD_STALL_TIMEOUT=".to_string(), text),
+        (None, None) => return Ok(Duration::from_secs_f64(DEFAULT_SECONDS)),
     };
     match text.trim().parse::<f64>() {
         Ok(s) if s.is_finite() && (0.0..=86_400.0).contains(&s) => Ok(Duration::from_secs_f64(s)),
@@ -281,12 +285,16 @@ const GRACE_MARGIN: Duration = Duration::from_secs(10);
 /// daemon, `oob_tcp_keepalive_time + intvl x probes` (Open MPI's defaults: 300 + 20 x 9), plus
 /// a margin. Other launchers (srun): none known, zero.
 fn launcher_grace() -> Duration {
-    if std::env::var_os("OMPI_MCA_orte_hnp_uri").is_none() {
+    launcher_grace_from(|name| std::env::var(name).ok())
+}
+
+/// `launcher_grace` with the environment read through `env`.
+fn launcher_grace_from(env: impl Fn(&str) -> Option<String>) -> Duration {
+    if env("OMPI_MCA_orte_hnp_uri").is_none() {
         return Duration::ZERO;
     }
     let param = |name: &str, default: f64| {
-        std::env::var(format!("OMPI_MCA_oob_tcp_keepalive_{name}"))
-            .ok()
+        env(&format!("OMPI_MCA_oob_tcp_keepalive_{name}"))
             .and_then(|v| v.trim().parse::<f64>().ok())
             .filter(|v| v.is_finite() && *v >= 0.0)
             .unwrap_or(default)
@@ -397,6 +405,54 @@ mod tests {
         let mut odd = p.clone();
         odd[20] = 9;
         assert_eq!(parse(&odd, 7, 4), None);
+    }
+
+    #[test]
+    fn the_timeout_comes_from_the_flag_then_the_environment_then_the_default() {
+        let secs = |flag, env: Option<&str>| {
+            timeout_from(flag, env.map(String::from)).map(|d| d.as_secs_f64())
+        };
+        assert_eq!(secs(Some("10"), Some("20")).unwrap(), 10.0);
+        assert_eq!(secs(None, Some("20")).unwrap(), 20.0);
+        assert_eq!(secs(None, None).unwrap(), DEFAULT_SECONDS);
+        assert_eq!(secs(Some("0"), None).unwrap(), 0.0, "0 turns the watch off");
+        let bad = secs(Some("soon"), None).unwrap_err().to_string();
+        assert!(bad.starts_with("--stall-timeout soon: "), "{bad}");
+        let bad = secs(None, Some("-1")).unwrap_err().to_string();
+        assert!(bad.starts_with("FUNKSVD_STALL_TIMEOUT=-1: "), "{bad}");
+        assert!(secs(Some("inf"), None).is_err());
+    }
+
+    #[test]
+    fn mpirun_is_left_its_keepalive_time_and_other_launchers_none() {
+        let env = |pairs: &'static [(&'static str, &'static str)]| {
+            move |name: &str| pairs.iter().find(|p| p.0 == name).map(|p| p.1.to_string())
+        };
+        let mpirun: &[(&str, &str)] = &[("OMPI_MCA_orte_hnp_uri", "1.0;tcp://x")];
+        assert_eq!(
+            launcher_grace_from(env(mpirun)),
+            Duration::from_secs(480) + GRACE_MARGIN
+        );
+        let tuned: &[(&str, &str)] = &[
+            ("OMPI_MCA_orte_hnp_uri", "1.0;tcp://x"),
+            ("OMPI_MCA_oob_tcp_keepalive_time", "10"),
+            ("OMPI_MCA_oob_tcp_keepalive_intvl", "5"),
+            ("OMPI_MCA_oob_tcp_keepalive_probes", "4"),
+        ];
+        assert_eq!(
+            launcher_grace_from(env(tuned)),
+            Duration::from_secs(30) + GRACE_MARGIN
+        );
+        let off: &[(&str, &str)] = &[
+            ("OMPI_MCA_orte_hnp_uri", "1.0;tcp://x"),
+            ("OMPI_MCA_oob_tcp_keepalive_time", "0"),
+        ];
+        assert_eq!(
+            launcher_grace_from(env(off)),
+            Duration::ZERO,
+            "keepalive off"
+        );
+        assert_eq!(launcher_grace_from(env(&[])), Duration::ZERO, "srun");
     }
 
     #[test]

@@ -294,3 +294,37 @@ pub fn add_term(params: &mut Params, counts: &[u64], settings: &ImplicitHyper) {
         row[0] += settings.popularity_bonus(n);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::collective::Solo;
+
+    /// Per-user NDCG of three weights over `n` users: `gain` added to every user's figure of
+    /// the best weight (the first), `spread` its per-user noise.
+    fn figures(n: usize, gain: f64, spread: f64) -> Vec<Vec<f64>> {
+        let base: Vec<f64> = (0..n)
+            .map(|u| 0.2 + 0.1 * ((u * 7 % 11) as f64 / 11.0))
+            .collect();
+        let best = base
+            .iter()
+            .enumerate()
+            .map(|(u, b)| b + gain + spread * if u % 2 == 0 { 1.0 } else { -1.0 })
+            .collect();
+        vec![best, base.iter().map(|b| b - 0.05).collect(), base]
+    }
+
+    #[test]
+    fn the_best_weight_is_kept_only_when_it_beats_the_list_beyond_the_noise() {
+        // A clear gain over the last weight (the list's order): the best is kept.
+        let clear = Paired::of(&Solo, &figures(1000, 0.02, 0.01));
+        assert_eq!((clear.best, clear.kept()), (0, 0));
+        assert_eq!(clear.standard_error[0], 0.0, "the best against itself");
+        // The same mean gain drowned in per-user noise: the list's order is kept.
+        let noisy = Paired::of(&Solo, &figures(1000, 0.0005, 0.2));
+        assert_eq!((noisy.best, noisy.kept()), (0, 2));
+        // The standard error of a paired difference: sd / sqrt(n) (sd 0.2 here).
+        let se = noisy.standard_error[2];
+        assert!((se - 0.2 / 1000f64.sqrt()).abs() < 1e-3, "{se}");
+    }
+}
