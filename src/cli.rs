@@ -763,6 +763,18 @@ pub enum OutFormat {
     Csv,
 }
 
+/// What a generated clickstream looks like.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Profile {
+    /// Each view followed by its own funnel (carts and purchases about half the events), 30
+    /// days spread over the files in order: the demo and the tests' data.
+    Demo,
+    /// A shop's export: visits (sessions of a few events) of users whose activity has a long
+    /// tail, views 94-98% of the events, `--days` days, one folder per day
+    /// (`date=YYYY-MM-DD/`), each file one day's share.
+    Shop,
+}
+
 /// Events `generate` builds in memory for one file (about 1 GB with its encoding).
 const MAX_EVENTS_PER_FILE: usize = 20_000_000;
 
@@ -798,6 +810,13 @@ pub struct GenerateArgs {
     pub seed: u64,
     #[arg(long, value_enum, default_value_t = OutFormat::Parquet)]
     pub format: OutFormat,
+    /// The data's shape: demo (the default) or shop (visits, views 94-98%, date folders).
+    #[arg(long, value_enum, default_value_t = Profile::Demo)]
+    pub profile: Profile,
+    /// Days the shop profile spans [default: 30] (each file holds one day's share; --files at
+    /// least this).
+    #[arg(long)]
+    pub days: Option<usize>,
     /// Replace the files of an earlier generation in --out (an --out holding data is refused
     /// without it, so that two generations never mix).
     #[arg(long)]
@@ -805,6 +824,11 @@ pub struct GenerateArgs {
 }
 
 impl GenerateArgs {
+    /// The days the shop profile spans.
+    pub fn days(&self) -> usize {
+        self.days.unwrap_or(30)
+    }
+
     pub fn check(&self) -> Result<()> {
         for (flag, v) in [
             ("--users", self.users),
@@ -835,6 +859,27 @@ impl GenerateArgs {
                 "--taste {}: must be between 0 and 1 (the share of views picked by taste)",
                 self.taste
             )));
+        }
+        match (self.profile, self.days) {
+            (Profile::Demo, Some(_)) => {
+                return Err(Error::usage(
+                    "--days applies to --profile shop (the demo profile spans 30 days)",
+                ))
+            }
+            (Profile::Demo, None) => {}
+            (Profile::Shop, _) => {
+                let days = self.days();
+                if !(1..=3650).contains(&days) {
+                    return Err(Error::usage(format!(
+                        "--days {days}: must be between 1 and 3650"
+                    )));
+                }
+                if self.files < days {
+                    return Err(Error::usage(format!(
+                        "--profile shop --days {days}: give --files {days} or more (a file holds one day's share)"
+                    )));
+                }
+            }
         }
         let per_file = self.events.div_ceil(self.files);
         if per_file > MAX_EVENTS_PER_FILE {

@@ -222,6 +222,63 @@ fn generate_writes_the_same_files_for_any_rank_count() {
 }
 
 #[test]
+fn the_shop_profile_writes_a_folder_per_day_that_training_reads_whole() {
+    let dir = temp_dir("generate-shop");
+    let args = |out: &std::path::Path| {
+        let mut a: Vec<String> = ["generate", "--out", s(out), "--profile", "shop"]
+            .map(String::from)
+            .to_vec();
+        let rest = ["--users", "3000", "--items", "300", "--events", "40000"];
+        a.extend(rest.map(String::from));
+        a.extend(["--days", "4", "--files", "6", "--taste", "1"].map(String::from));
+        a
+    };
+    let (one, three) = (dir.join("one"), dir.join("three"));
+    let run = |ranks, out: &std::path::Path| {
+        let a = args(out);
+        mpirun(ranks, &a.iter().map(String::as_str).collect::<Vec<_>>()).ok()
+    };
+    run(1, &one);
+    run(3, &three);
+    // Files 0..5 over days 0..3: two files on days 0 and 2 (6 x d / 4 rounded up: 0, 2, 3, 5).
+    let days = ["2026-11-01", "2026-11-02", "2026-11-03", "2026-11-04"];
+    let of_day = [vec![0, 1], vec![2], vec![3, 4], vec![5]];
+    for (day, files) in days.iter().zip(&of_day) {
+        for f in files {
+            let name = format!("date={day}/part-{f:05}.parquet");
+            assert_eq!(
+                file_bytes(&one.join(&name)),
+                file_bytes(&three.join(&name)),
+                "{name}"
+            );
+        }
+    }
+    let model = dir.join("model");
+    mpirun(
+        2,
+        &default_train_args(s(&one), s(&model), &["--epochs", "3"]),
+    )
+    .ok();
+    let trained = load_model(&model);
+    assert_eq!(trained.meta.training.rows_read, 40000);
+    // The long tail: fewer users than the 3,000 drawn from visit in 40,000 events.
+    let users = trained.user_ids.len();
+    assert!(users < 3000, "{users}");
+    // Bad combinations are usage errors naming the flags.
+    let mut few = args(&dir.join("few"));
+    let at = few.iter().position(|a| a == "--files").unwrap();
+    few[at + 1] = "3".into();
+    let run = mpirun(2, &few.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains("--profile shop --days 4: give --files 4 or more"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
 fn help_teaches_with_examples_and_a_single_rank_runs_without_a_launcher() {
     let help = solo(&["train", "--help"]).ok();
     assert!(help.stdout.contains("Examples:") && help.stdout.contains("--event-weights"));

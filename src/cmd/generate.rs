@@ -14,7 +14,7 @@ use parquet::arrow::ArrowWriter;
 use parquet::basic::Compression;
 use parquet::file::properties::WriterProperties;
 
-use crate::cli::{GenerateArgs, OutFormat};
+use crate::cli::{GenerateArgs, OutFormat, Profile};
 use crate::collective::{Collective, CollectiveExt, Op};
 use crate::error::{Error, Result};
 use crate::rng::Rng;
@@ -48,6 +48,11 @@ pub fn run(comm: &dyn Collective, args: &GenerateArgs) -> Result<()> {
                     to_parquet(&events, args.row_group_size)?,
                 ),
                 OutFormat::Csv => (format!("part-{f:05}.csv"), to_csv(&events)),
+            };
+            // A shop's export: one folder per day.
+            let name = match args.profile {
+                Profile::Demo => name,
+                Profile::Shop => format!("date={}/{name}", &format_utc(day_span(args, f).0)[..10]),
             };
             out.blocking().put(&out.child_key(&name), bytes)
         });
@@ -163,8 +168,15 @@ impl World {
             latent,
             user_vecs: vectors(args.users, 1),
             item_vecs: vectors(args.items, 2),
-            user_cdf: power_law_cdf(args.users, 0.8, &mut Rng::new(args.seed, 3)),
-            item_cdf: power_law_cdf(args.items, 1.0, &mut Rng::new(args.seed, 4)),
+            // A shop's users: a long tail of one-visit users (each visit a draw).
+            user_cdf: match args.profile {
+                Profile::Demo => power_law_cdf(args.users, 0.8, &mut Rng::new(args.seed, 3)),
+                Profile::Shop => pareto_cdf(args.users, SHOP_ACTIVITY, &mut Rng::new(args.seed, 3)),
+            },
+            item_cdf: match args.profile {
+                Profile::Demo => power_law_cdf(args.items, 1.0, &mut Rng::new(args.seed, 4)),
+                Profile::Shop => power_law_cdf(args.items, 0.9, &mut Rng::new(args.seed, 4)),
+            },
         }
     }
 
@@ -178,6 +190,9 @@ impl World {
 
     /// The events of file `f` (of `args.files`), in time order.
     pub fn file_events(&self, args: &GenerateArgs, f: usize) -> Vec<Event> {
+        if args.profile == Profile::Shop {
+            return self.shop_events(args, f);
+        }
         let count = args.events / args.files + usize::from(f < args.events % args.files);
         let mut rng = Rng::new(args.seed, 1000 + f as u64);
         // File f covers its own stretch of the 30 days.
@@ -216,6 +231,54 @@ impl World {
 }
 
 impl World {
+    /// The shop profile's file `f`: visits until the file's share of the events, each a user
+    /// (drawn by activity) viewing a few items (a new one by popularity and taste, or the last
+    /// again), some views carted (by affinity: 1-2% of views) and bought (about half the
+    /// carts); visits start uniformly over the file's stretch of its day, events a few seconds
+    /// to two minutes apart.
+    fn shop_events(&self, args: &GenerateArgs, f: usize) -> Vec<Event> {
+        let count = args.events / args.files + usize::from(f < args.events % args.files);
+        let mut rng = Rng::new(args.seed, 1000 + f as u64);
+        let (start, span) = day_span(args, f);
+        let mut events = Vec::with_capacity(count + 16);
+        while events.len() < count {
+            let user = sample(&self.user_cdf, &mut rng);
+            let mut t = start + rng.below(span.max(1) as usize) as i64;
+            let mut item = self.viewed_item(user, args.taste, &mut rng);
+            // Views per visit: 1 + a geometric count, mean 4.
+            loop {
+                let mut push = |kind, micros| {
+                    events.push(Event {
+                        user,
+                        item,
+                        kind,
+                        micros,
+                    })
+                };
+                push(EventKind::View, t);
+                let a = self.affinity(user, item) as f64;
+                if rng.next_f64() < sigmoid(-6.5 + 2.0 * a) {
+                    push(EventKind::AddToCart, t + 20_000_000);
+                    if rng.next_f64() < 0.02 {
+                        push(EventKind::RemoveFromCart, t + 40_000_000);
+                    } else if rng.next_f64() < sigmoid(-1.5 + 1.5 * a) {
+                        push(EventKind::Purchase, t + 60_000_000);
+                    }
+                }
+                if rng.next_f64() < 0.25 {
+                    break;
+                }
+                t += 5_000_000 + rng.below(115_000_000) as i64;
+                if rng.next_f64() >= 0.3 {
+                    item = self.viewed_item(user, args.taste, &mut rng);
+                }
+            }
+        }
+        events.truncate(count);
+        events.sort_by_key(|e| e.micros);
+        events
+    }
+
     /// The item of a view: drawn by popularity; with probability `taste` the draw is repeated
     /// until the user keeps it, which they do with probability sigmoid(4 affinity - 3) (5% at
     /// affinity 0, 73% at 1, 99% at 2; at most 64 draws). With `taste` 0 no number is drawn
@@ -234,6 +297,21 @@ impl World {
     }
 }
 
+/// The shop profile: file `f`'s stretch of time (start, length in microseconds). File f holds
+/// day `f x days / files`; the files of one day split it in equal stretches.
+fn day_span(args: &GenerateArgs, f: usize) -> (i64, i64) {
+    const DAY: i64 = 24 * 3600 * 1_000_000;
+    let day = f * args.days() / args.files;
+    // The first file of day d: the smallest f with f x days >= d x files.
+    let first = |d: usize| (d * args.files).div_ceil(args.days());
+    let (from, to) = (first(day), first(day + 1));
+    let share = DAY / (to - from).max(1) as i64;
+    (
+        START_MICROS + day as i64 * DAY + (f - from) as i64 * share,
+        share,
+    )
+}
+
 fn sigmoid(x: f64) -> f64 {
     1.0 / (1.0 + (-x).exp())
 }
@@ -249,6 +327,26 @@ fn power_law_cdf(n: usize, s: f64, rng: &mut Rng) -> Vec<f64> {
         acc += 1.0 / ((r + 1) as f64).powf(s);
         cdf.push(acc);
     }
+    for c in &mut cdf {
+        *c /= acc;
+    }
+    cdf
+}
+
+/// The shop profile's user activity: each user's rate of visits Pareto-distributed with this
+/// tail index (a long tail of one-visit users, a few users with hundreds of visits, none with a
+/// tenth of the shop's traffic as a Zipf law over ranks gives its first user).
+const SHOP_ACTIVITY: f64 = 1.6;
+
+/// Cumulative weights of n entities whose weights are Pareto(`alpha`) draws.
+fn pareto_cdf(n: usize, alpha: f64, rng: &mut Rng) -> Vec<f64> {
+    let mut acc = 0.0;
+    let mut cdf: Vec<f64> = (0..n)
+        .map(|_| {
+            acc += (1.0 - rng.next_f64()).powf(-1.0 / alpha);
+            acc
+        })
+        .collect();
     for c in &mut cdf {
         *c /= acc;
     }
@@ -356,6 +454,8 @@ mod tests {
             seed: 7,
             format: OutFormat::Parquet,
             overwrite: false,
+            profile: Profile::Demo,
+            days: None,
         }
     }
 
@@ -441,6 +541,55 @@ mod tests {
         assert!(none.abs() < 0.1, "{none}");
         assert!(half > none + 0.2 && all > half + 0.2, "{none} {half} {all}");
         assert!(none_top > 0.4 && all_top > 0.4, "{none_top} {all_top}");
+    }
+
+    #[test]
+    fn shop_visits_fill_each_files_stretch_of_its_day_in_time_order() {
+        let a = GenerateArgs {
+            profile: Profile::Shop,
+            days: Some(2),
+            files: 3,
+            events: 30_000,
+            taste: 1.0,
+            ..args()
+        };
+        let w = World::new(&a);
+        let all: Vec<Vec<Event>> = (0..3).map(|f| w.file_events(&a, f)).collect();
+        assert_eq!(all.iter().map(Vec::len).sum::<usize>(), a.events);
+        assert_eq!(all[1], World::new(&a).file_events(&a, 1), "deterministic");
+        // Files 0 and 1 split day 0 in halves; file 2 is day 1 (3 x d / 2 rounded up: 0, 2).
+        let day = 24 * 3600 * 1_000_000i64;
+        assert_eq!(day_span(&a, 0), (START_MICROS, day / 2));
+        assert_eq!(day_span(&a, 1), (START_MICROS + day / 2, day / 2));
+        assert_eq!(day_span(&a, 2), (START_MICROS + day, day));
+        for (f, events) in all.iter().enumerate() {
+            assert!(
+                events.windows(2).all(|p| p[0].micros <= p[1].micros),
+                "file {f}"
+            );
+            let (start, span) = day_span(&a, f);
+            // A visit starts within the stretch; its later events may run a little past it.
+            assert!(events
+                .iter()
+                .all(|e| e.micros >= start && e.micros < start + span + 3_600_000_000));
+        }
+        let events: Vec<&Event> = all.iter().flatten().collect();
+        let views = events.iter().filter(|e| e.kind == EventKind::View).count();
+        let share = views as f64 / events.len() as f64;
+        assert!(
+            (0.9..0.99).contains(&share),
+            "views are {share} of the events"
+        );
+        // A long tail of users: most users drawn have few events, a few have many.
+        let mut per_user = std::collections::HashMap::new();
+        for e in &events {
+            *per_user.entry(e.user).or_insert(0usize) += 1;
+        }
+        let mut counts: Vec<usize> = per_user.into_values().collect();
+        counts.sort_unstable();
+        let (tenth, median) = (counts[counts.len() / 10], counts[counts.len() / 2]);
+        let most = *counts.last().unwrap();
+        assert!(2 * tenth < median && most > 10 * median, "{counts:?}");
     }
 
     #[test]
