@@ -114,19 +114,7 @@ fn a_rank_killed_on_the_second_host_ends_every_rank_and_resume_finishes_the_job(
         before,
         "the previous model changed"
     );
-    let resume = [&job[..], &["--resume"]].concat();
-    let run = hosts.mpirun(4, &resume, &[]).ok();
-    assert!(
-        run.stderr.contains("resuming after epoch"),
-        "{}",
-        run.stderr
-    );
-    let whole = dir.join("whole");
-    hosts.mpirun(4, &long_job(s(&data), s(&whole)), &[]).ok();
-    assert!(
-        same_model_files(&model, &whole),
-        "the resumed model differs from the whole run's"
-    );
+    resume_ends_as_the_whole_run(&hosts, &dir, &data, &model);
 }
 
 #[test]
@@ -134,17 +122,14 @@ fn a_host_cut_off_mid_epoch_ends_the_job_by_itself_and_resume_finishes_it() {
     let Some(hosts) = Hosts::up("cut", 2, 2) else {
         return;
     };
-    let (dir, data) = generated("hosts-cut", 600, 200, 20000, 4);
-    let model = dir.join("model");
-    let job = long_job(s(&data), s(&model));
-    let watched = [&job[..], &["--stall-timeout", "10"]].concat();
-    let mut run = Streaming::spawn(hosts.command(4, &watched, &[]));
-    run.wait_for("checkpoint after epoch 3 saved");
+    let (dir, data, model, mut run) = watched_job(&hosts, "hosts-cut", 3);
     let cut = Instant::now();
     hosts.cut(2);
     // Rank 0 names the host at the stall timeout; mpirun ends the job when its keepalive
-    // notices the host (30 s in the tests' settings).
-    let status = run.wait_exit(Duration::from_secs(90));
+    // notices the host (30 s in the tests' settings; about 27 s after the cut when measured).
+    // One run of about ten was still going 90 s after the cut: the bound is the issue's
+    // "within minutes", and the log below says where a run that misses it stood.
+    let status = run.wait_exit(Duration::from_secs(120));
     let ended = cut.elapsed();
     assert!(
         !status.success(),
@@ -181,19 +166,7 @@ fn a_host_cut_off_mid_epoch_ends_the_job_by_itself_and_resume_finishes_it() {
         cut.elapsed()
     );
     hosts.mend(2);
-    let resume = [&job[..], &["--resume"]].concat();
-    let run = hosts.mpirun(4, &resume, &[]).ok();
-    assert!(
-        run.stderr.contains("resuming after epoch"),
-        "{}",
-        run.stderr
-    );
-    let whole = dir.join("whole");
-    one_host_passed(4, &long_job(s(&data), s(&whole))).ok();
-    assert!(
-        same_model_files(&model, &whole),
-        "the resumed model differs from the whole run's"
-    );
+    resume_ends_as_the_whole_run(&hosts, &dir, &data, &model);
 }
 
 #[test]
@@ -201,12 +174,7 @@ fn a_frozen_rank_ends_the_job_at_the_stall_timeout_naming_it() {
     let Some(hosts) = Hosts::up("frozen", 2, 2) else {
         return;
     };
-    let (dir, data) = generated("hosts-frozen", 600, 200, 20000, 4);
-    let model = dir.join("model");
-    let job = long_job(s(&data), s(&model));
-    let watched = [&job[..], &["--stall-timeout", "10"]].concat();
-    let mut run = Streaming::spawn(hosts.command(4, &watched, &[]));
-    run.wait_for("checkpoint after epoch 2 saved");
+    let (_, _, model, mut run) = watched_job(&hosts, "hosts-frozen", 2);
     // Rank 1 shares rank 0's host: stopped, it is a frozen process mpirun cannot see.
     let frozen = rank_pid(&hosts, 1, 1);
     let stopped = Instant::now();
@@ -255,15 +223,6 @@ fn ratings(dir: &Path, users: u64) -> (std::path::PathBuf, std::path::PathBuf) {
     std::fs::write(&known_csv, known).unwrap();
     (all_csv, known_csv)
 }
-
-const COLUMNS: [&str; 6] = [
-    "--rating-col",
-    "rating",
-    "--user-col",
-    "user",
-    "--item-col",
-    "item",
-];
 
 #[test]
 fn recommend_across_hosts_writes_the_parts_one_host_writes() {
@@ -464,6 +423,45 @@ fn http_get(address: &str, path: &str) -> String {
         }
         return answer;
     }
+}
+
+/// `--resume` of `long_job` on the hosts ends with the model of the job run whole (on one host,
+/// the rows passed: the same bits).
+fn resume_ends_as_the_whole_run(hosts: &Hosts, dir: &Path, data: &Path, model: &Path) {
+    let resume = [&long_job(s(data), s(model))[..], &["--resume"]].concat();
+    let run = hosts.mpirun(4, &resume, &[]).ok();
+    assert!(
+        run.stderr.contains("resuming after epoch"),
+        "{}",
+        run.stderr
+    );
+    let whole = dir.join("whole");
+    one_host_passed(4, &long_job(s(data), s(&whole))).ok();
+    assert!(
+        same_model_files(model, &whole),
+        "the resumed model differs from the whole run's"
+    );
+}
+
+/// `long_job` on 2 hosts x 2 ranks with a stall timeout of 10 s, once it has checkpointed
+/// `epoch` epochs: (folder, data, model, the running mpirun).
+fn watched_job(
+    hosts: &Hosts,
+    test: &str,
+    epoch: usize,
+) -> (
+    std::path::PathBuf,
+    std::path::PathBuf,
+    std::path::PathBuf,
+    Streaming,
+) {
+    let (dir, data) = generated(test, 600, 200, 20000, 4);
+    let model = dir.join("model");
+    let job = long_job(s(&data), s(&model));
+    let watched = [&job[..], &["--stall-timeout", "10"]].concat();
+    let mut run = Streaming::spawn(hosts.command(4, &watched, &[]));
+    run.wait_for(&format!("checkpoint after epoch {epoch} saved"));
+    (dir, data, model, run)
 }
 
 /// The funksvd processes running on host `host`.

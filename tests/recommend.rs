@@ -28,15 +28,6 @@ fn ratings_csv(path: &Path, users: u64, items: u64, per_user: u64) -> BTreeSet<(
     pairs
 }
 
-const COLUMNS: [&str; 6] = [
-    "--rating-col",
-    "rating",
-    "--user-col",
-    "user",
-    "--item-col",
-    "item",
-];
-
 /// A folder with ratings.csv and a model trained on it: (folder, csv, model, pairs).
 fn trained(name: &str) -> (PathBuf, PathBuf, PathBuf, BTreeSet<(u64, u64)>) {
     let dir = temp_dir(name);

@@ -148,6 +148,16 @@ pub fn default_train_args<'a>(data: &'a str, model: &'a str, extra: &[&'a str]) 
     args
 }
 
+/// The flags of a ratings CSV with columns user, item, rating (the tests' own CSVs).
+pub const COLUMNS: [&str; 6] = [
+    "--rating-col",
+    "rating",
+    "--user-col",
+    "user",
+    "--item-col",
+    "item",
+];
+
 /// `train` on MovieLens' ratings.csv (explicit ratings, its column names).
 pub fn ml_args<'a>(data: &'a str, model: &'a str) -> Vec<&'a str> {
     train_args(
