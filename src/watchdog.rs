@@ -248,7 +248,7 @@ impl Ending {
             true => String::new(),
             false => format!(
                 "; the launcher ends the job when it notices the host (mpirun: oob_tcp_keepalive_*, {:.0} s), else this rank in {:.0} s",
-                grace.saturating_sub(GRACE_MARGIN).as_secs_f64(),
+                grace.saturating_sub(GRACE_MARGIN).as_secs_f64() / 2.0,
                 grace.as_secs_f64()
             ),
         };
@@ -280,10 +280,11 @@ impl Ending {
 /// Beyond the launcher's own time to notice a silent host, before a rank ends itself.
 const GRACE_MARGIN: Duration = Duration::from_secs(10);
 
-/// How long mpirun (Open MPI's, which sets `OMPI_MCA_orte_hnp_uri` in its ranks) takes at most
-/// to notice a host that stopped answering: TCP keepalive on its connection to the host's
-/// daemon, `oob_tcp_keepalive_time + intvl x probes` (Open MPI's defaults: 300 + 20 x 9), plus
-/// a margin. Other launchers (srun): none known, zero.
+/// How long a rank leaves mpirun (Open MPI's, which sets `OMPI_MCA_orte_hnp_uri` in its ranks)
+/// to notice a host that stopped answering: twice its TCP keepalive on the connection to the
+/// host's daemon, `oob_tcp_keepalive_time + intvl x probes` (Open MPI's defaults: 300 + 20 x 9),
+/// plus a margin; measured, mpirun noticed at about the keepalive, and a rank that ends first
+/// leaves it waiting on TCP's retransmissions instead. Other launchers (srun): zero.
 fn launcher_grace() -> Duration {
     launcher_grace_from(|name| std::env::var(name).ok())
 }
@@ -304,8 +305,8 @@ fn launcher_grace_from(env: impl Fn(&str) -> Option<String>) -> Duration {
         // Keepalive off: mpirun never notices; nothing to wait for.
         return Duration::ZERO;
     }
-    let seconds = time + param("intvl", 20.0) * param("probes", 9.0);
-    Duration::from_secs_f64(seconds.min(86_400.0)) + GRACE_MARGIN
+    let keepalive = time + param("intvl", 20.0) * param("probes", 9.0);
+    Duration::from_secs_f64((2.0 * keepalive).min(86_400.0)) + GRACE_MARGIN
 }
 
 fn unreachable_warning(watch: &Watch, rank: usize) {
@@ -431,7 +432,7 @@ mod tests {
         let mpirun: &[(&str, &str)] = &[("OMPI_MCA_orte_hnp_uri", "1.0;tcp://x")];
         assert_eq!(
             launcher_grace_from(env(mpirun)),
-            Duration::from_secs(480) + GRACE_MARGIN
+            Duration::from_secs(960) + GRACE_MARGIN
         );
         let tuned: &[(&str, &str)] = &[
             ("OMPI_MCA_orte_hnp_uri", "1.0;tcp://x"),
@@ -441,7 +442,7 @@ mod tests {
         ];
         assert_eq!(
             launcher_grace_from(env(tuned)),
-            Duration::from_secs(30) + GRACE_MARGIN
+            Duration::from_secs(60) + GRACE_MARGIN
         );
         let off: &[(&str, &str)] = &[
             ("OMPI_MCA_orte_hnp_uri", "1.0;tcp://x"),

@@ -151,7 +151,7 @@ fn a_host_cut_off_mid_epoch_ends_the_job_by_itself_and_resume_finishes_it() {
         "ranks left on the first host"
     );
     // The cut host's ranks end by themselves: they stop hearing rank 0 at the stall timeout
-    // and leave their launcher its keepalive's time (40 s) to end them.
+    // and leave their launcher twice its keepalive's time (70 s) to end them.
     let deadline = Instant::now() + Duration::from_secs(90);
     while !funksvd_pids(&hosts, 2).is_empty() {
         assert!(
