@@ -205,7 +205,7 @@ impl World {
             let user = sample(&self.user_cdf, &mut rng);
             let item = self.viewed_item(user, args.taste, &mut rng);
             t += 1 + rng.below(2 * step as usize) as i64;
-            let mut push = |kind, t| {
+            let push = |kind, t| {
                 if events.len() < count {
                     events.push(Event {
                         user,
@@ -215,16 +215,8 @@ impl World {
                     });
                 }
             };
-            push(EventKind::View, t);
             let a = self.affinity(user, item) as f64;
-            if rng.next_f64() < sigmoid(-1.5 + 2.5 * a) {
-                push(EventKind::AddToCart, t + 20_000_000);
-                if rng.next_f64() < 0.02 {
-                    push(EventKind::RemoveFromCart, t + 40_000_000);
-                } else if rng.next_f64() < sigmoid(-0.5 + 2.5 * a) {
-                    push(EventKind::Purchase, t + 60_000_000);
-                }
-            }
+            funnel(&mut rng, t, a, DEMO_FUNNEL, push);
         }
         events
     }
@@ -247,7 +239,7 @@ impl World {
             let mut item = self.viewed_item(user, args.taste, &mut rng);
             // Views per visit: 1 + a geometric count, mean 4.
             loop {
-                let mut push = |kind, micros| {
+                let push = |kind, micros| {
                     events.push(Event {
                         user,
                         item,
@@ -255,16 +247,8 @@ impl World {
                         micros,
                     })
                 };
-                push(EventKind::View, t);
                 let a = self.affinity(user, item) as f64;
-                if rng.next_f64() < sigmoid(-6.5 + 2.0 * a) {
-                    push(EventKind::AddToCart, t + 20_000_000);
-                    if rng.next_f64() < 0.02 {
-                        push(EventKind::RemoveFromCart, t + 40_000_000);
-                    } else if rng.next_f64() < sigmoid(-1.5 + 1.5 * a) {
-                        push(EventKind::Purchase, t + 60_000_000);
-                    }
-                }
+                funnel(&mut rng, t, a, SHOP_FUNNEL, push);
                 if rng.next_f64() < 0.25 {
                     break;
                 }
@@ -310,6 +294,37 @@ fn day_span(args: &GenerateArgs, f: usize) -> (i64, i64) {
         START_MICROS + day as i64 * DAY + (f - from) as i64 * share,
         share,
     )
+}
+
+/// A funnel's odds as (intercept, slope) in the affinity a: a view carted with probability
+/// sigmoid(cart.0 + cart.1 a); a cart then removed (2%) or bought, sigmoid(buy.0 + buy.1 a).
+struct Funnel {
+    cart: (f64, f64),
+    buy: (f64, f64),
+}
+
+/// The demo's: carts and purchases about half the events.
+const DEMO_FUNNEL: Funnel = Funnel {
+    cart: (-1.5, 2.5),
+    buy: (-0.5, 2.5),
+};
+/// A shop's: 1-2% of views carted, about half the carts bought.
+const SHOP_FUNNEL: Funnel = Funnel {
+    cart: (-6.5, 2.0),
+    buy: (-1.5, 1.5),
+};
+
+/// A view at `t` of an item of affinity `a`, and what follows it by `odds`, given to `push`.
+fn funnel(rng: &mut Rng, t: i64, a: f64, odds: Funnel, mut push: impl FnMut(EventKind, i64)) {
+    push(EventKind::View, t);
+    if rng.next_f64() < sigmoid(odds.cart.0 + odds.cart.1 * a) {
+        push(EventKind::AddToCart, t + 20_000_000);
+        if rng.next_f64() < 0.02 {
+            push(EventKind::RemoveFromCart, t + 40_000_000);
+        } else if rng.next_f64() < sigmoid(odds.buy.0 + odds.buy.1 * a) {
+            push(EventKind::Purchase, t + 60_000_000);
+        }
+    }
 }
 
 fn sigmoid(x: f64) -> f64 {
