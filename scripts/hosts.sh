@@ -4,10 +4,11 @@
 # 198.18.0.0/24 (the range set aside for network benchmarks, never a real network) on a veth
 # pair to a bridge here (198.18.0.254, which is how a host reaches this machine's services,
 # such as the tests' S3 server). mpirun reaches the hosts as the MPI Operator's launcher reaches
-# its worker pods: through an rsh agent (scripts/hosts-rsh) with a hostfile naming them.
+# its worker pods: through an rsh agent (scripts/hosts-rsh) with a hostfile naming them, from a
+# host of its own (the launcher pod: NAME0, at 198.18.0.253).
 #   scripts/hosts.sh up N [NAME] [FIRST]  make hosts NAME1..NAME<N> (NAME default fsvd), host i
-#                                         at 198.18.0.<FIRST+i-1> (FIRST default 1); prints
-#                                         the hostfile's lines
+#                                         at 198.18.0.<FIRST+i-1> (FIRST default 1), and the
+#                                         launcher NAME0; prints the hostfile's lines
 #   scripts/hosts.sh down [NAME]          remove them, and every process left in them
 #   scripts/hosts.sh run HOST CMD...      run CMD on HOST
 #   scripts/hosts.sh cut HOST             set HOST's link down (a partitioned node: its
@@ -45,20 +46,31 @@ up() {
     ip link set "$br" up
   fi
   for ((i = 1; i <= n; i++)); do
-    local host=$name$i addr=198.18.0.$((first + i - 1))
-    if ! ip netns list | grep -qx "$host\( .*\)\?"; then
-      ip netns add "$host"
-      ip link add "${host}v" type veth peer name eth0 netns "$host"
-      ip link set "${host}v" master "$br" up
-      ip -n "$host" addr add "$addr/24" dev eth0
-      ip -n "$host" link set eth0 up
-      ip -n "$host" link set lo up
-      touch "$state/$host.uts"
-      unshare --uts="$state/$host.uts" hostname "$host"
-      echo "$addr" >"$state/$host.addr"
-    fi
-    echo "$host slots=${SLOTS:-1}"
+    host "$name$i" "198.18.0.$((first + i - 1))" "$br"
+    echo "$name$i slots=${SLOTS:-1}"
   done
+  host "${name}0" 198.18.0.253 "$br"
+  # The launcher gives up on a host whose link is gone after 7 retransmissions (about 50 s):
+  # mpirun notices a lost host by keepalive, which only runs on an idle connection; a message
+  # in flight to the host when it was cut is retransmitted instead, for about 15 minutes by
+  # Linux's default (net.ipv4.tcp_retries2 = 15), and mpirun waits that long to end the job.
+  # A setting of each network namespace: a Kubernetes pod's sysctl (see k8s/README.md).
+  ip netns exec "${name}0" sysctl -qw net.ipv4.tcp_retries2=7
+}
+
+# Host $1 at address $2 on bridge $3, unless it is up already.
+host() {
+  local host=$1 addr=$2 br=$3
+  ip netns list | grep -qx "$host\( .*\)\?" && return 0
+  ip netns add "$host"
+  ip link add "${host}v" type veth peer name eth0 netns "$host"
+  ip link set "${host}v" master "$br" up
+  ip -n "$host" addr add "$addr/24" dev eth0
+  ip -n "$host" link set eth0 up
+  ip -n "$host" link set lo up
+  touch "$state/$host.uts"
+  unshare --uts="$state/$host.uts" hostname "$host"
+  echo "$addr" >"$state/$host.addr"
 }
 
 down() {
@@ -83,12 +95,33 @@ run() {
   exec nsenter --net="/run/netns/$host" --uts="$state/$host.uts" -- "$@"
 }
 
+# The link up again, and back in use before this returns: the neighbour entries that failed
+# while it was down are forgotten on both sides (a connection made at once would otherwise be
+# refused as unreachable, as mpirun's daemon was once right after a mend), and the host has
+# resolved this machine's address again.
+mend() {
+  local host=$1 addr
+  addr=$(cat "$state/$host.addr")
+  ip link set "${host}v" up
+  ip -n "$host" neigh flush dev eth0 2>/dev/null || true
+  ip neigh flush to "$addr" 2>/dev/null || true
+  for _ in $(seq 100); do
+    ip netns exec "$host" bash -c 'echo > /dev/udp/198.18.0.254/9' 2>/dev/null || true
+    if ip -n "$host" neigh show 198.18.0.254 dev eth0 | grep -qE 'REACHABLE|STALE|DELAY'; then
+      return 0
+    fi
+    sleep 0.1
+  done
+  echo "hosts.sh: $host does not reach 198.18.0.254 10 s after its link came up" >&2
+  exit 1
+}
+
 case "$cmd" in
   up) up "$@" ;;
   down) down "$@" ;;
   run) run "$@" ;;
   cut) ip link set "${1}v" down ;;
-  mend) ip link set "${1}v" up ;;
+  mend) mend "$1" ;;
   slow)
     host=$1 rate=$2 delay=${3:-}
     # Each direction (the veth's two ends): tbf's rate, behind netem's delay when the kernel

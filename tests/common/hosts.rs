@@ -1,6 +1,7 @@
 //! Several hosts on this machine, as the tests' fixture (issue 32): network namespaces made by
 //! `scripts/hosts.sh`, each with its own hostname and an address in 198.18.0.0/24, reached by
-//! mpirun through an rsh agent (`scripts/hosts-rsh`) with a hostfile, TCP between the hosts.
+//! mpirun through an rsh agent (`scripts/hosts-rsh`) with a hostfile from a launcher host of its
+//! own (`fsvdt0`, as an MPIJob's launcher pod), TCP between the hosts.
 //! Root only: elsewhere the tests skip with a message; in CI (root) they must run. The hosts
 //! tests of a harness run one at a time (one set of hosts, and the machine's two cores).
 
@@ -90,8 +91,10 @@ impl Hosts {
         args: &[&str],
         env: &[(&str, &str)],
     ) -> Command {
-        let mut cmd = Command::new("mpirun");
-        cmd.args(mpirun)
+        // mpirun runs on the launcher's host, as in an MPIJob (scripts/hosts.sh).
+        let mut cmd = Command::new(script("hosts.sh"));
+        cmd.args(["run", &format!("{NAME}0"), "mpirun"])
+            .args(mpirun)
             .args(["-n", &ranks.to_string(), "--hostfile"])
             .arg(&self.hostfile)
             .arg("--mca")

@@ -423,6 +423,16 @@ pub struct Streaming {
     pub log: String,
 }
 
+/// A test that fails while mpirun runs leaves no job behind.
+impl Drop for Streaming {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 impl Streaming {
     pub fn start(ranks: usize, args: &[&str], env: &[(&'static str, String)]) -> Streaming {
         let pairs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
@@ -495,11 +505,13 @@ impl Streaming {
             if let Some(status) = self.child.try_wait().expect("wait") {
                 break status;
             }
-            assert!(
-                started.elapsed() < within,
-                "mpirun still running after {within:?}:\n{}",
-                self.log
-            );
+            if started.elapsed() >= within {
+                while let Ok(line) = self.lines.try_recv() {
+                    self.log.push_str(&line);
+                    self.log.push('\n');
+                }
+                panic!("mpirun still running after {within:?}:\n{}", self.log);
+            }
             std::thread::sleep(Duration::from_millis(50));
         };
         while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(2)) {
