@@ -139,8 +139,9 @@ impl Location {
         let prefix = Path::from_absolute_path(&abs)
             .map_err(|e| Error::usage(format!("{flag} {url}: {e}")))?;
         Ok(Location {
-            // Deleting the last file of a folder removes the folder, as on S3.
-            store: Arc::new(LocalFileSystem::new().with_automatic_cleanup(true)),
+            // Deleting the last file of a folder removes the folder, as on S3, but only below
+            // the location (`tidy_folders`): never the location's folder or one above it.
+            store: Arc::new(LocalFileSystem::new()),
             prefix,
             url: url.to_string(),
             display_root: "/".into(),
@@ -446,7 +447,10 @@ impl Location {
             .await
             .map_err(refused)?;
         match self.store.delete(&path).await {
-            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => {
+                self.tidy_folders(&key);
+                Ok(())
+            }
             Err(e) => Err(refused(e)),
         }
     }
@@ -454,8 +458,27 @@ impl Location {
     /// Delete object `key` (no error if it is not there).
     pub async fn delete(&self, key: &str) -> Result<()> {
         match self.store.delete(&Path::from(key)).await {
-            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => {
+                self.tidy_folders(key);
+                Ok(())
+            }
             Err(e) => Err(self.storage_error_key("delete", key, e)),
+        }
+    }
+
+    /// On disk, after object `key` was deleted: its folders that are now empty, up to but not
+    /// including this location's own folder (a folder is no object: on S3 it goes with its last
+    /// object). Never above the location: a user's empty working folder is not ours to remove.
+    fn tidy_folders(&self, key: &str) {
+        if self.is_s3() {
+            return;
+        }
+        let top = std::path::PathBuf::from(format!("/{}", self.prefix));
+        let mut folder = std::path::PathBuf::from(format!("/{key}"));
+        while folder.pop() && folder.starts_with(&top) && folder != top {
+            if std::fs::remove_dir(&folder).is_err() {
+                break;
+            }
         }
     }
 
@@ -939,6 +962,25 @@ fn s3_location(url: &str, rest: &str, flag: &str) -> Result<Location> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn deleting_the_last_file_empties_folders_below_the_location_never_the_location_or_above() {
+        let work = std::env::temp_dir().join(format!("funksvd-tidy-{}", std::process::id()));
+        let model = work.join("empty-parent/model");
+        let loc = Location::parse(model.to_str().unwrap(), "--model").unwrap();
+        let key = loc.child_key("_versions/v1/users/part-00000.parquet");
+        block_on(loc.put(&key, Bytes::from_static(b"x"))).unwrap();
+        block_on(loc.delete(&key)).unwrap();
+        assert!(
+            !model.join("_versions").exists(),
+            "the empty folders below go"
+        );
+        assert!(model.is_dir(), "the location's own folder stays");
+        // The probe of a first model, in a user's empty working folder: that folder stays.
+        block_on(loc.probe_write("_versions/.probe", "--model")).unwrap();
+        assert!(model.is_dir() && work.join("empty-parent").is_dir());
+        std::fs::remove_dir_all(&work).unwrap();
+    }
 
     #[test]
     fn an_object_written_as_a_stream_appears_whole_or_not_at_all() {
