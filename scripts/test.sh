@@ -14,10 +14,11 @@ if ! command -v s3s-fs >/dev/null 2>&1; then
   cargo install s3s-fs@0.14.1 --locked --features binary --quiet
 fi
 
-# The Kubernetes manifest tests validate offline with PyYAML and jsonschema.
-if ! target/venv/bin/python -c "import yaml, jsonschema" 2>/dev/null; then
+# The Kubernetes manifest tests validate offline with PyYAML and jsonschema; the model tests
+# read a users table written in parts with pandas (pyarrow), as a user would.
+if ! target/venv/bin/python -c "import yaml, jsonschema, pandas, pyarrow" 2>/dev/null; then
   python3 -m venv target/venv
-  target/venv/bin/pip install --quiet pyyaml jsonschema
+  target/venv/bin/pip install --quiet pyyaml jsonschema pandas pyarrow
 fi
 
 cargo fmt --check

@@ -7,8 +7,8 @@ use bytes::Bytes;
 
 use crate::error::{Error, Result};
 use crate::mf::checkpoint::{self, CheckpointMeta, CHECKPOINTS_DIR};
-use crate::mf::meta::{ModelMeta, ITEMS_FILE, MODEL_JSON, USERS_FILE};
-use crate::mf::tables::Tables;
+use crate::mf::meta::{ModelMeta, TablePart, ITEMS_FILE, MODEL_JSON, USERS_FILE};
+use crate::mf::tables::{parquet_to_rows, RowsTable};
 use crate::mf::Model;
 use crate::store::{block_on, Location, Tag};
 
@@ -18,6 +18,27 @@ pub const VERSIONS_DIR: &str = "_versions";
 pub const TRAINING_SVG: &str = "training.svg";
 /// Complete checkpoints kept: the newest and the one before it.
 const CHECKPOINTS_KEPT: usize = 2;
+
+/// The users' table as a job hands it to `publish`.
+pub enum UsersTable {
+    /// Encoded whole, by the rank that publishes.
+    Whole(Bytes),
+    /// Already written by the ranks, in parts, into the version folder `version` (each at
+    /// `user_part_file(version, rank)`), in id order.
+    Parts {
+        version: String,
+        parts: Vec<TablePart>,
+    },
+}
+
+/// Where rank `rank` writes its part of a users table written in parts, relative to the model
+/// prefix: `_versions/<version>/users/part-00000.parquet`.
+pub fn user_part_file(version: &str, rank: usize) -> String {
+    format!("{VERSIONS_DIR}/{version}/{USERS_DIR}/part-{rank:05}.parquet")
+}
+
+/// The folder of a users table written in parts, in its version folder.
+const USERS_DIR: &str = "users";
 
 /// What a job found at its model location when it started: the `model.json` (by its tag) its
 /// publication will replace, and the version folder that model lives in.
@@ -49,12 +70,13 @@ pub fn prepare_publish(loc: &Location, flag: &str) -> Result<Found> {
 /// previous model readable, and two jobs publishing to one location never leave a mix (S3 has
 /// no rename, so one conditional PUT is the switch):
 ///
-/// 1. the tables go to a new version folder `_versions/<id>/` (nothing is overwritten);
+/// 1. the tables go to a new version folder `_versions/<id>/` (nothing is overwritten; a users
+///    table in parts is there already);
 /// 2. `model.json`, naming that folder's files in `files`, replaces the one `found` saw, in one
 ///    PUT that only succeeds if `model.json` is still that one: if another job published since
 ///    this one started, this publication is refused (and its folder deleted);
 /// 3. the top-level `users.parquet` and `items.parquet` are refreshed as copies of the version
-///    `model.json` names (see `refresh_copies`);
+///    `model.json` names (see `refresh_copies`; a users table in parts has no top-level copy);
 /// 4. the other version folders go, except the one `found` saw (a reader may have just read
 ///    the old model.json), the one `model.json` names now, and newer ones (another job may be
 ///    writing one).
@@ -64,13 +86,23 @@ pub fn publish(
     loc: &Location,
     found: &Found,
     meta: &mut ModelMeta,
-    tables: Tables,
+    (users, items): (UsersTable, Bytes),
     finish: impl FnOnce(&mut ModelMeta),
 ) -> Result<()> {
     let io = loc.blocking();
-    let version = new_version_id();
-    let written = write_version(loc, &version, &tables).and_then(|()| {
-        meta.files = [("users", USERS_FILE), ("items", ITEMS_FILE)]
+    let (version, whole_users) = match users {
+        UsersTable::Whole(bytes) => (new_version_id(), Some(bytes)),
+        UsersTable::Parts { version, parts } => {
+            meta.user_parts = parts;
+            (version, None)
+        }
+    };
+    let written = write_version(loc, &version, whole_users.as_ref(), &items).and_then(|()| {
+        let users = match whole_users {
+            Some(_) => USERS_FILE.to_string(),
+            None => format!("{USERS_DIR}/"),
+        };
+        meta.files = [("users", users.as_str()), ("items", ITEMS_FILE)]
             .into_iter()
             .map(|(k, file)| (k.to_string(), format!("{VERSIONS_DIR}/{version}/{file}")))
             .collect();
@@ -98,7 +130,7 @@ pub fn publish(
     }
     // Published. What follows only tidies up; a failure here is reported, the model stands.
     crate::fault::point("publish-copies", 0)?;
-    let current = refresh_copies(loc, meta, &tables)?;
+    let current = refresh_copies(loc, meta, (whole_users.as_ref(), &items))?;
     let keep = [
         Some(version.as_str()),
         found.version.as_deref(),
@@ -115,13 +147,26 @@ pub fn publish(
     Ok(())
 }
 
-/// Step 1 of `publish`.
-fn write_version(loc: &Location, version: &str, tables: &Tables) -> Result<()> {
+/// Step 1 of `publish` (the users' table, if it is not in parts already).
+fn write_version(
+    loc: &Location,
+    version: &str,
+    users: Option<&Bytes>,
+    items: &Bytes,
+) -> Result<()> {
     let io = loc.blocking();
     let key = |file: &str| loc.child_key(&format!("{VERSIONS_DIR}/{version}/{file}"));
-    io.put(&key(USERS_FILE), tables.users.clone())?;
+    if let Some(users) = users {
+        io.put(&key(USERS_FILE), users.clone())?;
+    }
     crate::fault::point("publish-tables", 0)?;
-    io.put(&key(ITEMS_FILE), tables.items.clone())
+    io.put(&key(ITEMS_FILE), items.clone())
+}
+
+/// A version folder whose users' parts were written but that will not be published (a rank
+/// failed): deleted (rank 0, once every rank is done writing).
+pub fn abandon_version(loc: &Location, version: &str) {
+    delete_version(loc, version)
 }
 
 /// A refused or failed publication's folder, deleted as far as storage lets us (the next
@@ -141,26 +186,40 @@ fn delete_version(loc: &Location, version: &str) {
 /// again. The last copy of each table is then made by a job that saw `model.json` unchanged
 /// after making it, so both tables come from the version it names (a later publication's copies
 /// come after its switch, hence after ours). Returns the version `model.json` names now.
-fn refresh_copies(loc: &Location, ours: &ModelMeta, tables: &Tables) -> Result<Option<String>> {
+/// A users table in parts is not copied: the top-level `users.parquet` (an older model's) is
+/// deleted instead, so that no reader takes it for this model's.
+fn refresh_copies(
+    loc: &Location,
+    ours: &ModelMeta,
+    (users, items): (Option<&Bytes>, &Bytes),
+) -> Result<Option<String>> {
     const ROUNDS: usize = 20;
     let io = loc.blocking();
     let json_key = loc.child_key(MODEL_JSON);
+    let top_users = loc.child_key(USERS_FILE);
     for _ in 0..ROUNDS {
         let Some((json, tag)) = io.get_tagged(&json_key)? else {
             return Ok(None);
         };
         let current = ModelMeta::from_json(&json, &loc.display_key(&json_key))?;
         let copied = if current.files == ours.files {
-            io.put(&loc.child_key(USERS_FILE), tables.users.clone())
-                .and_then(|()| io.put(&loc.child_key(ITEMS_FILE), tables.items.clone()))
+            match users {
+                Some(users) => io.put(&top_users, users.clone()),
+                None => io.delete(&top_users),
+            }
+            .and_then(|()| io.put(&loc.child_key(ITEMS_FILE), items.clone()))
         } else {
             // A newer publication: copy its tables (gone if a newer one still replaced it).
-            [("users", USERS_FILE), ("items", ITEMS_FILE)]
-                .into_iter()
-                .try_for_each(|(table, file)| {
-                    let bytes = io.get(&loc.child_key(&current.table(table)))?;
-                    io.put(&loc.child_key(file), bytes)
-                })
+            let users = match current.user_parts.is_empty() {
+                true => io
+                    .get(&loc.child_key(&current.table("users")))
+                    .and_then(|bytes| io.put(&top_users, bytes)),
+                false => io.delete(&top_users),
+            };
+            users.and_then(|()| {
+                let bytes = io.get(&loc.child_key(&current.table("items")))?;
+                io.put(&loc.child_key(ITEMS_FILE), bytes)
+            })
         };
         if copied.is_ok() && io.tag(&json_key)? == Some(tag) {
             return Ok(version_of(&current));
@@ -182,8 +241,9 @@ fn version_of(meta: &ModelMeta) -> Option<String> {
         .map(str::to_string)
 }
 
-/// Time-ordered and unique: seconds and nanoseconds since the epoch, and the process id.
-fn new_version_id() -> String {
+/// A new version folder's name: time-ordered and unique (seconds and nanoseconds since the
+/// epoch, and the process id).
+pub fn new_version_id() -> String {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default();
@@ -251,11 +311,75 @@ pub async fn load(loc: &Location) -> Result<Model> {
 
 /// Read the tables `meta` (a `model.json` read from `loc`) names.
 pub async fn load_with_meta(loc: &Location, meta: ModelMeta) -> Result<Model> {
-    let users_key = loc.child_key(&meta.table("users"));
-    let items_key = loc.child_key(&meta.table("items"));
-    let (users, items) = futures::try_join!(loc.get(&users_key), loc.get(&items_key))?;
-    let shown = [loc.display_key(&users_key), loc.display_key(&items_key)];
-    Model::from_tables(meta, users, items, [&shown[0], &shown[1]])
+    let parts = user_files(&meta);
+    let users = futures::future::try_join_all(parts.iter().map(|(file, _)| table(loc, file)));
+    let items = meta.table("items");
+    let (users, items) = futures::try_join!(users, table(loc, &items))?;
+    let factors = meta.factors;
+    let users = users
+        .into_iter()
+        .zip(&parts)
+        .map(|((bytes, shown), (_, rows))| user_rows(bytes, factors, &shown, *rows))
+        .collect::<Result<Vec<_>>>()?;
+    Model::from_tables(meta, users, items)
+}
+
+/// The model `meta` names at `loc` with only the users at positions `share` of the id-sorted
+/// users table (every item): what a rank of `recommend` needs, whatever the table's size.
+/// Only the parts that hold the share are read, one at a time.
+pub fn load_share(loc: &Location, meta: ModelMeta, share: std::ops::Range<u64>) -> Result<Model> {
+    let mut users = RowsTable::default();
+    let stride = meta.factors + 1;
+    let mut start = 0u64;
+    for (file, rows) in user_files(&meta) {
+        let end = start + rows.unwrap_or(meta.n_users);
+        let (from, to) = (share.start.max(start), share.end.min(end));
+        if from < to {
+            let (bytes, shown) = block_on(table(loc, &file))?;
+            let part = user_rows(bytes, meta.factors, &shown, rows)?;
+            let (a, b) = ((from - start) as usize, (to - start) as usize);
+            users
+                .ids
+                .extend_from_slice(&part.ids[a..b.min(part.ids.len())]);
+            users
+                .rows
+                .extend_from_slice(&part.rows[a * stride..(b * stride).min(part.rows.len())]);
+        }
+        start = end;
+    }
+    let items = block_on(table(loc, &meta.table("items")))?;
+    Model::from_share(meta, users, items)
+}
+
+/// The users table's files, relative to the model prefix, with their rows where `model.json`
+/// records them (the parts of a table written in parts).
+fn user_files(meta: &ModelMeta) -> Vec<(String, Option<u64>)> {
+    match meta.user_parts.is_empty() {
+        true => vec![(meta.table("users"), None)],
+        false => meta
+            .user_parts
+            .iter()
+            .map(|p| (p.file.clone(), Some(p.rows)))
+            .collect(),
+    }
+}
+
+/// A table's bytes, and how to name it in messages.
+async fn table(loc: &Location, file: &str) -> Result<(Bytes, String)> {
+    let key = loc.child_key(file);
+    Ok((loc.get(&key).await?, loc.display_key(&key)))
+}
+
+/// A users file decoded, checked against the rows `model.json` gives it.
+fn user_rows(bytes: Bytes, factors: usize, shown: &str, rows: Option<u64>) -> Result<RowsTable> {
+    let table = parquet_to_rows(bytes, "user_id", factors, shown)?;
+    match rows {
+        Some(n) if n != table.ids.len() as u64 => Err(Error::usage(format!(
+            "{shown}: {} rows, but model.json says {n} (a model from two saves?)",
+            table.ids.len()
+        ))),
+        _ => Ok(table),
+    }
 }
 
 /// `load`, for the rank commands.
@@ -354,13 +478,13 @@ mod tests {
                 .flat_map(|x| [0.0, x as f32 * k as f32, 1.0])
                 .collect()
         };
-        let tables = crate::mf::tables::encode_tables(
-            2,
-            &ids,
-            &rows(1),
+        let users = crate::mf::tables::rows_to_parquet("user_id", &ids, &rows(1), 2).unwrap();
+        let items = crate::mf::tables::rows_to_parquet_with(
+            "item_id",
             &ids,
             &rows(2),
-            &vec![1; ids.len()],
+            2,
+            Some(&vec![1; ids.len()]),
         )
         .unwrap();
         let mut meta = ModelMeta::for_tests(n as u64, n as u64, false);
@@ -368,7 +492,14 @@ mod tests {
         meta.input.holdout = 0.1;
         meta.rating_max = 100.0;
         let found = prepare_publish(loc, "--model").unwrap();
-        publish(loc, &found, &mut meta, tables, |_| {}).unwrap();
+        publish(
+            loc,
+            &found,
+            &mut meta,
+            (UsersTable::Whole(users), items),
+            |_| {},
+        )
+        .unwrap();
         meta
     }
 

@@ -25,13 +25,47 @@ pub fn share(n: usize, ranks: usize, rank: usize) -> Range<usize> {
     n * rank / ranks..n * (rank + 1) / ranks
 }
 
-/// The rank whose `share` holds position `p`.
-pub fn owner_of(p: usize, n: usize, ranks: usize) -> usize {
-    // The last rank whose share starts at or before p.
-    (0..ranks)
-        .rev()
-        .find(|&r| n * r / ranks <= p && p < n * (r + 1) / ranks)
-        .unwrap_or(0)
+/// Which rank answers for which user ids: each rank loads an equal `share` of the model's
+/// id-sorted users, and answers for the ids from its share's first to the next share's first
+/// (ids the model does not know included). The ranks' parts, read in rank order, then list the
+/// users in id order, and no rank holds more of the users' table than its share.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Ranges {
+    /// Each rank's first id (`None`: an empty share).
+    firsts: Vec<Option<Id>>,
+}
+
+impl Ranges {
+    /// Every rank's first id, from each rank's own.
+    pub fn agree(comm: &dyn Collective, first: Option<&Id>) -> Result<Ranges> {
+        let mut w = Writer::new();
+        if let Some(id) = first {
+            id.write(&mut w);
+        }
+        let firsts = comm
+            .allgather_bytes(&w.finish())?
+            .iter()
+            .map(|b| match b.is_empty() {
+                true => Ok(None),
+                false => Id::read(&mut Reader::new(b)).map(Some),
+            })
+            .collect::<Result<_>>()?;
+        Ok(Ranges { firsts })
+    }
+
+    /// The rank that answers for `id`: the last whose first id is at or below it, else the
+    /// first with any users (rank 0 when no rank has any).
+    pub fn owner(&self, id: &Id) -> usize {
+        let mut owner = None;
+        for (r, first) in self.firsts.iter().enumerate() {
+            match first {
+                Some(f) if f <= id => owner = Some(r),
+                Some(_) if owner.is_none() => return r,
+                _ => {}
+            }
+        }
+        owner.unwrap_or(0)
+    }
 }
 
 /// Marks an item the model does not know.
@@ -53,45 +87,63 @@ pub fn distinct_items(pairs: &mut Vec<(u32, f32)>) {
     pairs.dedup_by_key(|p| p.0);
 }
 
-/// Each of `targets`' users' items in `owned` (this rank's users after the exchange), as the
-/// model's item indices (`item_index[i]` for `owned.items[i]`, UNKNOWN if the model lacks it),
-/// delivered to the rank whose share holds the user: returns the lists of this rank's share,
-/// by position in the share, each sorted ascending.
+/// The items each user in `owned` (this rank's users after the exchange) has, as the model's
+/// item indices (`item_index[i]` for `owned.items[i]`, UNKNOWN if the model lacks it),
+/// delivered to the rank that answers for the user (`ranges`): returns the lists of this
+/// rank's `targets` (sorted), by position, each sorted ascending.
 pub fn route_seen(
     comm: &dyn Collective,
     owned: &OwnedRatings,
     item_index: &[u32],
-    targets: &[Id],
+    (ranges, targets): (&Ranges, &[Id]),
 ) -> Result<Vec<Seen>> {
     let ranks = comm.size();
     let mut outgoing: Vec<Writer> = (0..ranks).map(|_| Writer::new()).collect();
     let mut pairs: Vec<(u32, f32)> = Vec::new();
     for run in owned.user_runs() {
-        let user = owned.triples[run.start].user;
-        if let Ok(p) = targets.binary_search(&owned.users[user as usize]) {
-            pairs.clear();
-            pairs.extend(
-                owned.triples[run]
-                    .iter()
-                    .map(|t| (item_index[t.item as usize], t.value))
-                    .filter(|&(i, _)| i != UNKNOWN),
-            );
-            distinct_items(&mut pairs);
-            let w = &mut outgoing[owner_of(p, targets.len(), ranks)];
-            w.u64(p as u64);
-            w.u32(pairs.len() as u32);
-            for &(i, v) in &pairs {
-                w.u32(i);
-                w.f32(v);
-            }
+        let id = &owned.users[owned.triples[run.start].user as usize];
+        pairs.clear();
+        pairs.extend(
+            owned.triples[run]
+                .iter()
+                .map(|t| (item_index[t.item as usize], t.value))
+                .filter(|&(i, _)| i != UNKNOWN),
+        );
+        distinct_items(&mut pairs);
+        let w = &mut outgoing[ranges.owner(id)];
+        id.write(w);
+        w.u32(pairs.len() as u32);
+        for &(i, v) in &pairs {
+            w.u32(i);
+            w.f32(v);
         }
     }
     let messages: Vec<Vec<u8>> = outgoing.into_iter().map(Writer::finish).collect();
     let incoming = comm.alltoall_bytes(&messages)?;
     drop(messages);
-    let mine = share(targets.len(), ranks, comm.rank());
-    let decoded = decode_seen(&incoming, &mine);
+    let decoded = decode_seen(&incoming, targets);
     comm.agree(decoded)
+}
+
+/// `--users`' ids (rank 0 read them: `mine` is empty elsewhere), each delivered to the rank
+/// that answers for it: this rank's, sorted, each once.
+pub fn route_targets(comm: &dyn Collective, ranges: &Ranges, mine: &[Id]) -> Result<Vec<Id>> {
+    let mut outgoing: Vec<Writer> = (0..comm.size()).map(|_| Writer::new()).collect();
+    for id in mine {
+        id.write(&mut outgoing[ranges.owner(id)]);
+    }
+    let messages: Vec<Vec<u8>> = outgoing.into_iter().map(Writer::finish).collect();
+    let incoming = comm.alltoall_bytes(&messages)?;
+    let mut targets = Vec::new();
+    for message in &incoming {
+        let mut r = Reader::new(message);
+        while !r.is_empty() {
+            targets.push(Id::read(&mut r)?);
+        }
+    }
+    targets.sort_unstable();
+    targets.dedup();
+    Ok(targets)
 }
 
 /// A target user's interactions in `--data`: the model's item indices, ascending, and their
@@ -102,22 +154,22 @@ pub struct Seen {
     pub values: Vec<f32>,
 }
 
-fn decode_seen(incoming: &[Vec<u8>], mine: &Range<usize>) -> Result<Vec<Seen>> {
-    let mut seen = vec![Seen::default(); mine.len()];
+/// The seen items of `targets` among the messages of `route_seen` (those of other users, not
+/// asked for, are passed over).
+fn decode_seen(incoming: &[Vec<u8>], targets: &[Id]) -> Result<Vec<Seen>> {
+    let mut seen = vec![Seen::default(); targets.len()];
     for message in incoming {
         let mut r = Reader::new(message);
         while !r.is_empty() {
-            let p = r.u64()? as usize;
+            let id = Id::read(&mut r)?;
             let n = r.u32()? as usize;
-            if !mine.contains(&p) {
-                return Err(Error::runtime(format!(
-                    "recommend: seen items of user {p} arrived at the rank of users {mine:?}"
-                )));
-            }
-            let list = &mut seen[p - mine.start];
+            let mut list = targets.binary_search(&id).ok().map(|p| &mut seen[p]);
             for _ in 0..n {
-                list.items.push(r.u32()?);
-                list.values.push(r.f32()?);
+                let (item, value) = (r.u32()?, r.f32()?);
+                if let Some(list) = list.as_mut() {
+                    list.items.push(item);
+                    list.values.push(value);
+                }
             }
         }
     }
@@ -273,29 +325,36 @@ fn id_array<'a>(ids: impl Iterator<Item = &'a Id>, int: bool) -> ArrayRef {
     }
 }
 
-/// Whether every id is an integer (the id column is then int64).
-pub fn all_ints(ids: &[Id]) -> bool {
-    ids.iter().all(|id| matches!(id, Id::Int(_)))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn shares_are_contiguous_about_equal_and_owned_by_one_rank() {
+    fn shares_are_contiguous_about_equal_and_each_id_answered_by_its_share() {
         for (n, ranks) in [(10, 3), (0, 2), (2, 4), (1000, 8), (7, 1)] {
+            let ids: Vec<Id> = (0..n as i64).map(|v| Id::Int(3 * v)).collect();
+            let shares: Vec<Range<usize>> = (0..ranks).map(|r| share(n, ranks, r)).collect();
+            let ranges = Ranges {
+                firsts: shares
+                    .iter()
+                    .map(|s| ids.get(s.start).filter(|_| !s.is_empty()).cloned())
+                    .collect(),
+            };
             let mut next = 0;
-            for r in 0..ranks {
-                let s = share(n, ranks, r);
+            for (r, s) in shares.iter().enumerate() {
                 assert_eq!(s.start, next);
                 assert!(s.len() <= n / ranks + 1);
                 for p in s.clone() {
-                    assert_eq!(owner_of(p, n, ranks), r, "n {n} ranks {ranks} p {p}");
+                    assert_eq!(ranges.owner(&ids[p]), r, "n {n} ranks {ranks} p {p}");
+                    // An id between two of the model's goes with the one below it.
+                    assert_eq!(ranges.owner(&Id::Int(3 * p as i64 + 1)), r);
                 }
                 next = s.end;
             }
             assert_eq!(next, n);
+            // Below every id of the model: the first rank with users.
+            let first = shares.iter().position(|s| !s.is_empty()).unwrap_or(0);
+            assert_eq!(ranges.owner(&Id::Int(-5)), first);
         }
     }
 
@@ -311,10 +370,10 @@ mod tests {
     }
 
     #[test]
-    fn seen_lists_decode_into_the_share_and_refuse_a_stranger() {
+    fn seen_lists_decode_into_the_targets_and_pass_over_other_users() {
         let mut w = Writer::new();
-        for (p, items) in [(11u64, vec![1u32, 4]), (10, vec![])] {
-            w.u64(p);
+        for (id, items) in [(11i64, vec![1u32, 4]), (10, vec![]), (12, vec![7])] {
+            Id::Int(id).write(&mut w);
             w.u32(items.len() as u32);
             items.iter().for_each(|&i| {
                 w.u32(i);
@@ -322,12 +381,16 @@ mod tests {
             });
         }
         let message = w.finish();
-        let seen = decode_seen(std::slice::from_ref(&message), &(10..12)).unwrap();
+        let targets = [Id::Int(10), Id::Int(11)];
+        let seen = decode_seen(std::slice::from_ref(&message), &targets).unwrap();
         let four = Seen {
             items: vec![1, 4],
             values: vec![0.5, 2.0],
         };
-        assert_eq!(seen, vec![Seen::default(), four]);
-        assert!(decode_seen(&[message], &(10..11)).is_err());
+        assert_eq!(
+            seen,
+            vec![Seen::default(), four],
+            "user 12 is not asked for"
+        );
     }
 }

@@ -568,3 +568,116 @@ fn train_logs_the_hold_out_ndcg_that_evaluate_reports_for_the_final_model() {
         "{logged:?} vs {final_ndcg}"
     );
 }
+
+/// A Python with pandas and pyarrow (scripts/test.sh makes target/venv), if there is one.
+fn python_with_pandas() -> Option<PathBuf> {
+    let py = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/venv/bin/python");
+    let ok = std::process::Command::new(&py)
+        .args(["-c", "import pandas, pyarrow"])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        ok || std::env::var("CI").map_or(true, |v| v != "true"),
+        "CI needs target/venv with pandas and pyarrow (scripts/test.sh)"
+    );
+    ok.then_some(py)
+}
+
+#[test]
+fn a_users_table_written_in_parts_reads_back_as_the_whole_one_and_recommends_the_same() {
+    let dir = temp_dir("recommend-parts");
+    let csv = dir.join("ratings.csv");
+    ratings_csv(&csv, 300, 150, 25);
+    let (whole, parts) = (dir.join("whole"), dir.join("parts"));
+    let train = |model: &Path, env: &[(&str, &str)]| {
+        let mut args = train_args(s(&csv), s(model), &["--epochs", "4"]);
+        args.extend_from_slice(&COLUMNS);
+        mpirun_env(3, &args, env).ok()
+    };
+    train(&whole, &[]);
+    // Any table is written in parts at a threshold of 0 bytes.
+    train(&parts, &[("FUNKSVD_USER_PARTS_ABOVE", "0")]);
+    let meta: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(parts.join("model.json")).unwrap()).unwrap();
+    let files: Vec<&str> = meta["user_parts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["file"].as_str().unwrap())
+        .collect();
+    assert_eq!(files.len(), 3, "a part per rank: {meta}");
+    let folder = meta["files"]["users"].as_str().unwrap();
+    assert!(folder.ends_with("/users/"), "{folder}");
+    assert!(files.iter().all(|f| f.starts_with(folder)), "{files:?}");
+    assert!(
+        !parts.join("users.parquet").exists(),
+        "no top-level copy of a table in parts"
+    );
+    // Read back, the parts are the whole table, row for row, bit for bit.
+    let (a, b) = (load_model(&whole), load_model(&parts));
+    assert_eq!(a.user_ids, b.user_ids);
+    let bits = |rows: &[f32]| rows.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+    assert_eq!(bits(&a.user_rows), bits(&b.user_rows));
+    assert_eq!(bits(&a.item_rows), bits(&b.item_rows));
+    // pandas reads the folder as one table, the same as the whole file.
+    if let Some(py) = python_with_pandas() {
+        let check = format!(
+            "import pandas as pd, numpy as np\n\
+             a = pd.read_parquet('{}')\n\
+             b = pd.read_parquet('{}')\n\
+             assert list(a.user_id) == list(b.user_id), 'ids'\n\
+             assert np.array_equal(np.stack(a.factors), np.stack(b.factors)), 'factors'\n\
+             assert np.array_equal(a.bias, b.bias), 'bias'\n",
+            s(&whole.join("users.parquet")),
+            s(&parts.join(folder)),
+        );
+        let out = std::process::Command::new(py)
+            .args(["-c", &check])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // recommend, each rank reading only its share of the parts: the same lists as from the
+    // whole table, on any rank count, for every user and for --users (fold-in, unknown ids).
+    let users = dir.join("users.csv");
+    std::fs::write(&users, "user\n7\n8\n5\n299\nnobody\n").unwrap();
+    let lists_of = |model: &Path, ranks: usize, name: &str, extra: &[&str]| {
+        let out = dir.join(name);
+        let mut args = recommend_args(model, &out, "6", &["--data", s(&csv)]);
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&COLUMNS[2..]);
+        mpirun(ranks, &args).ok();
+        read_output(&out)
+    };
+    let want = lists_of(&whole, 2, "whole-all", &[]);
+    let want_users = lists_of(&whole, 2, "whole-users", &["--users", s(&users)]);
+    assert_eq!(want_users.len(), 5 * 6);
+    for ranks in [1, 2, 4] {
+        for (want, name, extra) in [
+            (&want, "all", vec![]),
+            (&want_users, "users", vec!["--users", s(&users)]),
+        ] {
+            let got = lists_of(&parts, ranks, &format!("parts-{name}-{ranks}"), &extra);
+            assert_eq!(got.len(), want.len(), "{name} on {ranks} ranks");
+            for (g, w) in got.iter().zip(want.iter()) {
+                assert_eq!(
+                    (&g.key, g.rank, &g.value, &g.source),
+                    (&w.key, w.rank, &w.value, &w.source)
+                );
+                assert_eq!(g.score.to_bits(), w.score.to_bits(), "{g:?} vs {w:?}");
+            }
+        }
+    }
+    // A whole table published over one in parts brings the top-level copy back, and the
+    // other way round takes it away.
+    train(&parts, &[]);
+    assert_eq!(load_model(&parts).user_ids, a.user_ids);
+    assert!(parts.join("users.parquet").exists());
+    train(&parts, &[("FUNKSVD_USER_PARTS_ABOVE", "0")]);
+    assert!(!parts.join("users.parquet").exists());
+    assert_eq!(load_model(&parts).user_ids, a.user_ids);
+}

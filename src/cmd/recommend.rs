@@ -1,6 +1,7 @@
 //! `funksvd recommend`: the top N items of every user (or of the users asked for), or the most
-//! similar items of every item, distributed: each rank takes an equal, contiguous share of the
-//! sorted users, scores them against every item in blocks (one GEMM per block of users and tile
+//! similar items of every item, distributed: each rank loads an equal, contiguous share of the
+//! model's id-sorted users (and every item), answers for the ids of its share's range
+//! (`Ranges`), scores them against every item in blocks (one GEMM per block of users and tile
 //! of items, see `mf::topn`), and writes its part; rank 0 writes the manifest last.
 
 use std::borrow::Cow;
@@ -9,19 +10,19 @@ use std::time::Instant;
 use crate::cli::RecommendArgs;
 use crate::collective::{Collective, CollectiveExt, Op};
 use crate::error::{Error, Result};
-use crate::exchange;
 use crate::id_list;
 use crate::ids::Id;
+use crate::mf::tables::all_ints;
 use crate::mf::{Model, Scored};
 use crate::model_io;
 use crate::output;
 use crate::pipeline;
 use crate::progress::Bar;
 use crate::recommend::{
-    all_ints, item_index, popular_for, popularity_order, route_seen, share, ListColumns,
-    ListWriter, Seen, Source, UNKNOWN,
+    item_index, popular_for, popularity_order, route_seen, route_targets, share, ListColumns,
+    ListWriter, Ranges, Seen, Source, UNKNOWN,
 };
-use crate::store::Location;
+use crate::store::{block_on, Location};
 
 /// Users (or items) whose lists are built and written at a time: bounds the memory of the
 /// lists, whatever the share.
@@ -58,7 +59,13 @@ pub fn run(comm: &dyn Collective, args: &RecommendArgs) -> Result<()> {
         true => output::clear(&out, "--out"),
         false => Ok(()),
     })?;
-    let model = comm.agree(model_io::load_blocking(&model_loc))?;
+    let model = comm.agree(block_on(model_io::load_meta(&model_loc)).and_then(|meta| {
+        let users = match args.similar_items {
+            true => 0..0,
+            false => share(meta.n_users as usize, comm.size(), comm.rank()),
+        };
+        model_io::load_share(&model_loc, meta, users.start as u64..users.end as u64)
+    }))?;
     let loaded = started.elapsed().as_secs_f64();
     let top = clamp_top(comm, args.top, &model);
     let produced = match args.similar_items {
@@ -140,19 +147,17 @@ fn user_lists(
     top: usize,
 ) -> Result<Produced> {
     let started = Instant::now();
-    let targets = targets(comm, args, model)?;
-    let mine = share(targets.len(), comm.size(), comm.rank());
+    let ranges = Ranges::agree(comm, model.user_ids.first())?;
+    let targets = targets(comm, args, model, &ranges)?;
+    let mine = 0..targets.len();
     let (seen, counts) = match &args.data {
         Some(data) => {
-            let (seen, counts) = seen_and_counts(comm, args, model, &targets, data)?;
+            let (seen, counts) = seen_and_counts(comm, args, model, (&ranges, &targets), data)?;
             (seen, Some(counts))
         }
         None => (vec![Seen::default(); mine.len()], None),
     };
-    let unknown = targets[mine.clone()]
-        .iter()
-        .filter(|id| model.user(id).is_none())
-        .count();
+    let unknown = targets.iter().filter(|id| model.user(id).is_none()).count();
     let mut missing = [unknown as u64];
     comm.reduce_u64(&mut missing, Op::Sum);
     // Popularity: the interactions in --data, else the training ratings the model recorded.
@@ -165,7 +170,10 @@ fn user_lists(
         ))),
     })?;
     let order = popularity_order(&counts);
-    let int_ids = [all_ints(&targets), all_ints(&model.item_ids)];
+    // The parts agree on the user column's type: int64 when every rank's ids are integers.
+    let mut strings = [!all_ints(&targets) as u64];
+    comm.reduce_u64(&mut strings, Op::Max);
+    let int_ids = [strings[0] == 0, all_ints(&model.item_ids)];
     let columns = ListColumns {
         key: "user_id",
         value: "item_id",
@@ -184,7 +192,7 @@ fn user_lists(
             let lists = chunk_lists(
                 model,
                 &targets[chunk.clone()],
-                &seen[chunk.start - mine.start..chunk.end - mine.start],
+                &seen[chunk.clone()],
                 top,
                 args.include_seen,
                 (&order, &counts),
@@ -258,12 +266,13 @@ fn chunk_lists(
         .collect()
 }
 
-/// The users to recommend for, sorted: `--users`' ids (rank 0 reads them, everyone gets them),
-/// or every user of the model.
+/// This rank's users to recommend for, sorted: those of `--users`' ids in its range (rank 0
+/// reads them and hands each to the rank that answers for it), or the model's users it loaded.
 fn targets<'m>(
     comm: &dyn Collective,
     args: &RecommendArgs,
     model: &'m Model,
+    ranges: &Ranges,
 ) -> Result<Cow<'m, [Id]>> {
     let Some(users) = &args.users else {
         return Ok(Cow::Borrowed(&model.user_ids));
@@ -277,16 +286,21 @@ fn targets<'m>(
         false => Ok(Vec::new()),
     };
     let mine = comm.agree(read)?;
-    let all = exchange::agree_on_ids(comm, &mine)?;
+    let targets = route_targets(comm, ranges, &mine)?;
+    drop(mine);
+    let mut counts = [
+        targets.len() as u64,
+        targets.iter().filter(|id| model.user(id).is_some()).count() as u64,
+    ];
+    comm.reduce_u64(&mut counts, Op::Sum);
     if comm.is_root() {
-        let known = all.iter().filter(|id| model.user(id).is_some()).count();
+        let [all, known] = counts;
         log::info!(
-            "--users: {} users, {known} known to the model, {} not (with interactions in --data they get a row folded in from them, else popular items)",
-            all.len(),
-            all.len() - known
+            "--users: {all} users, {known} known to the model, {} not (with interactions in --data they get a row folded in from them, else popular items)",
+            all - known
         );
     }
-    Ok(Cow::Owned(all))
+    Ok(Cow::Owned(targets))
 }
 
 /// From `--data`, read as the model was trained: the items each of this rank's target users
@@ -296,7 +310,7 @@ fn seen_and_counts(
     comm: &dyn Collective,
     args: &RecommendArgs,
     model: &Model,
-    targets: &[Id],
+    targets: (&Ranges, &[Id]),
     data: &str,
 ) -> Result<(Vec<Seen>, Vec<u64>)> {
     let mut data_loc = comm.agree(Location::parse(data, "--data"))?;

@@ -16,9 +16,9 @@ use crate::mf::meta::{
     InputRecord, Metrics, ModelMeta, Phases, ReadStats, Training, FORMAT, VERSION,
 };
 use crate::mf::params::padded_width;
-use crate::mf::tables::encode_tables;
+use crate::mf::tables::{rows_to_parquet, rows_to_parquet_with};
 use crate::mf::{Globals, Hyper, Objective, Params, ParamsRef};
-use crate::model_io::{self, Found};
+use crate::model_io::{self, Found, UsersTable};
 use crate::pipeline::{self, IngestReport};
 use crate::progress::Bar;
 use crate::ratings::OwnedRatings;
@@ -29,8 +29,8 @@ use crate::train::implicit::preference_errors;
 use crate::train::pass::{holdout_errors, train_errors};
 use crate::train::popularity::{self, counts_by_row, Choice};
 use crate::train::ranked::RankCheck;
+use crate::train::user_table;
 use crate::train::{fit_objective, ControlFlow, ItemRows, Progress, TrainState};
-use crate::wire::{Reader, Writer};
 
 /// The flags, checked (every rank checks them alike).
 pub(crate) struct Settings {
@@ -59,6 +59,7 @@ pub(crate) fn run_as(
         true => model_io::prepare_publish(&settings.model, "--model"),
         false => Ok(Found::default()),
     })?;
+    let shared_model = user_table::seen_by_every_rank(comm, &settings.model)?;
     let (owned, report) = pipeline::load_ratings(comm, &settings.data, &settings.input)?;
     stop_if_interrupted(comm)?;
     let choice = match args.chooses_popularity_weight() {
@@ -70,14 +71,9 @@ pub(crate) fn run_as(
     let prepared = prepare(comm, owned, &settings.hyper)?;
     let totals = agree_totals(comm, &prepared.data, &report, &settings.hyper)?;
     let exchange_seconds = report.exchange_seconds + started.elapsed().as_secs_f64();
-    log::debug!(
-        "rank {}: hold-out split, vocabulary and layout in {:.3}s; peak memory {:.0} MB",
-        comm.rank(),
-        started.elapsed().as_secs_f64(),
-        crate::memory::peak_rss_mb().unwrap_or(0.0)
-    );
+    log_memory(comm, "hold-out split, vocabulary and layout made");
     log_set_up(comm, &prepared, &totals);
-    comm.agree(fits_in_memory(comm, &prepared, &totals, &settings.hyper))?;
+    let users_in_parts = plan_save(comm, (&prepared, &totals), &settings.hyper, shared_model)?;
 
     let started = Instant::now();
     let (mut state, item_rows) = train(comm, args, &settings, &prepared, &report, totals.globals)?;
@@ -120,6 +116,7 @@ pub(crate) fn run_as(
         ranks: comm.size(),
         job_started,
         tuned,
+        users_in_parts,
     };
     save.publish(comm, prepared, state.params)?;
     log_memory(comm, "saved");
@@ -172,6 +169,19 @@ fn choose_popularity_weight(
 fn log_memory(comm: &dyn Collective, when: &str) {
     let peak = crate::memory::peak_rss_mb().unwrap_or(0.0);
     log::debug!("rank {}: {when}; peak memory {peak:.0} MB", comm.rank());
+}
+
+/// Before training: whether the ranks will write the users' table in parts (`user_table`), and
+/// that this rank's host can hold its part of the model (`fits_in_memory`).
+fn plan_save(
+    comm: &dyn Collective,
+    (prepared, totals): (&Prepared, &Totals),
+    hyper: &Hyper,
+    shared_model: bool,
+) -> Result<bool> {
+    let parts = user_table::in_parts(comm, totals.n_users, hyper.factors + 1, shared_model);
+    comm.agree(fits_in_memory(comm, prepared, totals, (hyper, parts)))?;
+    Ok(parts)
 }
 
 /// A signal during reading ends the job once the data is in (every rank at once): nothing to
@@ -342,13 +352,14 @@ pub(crate) fn agree_totals(
 
 /// Refuse a model this rank's host cannot hold before allocating it: the rows of its users and
 /// of every item, twice (training, and the copy a checkpoint or the save makes), and on rank 0
-/// every user's row once more (the model's table is assembled there). The implicit objective
-/// also holds two sums the size of the item rows and its pairs by item.
+/// every user's row once more unless the ranks write the users' table in parts (`in_parts`:
+/// else the table is assembled there). The implicit objective also holds two sums the size of
+/// the item rows and its pairs by item.
 pub(crate) fn fits_in_memory(
     comm: &dyn Collective,
     prepared: &Prepared,
     totals: &Totals,
-    hyper: &Hyper,
+    (hyper, in_parts): (&Hyper, bool),
 ) -> Result<()> {
     let factors = hyper.factors;
     let width = padded_width(factors);
@@ -358,7 +369,7 @@ pub(crate) fn fits_in_memory(
         bytes += 2 * prepared.item_ids.len() as u64 * width as u64 * 4;
         bytes += prepared.data.ratings.n_ratings() as u64 * 8;
     }
-    if comm.is_root() {
+    if comm.is_root() && !in_parts {
         bytes += totals.n_users * (factors as u64 + 1) * 4;
     }
     match crate::memory::available_bytes() {
@@ -743,10 +754,14 @@ struct Save<'a> {
     job_started: Instant,
     /// `ModelMeta::tuned`.
     tuned: Option<serde_json::Value>,
+    /// Whether the ranks write the users' table in parts (`user_table::in_parts`).
+    users_in_parts: bool,
 }
 
 impl Save<'_> {
-    /// Rank 0 gathers every rank's users and publishes the model.
+    /// Publish the model: rank 0 gathers every rank's users and writes the table whole, or (a
+    /// large table) each rank writes its range of the users sorted by id as a part of it
+    /// (`train::user_table`); rank 0 then writes the items and switches `model.json`.
     fn publish(self, comm: &dyn Collective, prepared: Prepared, params: Params) -> Result<()> {
         let started = Instant::now();
         let Prepared {
@@ -759,48 +774,70 @@ impl Save<'_> {
         // The ratings are done with: give their memory back before the model is assembled.
         let user_ids = std::mem::take(&mut data.ratings.user_ids);
         drop(data);
-        // Rank 0 writes; every rank hears how that went (no `?` before the agreement).
-        let saved = gather_users(comm, &user_ids, params.view()).and_then(|users| match users {
-            Some(users) => self.write(
-                users,
-                (&sorted_items, &item_counts),
-                &blocks,
-                &params,
-                started,
-            ),
-            None => Ok(()),
+        let items = (sorted_items.as_slice(), item_counts.as_slice());
+        if !self.users_in_parts {
+            // Rank 0 writes; every rank hears how that went (no `?` before the agreement).
+            let saved = user_table::gather(comm, &user_ids, params.view()).and_then(|users| {
+                let Some((ids, rows)) = users else {
+                    return Ok(());
+                };
+                let users = rows_to_parquet("user_id", &ids, &rows, params.factors)?;
+                let users = (UsersTable::Whole(users), ids.len() as u64);
+                self.write(users, items, &blocks, &params, started)
+            });
+            return comm.agree(saved);
+        }
+        let loc = &self.settings.model;
+        let version = comm.broadcast_bytes(0, model_io::new_version_id().into_bytes())?;
+        let version = String::from_utf8_lossy(&version).into_owned();
+        let sorted = user_table::sort_across(comm, &user_ids, params.view());
+        drop(user_ids);
+        let written = sorted.and_then(|(ids, rows)| {
+            user_table::write_part(comm, loc, &version, (&ids, &rows), params.factors)
         });
+        let written = comm.agree(written);
+        if written.is_err() && comm.is_root() {
+            model_io::abandon_version(loc, &version);
+        }
+        let parts = user_table::agree_parts(comm, &version, written?);
+        let saved = match comm.is_root() {
+            true => {
+                let users = (UsersTable::Parts { version, parts }, self.totals.n_users);
+                self.write(users, items, &blocks, &params, started)
+            }
+            false => Ok(()),
+        };
         comm.agree(saved)
     }
 
-    /// Rank 0: encode and publish the model, the users gathered from every rank.
+    /// Rank 0: encode the items and publish the model, its users' table (of `n_users` rows)
+    /// ready.
     fn write(
         &self,
-        (user_ids, user_rows): (Vec<Id>, Vec<f32>),
+        (users, n_users): (UsersTable, u64),
         (sorted_items, item_counts): (&[Id], &[u64]),
         blocks: &ItemBlocks,
         params: &Params,
         started: Instant,
     ) -> Result<()> {
-        let mut meta = self.meta(user_ids.len(), sorted_items.len(), blocks);
+        let mut meta = self.meta(n_users as usize, sorted_items.len(), blocks);
         // The model file lists items by id, as users look them up.
         let mut item_rows = Vec::with_capacity(blocks.row_of.len() * (params.factors + 1));
         for &row in &blocks.row_of {
             item_rows.extend_from_slice(params.item(row as usize));
         }
-        let tables = encode_tables(
-            params.factors,
-            &user_ids,
-            &user_rows,
+        let items = rows_to_parquet_with(
+            "item_id",
             sorted_items,
             &item_rows,
-            item_counts,
+            params.factors,
+            Some(item_counts),
         )?;
         model_io::publish(
             &self.settings.model,
             self.found,
             &mut meta,
-            tables,
+            (users, items),
             |meta| {
                 meta.training.phases.save = started.elapsed().as_secs_f64();
                 meta.training.seconds = self.job_started.elapsed().as_secs_f64();
@@ -876,6 +913,7 @@ impl Save<'_> {
             },
             metrics: self.metrics.clone(),
             files: Default::default(),
+            user_parts: Vec::new(),
             created_by: format!("funksvd {}", env!("CARGO_PKG_VERSION")),
             tuned: self.tuned.clone(),
         }
@@ -903,56 +941,6 @@ impl Save<'_> {
             self.job_started.elapsed().as_secs_f64()
         );
     }
-}
-
-/// Every rank's users and rows on rank 0, sorted by id, rows packed; `None` elsewhere.
-fn gather_users(
-    comm: &dyn Collective,
-    user_ids: &[Id],
-    params: ParamsRef,
-) -> Result<Option<(Vec<Id>, Vec<f32>)>> {
-    let mut w = Writer::new();
-    w.u64(user_ids.len() as u64);
-    for id in user_ids {
-        id.write(&mut w);
-    }
-    w.f32s(&params.users_packed());
-    let Some((all, lens)) = comm.gather_flat(0, &w.finish())? else {
-        return Ok(None);
-    };
-    // (id, part, row in part), sorted by id; the rows stay in the received bytes until copied
-    // once into their sorted place.
-    let stride = params.factors + 1;
-    let mut ids: Vec<(Id, u32, u32)> = Vec::new();
-    let mut rows_of_part: Vec<&[u8]> = Vec::with_capacity(lens.len());
-    let mut at = 0usize;
-    for (part, &len) in lens.iter().enumerate() {
-        let mut r = Reader::new(&all[at..at + len as usize]);
-        at += len as usize;
-        let n = r.u64()?;
-        for row in 0..n {
-            ids.push((Id::read(&mut r)?, part as u32, row as u32));
-        }
-        let rows = r.f32_bytes()?;
-        if rows.len() != n as usize * stride * 4 {
-            return Err(Error::runtime("corrupt user rows gathered from a rank"));
-        }
-        rows_of_part.push(rows);
-    }
-    ids.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-    let mut sorted_rows = Vec::with_capacity(ids.len() * stride);
-    for &(_, part, row) in &ids {
-        let bytes = &rows_of_part[part as usize][row as usize * stride * 4..][..stride * 4];
-        sorted_rows.extend(
-            bytes
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])),
-        );
-    }
-    Ok(Some((
-        ids.into_iter().map(|(id, ..)| id).collect(),
-        sorted_rows,
-    )))
 }
 
 /// What a checkpoint must match: the dataset (files and sizes) and every flag that changes how

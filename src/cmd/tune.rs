@@ -566,7 +566,7 @@ fn run_trial<'d>(
     let started = Instant::now();
     let mut reached = 0;
     let fits = crate::fault::point(&format!("trial-{trial}"), group.rank())
-        .and_then(|_| fits_in_memory(group, &data.prepared, &data.totals, &hyper));
+        .and_then(|_| fits_in_memory(group, &data.prepared, &data.totals, (&hyper, false)));
     let trained = fits.and_then(|_| {
         fit_objective(group, &data.prepared, &hyper, globals, None, |progress| {
             reached = progress.epoch;

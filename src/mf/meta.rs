@@ -143,13 +143,26 @@ pub struct ModelMeta {
     pub training: Training,
     pub metrics: Metrics,
     /// The tables of this model, relative to the model prefix (`_versions/<id>/...`); the
-    /// top-level `users.parquet`/`items.parquet` are copies of them.
+    /// top-level `users.parquet`/`items.parquet` are copies of them. A users table written in
+    /// parts is a folder here (`.../users/`), its files in `user_parts`.
     pub files: BTreeMap<String, String>,
+    /// The users table's parts, when the ranks wrote it in parts (a large table): in id order,
+    /// every id of a part below every id of the next, so that read one after the other they
+    /// are the table written whole.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub user_parts: Vec<TablePart>,
     pub created_by: String,
     /// For a model `tune` published: the search (its folder, metric, space) and the trial
     /// whose configuration it was trained with.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tuned: Option<serde_json::Value>,
+}
+
+/// One file of a table written in parts: its path relative to the model prefix, and its rows.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TablePart {
+    pub file: String,
+    pub rows: u64,
 }
 
 impl ModelMeta {

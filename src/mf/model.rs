@@ -13,7 +13,7 @@ use crate::ids::{FastMap, Id};
 
 use super::kernel::{dot, predict};
 use super::meta::ModelMeta;
-use super::tables::parquet_to_rows;
+use super::tables::{parquet_to_rows, RowsTable};
 
 /// A loaded model: ids and rows (`[bias, factors...]`, `factors + 1` floats each), users and
 /// items each in id order.
@@ -42,25 +42,50 @@ pub struct Scored {
 }
 
 impl Model {
-    /// A model from `model.json` and the bytes of the two tables it names (`shown`: how to
-    /// name them in messages). Refused if the tables do not match `model.json`.
+    /// A model from `model.json`, its users table decoded (whole, or its parts in order) and
+    /// the bytes of its items table (with its name for messages). Refused if the tables do not
+    /// match `model.json`.
     pub fn from_tables(
         meta: ModelMeta,
-        users: Bytes,
-        items: Bytes,
-        shown: [&str; 2],
+        users: Vec<RowsTable>,
+        items: (Bytes, String),
     ) -> Result<Model> {
-        let users = parquet_to_rows(users, "user_id", meta.factors, shown[0])?;
-        let items = parquet_to_rows(items, "item_id", meta.factors, shown[1])?;
-        for (n, counted, file) in [
-            (meta.n_users, users.ids.len(), shown[0]),
-            (meta.n_items, items.ids.len(), shown[1]),
-        ] {
-            if n != counted as u64 {
-                return Err(Error::usage(format!(
-                    "{file}: {counted} rows, but model.json says {n} (a model from two saves?)"
-                )));
+        let users = match users.len() {
+            1 => users.into_iter().next().expect("one table"),
+            _ => {
+                let mut all = RowsTable::default();
+                for part in users {
+                    all.ids.extend(part.ids);
+                    all.rows.extend(part.rows);
+                }
+                all
             }
+        };
+        if meta.n_users != users.ids.len() as u64 {
+            return Err(Error::usage(format!(
+                "{}: {} rows, but model.json says {} (a model from two saves?)",
+                meta.table("users"),
+                users.ids.len(),
+                meta.n_users
+            )));
+        }
+        Model::from_share(meta, users, items)
+    }
+
+    /// `from_tables` with some of the users only (a rank's share): every item, as in the
+    /// whole model.
+    pub fn from_share(
+        meta: ModelMeta,
+        users: RowsTable,
+        (items, shown): (Bytes, String),
+    ) -> Result<Model> {
+        let items = parquet_to_rows(items, "item_id", meta.factors, &shown)?;
+        if meta.n_items != items.ids.len() as u64 {
+            return Err(Error::usage(format!(
+                "{shown}: {} rows, but model.json says {} (a model from two saves?)",
+                items.ids.len(),
+                meta.n_items
+            )));
         }
         let mut model = Model::new(meta, users.ids, users.rows, items.ids, items.rows);
         model.item_counts = items.counts;
@@ -311,11 +336,10 @@ mod tests {
             0.1, 2.0, 0.0,   // 3: user 10's favourite, same direction as 1
             0.0, 0.0, -1.0,  // 4: anna's least
         ];
-        let tables = [
-            rows_to_parquet("user_id", &users, &user_rows, 2).unwrap(),
-            rows_to_parquet("item_id", &items, &item_rows, 2).unwrap(),
-        ];
-        Model::from_tables(meta, tables[0].clone(), tables[1].clone(), ["u", "i"]).unwrap()
+        let users = rows_to_parquet("user_id", &users, &user_rows, 2).unwrap();
+        let users = parquet_to_rows(users, "user_id", 2, "u").unwrap();
+        let items = rows_to_parquet("item_id", &items, &item_rows, 2).unwrap();
+        Model::from_tables(meta, vec![users], (items, "i".into())).unwrap()
     }
 
     #[test]
@@ -393,7 +417,8 @@ mod tests {
         meta.n_users = 3;
         let users = rows_to_parquet("user_id", &m.user_ids, &m.user_rows, 2).unwrap();
         let items = rows_to_parquet("item_id", &m.item_ids, &m.item_rows, 2).unwrap();
-        let err = Model::from_tables(meta, users, items, ["users.parquet", "i"])
+        let users = parquet_to_rows(users, "user_id", 2, "users.parquet").unwrap();
+        let err = Model::from_tables(meta, vec![users], (items, "i".into()))
             .err()
             .unwrap();
         assert!(err

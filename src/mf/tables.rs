@@ -20,28 +20,8 @@ use parquet::file::properties::WriterProperties;
 use crate::error::{Error, Result};
 use crate::ids::Id;
 
-/// A model's two tables, encoded.
-pub struct Tables {
-    pub users: Bytes,
-    pub items: Bytes,
-}
-
 /// The name of the items' training ratings column.
 pub const ITEM_COUNTS: &str = "n_ratings";
-
-pub fn encode_tables(
-    factors: usize,
-    user_ids: &[Id],
-    user_rows: &[f32],
-    item_ids: &[Id],
-    item_rows: &[f32],
-    item_counts: &[u64],
-) -> Result<Tables> {
-    Ok(Tables {
-        users: rows_to_parquet("user_id", user_ids, user_rows, factors)?,
-        items: rows_to_parquet_with("item_id", item_ids, item_rows, factors, Some(item_counts))?,
-    })
-}
 
 /// Encode rows as a Parquet file: `{id_col}`, `bias`, `factors` (fixed-size list of f32).
 pub fn rows_to_parquet(id_col: &str, ids: &[Id], rows: &[f32], factors: usize) -> Result<Bytes> {
@@ -49,7 +29,6 @@ pub fn rows_to_parquet(id_col: &str, ids: &[Id], rows: &[f32], factors: usize) -
 }
 
 /// `rows_to_parquet`, with a `n_ratings` column of `counts` (one per row) if given.
-// Long: one Parquet writer set up and fed; splitting it would pass its parts around.
 pub fn rows_to_parquet_with(
     id_col: &str,
     ids: &[Id],
@@ -57,8 +36,26 @@ pub fn rows_to_parquet_with(
     factors: usize,
     counts: Option<&[u64]>,
 ) -> Result<Bytes> {
+    // About the file's size, so the buffer is not grown by doubling.
+    let buf = Vec::with_capacity(rows.len() * 4 + ids.len() * 16 + (1 << 16));
+    let int_ids = all_ints(ids);
+    let buf = write_rows(buf, id_col, (ids, rows), factors, (counts, int_ids))?;
+    Ok(Bytes::from(buf))
+}
+
+/// Rows encoded as a Parquet file into `out` (a buffer, or an object written as a stream),
+/// returned once the file is complete: the same bytes whatever `out` is.
+// Long: one Parquet writer set up and fed; splitting it would pass its parts around.
+/// `int_ids`: the id column as int64 (every id an integer), else as strings; the parts of one
+/// table must agree on it.
+pub fn write_rows<W: std::io::Write + Send>(
+    out: W,
+    id_col: &str,
+    (ids, rows): (&[Id], &[f32]),
+    factors: usize,
+    (counts, int_ids): (Option<&[u64]>, bool),
+) -> Result<W> {
     let stride = factors + 1;
-    let int_ids = ids.iter().all(|id| matches!(id, Id::Int(_)));
     let id_type = if int_ids {
         DataType::Int64
     } else {
@@ -89,10 +86,8 @@ pub fn rows_to_parquet_with(
         .set_created_by(format!("funksvd {}", env!("CARGO_PKG_VERSION")))
         .build();
     let failed = |e: &dyn std::fmt::Display| Error::runtime(format!("cannot write Parquet: {e}"));
-    // About the file's size, so the buffer is not grown by doubling.
-    let mut buf = Vec::with_capacity(rows.len() * 4 + ids.len() * 16 + (1 << 16));
     let mut writer =
-        ArrowWriter::try_new(&mut buf, schema.clone(), Some(props)).map_err(|e| failed(&e))?;
+        ArrowWriter::try_new(out, schema.clone(), Some(props)).map_err(|e| failed(&e))?;
     for (group, (ids, rows)) in ids
         .chunks(ROWS_PER_GROUP)
         .zip(rows.chunks(ROWS_PER_GROUP * stride))
@@ -130,12 +125,17 @@ pub fn rows_to_parquet_with(
             .map_err(|e| Error::runtime(format!("cannot build the {id_col} table: {e}")))?;
         writer.write(&batch).map_err(|e| failed(&e))?;
     }
-    writer.close().map_err(|e| failed(&e))?;
-    Ok(Bytes::from(buf))
+    writer.into_inner().map_err(|e| failed(&e))
+}
+
+/// Whether every id is an integer (the id column is then int64).
+pub fn all_ints(ids: &[Id]) -> bool {
+    ids.iter().all(|id| matches!(id, Id::Int(_)))
 }
 
 /// A rows file decoded: ids, packed rows (`[bias, factors...]`), and the `n_ratings` column if
 /// the file has one.
+#[derive(Default)]
 pub struct RowsTable {
     pub ids: Vec<Id>,
     pub rows: Vec<f32>,

@@ -44,6 +44,7 @@ pub mod popularity;
 pub mod ranked;
 pub mod schedule;
 mod summed;
+pub mod user_table;
 
 pub use std::ops::ControlFlow;
 use std::time::Instant;
