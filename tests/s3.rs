@@ -273,7 +273,7 @@ fn server_stopped_mid_run_fails_every_rank_and_leaves_the_previous_model_readabl
     run.wait_for("epoch 1/");
     server.stop();
     let status = run.wait_exit(TIMEOUT);
-    let log = run.log;
+    let log = std::mem::take(&mut run.log);
     assert_eq!(status.code(), Some(1), "{log}");
     assert!(
         log.contains("s3://shop/") && log.contains("endpoint http://127.0.0.1"),
