@@ -790,11 +790,10 @@ impl Save<'_> {
         let loc = &self.settings.model;
         let version = comm.broadcast_bytes(0, model_io::new_version_id().into_bytes())?;
         let version = String::from_utf8_lossy(&version).into_owned();
-        let sorted = user_table::sort_across(comm, &user_ids, params.view());
+        // Agreed before writing: `write_part` begins with a collective no rank may miss.
+        let (ids, rows) = comm.agree(user_table::sort_across(comm, &user_ids, params.view()))?;
         drop(user_ids);
-        let written = sorted.and_then(|(ids, rows)| {
-            user_table::write_part(comm, loc, &version, (&ids, &rows), params.factors)
-        });
+        let written = user_table::write_part(comm, loc, &version, (&ids, &rows), params.factors);
         let written = comm.agree(written);
         if written.is_err() && comm.is_root() {
             model_io::abandon_version(loc, &version);

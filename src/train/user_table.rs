@@ -81,7 +81,7 @@ pub fn gather(
     let mut w = Writer::new();
     encode_rows(
         &mut w,
-        user_ids,
+        user_ids.iter(),
         (0..user_ids.len()).map(|u| params.user(u)),
     );
     let Some((all, lens)) = comm.gather_flat(0, &w.finish())? else {
@@ -111,9 +111,7 @@ pub fn sort_across(
         let run = &order[at..end];
         encode_rows(
             w,
-            &run.iter()
-                .map(|&u| user_ids[u as usize].clone())
-                .collect::<Vec<_>>(),
+            run.iter().map(|&u| &user_ids[u as usize]),
             run.iter().map(|&u| params.user(u as usize)),
         );
         at = end;
@@ -157,7 +155,11 @@ fn cuts(comm: &dyn Collective, ids: &[Id], order: &[u32]) -> Result<Vec<Id>> {
 }
 
 /// Users and their rows as one message: the count, the ids, then the rows packed.
-fn encode_rows<'a>(w: &mut Writer, ids: &[Id], rows: impl Iterator<Item = &'a [f32]>) {
+fn encode_rows<'a>(
+    w: &mut Writer,
+    ids: impl ExactSizeIterator<Item = &'a Id>,
+    rows: impl Iterator<Item = &'a [f32]>,
+) {
     w.u64(ids.len() as u64);
     for id in ids {
         id.write(w);
