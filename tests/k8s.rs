@@ -15,31 +15,6 @@ fn repo(path: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(path)
 }
 
-/// A Python with PyYAML and jsonschema: target/venv (scripts/test.sh makes it) or FUNKSVD_PYTHON.
-fn python() -> Option<PathBuf> {
-    let candidate = std::env::var("FUNKSVD_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| repo("target/venv/bin/python"));
-    let ok = Command::new(&candidate)
-        .args(["-c", "import yaml, jsonschema"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if ok {
-        return Some(candidate);
-    }
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!(
-            "{} lacks PyYAML/jsonschema (scripts/test.sh installs them)",
-            candidate.display()
-        );
-    }
-    eprintln!(
-        "skipping: no Python with PyYAML and jsonschema at {}",
-        candidate.display()
-    );
-    None
-}
-
 fn manifests() -> Vec<PathBuf> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(repo("k8s"))
         .unwrap()
@@ -59,7 +34,9 @@ fn every_manifest_is_valid_against_the_mpijob_crd_and_the_operator_rules() {
     let Some(crd) = shared_data("../k8s/kubeflow.org_mpijobs.crd.yaml") else {
         return;
     };
-    let Some(py) = python() else { return };
+    let Some(py) = python_with("yaml, jsonschema") else {
+        return;
+    };
     let out = Command::new(&py)
         .arg(repo("scripts/validate_k8s.py"))
         .arg(&crd)
@@ -84,7 +61,9 @@ fn the_validator_rejects_broken_copies_of_the_manifests() {
     let Some(crd) = shared_data("../k8s/kubeflow.org_mpijobs.crd.yaml") else {
         return;
     };
-    let Some(py) = python() else { return };
+    let Some(py) = python_with("yaml, jsonschema") else {
+        return;
+    };
     for manifest in [
         "k8s/mpijob.yaml",
         "k8s/verify-mpijob.yaml",

@@ -569,20 +569,6 @@ fn train_logs_the_hold_out_ndcg_that_evaluate_reports_for_the_final_model() {
     );
 }
 
-/// A Python with pandas and pyarrow (scripts/test.sh makes target/venv), if there is one.
-fn python_with_pandas() -> Option<PathBuf> {
-    let py = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/venv/bin/python");
-    let ok = std::process::Command::new(&py)
-        .args(["-c", "import pandas, pyarrow"])
-        .status()
-        .is_ok_and(|s| s.success());
-    assert!(
-        ok || std::env::var("CI").map_or(true, |v| v != "true"),
-        "CI needs target/venv with pandas and pyarrow (scripts/test.sh)"
-    );
-    ok.then_some(py)
-}
-
 #[test]
 fn a_users_table_written_in_parts_reads_back_as_the_whole_one_and_recommends_the_same() {
     let dir = temp_dir("recommend-parts");
@@ -620,7 +606,7 @@ fn a_users_table_written_in_parts_reads_back_as_the_whole_one_and_recommends_the
     assert_eq!(bits(&a.user_rows), bits(&b.user_rows));
     assert_eq!(bits(&a.item_rows), bits(&b.item_rows));
     // pandas reads the folder as one table, the same as the whole file.
-    if let Some(py) = python_with_pandas() {
+    if let Some(py) = python_with("pandas, pyarrow") {
         let check = format!(
             "import pandas as pd, numpy as np\n\
              a = pd.read_parquet('{}')\n\

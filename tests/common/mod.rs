@@ -570,3 +570,29 @@ pub fn read_output(out: &Path) -> Vec<Row> {
     }
     rows
 }
+
+/// A Python that imports `modules` (such as "yaml, jsonschema"): FUNKSVD_PYTHON, else target/venv
+/// (scripts/test.sh makes it). `None` (the test skips, saying so) when it has not; in CI a failure.
+pub fn python_with(modules: &str) -> Option<PathBuf> {
+    let candidate = std::env::var("FUNKSVD_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| Path::new(env!("CARGO_MANIFEST_DIR")).join("target/venv/bin/python"));
+    let ok = Command::new(&candidate)
+        .args(["-c", &format!("import {modules}")])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if ok {
+        return Some(candidate);
+    }
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!(
+            "{} lacks {modules} (scripts/test.sh installs them)",
+            candidate.display()
+        );
+    }
+    eprintln!(
+        "skipping: no Python with {modules} at {}",
+        candidate.display()
+    );
+    None
+}
