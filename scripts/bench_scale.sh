@@ -104,6 +104,7 @@ log = open(sys.argv[6]).read()
 pairs = re.search(r"at most (\d+) ratings per rank", log)
 line.update({"step": "train", "events": int(sys.argv[3]), "ranks": int(sys.argv[4]), "objective": sys.argv[5],
              "phases": t["phases"], "users": meta["n_users"], "items": meta["n_items"], "pairs": meta["n_ratings"],
+             "holdout_pairs": meta["metrics"]["n_holdout"],
              "factors": meta["factors"], "pairs_per_rank_max": int(pairs.group(1)) if pairs else None,
              "read_mb_per_rank": [r["bytes"] / 1e6 for r in t["phases"]["read_per_rank"]],
              "sent_mb_per_rank_per_epoch": t["syncs_per_epoch"] * t["floats_per_sync"] * 4 / 1e6,

@@ -290,6 +290,11 @@ pub struct TrainArgs {
     /// their held-out items. Costs a scoring of every user against every item per epoch shown.
     #[arg(long, value_name = "K", num_args = 0..=1, default_missing_value = "20")]
     pub rank_metrics: Option<usize>,
+    /// The most users with held-out pairs the hold-out ranking scores (the final one and
+    /// --rank-metrics'): above it a uniform sample of about N users, its NDCG given with its
+    /// standard error. Scoring a user costs the whole catalogue; 0 scores every user.
+    #[arg(long, value_name = "N", default_value_t = crate::ranking::RANK_USERS)]
+    pub rank_users: u64,
 }
 
 impl TrainArgs {
@@ -480,6 +485,11 @@ pub struct EvaluateArgs {
     /// interactions held out), comma-separated.
     #[arg(long, value_delimiter = ',', default_values_t = [10, 20])]
     pub k: Vec<usize>,
+    /// The most users with held-out pairs the ranking scores: above it a uniform sample of
+    /// about N users (the same users at any count of ranks), its NDCG given with its standard
+    /// error. 0 scores every user.
+    #[arg(long, value_name = "N", default_value_t = crate::ranking::RANK_USERS)]
+    pub rank_users: u64,
     #[command(flatten)]
     pub input: TrainedInputArgs,
 }

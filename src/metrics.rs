@@ -59,6 +59,8 @@ pub struct RankSums {
     pub map: f64,
     pub hits: f64,
     pub users: f64,
+    /// The sum of the users' NDCG squared (for the mean's standard error).
+    pub ndcg_squares: f64,
 }
 
 impl RankSums {
@@ -83,13 +85,17 @@ impl RankSums {
         self.precision += found as f64 / k as f64;
         self.recall += found as f64 / relevant.len() as f64;
         self.ndcg += dcg / ideal;
+        self.ndcg_squares += (dcg / ideal).powi(2);
         self.map += precisions / relevant.len().min(k) as f64;
         self.hits += (found > 0) as u8 as f64;
         self.users += 1.0;
     }
 
-    /// As six floats, for an allreduce.
-    pub fn to_array(self) -> [f64; 6] {
+    /// The floats of `to_array`.
+    pub const LEN: usize = 7;
+
+    /// As `LEN` floats, for an allreduce.
+    pub fn to_array(self) -> [f64; Self::LEN] {
         [
             self.precision,
             self.recall,
@@ -97,6 +103,7 @@ impl RankSums {
             self.map,
             self.hits,
             self.users,
+            self.ndcg_squares,
         ]
     }
 
@@ -108,7 +115,19 @@ impl RankSums {
             map: v[3],
             hits: v[4],
             users: v[5],
+            ndcg_squares: v[6],
         }
+    }
+
+    /// The standard error of the mean NDCG (over the users counted: of a sample of the
+    /// users, how far its mean may lie from every user's), or None below two users.
+    pub fn ndcg_standard_error(&self) -> Option<f64> {
+        let n = self.users;
+        (n > 1.0).then(|| {
+            let mean = self.ndcg / n;
+            let variance = ((self.ndcg_squares - n * mean * mean) / (n - 1.0)).max(0.0);
+            (variance / n).sqrt()
+        })
     }
 
     /// The means over the users counted: (precision, recall, ndcg, map, hit rate), or None
@@ -162,5 +181,21 @@ mod tests {
         assert_eq!(cut.means().unwrap(), [0.0; 5]);
         assert_eq!(RankSums::from_slice(&s.to_array()), s);
         assert_eq!(RankSums::default().means(), None);
+    }
+
+    #[test]
+    fn the_standard_error_of_the_mean_ndcg() {
+        // Two users: NDCG 1 and 0; sample variance 0.5, standard error sqrt(0.5 / 2) = 0.5.
+        let mut s = RankSums::default();
+        s.add(&[1], &[1], 1);
+        assert_eq!(s.ndcg_standard_error(), None);
+        s.add(&[2], &[1], 1);
+        assert!((s.ndcg_standard_error().unwrap() - 0.5).abs() < 1e-12);
+        // Equal users: no spread.
+        let mut same = RankSums::default();
+        for _ in 0..3 {
+            same.add(&[1], &[1], 1);
+        }
+        assert_eq!(same.ndcg_standard_error(), Some(0.0));
     }
 }

@@ -3,10 +3,13 @@
 //! against the held-out items (binary relevance: each is a hit); the same for the popularity
 //! baseline (the items with the most training interactions, minus the user's own); and the
 //! share of the catalogue the lists cover. Each rank scores the users it owns; one allreduce
-//! sums.
+//! sums. Above `--rank-users` users with held-out interactions a uniform sample of about that
+//! many is scored (`Sample`), its means given with their standard error: scoring a user costs
+//! the whole catalogue, and a shop's millions of users would cost more than training.
 
 use crate::collective::{Collective, Op};
 use crate::error::{Error, Result};
+use crate::ids::{mix64, Id};
 use crate::metrics::RankSums;
 use crate::mf::Model;
 use crate::ratings::OwnedRatings;
@@ -14,6 +17,41 @@ use crate::recommend::{popular_for, popularity_order};
 
 /// Users scored per block of top-N (bounds the lists held at once).
 const USERS_PER_BLOCK: usize = 1024;
+
+/// The users a ranking scores when there are more than `--rank-users` with held-out
+/// interactions (the default).
+pub const RANK_USERS: u64 = 50_000;
+
+/// Which of the users with held-out interactions a ranking scores: all, or, above the most
+/// asked for, those whose id hashes below a share (a uniform sample, the same users at any
+/// count of ranks and in every run on the same data).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Sample {
+    /// The job's users with held-out interactions.
+    pub of: u64,
+    /// The share kept (1 = every user).
+    pub share: f64,
+}
+
+impl Sample {
+    /// The sample of at most about `most` users (0 = every user) of the job's, `here` of them
+    /// this rank's (collective).
+    pub fn agree(comm: &dyn Collective, here: usize, most: u64) -> Sample {
+        let mut of = [here as u64];
+        comm.reduce_u64(&mut of, Op::Sum);
+        let share = match most {
+            0 => 1.0,
+            most => (most as f64 / of[0].max(1) as f64).min(1.0),
+        };
+        Sample { of: of[0], share }
+    }
+
+    /// Whether the user `id` is in the sample.
+    pub fn keeps(&self, id: &Id) -> bool {
+        self.share >= 1.0
+            || crate::rng::unit_from_hash(mix64(id.stable_hash() ^ 0x4A5D_0C0E)) < self.share
+    }
+}
 
 /// The job's ranking figures at each cut-off of `ks`.
 #[derive(Clone, Debug, PartialEq)]
@@ -28,8 +66,10 @@ pub struct Ranking {
     /// Users with held-out interactions the model does not know (left out of both).
     pub users_unknown: u64,
     /// Held-out interactions with items the model does not know (counted as relevant, never
-    /// found: they lower recall honestly).
+    /// found: they lower recall honestly), of the users scored.
     pub relevant_unknown_items: u64,
+    /// The users scored, of how many.
+    pub sample: Sample,
 }
 
 /// One user's part: training items (the model's indices, sorted) and relevant items (sorted;
@@ -41,13 +81,14 @@ pub struct UserLists {
 }
 
 /// The ranking figures of `model` on `owned` (this rank's users after the exchange), `held[t]`
-/// saying whether triple t is held out.
+/// saying whether triple t is held out; above `most` users with held-out interactions (0: no
+/// limit), of a sample of about that many.
 pub fn rank(
     comm: &dyn Collective,
     model: &Model,
     owned: &OwnedRatings,
     held: &[bool],
-    ks: &[usize],
+    (ks, most): (&[usize], u64),
 ) -> Result<Ranking> {
     if ks.is_empty() || ks.contains(&0) {
         return Err(Error::usage(
@@ -72,20 +113,39 @@ pub fn rank(
         }
     }
     comm.reduce_u64(&mut counts, Op::Sum);
-    let (users, unknown) = user_lists(model, owned, held, &item_index);
-    Ok(rank_users(comm, model, &users, &counts, ks, unknown))
+    // Counted as train counts them (users the model knows), so that both draw one sample.
+    let with_holdout = owned
+        .user_runs()
+        .filter(|run| held[run.clone()].contains(&true))
+        .filter(|run| {
+            model
+                .user(&owned.users[owned.triples[run.start].user as usize])
+                .is_some()
+        })
+        .count();
+    let sample = Sample::agree(comm, with_holdout, most);
+    let (users, unknown) = user_lists(model, owned, held, (&item_index, &sample));
+    Ok(rank_users(
+        comm,
+        model,
+        &users,
+        &counts,
+        ks,
+        (unknown, sample),
+    ))
 }
 
 /// The ranking figures of `model` for `users` (this rank's), `counts` the job's training
 /// interactions per item (for the popularity baseline), `unknown` this rank's (users, relevant
-/// items) the model does not know. Collective: every rank calls it with the same `ks`.
+/// items) the model does not know, `sample` which users `users` are. Collective: every rank
+/// calls it with the same `ks`.
 pub fn rank_users(
     comm: &dyn Collective,
     model: &Model,
     users: &[UserLists],
     counts: &[u64],
     ks: &[usize],
-    unknown: [u64; 2],
+    (unknown, sample): ([u64; 2], Sample),
 ) -> Ranking {
     let n_items = model.item_ids.len();
     let order = popularity_order(counts);
@@ -118,15 +178,15 @@ pub fn rank_users(
     flat.extend(unknown.map(|n| n as f64));
     comm.reduce_f64(&mut flat, Op::Sum);
     comm.reduce_u64(&mut covered, Op::Max);
-    let sums: Vec<RankSums> = flat[..6 * sums.len()]
-        .chunks_exact(6)
+    let sums: Vec<RankSums> = flat[..RankSums::LEN * sums.len()]
+        .chunks_exact(RankSums::LEN)
         .map(RankSums::from_slice)
         .collect();
     let coverage: Vec<f64> = covered
         .chunks(n_items.max(1))
         .map(|c| c.iter().sum::<u64>() as f64 / n_items.max(1) as f64)
         .collect();
-    let tail = &flat[6 * sums.len()..];
+    let tail = &flat[RankSums::LEN * sums.len()..];
     Ranking {
         ks: ks.to_vec(),
         model: sums[..ks.len()].to_vec(),
@@ -138,6 +198,7 @@ pub fn rank_users(
             .to_vec(),
         users_unknown: tail[0] as u64,
         relevant_unknown_items: tail[1] as u64,
+        sample,
     }
 }
 
@@ -165,7 +226,7 @@ fn user_lists(
     model: &Model,
     owned: &OwnedRatings,
     held: &[bool],
-    item_index: &[u32],
+    (item_index, sample): (&[u32], &Sample),
 ) -> (Vec<UserLists>, [u64; 2]) {
     let n_items = model.item_ids.len() as u32;
     let mut users = Vec::new();
@@ -181,10 +242,11 @@ fn user_lists(
                 false => {}
             }
         }
-        if relevant.is_empty() {
+        let id = &owned.users[user as usize];
+        if relevant.is_empty() || !sample.keeps(id) {
             continue;
         }
-        let Some(u) = model.user(&owned.users[user as usize]) else {
+        let Some(u) = model.user(id) else {
             unknown[0] += 1;
             continue;
         };
@@ -213,6 +275,10 @@ impl Ranking {
                 for (n, name) in names.iter().enumerate() {
                     m.insert(format!("{name}@{k}"), means.map(|v| v[n]).into());
                 }
+                m.insert(
+                    format!("ndcg_standard_error@{k}"),
+                    s.ndcg_standard_error().into(),
+                );
                 m.insert(format!("coverage@{k}"), (*c).into());
             }
             serde_json::Value::Object(m)
@@ -220,6 +286,14 @@ impl Ranking {
         serde_json::json!({
             "k": self.ks,
             "users": self.model.first().map_or(0, |s| s.users as u64),
+            "users_with_holdout": self.sample.of,
+            "sample": match self.sample.share < 1.0 {
+                true => serde_json::json!({
+                    "share": self.sample.share,
+                    "rule": "the users whose id hashes below the share: uniform, the same users at any count of ranks; --rank-users sets the most scored (0: all)",
+                }),
+                false => serde_json::Value::Null,
+            },
             "model": table(&self.model, &self.model_coverage),
             "popularity": table(&self.popular, &self.popular_coverage),
             "users_unknown_to_model": self.users_unknown,

@@ -851,6 +851,69 @@ fn events_train_the_ranking_objective_by_default_and_the_log_says_what_each_flag
 }
 
 #[test]
+fn above_rank_users_the_ranking_scores_a_uniform_sample_the_same_at_any_rank_count() {
+    let (dir, data) = generated("rank-sample", 3000, 400, 60000, 2);
+    let model = dir.join("model");
+    let run = mpirun(
+        2,
+        &train_args(s(&data), s(&model), &["--rank-users", "300"]),
+    )
+    .ok();
+    let meta = load_model(&model).meta;
+    let ranking = meta.metrics.ranking.clone().expect("a hold-out ranking");
+    let (scored, of) = (
+        ranking["users"].as_u64().unwrap(),
+        ranking["users_with_holdout"].as_u64().unwrap(),
+    );
+    // About 300 of some thousands, drawn by id: a binomial count around 300.
+    assert!(of > 1000 && (200..=400).contains(&scored), "{ranking}");
+    let share = ranking["sample"]["share"].as_f64().unwrap();
+    assert!((share - 300.0 / of as f64).abs() < 1e-12, "{ranking}");
+    let error = ranking["model"]["ndcg_standard_error@20"].as_f64().unwrap();
+    assert!(error > 0.0 && error < 0.05, "{ranking}");
+    assert!(
+        run.stderr.contains(&format!(
+            "of a sample of {scored} of the {of} users with held-out pairs (--rank-users)"
+        )),
+        "{}",
+        run.stderr
+    );
+    // evaluate draws the same users from the same hold-out, at any count of ranks; and with
+    // --rank-users 0 it ranks every user, the sample's mean within a few standard errors.
+    let evaluate = |ranks: usize, most: &str| -> serde_json::Value {
+        let args = [
+            "evaluate",
+            "--model",
+            s(&model),
+            "--data",
+            s(&data),
+            "--split",
+            "holdout",
+            "--rank-users",
+            most,
+        ];
+        let out = mpirun(ranks, &args).ok().stdout;
+        serde_json::from_str::<serde_json::Value>(&out).unwrap()["ranking"].clone()
+    };
+    let ndcg = |r: &serde_json::Value| r["model"]["ndcg@20"].as_f64().unwrap();
+    for other in [evaluate(1, "300"), evaluate(3, "300")] {
+        for field in ["users", "users_with_holdout", "sample"] {
+            assert_eq!(other[field], ranking[field], "{field}");
+        }
+        // The sums' order differs with the ranks: equal up to rounding.
+        assert!((ndcg(&other) - ndcg(&ranking)).abs() < 1e-12);
+    }
+    let every = evaluate(2, "0");
+    assert!(every["sample"].is_null(), "{every}");
+    assert_eq!(every["users"].as_u64(), Some(of));
+    let (sampled, whole) = (ndcg(&ranking), ndcg(&every));
+    assert!(
+        (sampled - whole).abs() < 4.0 * error,
+        "{sampled} vs {whole} (SE {error})"
+    );
+}
+
+#[test]
 fn ratings_train_the_explicit_objective_by_default_and_rank_beside_popularity() {
     let Some(ratings) = shared_data("ml-latest-small/ratings.csv") else {
         return;

@@ -49,7 +49,7 @@ pub fn run(comm: &dyn Collective, args: &EvaluateArgs) -> Result<()> {
         .map(|(id, _)| id.clone())
         .collect();
     let unknown_items = exchange::agree_on_ids(comm, &unknown_item_ids)?.len();
-    let ranking = ranking(comm, &model, &owned, &held, &args.k)?;
+    let ranking = ranking(comm, &model, &owned, &held, (&args.k, args.rank_users))?;
 
     if comm.is_root() {
         warn_about(args, &model.meta, errors.n, sums[5], sums[6]);
@@ -92,12 +92,12 @@ fn ranking(
     model: &Model,
     owned: &OwnedRatings,
     held: &[bool],
-    ks: &[usize],
+    ks_most: (&[usize], u64),
 ) -> Result<serde_json::Value> {
     if model.meta.hyperparameters.holdout == 0.0 {
         return Ok(serde_json::Value::Null);
     }
-    let figures = comm.agree(ranking::rank(comm, model, owned, held, ks))?;
+    let figures = comm.agree(ranking::rank(comm, model, owned, held, ks_most))?;
     Ok(figures.to_json())
 }
 

@@ -38,6 +38,8 @@ pub(crate) struct Settings {
     pub input: Input,
     pub data: Location,
     pub model: Location,
+    /// The most hold-out users a ranking scores (`--rank-users`; 0: all).
+    pub rank_users: u64,
 }
 
 pub fn run(comm: &dyn Collective, args: &TrainArgs) -> Result<()> {
@@ -62,10 +64,12 @@ pub(crate) fn run_as(
     let shared_model = user_table::seen_by_every_rank(comm, &settings.model)?;
     let (owned, report) = pipeline::load_ratings(comm, &settings.data, &settings.input)?;
     stop_if_interrupted(comm)?;
+    let started = Instant::now();
     let choice = match args.chooses_popularity_weight() {
         true => Some(choose_popularity_weight(comm, &owned, &mut settings.hyper)?),
         false => None,
     };
+    let choice_seconds = started.elapsed().as_secs_f64();
     stop_if_interrupted(comm)?;
     let started = Instant::now();
     let prepared = prepare(comm, owned, &settings.hyper)?;
@@ -85,13 +89,13 @@ pub(crate) fn run_as(
         );
     }
     let train_seconds = started.elapsed().as_secs_f64();
+    let started = Instant::now();
     let mut metrics = match settings.hyper.objective {
-        Objective::Explicit => {
-            final_metrics(comm, &prepared, &state, &settings.hyper, totals.globals)
-        }
-        Objective::Implicit => implicit_metrics(comm, &prepared, &mut state, &settings.hyper),
+        Objective::Explicit => final_metrics(comm, &prepared, &state, &settings, totals.globals),
+        Objective::Implicit => implicit_metrics(comm, &prepared, &mut state, &settings),
     };
     metrics.popularity_weight = choice.map(|c| serde_json::to_value(c).expect("plain numbers"));
+    let metrics_seconds = started.elapsed().as_secs_f64();
     log_memory(comm, "trained");
     let mut phases = [
         report.plan_seconds,
@@ -99,6 +103,8 @@ pub(crate) fn run_as(
         report.features_seconds,
         exchange_seconds,
         train_seconds,
+        choice_seconds,
+        metrics_seconds,
     ];
     comm.reduce_f64(&mut phases, Op::Max);
     if comm.is_root() {
@@ -235,6 +241,7 @@ pub(crate) fn settings(comm: &dyn Collective, args: &TrainArgs) -> Result<Settin
         input,
         data,
         model,
+        rank_users: args.rank_users,
     })
 }
 
@@ -442,7 +449,7 @@ fn train(
     };
     let ranked = args
         .rank_metrics
-        .map(|k| ranked_epochs(comm, prepared, k, hyper));
+        .map(|k| ranked_epochs(comm, prepared, (k, settings.rank_users), hyper));
     let bar = Bar::new(comm.rank(), hyper.epochs as u64, "epochs");
     let after_epoch = |progress: &Progress| {
         let (epoch, epochs) = (progress.epoch, hyper.epochs);
@@ -488,8 +495,13 @@ fn train(
 
 /// `--rank-metrics K`: what scoring the epochs needs, and the popularity baseline's figures,
 /// logged once (they do not change).
-fn ranked_epochs(comm: &dyn Collective, prepared: &Prepared, k: usize, hyper: &Hyper) -> RankCheck {
-    let check = RankCheck::new(comm, &prepared.data, prepared.item_ids.len(), k);
+fn ranked_epochs(
+    comm: &dyn Collective,
+    prepared: &Prepared,
+    k_most: (usize, u64),
+    hyper: &Hyper,
+) -> RankCheck {
+    let check = RankCheck::new(comm, &prepared.data, prepared.item_ids.len(), k_most);
     // The baseline's lists do not depend on the factors: score a model of zeros once.
     let zeros = |n: usize| vec![0.0f32; n * padded_width(hyper.factors)];
     let (users, items) = (
@@ -629,10 +641,10 @@ fn final_metrics(
     comm: &dyn Collective,
     prepared: &Prepared,
     state: &TrainState,
-    hyper: &Hyper,
+    settings: &Settings,
     globals: Globals,
 ) -> Metrics {
-    let data = &prepared.data;
+    let (data, hyper) = (&prepared.data, &settings.hyper);
     let params = state.params.view();
     let mut baseline = ErrorSums::default();
     for h in &data.holdout {
@@ -658,7 +670,7 @@ fn final_metrics(
         baseline_holdout_rmse: baseline.rmse(),
         n_holdout: hold.n as u64,
         history: state.history.clone(),
-        ranking: holdout_ranking(comm, prepared, state, hyper, globals),
+        ranking: holdout_ranking(comm, prepared, state, settings, globals),
         popularity_weight: None,
     }
 }
@@ -669,20 +681,21 @@ fn holdout_ranking(
     comm: &dyn Collective,
     prepared: &Prepared,
     state: &TrainState,
-    hyper: &Hyper,
+    settings: &Settings,
     globals: Globals,
 ) -> Option<serde_json::Value> {
     let data = &prepared.data;
+    let k_most = (RANKING_K, settings.rank_users);
     let mut held = [data.holdout.len() as u64];
     comm.reduce_u64(&mut held, Op::Sum);
     (held[0] > 0).then(|| {
-        let check = RankCheck::new(comm, data, prepared.item_ids.len(), RANKING_K);
+        let check = RankCheck::new(comm, data, prepared.item_ids.len(), k_most);
         let ranking = check.rank(
             comm,
             state.params.view(),
             &data.ratings.user_ids,
             &prepared.item_ids,
-            hyper.biased,
+            settings.hyper.biased,
             globals,
         );
         ranking.to_json()
@@ -696,9 +709,9 @@ fn implicit_metrics(
     comm: &dyn Collective,
     prepared: &Prepared,
     state: &mut TrainState,
-    hyper: &Hyper,
+    settings: &Settings,
 ) -> Metrics {
-    let data = &prepared.data;
+    let (data, hyper) = (&prepared.data, &settings.hyper);
     let [train, hold] = preference_errors(data, state.params.view());
     let mut sums = [train.to_array(), hold.to_array()].concat();
     comm.reduce_f64(&mut sums, Op::Sum);
@@ -709,7 +722,7 @@ fn implicit_metrics(
     if let Some(implicit) = hyper.implicit {
         popularity::add_term(&mut state.params, &counts_by_row(prepared), &implicit);
     }
-    let ranking = holdout_ranking(comm, prepared, state, hyper, Globals::PREFERENCES);
+    let ranking = holdout_ranking(comm, prepared, state, settings, Globals::PREFERENCES);
     Metrics {
         train_rmse: train.rmse().unwrap_or(f64::NAN),
         train_mae: train.mae().unwrap_or(f64::NAN),
@@ -726,15 +739,28 @@ fn implicit_metrics(
 /// The cut-off of the final hold-out ranking (every model's, beside the popularity list's).
 const RANKING_K: usize = 20;
 
-/// `NDCG@20 0.1234 (popularity 0.0987), recall@20 0.2345` from a recorded ranking.
+/// `NDCG@20 0.1234 (popularity 0.0987), recall@20 0.2345 (popularity 0.3456)` from a
+/// recorded ranking, and where it scored a sample of the users, how many of how many and the
+/// standard errors of the NDCGs.
 fn ranking_line(ranking: &serde_json::Value) -> Option<String> {
     let get = |side: &str, metric: &str| ranking[side][format!("{metric}@{RANKING_K}")].as_f64();
-    Some(format!(
+    let line = format!(
         "NDCG@{RANKING_K} {:.4} (popularity {:.4}), recall@{RANKING_K} {:.4} (popularity {:.4})",
         get("model", "ndcg")?,
         get("popularity", "ndcg")?,
         get("model", "recall")?,
         get("popularity", "recall")?
+    );
+    if ranking["sample"].is_null() {
+        return Some(line);
+    }
+    let error = |side: &str| get(side, "ndcg_standard_error").unwrap_or(f64::NAN);
+    Some(format!(
+        "{line}; of a sample of {} of the {} users with held-out pairs (--rank-users), NDCG@{RANKING_K} standard errors {:.4} and {:.4}",
+        ranking["users"],
+        ranking["users_with_holdout"],
+        error("model"),
+        error("popularity")
     ))
 }
 
@@ -747,8 +773,9 @@ struct Save<'a> {
     report: &'a IngestReport,
     totals: &'a Totals,
     metrics: Metrics,
-    /// Seconds of plan, read, features, exchange and train (the slowest rank's).
-    phases: [f64; 5],
+    /// Seconds of plan, read, features, exchange, train, the popularity weight's choice and
+    /// the final metrics (the slowest rank's).
+    phases: [f64; 7],
     item_rows: ItemRows,
     ranks: usize,
     job_started: Instant,
@@ -899,6 +926,8 @@ impl Save<'_> {
                     features: p[2],
                     exchange: p[3],
                     train: p[4],
+                    choice: p[5],
+                    metrics: p[6],
                     save: 0.0,
                     read_per_rank: report
                         .read_per_rank

@@ -330,7 +330,7 @@ fn load(world: &dyn Collective, group: &dyn Collective, plan: &Plan) -> Result<G
         );
     }
     log_set_up(group, &prepared, &totals);
-    let measure = Measure::new(group, &prepared, plan.metric.clone());
+    let measure = Measure::new(group, &prepared, (plan.metric.clone(), settings.rank_users));
     Ok(GroupData {
         prepared,
         totals,

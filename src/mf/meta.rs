@@ -65,6 +65,12 @@ pub struct Phases {
     pub features: f64,
     pub exchange: f64,
     pub train: f64,
+    /// The implicit objective's choice of its popularity weight (a fit of its own).
+    #[serde(default)]
+    pub choice: f64,
+    /// The final figures: the errors, the hold-out ranking.
+    #[serde(default)]
+    pub metrics: f64,
     pub save: f64,
     /// Bytes and requests each rank read from storage (index = rank).
     pub read_per_rank: Vec<ReadStats>,

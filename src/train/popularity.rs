@@ -71,7 +71,7 @@ pub fn choose_weight(comm: &dyn Collective, owned: &OwnedRatings, hyper: &Hyper)
         implicit: Some(settings),
         ..hyper.clone()
     };
-    let mut prepared = prepare(comm, training_pairs(owned, hyper), &validation)?;
+    let prepared = prepare(comm, training_pairs(owned, hyper), &validation)?;
     let fitted = fit_objective(
         comm,
         &prepared,
@@ -91,7 +91,6 @@ pub fn choose_weight(comm: &dyn Collective, owned: &OwnedRatings, hyper: &Hyper)
         },
     );
     let (mut state, _) = comm.agree(fitted)?;
-    sample_users(comm, &mut prepared);
     let mut choice = score_weights(comm, &prepared, &mut state.params, &settings);
     choice.seconds = started.elapsed().as_secs_f64();
     Ok(choice)
@@ -126,7 +125,12 @@ fn score_weights(
     params: &mut Params,
     settings: &ImplicitHyper,
 ) -> Choice {
-    let check = RankCheck::new(comm, &prepared.data, prepared.item_ids.len(), K);
+    let check = RankCheck::new(
+        comm,
+        &prepared.data,
+        prepared.item_ids.len(),
+        (K, MOST_USERS),
+    );
     let counts = counts_by_row(prepared);
     let width = params.width;
     let biases: Vec<f32> = (params.items.as_slice().chunks_exact(width))
@@ -250,29 +254,9 @@ impl Paired {
     }
 }
 
-/// Keep the validation pairs of about `MOST_USERS` users (drawn by a hash of their ids, so
-/// the same users whatever the rank count; collective): each weight's ranking scores every
-/// validation user against every item, and a mean over thousands of users tells the weights
-/// of the grid apart.
-fn sample_users(comm: &dyn Collective, prepared: &mut Prepared) {
-    let data = &mut prepared.data;
-    let mut users: Vec<u32> = data.holdout.iter().map(|h| h.user).collect();
-    users.dedup();
-    let mut total = [users.len() as u64];
-    comm.reduce_u64(&mut total, crate::collective::Op::Sum);
-    if total[0] <= MOST_USERS {
-        return;
-    }
-    let share = MOST_USERS as f64 / total[0] as f64;
-    let ids = &data.ratings.user_ids;
-    data.holdout.retain(|h| {
-        h.user != super::data::UNKNOWN
-            && crate::rng::unit_from_hash(mix64(ids[h.user as usize].stable_hash() ^ 0x5A3F))
-                < share
-    });
-}
-
-/// About how many validation users the choice ranks.
+/// About how many validation users the choice ranks (a uniform sample of them above it,
+/// `ranking::Sample`): each weight's ranking scores every one against every item, and a mean
+/// over thousands of users tells the weights of the grid apart.
 const MOST_USERS: u64 = 5000;
 
 /// The job's training pairs of each item row (`prepared.item_counts` is by sorted id).

@@ -6,7 +6,7 @@ use crate::collective::{Collective, Op};
 use crate::ids::Id;
 use crate::mf::meta::ModelMeta;
 use crate::mf::{Globals, Model, ParamsRef};
-use crate::ranking::{ndcg_by_user, rank_users, Ranking, UserLists};
+use crate::ranking::{ndcg_by_user, rank_users, Ranking, Sample, UserLists};
 
 use super::data::{RankData, UNKNOWN};
 
@@ -16,12 +16,21 @@ pub struct RankCheck {
     users: Vec<UserLists>,
     /// The job's training ratings per item row (the popularity baseline).
     counts: Vec<u64>,
-    /// (0, this rank's held-out pairs with items without training ratings).
+    /// (0, the held-out pairs of this rank's users scored with items without training
+    /// ratings).
     unknown: [u64; 2],
+    sample: Sample,
 }
 
 impl RankCheck {
-    pub fn new(comm: &dyn Collective, data: &RankData, n_items: usize, k: usize) -> RankCheck {
+    /// The check of `data`'s hold-out at `k`, of a sample of about `most` of its users where
+    /// it has more (0: every user; `ranking::Sample`). Collective.
+    pub fn new(
+        comm: &dyn Collective,
+        data: &RankData,
+        n_items: usize,
+        (k, most): (usize, u64),
+    ) -> RankCheck {
         let r = &data.ratings;
         let mut counts = vec![0u64; n_items];
         for &i in &r.items {
@@ -31,24 +40,22 @@ impl RankCheck {
         let mut relevant: Vec<Vec<u32>> = vec![Vec::new(); r.n_users()];
         // Pairs of users without training ratings are left out (the model has no row for
         // them); items without training ratings count as relevant and are never found.
-        let mut unknown = [0u64; 2];
         for (n, h) in data.holdout.iter().enumerate() {
             if h.user == UNKNOWN {
                 continue;
             }
             let item = match h.item {
-                UNKNOWN => {
-                    unknown[1] += 1;
-                    (n_items + n) as u32
-                }
+                UNKNOWN => (n_items + n) as u32,
                 row => row,
             };
             relevant[h.user as usize].push(item);
         }
-        let users = relevant
+        let with_holdout = relevant.iter().filter(|rel| !rel.is_empty()).count();
+        let sample = Sample::agree(comm, with_holdout, most);
+        let users: Vec<UserLists> = relevant
             .into_iter()
             .enumerate()
-            .filter(|(_, rel)| !rel.is_empty())
+            .filter(|(u, rel)| !rel.is_empty() && sample.keeps(&r.user_ids[*u]))
             .map(|(u, mut rel)| {
                 rel.sort_unstable();
                 UserLists {
@@ -58,11 +65,21 @@ impl RankCheck {
                 }
             })
             .collect();
+        let unknown_items = users
+            .iter()
+            .map(|u| {
+                u.relevant
+                    .iter()
+                    .filter(|&&i| i as usize >= n_items)
+                    .count() as u64
+            })
+            .sum();
         RankCheck {
             k,
             users,
             counts,
-            unknown,
+            unknown: [0, unknown_items],
+            sample,
         }
     }
 
@@ -83,7 +100,7 @@ impl RankCheck {
             &self.users,
             &self.counts,
             &[self.k],
-            self.unknown,
+            (self.unknown, self.sample),
         )
     }
 

@@ -81,13 +81,18 @@ pub struct Measure {
 
 impl Measure {
     /// Collective over `comm`.
-    pub fn new(comm: &dyn Collective, prepared: &Prepared, metric: Metric) -> Measure {
+    /// `rank_users`: the most hold-out users a ranking metric scores (`--rank-users`).
+    pub fn new(
+        comm: &dyn Collective,
+        prepared: &Prepared,
+        (metric, rank_users): (Metric, u64),
+    ) -> Measure {
         let check = match metric {
             Metric::Ranked { k, .. } => Some(RankCheck::new(
                 comm,
                 &prepared.data,
                 prepared.item_ids.len(),
-                k,
+                (k, rank_users),
             )),
             _ => None,
         };

@@ -99,6 +99,10 @@ pub const FIXED: &[(&str, &str)] = &[
     ),
     ("resume", "use tune --resume"),
     ("rank-metrics", "tune measures --metric at each rung"),
+    (
+        "rank-users",
+        "it changes which users every trial's ranking metric scores; set it outside --space",
+    ),
     ("syncs-per-epoch", "it has no effect"),
 ];
 
