@@ -21,10 +21,28 @@ pub fn tune_allocator() {
 
 /// This process's peak resident memory so far in MB (VmHWM; None where /proc is missing).
 pub fn peak_rss_mb() -> Option<f64> {
+    status_mb("VmHWM:")
+}
+
+/// This process's resident memory now in MB (VmRSS; None where /proc is missing).
+pub fn rss_mb() -> Option<f64> {
+    status_mb("VmRSS:")
+}
+
+fn status_mb(field: &str) -> Option<f64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let line = status.lines().find(|l| l.starts_with(field))?;
     let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb / 1024.0)
+}
+
+/// At debug level: `rank R: WHEN; memory N MB, peak P MB` (where a phase's memory goes).
+pub fn log(rank: usize, when: &str) {
+    log::debug!(
+        "rank {rank}: {when}; memory {:.0} MB, peak {:.0} MB",
+        rss_mb().unwrap_or(0.0),
+        peak_rss_mb().unwrap_or(0.0)
+    );
 }
 
 /// Memory the host can still give without swapping, in bytes (MemAvailable; None where /proc is

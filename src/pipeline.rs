@@ -77,12 +77,8 @@ pub fn load_ratings(
         input.user_cost,
     ))?;
     report.exchange_seconds = started.elapsed().as_secs_f64();
-    log::debug!(
-        "rank {}: {} ratings after the exchange; peak memory {:.0} MB",
-        comm.rank(),
-        owned.triples.len(),
-        crate::memory::peak_rss_mb().unwrap_or(0.0)
-    );
+    let what = format!("{} ratings after the exchange", owned.triples.len());
+    crate::memory::log(comm.rank(), &what);
     Ok((owned, report))
 }
 
@@ -114,14 +110,11 @@ fn read(
     let mine = Reads::so_far().since(before);
     report.features_seconds = local.feature_seconds;
     report.read_seconds = started.elapsed().as_secs_f64() - local.feature_seconds;
-    log::debug!(
-        "rank {}: read {} rows, {} bytes in {} requests; peak memory {:.0} MB",
-        comm.rank(),
-        local.rows_read,
-        mine.bytes,
-        mine.requests,
-        crate::memory::peak_rss_mb().unwrap_or(0.0)
+    let what = format!(
+        "read {} rows, {} bytes in {} requests",
+        local.rows_read, mine.bytes, mine.requests
     );
+    crate::memory::log(comm.rank(), &what);
     let mut counts = [local.rows_read];
     comm.reduce_u64(&mut counts, Op::Sum);
     report.rows_read = counts[0];

@@ -15,8 +15,8 @@ use crate::mf::checkpoint::{item_order, Run};
 use crate::mf::meta::{
     InputRecord, Metrics, ModelMeta, Phases, ReadStats, Training, FORMAT, VERSION,
 };
-use crate::mf::params::padded_width;
-use crate::mf::tables::{rows_to_parquet, rows_to_parquet_with};
+use crate::mf::params::{padded_width, Rows};
+use crate::mf::tables::rows_to_parquet_with;
 use crate::mf::{Globals, Hyper, Objective, Params, ParamsRef};
 use crate::model_io::{self, Found, UsersTable};
 use crate::pipeline::{self, IngestReport};
@@ -25,11 +25,11 @@ use crate::ratings::OwnedRatings;
 use crate::store::Location;
 use crate::train::checkpoint::Checkpoints;
 use crate::train::data::{prepare, ItemBlocks, Prepared, RankData};
-use crate::train::implicit::preference_errors;
+use crate::train::implicit::{self, preference_errors};
 use crate::train::pass::{holdout_errors, train_errors};
 use crate::train::popularity::{self, counts_by_row, Choice};
 use crate::train::ranked::RankCheck;
-use crate::train::user_table;
+use crate::train::user_table::{self, ForRanges};
 use crate::train::{fit_objective, ControlFlow, ItemRows, Progress, TrainState};
 
 /// The flags, checked (every rank checks them alike).
@@ -70,10 +70,13 @@ pub(crate) fn run_as(
         false => None,
     };
     let choice_seconds = started.elapsed().as_secs_f64();
+    log_memory(comm, "popularity weight chosen");
     stop_if_interrupted(comm)?;
     let started = Instant::now();
-    let prepared = prepare(comm, owned, &settings.hyper)?;
+    let mut prepared = prepare(comm, owned, &settings.hyper)?;
     let totals = agree_totals(comm, &prepared.data, &report, &settings.hyper)?;
+    let n_items = prepared.item_ids.len();
+    implicit::balance_in_place(&mut prepared.data.ratings, n_items, &settings.hyper);
     let exchange_seconds = report.exchange_seconds + started.elapsed().as_secs_f64();
     log_memory(comm, "hold-out split, vocabulary and layout made");
     log_set_up(comm, &prepared, &totals);
@@ -89,6 +92,7 @@ pub(crate) fn run_as(
         );
     }
     let train_seconds = started.elapsed().as_secs_f64();
+    log_memory(comm, "epochs done");
     let started = Instant::now();
     let mut metrics = match settings.hyper.objective {
         Objective::Explicit => final_metrics(comm, &prepared, &state, &settings, totals.globals),
@@ -173,8 +177,7 @@ fn choose_popularity_weight(
 }
 
 fn log_memory(comm: &dyn Collective, when: &str) {
-    let peak = crate::memory::peak_rss_mb().unwrap_or(0.0);
-    log::debug!("rank {}: {when}; peak memory {peak:.0} MB", comm.rank());
+    crate::memory::log(comm.rank(), when);
 }
 
 /// Before training: whether the ranks will write the users' table in parts (`user_table`), and
@@ -789,7 +792,7 @@ impl Save<'_> {
     /// Publish the model: rank 0 gathers every rank's users and writes the table whole, or (a
     /// large table) each rank writes its range of the users sorted by id as a part of it
     /// (`train::user_table`); rank 0 then writes the items and switches `model.json`.
-    fn publish(self, comm: &dyn Collective, prepared: Prepared, params: Params) -> Result<()> {
+    fn publish(self, comm: &dyn Collective, prepared: Prepared, mut params: Params) -> Result<()> {
         let started = Instant::now();
         let Prepared {
             mut data,
@@ -803,13 +806,17 @@ impl Save<'_> {
         drop(data);
         let items = (sorted_items.as_slice(), item_counts.as_slice());
         if !self.users_in_parts {
-            // Rank 0 writes; every rank hears how that went (no `?` before the agreement).
-            let saved = user_table::gather(comm, &user_ids, params.view()).and_then(|users| {
-                let Some((ids, rows)) = users else {
+            // Rank 0 writes; every rank hears how that went (no `?` before the agreement). The
+            // users' rows are in the messages once encoded: only the item rows are still needed.
+            let mine = user_table::for_gather(&user_ids, params.view());
+            drop(user_ids);
+            params.users = Rows::zeros(0);
+            let saved = user_table::gather(comm, mine).and_then(|users| {
+                let Some(users) = users else {
                     return Ok(());
                 };
-                let users = rows_to_parquet("user_id", &ids, &rows, params.factors)?;
-                let users = (UsersTable::Whole(users), ids.len() as u64);
+                let table = user_table::whole_table(&users, params.factors)?;
+                let users = (UsersTable::Whole(table), users.len() as u64);
                 self.write(users, items, &blocks, &params, started)
             });
             return comm.agree(saved);
@@ -818,9 +825,13 @@ impl Save<'_> {
         let version = comm.broadcast_bytes(0, model_io::new_version_id().into_bytes())?;
         let version = String::from_utf8_lossy(&version).into_owned();
         // Agreed before writing: `write_part` begins with a collective no rank may miss.
-        let (ids, rows) = comm.agree(user_table::sort_across(comm, &user_ids, params.view()))?;
+        let outgoing = comm.agree(ForRanges::of(comm, &user_ids, params.view()))?;
+        // The users' rows and ids are in the messages now: only the item rows are still needed.
         drop(user_ids);
-        let written = user_table::write_part(comm, loc, &version, (&ids, &rows), params.factors);
+        params.users = Rows::zeros(0);
+        let users = comm.agree(user_table::sort_across(comm, outgoing))?;
+        let written = user_table::write_part(comm, loc, &version, &users, params.factors);
+        drop(users);
         let written = comm.agree(written);
         if written.is_err() && comm.is_root() {
             model_io::abandon_version(loc, &version);

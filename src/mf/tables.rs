@@ -4,6 +4,7 @@
 //! `items.parquet` also has `n_ratings` (int64): the item's training ratings (pairs), the
 //! popularity `recommend` falls back on (absent in models written before it was recorded).
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use arrow::array::{
@@ -45,13 +46,35 @@ pub fn rows_to_parquet_with(
 
 /// Rows encoded as a Parquet file into `out` (a buffer, or an object written as a stream),
 /// returned once the file is complete: the same bytes whatever `out` is.
-// Long: one Parquet writer set up and fed; splitting it would pass its parts around.
 /// `int_ids`: the id column as int64 (every id an integer), else as strings; the parts of one
 /// table must agree on it.
 pub fn write_rows<W: std::io::Write + Send>(
     out: W,
     id_col: &str,
     (ids, rows): (&[Id], &[f32]),
+    factors: usize,
+    (counts, int_ids): (Option<&[u64]>, bool),
+) -> Result<W> {
+    let stride = factors + 1;
+    let groups = ids
+        .chunks(ROWS_PER_GROUP)
+        .zip(rows.chunks(ROWS_PER_GROUP * stride))
+        .map(|(ids, rows)| (Cow::Borrowed(ids), Cow::Borrowed(rows)));
+    write_groups(out, id_col, groups, factors, (counts, int_ids))
+}
+
+/// The ids and packed rows of one row group (of at most `ROWS_PER_GROUP` rows).
+pub type RowGroup<'a> = (Cow<'a, [Id]>, Cow<'a, [f32]>);
+
+/// Rows per Parquet row group: the writer holds one at a time.
+pub const ROWS_PER_GROUP: usize = 1 << 16;
+
+/// `write_rows` from the rows a group at a time (a table whose rows are not in one slice).
+// Long: one Parquet writer set up and fed; splitting it would pass its parts around.
+pub fn write_groups<'a, W: std::io::Write + Send>(
+    out: W,
+    id_col: &str,
+    groups: impl Iterator<Item = RowGroup<'a>>,
     factors: usize,
     (counts, int_ids): (Option<&[u64]>, bool),
 ) -> Result<W> {
@@ -78,7 +101,6 @@ pub fn write_rows<W: std::io::Write + Send>(
     // Trained floats never repeat and do not compress: dictionary encoding and compression
     // would only cost time and memory (the writer keeps a dictionary of every value it tries).
     // One row group per batch of ROWS_PER_GROUP: the writer holds one at a time.
-    const ROWS_PER_GROUP: usize = 1 << 16;
     let props = WriterProperties::builder()
         .set_dictionary_enabled(false)
         .set_compression(Compression::UNCOMPRESSED)
@@ -88,11 +110,8 @@ pub fn write_rows<W: std::io::Write + Send>(
     let failed = |e: &dyn std::fmt::Display| Error::runtime(format!("cannot write Parquet: {e}"));
     let mut writer =
         ArrowWriter::try_new(out, schema.clone(), Some(props)).map_err(|e| failed(&e))?;
-    for (group, (ids, rows)) in ids
-        .chunks(ROWS_PER_GROUP)
-        .zip(rows.chunks(ROWS_PER_GROUP * stride))
-        .enumerate()
-    {
+    let mut start = 0;
+    for (ids, rows) in groups {
         let id_array: ArrayRef = if int_ids {
             Arc::new(Int64Array::from_iter_values(ids.iter().map(
                 |id| match id {
@@ -115,7 +134,6 @@ pub fn write_rows<W: std::io::Write + Send>(
                 .map_err(|e| Error::runtime(format!("cannot build the factors column: {e}")))?;
         let mut columns: Vec<ArrayRef> = vec![id_array, Arc::new(bias), Arc::new(factors_array)];
         if let Some(counts) = counts {
-            let start = group * ROWS_PER_GROUP;
             let these = &counts[start..start + ids.len()];
             columns.push(Arc::new(Int64Array::from_iter_values(
                 these.iter().map(|&c| c.min(i64::MAX as u64) as i64),
@@ -124,6 +142,7 @@ pub fn write_rows<W: std::io::Write + Send>(
         let batch = RecordBatch::try_new(schema.clone(), columns)
             .map_err(|e| Error::runtime(format!("cannot build the {id_col} table: {e}")))?;
         writer.write(&batch).map_err(|e| failed(&e))?;
+        start += ids.len();
     }
     writer.into_inner().map_err(|e| failed(&e))
 }

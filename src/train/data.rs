@@ -31,6 +31,9 @@ pub struct RankRatings {
     pub user_offsets: Vec<usize>,
     pub items: Vec<u32>,
     pub values: Vec<f32>,
+    /// Whether `values` are already scaled by each user's confidence balance (`implicit::
+    /// balance_in_place`): the trainer then reads them as they are.
+    pub balanced: bool,
 }
 
 /// Everything one rank trains and scores on.
@@ -360,6 +363,7 @@ pub fn index(owned: OwnedRatings, held_out: &[bool], item_rows: &[u32]) -> RankD
             user_offsets,
             items: train.iter().map(|t| t.1).collect(),
             values: train.iter().map(|t| t.2).collect(),
+            balanced: false,
         },
         holdout,
     }

@@ -216,6 +216,7 @@ mod tests {
             user_offsets: vec![0, 2, 3],
             items: vec![0, 2, 2],
             values: vec![1.0, 3.0, 5.0],
+            balanced: false,
         };
         let items = even_ranges(3, 1);
         let pairs = owned_pairs(&Solo, &ratings, &ratings.values, &items, 10).unwrap();

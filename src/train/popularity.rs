@@ -71,7 +71,20 @@ pub fn choose_weight(comm: &dyn Collective, owned: &OwnedRatings, hyper: &Hyper)
         implicit: Some(settings),
         ..hyper.clone()
     };
-    let prepared = prepare(comm, training_pairs(owned, hyper), &validation)?;
+    let mut prepared = prepare(comm, training_pairs(owned, hyper), &validation)?;
+    // What the ranking needs of the validation pairs is taken before the fit (the sampled
+    // users' lists), and the fit reads the values balanced in place: the choice runs beside
+    // the job's own pairs, and is its peak of memory.
+    let check = RankCheck::new(
+        comm,
+        &prepared.data,
+        prepared.item_ids.len(),
+        (K, MOST_USERS),
+    );
+    prepared.data.holdout = Vec::new();
+    let n_items = prepared.item_ids.len();
+    super::implicit::balance_in_place(&mut prepared.data.ratings, n_items, &validation);
+    crate::memory::log(comm.rank(), "popularity weight: validation split made");
     let fitted = fit_objective(
         comm,
         &prepared,
@@ -91,7 +104,8 @@ pub fn choose_weight(comm: &dyn Collective, owned: &OwnedRatings, hyper: &Hyper)
         },
     );
     let (mut state, _) = comm.agree(fitted)?;
-    let mut choice = score_weights(comm, &prepared, &mut state.params, &settings);
+    crate::memory::log(comm.rank(), "popularity weight: fitted");
+    let mut choice = score_weights(comm, (&prepared, &check), &mut state.params, &settings);
     choice.seconds = started.elapsed().as_secs_f64();
     Ok(choice)
 }
@@ -121,16 +135,10 @@ fn training_pairs(owned: &OwnedRatings, hyper: &Hyper) -> OwnedRatings {
 /// of `WEIGHTS`, and the weight kept (collective).
 fn score_weights(
     comm: &dyn Collective,
-    prepared: &Prepared,
+    (prepared, check): (&Prepared, &RankCheck),
     params: &mut Params,
     settings: &ImplicitHyper,
 ) -> Choice {
-    let check = RankCheck::new(
-        comm,
-        &prepared.data,
-        prepared.item_ids.len(),
-        (K, MOST_USERS),
-    );
     let counts = counts_by_row(prepared);
     let width = params.width;
     let biases: Vec<f32> = (params.items.as_slice().chunks_exact(width))

@@ -13,7 +13,12 @@ use super::data::{RankData, UNKNOWN};
 /// What scoring an epoch needs, built once before the first.
 pub struct RankCheck {
     k: usize,
+    /// The users scored, numbered by their place in `rows`.
     users: Vec<UserLists>,
+    /// The training row of each user scored: the model scored holds these users' rows only
+    /// (a copy of every user's row beside the trainer's was the largest allocation of a
+    /// sampled ranking).
+    rows: Vec<u32>,
     /// The job's training ratings per item row (the popularity baseline).
     counts: Vec<u64>,
     /// (0, the held-out pairs of this rank's users scored with items without training
@@ -52,14 +57,16 @@ impl RankCheck {
         }
         let with_holdout = relevant.iter().filter(|rel| !rel.is_empty()).count();
         let sample = Sample::agree(comm, with_holdout, most);
+        let mut rows = Vec::new();
         let users: Vec<UserLists> = relevant
             .into_iter()
             .enumerate()
             .filter(|(u, rel)| !rel.is_empty() && sample.keeps(&r.user_ids[*u]))
             .map(|(u, mut rel)| {
                 rel.sort_unstable();
+                rows.push(u as u32);
                 UserLists {
-                    user: u as u32,
+                    user: rows.len() as u32 - 1,
                     train: r.ratings_of(u).0.to_vec(),
                     relevant: rel,
                 }
@@ -77,6 +84,7 @@ impl RankCheck {
         RankCheck {
             k,
             users,
+            rows,
             counts,
             unknown: [0, unknown_items],
             sample,
@@ -93,7 +101,7 @@ impl RankCheck {
         biased: bool,
         globals: Globals,
     ) -> Ranking {
-        let model = model_of(params, user_ids, item_ids, biased, globals);
+        let model = model_of(params, (&self.rows, user_ids), item_ids, biased, globals);
         rank_users(
             comm,
             &model,
@@ -114,7 +122,7 @@ impl RankCheck {
         biased: bool,
         globals: Globals,
     ) -> Vec<f64> {
-        let model = model_of(params, user_ids, item_ids, biased, globals);
+        let model = model_of(params, (&self.rows, user_ids), item_ids, biased, globals);
         ndcg_by_user(&model, &self.users, self.k)
     }
 
@@ -132,26 +140,26 @@ impl RankCheck {
     }
 }
 
-/// A `Model` over rows in training order (the padding of `params`' rows dropped).
+/// A `Model` of the users of training rows `rows` (in that order) and every item in training
+/// order (the padding of `params`' rows dropped).
 fn model_of(
     params: ParamsRef,
-    user_ids: &[Id],
+    (rows, user_ids): (&[u32], &[Id]),
     item_ids: &[Id],
     biased: bool,
     globals: Globals,
 ) -> Model {
     let f = params.factors;
-    let unpadded = |rows: &[f32], n: usize| -> Vec<f32> {
-        (0..n)
-            .flat_map(|i| {
-                rows[i * params.width..i * params.width + f + 1]
-                    .iter()
-                    .copied()
-            })
-            .collect()
+    let unpadded = |all: &[f32], rows: &mut dyn Iterator<Item = usize>| -> Vec<f32> {
+        rows.flat_map(|i| {
+            all[i * params.width..i * params.width + f + 1]
+                .iter()
+                .copied()
+        })
+        .collect()
     };
     let meta = ModelMeta::minimal(
-        user_ids.len() as u64,
+        rows.len() as u64,
         item_ids.len() as u64,
         f,
         biased,
@@ -159,9 +167,9 @@ fn model_of(
     );
     Model::new(
         meta,
-        user_ids.to_vec(),
-        unpadded(params.users, user_ids.len()),
+        rows.iter().map(|&u| user_ids[u as usize].clone()).collect(),
+        unpadded(params.users, &mut rows.iter().map(|&u| u as usize)),
         item_ids.to_vec(),
-        unpadded(params.items, item_ids.len()),
+        unpadded(params.items, &mut (0..item_ids.len())),
     )
 }

@@ -282,6 +282,7 @@ mod tests {
             user_offsets: vec![0, 4, 4, 6],
             items: vec![0, 2, 3, 7, 1, 5],
             values: vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0],
+            balanced: false,
         };
         let mut visits = Vec::new();
         add_visits(&data, &[2, 1, 0], &mut visits);

@@ -9,15 +9,19 @@ use crate::collective::{Collective, CollectiveExt, Op};
 use crate::error::{Error, Result};
 use crate::ids::Id;
 use crate::mf::meta::TablePart;
-use crate::mf::tables::write_rows;
+use std::borrow::Cow;
+
+use crate::mf::tables::{write_groups, RowGroup, ROWS_PER_GROUP};
 use crate::mf::ParamsRef;
 use crate::model_io::{new_version_id, user_part_file, VERSIONS_DIR};
 use crate::store::Location;
 use crate::wire::{Reader, Writer};
 
 /// Above this size the users' table is written in parts (`FUNKSVD_USER_PARTS_ABOVE`, bytes,
-/// changes it; 0 writes every table of a job of several ranks in parts).
-const PARTS_ABOVE: u64 = 256 << 20;
+/// changes it; 0 writes every table in parts). Gathered whole, the table is held twice on rank
+/// 0 (the rows received, the file encoded): at most 128 MB, within the fixed 300 MB of the
+/// memory bound (docs/SCALE.md); in parts, each rank holds its range once, streamed.
+const PARTS_ABOVE: u64 = 64 << 20;
 
 /// Whether the job writes a users' table of `n_users` rows of `stride` floats
 /// in parts: when it is larger than `PARTS_ABOVE` and every rank can write to the model's
@@ -29,7 +33,7 @@ pub fn in_parts(comm: &dyn Collective, n_users: u64, stride: usize, shared: bool
         .and_then(|v| v.parse().ok())
         .unwrap_or(PARTS_ABOVE);
     let bytes = table_bytes(n_users, stride);
-    let parts = comm.size() > 1 && bytes > above;
+    let parts = bytes > above;
     if parts && !shared && comm.is_root() {
         log::warn!(
             "the users' table ({:.0} MB) is gathered on rank 0 and written whole: the other ranks do not see --model's folder (a folder local to rank 0's host); with storage every rank reaches (S3, a shared filesystem) the ranks write it in parts",
@@ -72,57 +76,94 @@ pub fn table_bytes(n_users: u64, stride: usize) -> u64 {
     n_users * (stride as u64 * 4 + 8)
 }
 
-/// Every rank's users and rows on rank 0, sorted by id, rows packed; `None` elsewhere.
-pub fn gather(
-    comm: &dyn Collective,
-    user_ids: &[Id],
-    params: ParamsRef,
-) -> Result<Option<(Vec<Id>, Vec<f32>)>> {
+/// This rank's users and their rows, encoded for `gather` (the rows copied once, so that the
+/// caller can free its own before the gather).
+pub fn for_gather(user_ids: &[Id], params: ParamsRef) -> ForRanges {
     let mut w = Writer::new();
     encode_rows(
         &mut w,
         user_ids.iter(),
         (0..user_ids.len()).map(|u| params.user(u)),
     );
-    let Some((all, lens)) = comm.gather_flat(0, &w.finish())? else {
-        return Ok(None);
-    };
-    sorted_rows(&all, &lens, params.factors + 1).map(Some)
+    ForRanges {
+        lens: vec![w.buf.len() as u64],
+        flat: w.finish(),
+        stride: params.factors + 1,
+    }
 }
 
-/// This rank's range of the users sorted by id across the job, with their rows (packed): the
-/// users of rank r all come before those of rank r + 1.
-pub fn sort_across(
-    comm: &dyn Collective,
-    user_ids: &[Id],
-    params: ParamsRef,
-) -> Result<(Vec<Id>, Vec<f32>)> {
-    let mut order: Vec<u32> = (0..user_ids.len() as u32).collect();
-    order.sort_unstable_by(|&a, &b| user_ids[a as usize].cmp(&user_ids[b as usize]));
-    let cuts = cuts(comm, user_ids, &order)?;
-    // The users of each destination, in id order: a run of `order` between two cuts.
-    let mut outgoing: Vec<Writer> = (0..comm.size()).map(|_| Writer::new()).collect();
-    let mut at = 0;
-    for (dest, w) in outgoing.iter_mut().enumerate() {
-        let end = match cuts.get(dest) {
-            Some(cut) => at + order[at..].partition_point(|&u| user_ids[u as usize] < *cut),
-            None => order.len(),
-        };
-        let run = &order[at..end];
-        encode_rows(
-            w,
-            run.iter().map(|&u| &user_ids[u as usize]),
-            run.iter().map(|&u| params.user(u as usize)),
-        );
-        at = end;
+/// Every rank's users on rank 0 (`for_gather`'s messages), sorted by id; `None` elsewhere.
+pub fn gather(comm: &dyn Collective, mine: ForRanges) -> Result<Option<SortedUsers>> {
+    let Some((all, lens)) = comm.gather_flat(0, &mine.flat)? else {
+        return Ok(None);
+    };
+    drop(mine.flat);
+    SortedUsers::of(all, &lens, mine.stride).map(Some)
+}
+
+/// The whole users' table of `users` as a Parquet file in memory (the id column int64 when
+/// every id is an integer), encoded a row group at a time from the received rows.
+pub fn whole_table(users: &SortedUsers, factors: usize) -> Result<bytes::Bytes> {
+    let buf = Vec::with_capacity(users.len() * ((factors + 1) * 4 + 16) + (1 << 16));
+    let buf = write_groups(
+        buf,
+        "user_id",
+        users.groups(),
+        factors,
+        (None, !users.any_text()),
+    )?;
+    Ok(bytes::Bytes::from(buf))
+}
+
+/// Each rank's range of this rank's users and their rows, encoded for `sort_across`: the users
+/// of rank r all come before those of rank r + 1 (ranges cut at quantiles; collective). The
+/// rows are copied once, so that the caller can free its own before the exchange.
+pub struct ForRanges {
+    flat: Vec<u8>,
+    lens: Vec<u64>,
+    stride: usize,
+}
+
+impl ForRanges {
+    pub fn of(comm: &dyn Collective, user_ids: &[Id], params: ParamsRef) -> Result<ForRanges> {
+        let mut order: Vec<u32> = (0..user_ids.len() as u32).collect();
+        order.sort_unstable_by(|&a, &b| user_ids[a as usize].cmp(&user_ids[b as usize]));
+        let cuts = cuts(comm, user_ids, &order)?;
+        // The users of each destination, in id order: a run of `order` between two cuts, one
+        // message after the other in one buffer.
+        let mut w = Writer::new();
+        let mut lens = Vec::with_capacity(comm.size());
+        let mut at = 0;
+        for dest in 0..comm.size() {
+            let end = match cuts.get(dest) {
+                Some(cut) => at + order[at..].partition_point(|&u| user_ids[u as usize] < *cut),
+                None => order.len(),
+            };
+            let run = &order[at..end];
+            let before = w.buf.len();
+            encode_rows(
+                &mut w,
+                run.iter().map(|&u| &user_ids[u as usize]),
+                run.iter().map(|&u| params.user(u as usize)),
+            );
+            lens.push((w.buf.len() - before) as u64);
+            at = end;
+        }
+        Ok(ForRanges {
+            flat: w.finish(),
+            lens,
+            stride: params.factors + 1,
+        })
     }
-    drop(order);
-    let outgoing: Vec<Vec<u8>> = outgoing.into_iter().map(Writer::finish).collect();
-    let lens: Vec<u64> = outgoing.iter().map(|o| o.len() as u64).collect();
-    let flat = outgoing.concat();
+}
+
+/// This rank's range of the users sorted by id across the job, with their rows: the users of
+/// rank r all come before those of rank r + 1. One alltoall of `outgoing`.
+pub fn sort_across(comm: &dyn Collective, outgoing: ForRanges) -> Result<SortedUsers> {
+    let ForRanges { flat, lens, stride } = outgoing;
     let (received, lens) = comm.alltoall_flat(&flat, &lens)?;
     drop(flat);
-    sorted_rows(&received, &lens, params.factors + 1)
+    SortedUsers::of(received, &lens, stride)
 }
 
 /// Where the ranks' ranges of ids meet: for each rank but the last, the id the next range
@@ -160,72 +201,131 @@ fn encode_rows<'a>(
     ids: impl ExactSizeIterator<Item = &'a Id>,
     rows: impl Iterator<Item = &'a [f32]>,
 ) {
-    w.u64(ids.len() as u64);
+    let n = ids.len();
+    w.u64(n as u64);
     for id in ids {
         id.write(w);
     }
-    let packed: Vec<f32> = rows.flat_map(|r| r.iter().copied()).collect();
-    w.f32s(&packed);
+    let mut floats = 0u64;
+    let count_at = w.buf.len();
+    w.u64(0);
+    for row in rows {
+        for &x in row {
+            w.f32(x);
+        }
+        floats += row.len() as u64;
+    }
+    w.buf[count_at..count_at + 8].copy_from_slice(&floats.to_le_bytes());
 }
 
-/// Messages of `encode_rows` back to back (`lens` bytes each) as one list of users sorted by
-/// id, rows packed (`stride` floats each).
-fn sorted_rows(all: &[u8], lens: &[u64], stride: usize) -> Result<(Vec<Id>, Vec<f32>)> {
-    // (id, message, row in message), sorted by id; the rows stay in the received bytes until
-    // copied once into their sorted place.
-    let mut ids: Vec<(Id, u32, u32)> = Vec::new();
-    let mut rows_of: Vec<&[u8]> = Vec::with_capacity(lens.len());
-    let mut at = 0usize;
-    for (part, &len) in lens.iter().enumerate() {
-        let mut r = Reader::new(&all[at..at + len as usize]);
-        at += len as usize;
-        let n = r.u64()?;
-        for row in 0..n {
-            ids.push((Id::read(&mut r)?, part as u32, row as u32));
+/// Messages of `encode_rows` back to back, as one list of users sorted by id. The rows stay in
+/// the received bytes, read out a row group at a time as the table is written: the rows are
+/// never held twice.
+pub struct SortedUsers {
+    received: Vec<u8>,
+    /// (id, message, row in message), sorted by id.
+    order: Vec<(Id, u32, u32)>,
+    /// Where each message's rows start in `received`.
+    rows_at: Vec<usize>,
+    stride: usize,
+}
+
+impl SortedUsers {
+    /// `received`: messages of `lens` bytes each; rows of `stride` floats.
+    fn of(received: Vec<u8>, lens: &[u64], stride: usize) -> Result<SortedUsers> {
+        let mut order: Vec<(Id, u32, u32)> = Vec::new();
+        let mut rows_at = Vec::with_capacity(lens.len());
+        let mut at = 0usize;
+        for (part, &len) in lens.iter().enumerate() {
+            let message = &received[at..at + len as usize];
+            let mut r = Reader::new(message);
+            let n = r.u64()?;
+            for row in 0..n {
+                order.push((Id::read(&mut r)?, part as u32, row as u32));
+            }
+            let rows = r.f32_bytes()?;
+            if rows.len() != n as usize * stride * 4 {
+                return Err(Error::runtime("corrupt user rows received from a rank"));
+            }
+            rows_at.push(at + (rows.as_ptr() as usize - message.as_ptr() as usize));
+            at += len as usize;
         }
-        let rows = r.f32_bytes()?;
-        if rows.len() != n as usize * stride * 4 {
-            return Err(Error::runtime("corrupt user rows received from a rank"));
+        order.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        Ok(SortedUsers {
+            received,
+            order,
+            rows_at,
+            stride,
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.order.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.order.is_empty()
+    }
+
+    /// Whether any id is text.
+    fn any_text(&self) -> bool {
+        self.order.iter().any(|(id, ..)| matches!(id, Id::Str(_)))
+    }
+
+    /// The users `range` of the order: ids and packed rows.
+    fn rows(&self, range: std::ops::Range<usize>) -> (Vec<Id>, Vec<f32>) {
+        let users = &self.order[range];
+        let mut rows = Vec::with_capacity(users.len() * self.stride);
+        for &(_, part, row) in users {
+            let at = self.rows_at[part as usize] + row as usize * self.stride * 4;
+            let bytes = &self.received[at..at + self.stride * 4];
+            rows.extend(
+                bytes
+                    .chunks_exact(4)
+                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])),
+            );
         }
-        rows_of.push(rows);
+        (users.iter().map(|(id, ..)| id.clone()).collect(), rows)
     }
-    ids.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-    let mut sorted = Vec::with_capacity(ids.len() * stride);
-    for &(_, part, row) in &ids {
-        let bytes = &rows_of[part as usize][row as usize * stride * 4..][..stride * 4];
-        sorted.extend(
-            bytes
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])),
-        );
+
+    /// Every user and row, in order.
+    pub fn whole(&self) -> (Vec<Id>, Vec<f32>) {
+        self.rows(0..self.len())
     }
-    Ok((ids.into_iter().map(|(id, ..)| id).collect(), sorted))
+
+    /// The users a row group at a time.
+    fn groups(&self) -> impl Iterator<Item = RowGroup<'static>> + '_ {
+        (0..self.len()).step_by(ROWS_PER_GROUP).map(|start| {
+            let (ids, rows) = self.rows(start..(start + ROWS_PER_GROUP).min(self.len()));
+            (Cow::Owned(ids), Cow::Owned(rows))
+        })
+    }
 }
 
 /// Write this rank's range of the sorted users as its part of version `version`'s users'
-/// table, streamed to storage (the parts agree on the id column's type: int64 when every id of
-/// the job is an integer); returns its rows.
+/// table, streamed to storage a row group at a time (the parts agree on the id column's type:
+/// int64 when every id of the job is an integer); returns its rows.
 pub fn write_part(
     comm: &dyn Collective,
     loc: &Location,
     version: &str,
-    (ids, rows): (&[Id], &[f32]),
+    users: &SortedUsers,
     factors: usize,
 ) -> Result<u64> {
-    let mut strings = [ids.iter().any(|id| matches!(id, Id::Str(_))) as u64];
+    let mut strings = [users.any_text() as u64];
     comm.reduce_u64(&mut strings, Op::Max);
     let file = user_part_file(version, comm.rank());
     let key = loc.child_key(&file);
-    let written = write_rows(
+    let written = write_groups(
         loc.writer(&key),
         "user_id",
-        (ids, rows),
+        users.groups(),
         factors,
         (None, strings[0] == 0),
     )
     .and_then(|w| w.finish());
     crate::fault::point("user-part", comm.rank())?;
-    written.map(|()| ids.len() as u64)
+    written.map(|()| users.len() as u64)
 }
 
 /// Every rank's part of version `version`'s users' table, in rank order, on every rank (after
@@ -258,7 +358,8 @@ mod tests {
             users: &rows,
             items: &[],
         };
-        let (sorted, packed) = sort_across(&Solo, &ids, params).unwrap();
+        let outgoing = ForRanges::of(&Solo, &ids, params).unwrap();
+        let (sorted, packed) = sort_across(&Solo, outgoing).unwrap().whole();
         assert_eq!(
             sorted,
             [-1i64, 3, 5, 9]
@@ -267,7 +368,7 @@ mod tests {
                 .collect::<Vec<_>>()
         );
         assert_eq!(packed, vec![2.0, 3.0, 4.0, 5.0, 0.0, 1.0, 6.0, 7.0]);
-        let (gathered, rows) = gather(&Solo, &ids, params).unwrap().unwrap();
-        assert_eq!((gathered, rows), (sorted, packed));
+        let gathered = gather(&Solo, for_gather(&ids, params)).unwrap().unwrap();
+        assert_eq!(gathered.whole(), (sorted, packed));
     }
 }
