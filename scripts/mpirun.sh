@@ -9,7 +9,9 @@ extra=()
 [ "$(id -u)" -eq 0 ] && extra+=(--allow-run-as-root)
 ranks=""
 args=("$@")
+# mpirun's own count only: the program's arguments (as `sh -c ...`'s -c) come after it.
 for ((i = 0; i < ${#args[@]}; i++)); do
+  [ -n "$ranks" ] && break
   case "${args[$i]}" in
     -n | -np | --np | -c) ranks="${args[$((i + 1))]:-}" ;;
     -n=* | --np=*) ranks="${args[$i]#*=}" ;;
