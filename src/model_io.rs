@@ -338,12 +338,18 @@ pub fn load_share(loc: &Location, meta: ModelMeta, share: std::ops::Range<u64>) 
             let (bytes, shown) = block_on(table(loc, &file))?;
             let part = user_rows(bytes, meta.factors, &shown, rows)?;
             let (a, b) = ((from - start) as usize, (to - start) as usize);
-            users
-                .ids
-                .extend_from_slice(&part.ids[a..b.min(part.ids.len())]);
-            users
-                .rows
-                .extend_from_slice(&part.rows[a * stride..(b * stride).min(part.rows.len())]);
+            if users.ids.is_empty() && a == 0 && b >= part.ids.len() {
+                // The whole part, the first: taken as it is, not copied.
+                users = part;
+                users.counts = None;
+            } else {
+                users
+                    .ids
+                    .extend_from_slice(&part.ids[a..b.min(part.ids.len())]);
+                users
+                    .rows
+                    .extend_from_slice(&part.rows[a * stride..(b * stride).min(part.rows.len())]);
+            }
         }
         start = end;
     }

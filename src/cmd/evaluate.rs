@@ -7,23 +7,26 @@ use crate::exchange;
 use crate::ids::Id;
 use crate::metrics::ErrorSums;
 use crate::mf::meta::ModelMeta;
+use crate::mf::tables::RowsTable;
 use crate::mf::{Model, Objective};
 use crate::model_io;
 use crate::pipeline;
 use crate::ranking;
 use crate::ratings::OwnedRatings;
-use crate::store::Location;
+use crate::recommend::{share, Ranges};
+use crate::store::{block_on, Location};
 use crate::train::data::split_mask;
+use crate::wire::{Reader, Writer};
 
 pub fn run(comm: &dyn Collective, args: &EvaluateArgs) -> Result<()> {
     let model_loc = comm.agree(Location::parse(&args.model, "--model"))?;
     let mut data_loc = comm.agree(Location::parse(&args.data, "--data"))?;
     // A model kept inside its dataset's folder is not data.
     data_loc.skip_folder(&model_loc);
-    // Every rank needs the item rows and its users' rows; the model is small next to the data.
-    let model = comm.agree(model_io::load_blocking(&model_loc))?;
-    let input = comm.agree(args.input.input(model.meta.input()))?;
+    let meta = comm.agree(block_on(model_io::load_meta(&model_loc)))?;
+    let input = comm.agree(args.input.input(meta.input()))?;
     let (owned, _report) = pipeline::load_ratings(comm, &data_loc, &input)?;
+    let model = users_of(comm, (&model_loc, meta), &owned.users)?;
     // Which pairs the model held out (the split by time sorts each user's pairs: once).
     let held = split_mask(&owned, &model.meta.hyperparameters);
 
@@ -49,7 +52,9 @@ pub fn run(comm: &dyn Collective, args: &EvaluateArgs) -> Result<()> {
         .map(|(id, _)| id.clone())
         .collect();
     let unknown_items = exchange::agree_on_ids(comm, &unknown_item_ids)?.len();
+    crate::memory::log(comm.rank(), "evaluate: scored");
     let ranking = ranking(comm, &model, &owned, &held, (&args.k, args.rank_users))?;
+    crate::memory::log(comm.rank(), "evaluate: ranked");
 
     if comm.is_root() {
         warn_about(args, &model.meta, errors.n, sums[5], sums[6]);
@@ -83,6 +88,72 @@ pub fn run(comm: &dyn Collective, args: &EvaluateArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// The model with every item and the rows of `users` only (this rank's, after the exchange):
+/// each rank reads its share of the id-sorted users table, as `recommend` does, and sends every
+/// rank the rows of its users (two alltoalls), so that no rank holds every user's row: at 100M
+/// events a whole model on every rank was most of `evaluate`'s memory. Collective.
+fn users_of(
+    comm: &dyn Collective,
+    (loc, meta): (&Location, ModelMeta),
+    users: &[Id],
+) -> Result<Model> {
+    let rows = share(meta.n_users as usize, comm.size(), comm.rank());
+    let mine = comm.agree(model_io::load_share(
+        loc,
+        meta,
+        rows.start as u64..rows.end as u64,
+    ))?;
+    crate::memory::log(comm.rank(), "evaluate: the model's share read");
+    let ranges = Ranges::agree(comm, mine.user_ids.first())?;
+    // Ask each rank for the rows of the users in its range.
+    let mut asks: Vec<Writer> = (0..comm.size()).map(|_| Writer::new()).collect();
+    for id in users {
+        id.write(&mut asks[ranges.owner(id)]);
+    }
+    let asks: Vec<Vec<u8>> = asks.into_iter().map(Writer::finish).collect();
+    let asked = comm.alltoall_bytes(&asks)?;
+    drop(asks);
+    // Answer with the ids the model knows and their rows, one message after the other.
+    let stride = mine.meta.factors + 1;
+    let mut answers = Writer::new();
+    let lens = comm.agree(
+        asked
+            .iter()
+            .map(|message| {
+                let (mut r, before) = (Reader::new(message), answers.buf.len());
+                while !r.is_empty() {
+                    let id = Id::read(&mut r)?;
+                    if let Some(u) = mine.user(&id) {
+                        id.write(&mut answers);
+                        answers.f32s(&mine.user_rows[u * stride..(u + 1) * stride]);
+                    }
+                }
+                Ok((answers.buf.len() - before) as u64)
+            })
+            .collect::<Result<Vec<u64>>>(),
+    )?;
+    drop(asked);
+    // The share's users are in the answers now: only its items are kept.
+    let (meta, item_ids, item_rows, item_counts) = mine.into_items();
+    let answers = answers.finish();
+    let (answered, _) = comm.alltoall_flat(&answers, &lens)?;
+    drop(answers);
+    let mut found = RowsTable::default();
+    let mut r = Reader::new(&answered);
+    while !r.is_empty() {
+        found.ids.push(Id::read(&mut r)?);
+        found.rows.extend(r.f32s()?);
+    }
+    drop(answered);
+    crate::memory::log(
+        comm.rank(),
+        "evaluate: the rows of this rank's users received",
+    );
+    let mut model = Model::new(meta, found.ids, found.rows, item_ids, item_rows);
+    model.item_counts = item_counts;
+    Ok(model)
 }
 
 /// The ranking figures on the model's hold-out (whatever `--split`), as JSON; `null` for a

@@ -92,6 +92,12 @@ impl Model {
         Ok(model)
     }
 
+    /// Its metadata, item ids, item rows and item counts, the users' rows and index dropped
+    /// (what a rank keeps of its share once it has handed the rows on).
+    pub fn into_items(self) -> (ModelMeta, Vec<Id>, Vec<f32>, Option<Vec<u64>>) {
+        (self.meta, self.item_ids, self.item_rows, self.item_counts)
+    }
+
     /// A model from its parts (rows packed, `factors + 1` floats each, in the ids' order).
     pub fn new(
         meta: ModelMeta,
