@@ -70,7 +70,6 @@ pub(crate) fn run_as(
         false => None,
     };
     let choice_seconds = started.elapsed().as_secs_f64();
-    log_memory(comm, "popularity weight chosen");
     stop_if_interrupted(comm)?;
     let started = Instant::now();
     let mut prepared = prepare(comm, owned, &settings.hyper)?;
@@ -84,13 +83,6 @@ pub(crate) fn run_as(
 
     let started = Instant::now();
     let (mut state, item_rows) = train(comm, args, &settings, &prepared, &report, totals.globals)?;
-    if comm.is_root() {
-        let (blocks, factors) = (&prepared.blocks, settings.hyper.factors);
-        log::info!(
-            "item rows: {}",
-            item_rows.describe(comm.size(), blocks, factors)
-        );
-    }
     let train_seconds = started.elapsed().as_secs_f64();
     log_memory(comm, "epochs done");
     let started = Instant::now();
@@ -148,6 +140,7 @@ fn choose_popularity_weight(
         );
     }
     let choice = popularity::choose_weight(comm, owned, hyper)?;
+    log_memory(comm, "popularity weight chosen");
     if let Some(implicit) = hyper.implicit.as_mut() {
         implicit.popularity_weight = choice.weight;
     }
@@ -493,7 +486,13 @@ fn train(
     };
     let trained = fit_objective(comm, prepared, hyper, globals, start, after_epoch);
     // Divergence is seen by every rank at once (the sums are allreduced).
-    comm.agree(trained)
+    let (state, item_rows) = comm.agree(trained)?;
+    if comm.is_root() {
+        let (blocks, factors) = (&prepared.blocks, hyper.factors);
+        let how = item_rows.describe(comm.size(), blocks, factors);
+        log::info!("item rows: {how}");
+    }
+    Ok((state, item_rows))
 }
 
 /// `--rank-metrics K`: what scoring the epochs needs, and the popularity baseline's figures,
