@@ -9,16 +9,19 @@
 # each run: wall seconds, its phases, every rank's peak RSS (GNU time), bytes read per rank; then
 # a line per target (holds / falls short): memory per rank within docs/SCALE.md's bound, and
 # seconds per event at --events within 1.3x of --base's.
+# --train-only skips recommend and evaluate (the cost model's calibration runs: --ranks "1 2 4 8").
 #   scripts/bench_scale.sh [--events N] [--base N] [--ranks "2 4"] [--recommend-seconds S]
+#                          [--train-only]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-events=100000000 base=5000000 ranks="2 4" budget=600
+events=100000000 base=5000000 ranks="2 4" budget=600 train_only=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --events) events=$2; shift 2 ;;
     --base) base=$2; shift 2 ;;
     --ranks) ranks=$2; shift 2 ;;
     --recommend-seconds) budget=$2; shift 2 ;;
+    --train-only) train_only=1; shift ;;
     *) echo "bench_scale: unknown argument $1" >&2; exit 2 ;;
   esac
 done
@@ -113,6 +116,7 @@ line.update({"step": "train", "events": int(sys.argv[3]), "ranks": int(sys.argv[
 print(json.dumps(line))
 EOF
     done
+    [ "$train_only" = 1 ] && continue
     # recommend from the implicit model: every user, or a sample that fits the budget at the
     # rate of the first 2% of the users.
     model=$work/model-implicit-$tag

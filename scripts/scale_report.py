@@ -5,7 +5,8 @@
 
 where a row is (factors + 1) x 4 B and an id of 8 B, and its pairs are its share of the input's
 (user, item) pairs, the training and the held-out ones: what the rank's share of the input and
-of the model is, in its most compact form (a pair as user, item and weight of 4 B each).
+of the model is, in its most compact form (a pair as user, item and weight of 4 B each). MB are
+MiB (2^20 bytes) throughout, as GNU time reports peak RSS.
 
     python3 scripts/scale_report.py RESULTS.jsonl BASE_EVENTS EVENTS
 """
@@ -15,13 +16,13 @@ import sys
 
 
 def share_mb(run):
-    """The rank's share, in MB, as the bound counts it (the largest rank's pairs)."""
+    """The rank's share, in MiB, as the bound counts it (the largest rank's pairs)."""
     row = (run["factors"] + 1) * 4 + 8
     ranks = run["ranks"]
     # The log gives the largest rank's training pairs; its held-out ones in the same proportion.
     train = run.get("pairs_per_rank_max") or run["pairs"] / ranks
     pairs = train * (run["pairs"] + run.get("holdout_pairs", 0)) / run["pairs"]
-    return (pairs * 12 + run["users"] / ranks * row + run["items"] * row) / 1e6
+    return (pairs * 12 + run["users"] / ranks * row + run["items"] * row) / 2**20
 
 
 def main():
