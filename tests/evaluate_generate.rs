@@ -22,15 +22,7 @@ fn evaluate_on_the_training_split_agrees_with_the_train_rmse_in_model_json() {
     let meta = load_model(&model).meta;
     for ranks in [1, 3] {
         let evaluate = |split: &str| {
-            let args = [
-                "evaluate",
-                "--model",
-                s(&model),
-                "--data",
-                s(&data),
-                "--split",
-                split,
-            ];
+            let args = evaluate_args(s(&model), s(&data), split, &[]);
             json(&mpirun(ranks, &args).ok())
         };
         let train = evaluate("train");

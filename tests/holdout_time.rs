@@ -123,15 +123,7 @@ fn each_users_latest_pairs_are_held_out_on_any_rank_count_and_layout() {
         holdouts.push(meta.metrics.holdout_rmse.unwrap());
         // evaluate --split holdout scores exactly the expected pairs: their count, and the
         // RMSE of the model's own predictions of them.
-        let eval = [
-            "evaluate",
-            "--model",
-            s(&model),
-            "--data",
-            s(&data),
-            "--split",
-            "holdout",
-        ];
+        let eval = evaluate_args(s(&model), s(&data), "holdout", &[]);
         let report: serde_json::Value =
             serde_json::from_str(&mpirun(2, &eval).ok().stdout).unwrap();
         assert_eq!(report["n_scored"].as_u64().unwrap() as usize, held.len());

@@ -792,19 +792,7 @@ fn events_train_the_ranking_objective_by_default_and_the_log_says_what_each_flag
     assert!(run.stderr.contains(&format!(
         "hold-out NDCG@20 {model_ndcg:.4} (popularity {popular_ndcg:.4})"
     )));
-    let evaluated = mpirun(
-        2,
-        &[
-            "evaluate",
-            "--model",
-            s(&model),
-            "--data",
-            s(&data),
-            "--split",
-            "holdout",
-        ],
-    )
-    .ok();
+    let evaluated = mpirun(2, &evaluate_args(s(&model), s(&data), "holdout", &[])).ok();
     let json: serde_json::Value = serde_json::from_str(&evaluated.stdout).unwrap();
     assert_eq!(
         json["ranking"]["model"]["ndcg@20"].as_f64(),
@@ -881,17 +869,7 @@ fn above_rank_users_the_ranking_scores_a_uniform_sample_the_same_at_any_rank_cou
     // evaluate draws the same users from the same hold-out, at any count of ranks; and with
     // --rank-users 0 it ranks every user, the sample's mean within a few standard errors.
     let evaluate = |ranks: usize, most: &str| -> serde_json::Value {
-        let args = [
-            "evaluate",
-            "--model",
-            s(&model),
-            "--data",
-            s(&data),
-            "--split",
-            "holdout",
-            "--rank-users",
-            most,
-        ];
+        let args = evaluate_args(s(&model), s(&data), "holdout", &["--rank-users", most]);
         let out = mpirun(ranks, &args).ok().stdout;
         serde_json::from_str::<serde_json::Value>(&out).unwrap()["ranking"].clone()
     };

@@ -141,6 +141,20 @@ pub fn train_args<'a>(data: &'a str, model: &'a str, extra: &[&'a str]) -> Vec<&
     args
 }
 
+/// `evaluate --model MODEL --data DATA --split SPLIT`, then `extra`.
+pub fn evaluate_args<'a>(
+    model: &'a str,
+    data: &'a str,
+    split: &'a str,
+    extra: &[&'a str],
+) -> Vec<&'a str> {
+    let mut args = vec![
+        "evaluate", "--model", model, "--data", data, "--split", split,
+    ];
+    args.extend_from_slice(extra);
+    args
+}
+
 /// `train` with every flag at its default (no `--objective`: what the data decide).
 pub fn default_train_args<'a>(data: &'a str, model: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
     let mut args = vec!["train", "--data", data, "--model", model];
