@@ -199,8 +199,8 @@ impl ByItem {
     }
 
     /// `(item, user, value)` pairs, each item's in the order given: counted on a first pass,
-    /// placed on a second (no list of the pairs besides the result: at 100M events it was a
-    /// third of the trainer's peak memory).
+    /// placed on a second (no list of the pairs, 12 bytes each, beside the result while it is
+    /// built; the run's peak, in the popularity weight's choice, lies elsewhere).
     fn from_pairs(n_items: usize, pairs: impl Iterator<Item = (u32, u32, f32)> + Clone) -> ByItem {
         let mut offsets = vec![0usize; n_items + 1];
         for (i, _, _) in pairs.clone() {
